@@ -1,0 +1,262 @@
+//! `kvtier-bench replay`: policy-level trace replay against LRU and Belady.
+//!
+//! The kvtier column runs [`kvtier_policy::ValuePolicy`] through the same
+//! [`kvtier_policy::EvictionPolicy`] calls the cache server makes; the replay
+//! gives it only what a live server would know at that moment (calls as they
+//! arrive, each call's stop reason once answered, sub-agent parents, the end
+//! of an agent at its last call).
+//!
+//! # Layout
+//! - [`trace`]: the in-memory trace; [`kvct`] and [`mooncake`] read the formats.
+//! - [`sim`]: the replay loop and bounded-load affinity routing.
+//! - [`belady`]: the offline optimum.
+//! - [`report`]: table, JSON and SVG.
+//! - [`speed`]: the policy eviction-rate microbenchmark.
+
+pub mod belady;
+pub mod kvct;
+pub mod mooncake;
+pub mod report;
+pub mod sim;
+pub mod speed;
+pub mod trace;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressStyle};
+use kvtier_policy::{Lru, ValueConfig, ValuePolicy};
+
+use report::{Report, Row};
+use trace::Trace;
+
+/// A policy the replay can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyName {
+    /// Least recently used (baseline).
+    Lru,
+    /// kvtier's value- and lifecycle-aware policy.
+    Kvtier,
+    /// Belady's offline optimum (ceiling).
+    Belady,
+}
+
+/// Flags of `kvtier-bench replay`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A kv-cache-tester directory (trace_NNNN.json.gz files) or a Mooncake .jsonl file.
+    pub trace: PathBuf,
+    /// Cache capacities as fractions of the trace's unique blocks (all workers together).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.05, 0.10, 0.25])]
+    pub capacity: Vec<f64>,
+    /// Session k starts at k·S seconds (kv-cache-tester only).
+    #[arg(long, default_value_t = 0.0)]
+    pub stagger: f64,
+    /// Workers, each with capacity/W blocks, with bounded-load prefix-affinity routing.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+    /// Policies to run.
+    #[arg(long, value_delimiter = ',', default_value = "lru,kvtier,belady")]
+    pub policies: Vec<PolicyName>,
+    /// Replay only the first N sessions (kv-cache-tester).
+    #[arg(long)]
+    pub sessions: Option<usize>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write an SVG plot of hit rate vs capacity here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Replays run in parallel.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// kvtier: horizon of an agent's next-call hit density (ms).
+    #[arg(long, default_value_t = ValueConfig::default().horizon_ms)]
+    pub horizon_ms: u64,
+    /// kvtier: weight of the population gap distribution against an agent's own gaps.
+    #[arg(long, default_value_t = ValueConfig::default().prior_weight)]
+    pub prior_weight: f64,
+}
+
+impl Args {
+    fn value_config(&self) -> ValueConfig {
+        ValueConfig {
+            horizon_ms: self.horizon_ms,
+            prior_weight: self.prior_weight,
+            ..ValueConfig::default()
+        }
+    }
+}
+
+fn load(args: &Args, bar: &ProgressBar) -> Result<Trace> {
+    if args.trace.is_dir() {
+        let n = kvct::session_files(&args.trace)?.len();
+        bar.set_length(args.sessions.map_or(n, |s| s.min(n)) as u64);
+        bar.set_message("reading sessions");
+        kvct::load(&args.trace, args.stagger, args.sessions, args.threads, &|| bar.inc(1))
+    } else {
+        bar.set_message("reading jsonl");
+        mooncake::load(&args.trace)
+    }
+}
+
+fn ideal(trace: &Trace) -> f64 {
+    let mut seen = vec![false; trace.unique_blocks];
+    let mut hits = 0u64;
+    for i in 0..trace.requests.len() {
+        let ids = trace.blocks_of(i);
+        hits += ids.iter().take_while(|&&id| seen[id as usize]).count() as u64;
+        for &id in ids {
+            seen[id as usize] = true;
+        }
+    }
+    100.0 * hits as f64 / trace.total_blocks().max(1) as f64
+}
+
+type Job = (usize, PolicyName);
+
+fn run_job(trace: &Trace, args: &Args, cap: usize, policy: PolicyName, progress: &AtomicU64) -> f64 {
+    let w = args.workers as usize;
+    let per_worker = cap / w;
+    match policy {
+        PolicyName::Lru => sim::simulate(trace, per_worker, w, false, Lru::new, progress).rate(),
+        PolicyName::Kvtier => {
+            let cfg = args.value_config();
+            sim::simulate(trace, per_worker, w, true, || ValuePolicy::new(cfg.clone()), progress).rate()
+        }
+        PolicyName::Belady => {
+            // Belady cannot route (it needs the routing to know the future):
+            // it gets the requests that LRU's affinity routing sends each worker.
+            let routes = if w == 1 {
+                vec![0; trace.requests.len()]
+            } else {
+                sim::simulate(trace, per_worker, w, false, Lru::new, progress).routes
+            };
+            let mut hits = 0;
+            for k in 0..w {
+                let seq: Vec<u32> = (0..trace.requests.len() as u32)
+                    .filter(|&i| routes[i as usize] as usize == k)
+                    .collect();
+                hits += belady::hits(trace, &seq, per_worker, progress);
+            }
+            100.0 * hits as f64 / trace.total_blocks().max(1) as f64
+        }
+    }
+}
+
+/// Runs the replay and prints the table (or JSON); writes the SVG if asked.
+pub fn run(args: Args) -> Result<()> {
+    if args.capacity.iter().any(|&c| !(c > 0.0 && c <= 1.0)) {
+        bail!("--capacity fractions must be in (0, 1]");
+    }
+    let started = Instant::now();
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>18} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .context("progress template")?
+            .progress_chars("=> "),
+    );
+    let trace = load(&args, &bar)?;
+    let n = trace.requests.len() as u64;
+    let jobs: Vec<Job> = (0..args.capacity.len())
+        .flat_map(|c| args.policies.iter().map(move |&p| (c, p)))
+        .collect();
+    let work: u64 = jobs
+        .iter()
+        .map(|&(_, p)| if p == PolicyName::Belady && args.workers > 1 { 2 * n } else { n })
+        .sum();
+    bar.set_position(0);
+    bar.set_length(work);
+    bar.set_message("replaying");
+    let caps: Vec<usize> = args
+        .capacity
+        .iter()
+        .map(|&f| (f * trace.unique_blocks as f64).round() as usize)
+        .collect();
+
+    let progress = AtomicU64::new(0);
+    let next = AtomicU64::new(0);
+    let finished = AtomicBool::new(false);
+    let results: Vec<(Job, f64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.threads.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let j = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(&(c, p)) = jobs.get(j) else {
+                            break;
+                        };
+                        out.push(((c, p), run_job(&trace, &args, caps[c], p, &progress)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        scope.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                bar.set_position(progress.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let all = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect();
+        finished.store(true, Ordering::Relaxed);
+        all
+    });
+    bar.finish_and_clear();
+
+    let mut rows: Vec<Row> = args
+        .capacity
+        .iter()
+        .zip(&caps)
+        .map(|(&fraction, &blocks)| Row {
+            fraction,
+            blocks,
+            lru: None,
+            kvtier: None,
+            belady: None,
+        })
+        .collect();
+    for ((c, p), rate) in results {
+        let row = &mut rows[c];
+        match p {
+            PolicyName::Lru => row.lru = Some(rate),
+            PolicyName::Kvtier => row.kvtier = Some(rate),
+            PolicyName::Belady => row.belady = Some(rate),
+        }
+    }
+    let report = Report {
+        trace: trace.name.clone(),
+        requests: trace.requests.len(),
+        blocks: trace.total_blocks(),
+        unique_blocks: trace.unique_blocks,
+        ideal: ideal(&trace),
+        stagger_s: args.stagger,
+        workers: args.workers as usize,
+        rows,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+        println!("({:.1} s)", report.seconds);
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, report.svg()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! The value- and lifecycle-aware eviction policy.
+//!
+//! # Eviction order
+//! Blocks are kept in classes; a tier's victim is the least valuable block of
+//! the first non-empty class of that tier:
+//! 1. **ended**: blocks that only ended agents referenced, oldest end first;
+//! 2. **stale**: blocks that live agents named once but no longer hold in their
+//!    latest context (abandoned branches, compacted history);
+//! 3. **generic**: blocks no agent hint covers, in a segmented LRU (blocks read
+//!    once in *probation* go before blocks read again in *protected*; the
+//!    protected segment holds at most [`ValueConfig::protected_fraction`]);
+//! 4. **live agents' contexts**, agent by agent from the lowest value up: the
+//!    agent's weight (priority, latency sensitivity) times the hit density of
+//!    its next call, learned online by the [`Forecaster`] from the gaps seen
+//!    after each kind of call ending; within one agent, the tail of the context
+//!    goes before its head, so what stays is always a usable prefix. Agents
+//!    kept warm by a TTL come after all others, pinned agents last.
+//!
+//! A block in several live agents' contexts belongs to the one that named it
+//! last; when that agent drops it or ends, it passes to another live agent that
+//! still holds it, so a shared block keeps the value the live agents give it.
+//!
+//! # Cost
+//! Every block operation is O(1). Agent ranks are recomputed (O(A log A) for
+//! A live agents) only when an agent's state changed or `rerank_ms` passed, and
+//! a per-tier cursor walks the ranking, so a run of evictions costs O(1) each.
+
+mod agents;
+mod lists;
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use foldhash::fast::RandomState;
+
+use crate::agent::{AgentId, AgentSpec, Answer};
+use crate::forecast::Forecaster;
+use crate::{BlockInfo, EvictionPolicy, Tier};
+use agents::{AgentState, Phase};
+use lists::{Lists, Ref};
+
+const ENDED: u32 = 0;
+const STALE: u32 = 1;
+const PROBATION: u32 = 2;
+const PROTECTED: u32 = 3;
+const AGENT_BASE: u32 = 4;
+
+/// Tunables of [`ValuePolicy`]. Defaults are general (not fitted to a trace).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueConfig {
+    /// Horizon over which an agent's next call counts as "soon" in its hit
+    /// density (ms). Default 10 minutes.
+    pub horizon_ms: u64,
+    /// How many of its own gaps an agent needs before they weigh as much as the
+    /// population's. Default 4.
+    pub prior_weight: f64,
+    /// Recompute agent ranks at least this often (ms) even when no agent
+    /// changed state, since waiting changes the forecast. Default 1 s.
+    pub rerank_ms: u64,
+    /// A call unanswered for this long is treated as answered with an unknown
+    /// ending (ms). Default 10 minutes.
+    pub inflight_timeout_ms: u64,
+    /// Share of the generic class that blocks read more than once may hold. Default 0.8.
+    pub protected_fraction: f64,
+}
+
+impl Default for ValueConfig {
+    fn default() -> Self {
+        Self {
+            horizon_ms: 600_000,
+            prior_weight: 4.0,
+            rerank_ms: 1_000,
+            inflight_timeout_ms: 600_000,
+            protected_fraction: 0.8,
+        }
+    }
+}
+
+/// Value- and lifecycle-aware eviction (see the module docs for the order).
+#[derive(Debug)]
+pub struct ValuePolicy<K> {
+    cfg: ValueConfig,
+    index: HashMap<K, u32, RandomState>,
+    lists: Lists<K>,
+    agents: Vec<Option<AgentState<K>>>,
+    agent_index: HashMap<AgentId, u32, RandomState>,
+    free_agents: Vec<u32>,
+    forecaster: Forecaster,
+    /// Live agent slots, least valuable first.
+    order: Vec<u32>,
+    /// Per tier: the first position of `order` that may still hold blocks of that tier.
+    cursor: [usize; 3],
+    dirty: bool,
+    ranked_at: u64,
+}
+
+impl<K: Copy + Eq + Hash> Default for ValuePolicy<K> {
+    fn default() -> Self {
+        Self::new(ValueConfig::default())
+    }
+}
+
+impl<K: Copy + Eq + Hash> ValuePolicy<K> {
+    /// An empty policy.
+    pub fn new(cfg: ValueConfig) -> Self {
+        let forecaster = Forecaster::new(cfg.prior_weight);
+        Self {
+            cfg,
+            index: HashMap::default(),
+            lists: Lists::new(AGENT_BASE as usize),
+            agents: Vec::new(),
+            agent_index: HashMap::default(),
+            free_agents: Vec::new(),
+            forecaster,
+            order: Vec::new(),
+            cursor: [0; 3],
+            dirty: true,
+            ranked_at: 0,
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ValueConfig {
+        &self.cfg
+    }
+
+    /// Number of live agents tracked.
+    pub fn live_agents(&self) -> usize {
+        self.agent_index.len()
+    }
+
+    fn agent(&mut self, slot: u32) -> &mut AgentState<K> {
+        self.agents[slot as usize]
+            .as_mut()
+            .expect("agent slot in use")
+    }
+
+    /// The slot of `id`, registering it with defaults when unknown (a call
+    /// from an agent the registry never announced still gets lifecycle value).
+    fn slot_of(&mut self, id: AgentId, weight: f64, now_ms: u64) -> u32 {
+        if let Some(&slot) = self.agent_index.get(&id) {
+            return slot;
+        }
+        let state = AgentState::new(weight, now_ms);
+        let slot = match self.free_agents.pop() {
+            Some(slot) => {
+                self.agents[slot as usize] = Some(state);
+                slot
+            }
+            None => {
+                self.agents.push(Some(state));
+                (self.agents.len() - 1) as u32
+            }
+        };
+        self.lists.ensure_list(AGENT_BASE + slot);
+        self.agent_index.insert(id, slot);
+        self.dirty = true;
+        slot
+    }
+
+    /// Removes agent `a`'s reference from the node at `slot` unless it is from
+    /// call `keep_seq`; if `a` owned the node, hands it to the live agent that
+    /// named it last, or to `orphan_list`.
+    fn drop_ref(&mut self, slot: u32, a: u32, keep_seq: Option<u32>, orphan_list: u32) {
+        let n = self.lists.node_mut(slot);
+        let Some(pos) = n.refs.iter().position(|r| r.agent == a) else {
+            return;
+        };
+        if Some(n.refs[pos].seq) == keep_seq {
+            return;
+        }
+        n.refs.remove(pos);
+        if n.list == AGENT_BASE + a {
+            let tier = n.tier;
+            let to = n.refs.last().map_or(orphan_list, |r| AGENT_BASE + r.agent);
+            self.lists.move_front(slot, to, tier);
+            self.note_agent_list(to, tier);
+        }
+    }
+
+    /// A block entered `list` in `tier`: make sure the victim cursor of that
+    /// tier has not already walked past its agent.
+    fn note_agent_list(&mut self, list: u32, tier: Tier) {
+        if list < AGENT_BASE {
+            return;
+        }
+        let pos = self.agents[(list - AGENT_BASE) as usize]
+            .as_ref()
+            .map_or(u32::MAX, |a| a.rank_pos) as usize;
+        let c = &mut self.cursor[tier.index()];
+        if pos < *c {
+            *c = pos;
+        }
+    }
+
+    fn rerank(&mut self, now_ms: u64) {
+        if !self.dirty && now_ms < self.ranked_at.saturating_add(self.cfg.rerank_ms) {
+            return;
+        }
+        let mut keyed: Vec<((u8, f64), u32)> = Vec::with_capacity(self.agent_index.len());
+        for (slot, a) in self.agents.iter().enumerate() {
+            if let Some(a) = a {
+                keyed.push((a.rank_key(&self.forecaster, &self.cfg, now_ms), slot as u32));
+            }
+        }
+        keyed.sort_unstable_by(|(ka, sa), (kb, sb)| {
+            ka.0.cmp(&kb.0)
+                .then(ka.1.total_cmp(&kb.1))
+                .then(sa.cmp(sb))
+        });
+        self.order.clear();
+        for (pos, &(_, slot)) in keyed.iter().enumerate() {
+            self.order.push(slot);
+            if let Some(a) = self.agents[slot as usize].as_mut() {
+                a.rank_pos = pos as u32;
+            }
+        }
+        self.cursor = [0; 3];
+        self.dirty = false;
+        self.ranked_at = now_ms;
+    }
+
+    fn generic_victim(&self, tier: Tier) -> Option<u32> {
+        let prob = self.lists.len(PROBATION, tier);
+        let prot = self.lists.len(PROTECTED, tier);
+        let over = prot as f64 > self.cfg.protected_fraction * (prob + prot) as f64;
+        if prot > 0 && (prob == 0 || over) {
+            self.lists.back(PROTECTED, tier)
+        } else {
+            self.lists.back(PROBATION, tier)
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
+    fn name(&self) -> &'static str {
+        "kvtier"
+    }
+
+    fn on_insert(&mut self, key: K, tier: Tier, _info: BlockInfo<K>, now_ms: u64) {
+        if self.index.contains_key(&key) {
+            self.on_move(key, tier, now_ms);
+            self.on_hit(key, now_ms);
+            return;
+        }
+        let slot = self.lists.alloc(key, tier, PROBATION);
+        self.index.insert(key, slot);
+    }
+
+    fn on_hit(&mut self, key: K, _now_ms: u64) {
+        let Some(&slot) = self.index.get(&key) else {
+            return;
+        };
+        let n = self.lists.node(slot);
+        // Agent blocks are ordered by their agents' calls, not by reads.
+        if n.list < AGENT_BASE {
+            let tier = n.tier;
+            self.lists.move_front(slot, PROTECTED, tier);
+        }
+    }
+
+    fn on_move(&mut self, key: K, to: Tier, _now_ms: u64) {
+        let Some(&slot) = self.index.get(&key) else {
+            return;
+        };
+        let list = self.lists.node(slot).list;
+        self.lists.move_front(slot, list, to);
+        self.note_agent_list(list, to);
+    }
+
+    fn on_remove(&mut self, key: K) {
+        if let Some(slot) = self.index.remove(&key) {
+            self.lists.release(slot);
+        }
+    }
+
+    fn victim(&mut self, tier: Tier, now_ms: u64) -> Option<K> {
+        let fixed = self
+            .lists
+            .back(ENDED, tier)
+            .or_else(|| self.lists.back(STALE, tier))
+            .or_else(|| self.generic_victim(tier));
+        if let Some(slot) = fixed {
+            return Some(self.lists.node(slot).key);
+        }
+        self.rerank(now_ms);
+        let c = &mut self.cursor[tier.index()];
+        while let Some(&a) = self.order.get(*c) {
+            if let Some(slot) = self.lists.back(AGENT_BASE + a, tier) {
+                return Some(self.lists.node(slot).key);
+            }
+            *c += 1;
+        }
+        None
+    }
+
+    fn len(&self, tier: Tier) -> usize {
+        self.lists.tier_len(tier)
+    }
+
+    fn on_agent_register(&mut self, agent: AgentId, spec: &AgentSpec, now_ms: u64) {
+        let slot = self.slot_of(agent, spec.weight(), now_ms);
+        self.agent(slot).weight = spec.weight();
+        self.dirty = true;
+    }
+
+    fn on_agent_call(&mut self, agent: AgentId, blocks: &[K], now_ms: u64) {
+        let a = self.slot_of(agent, 1.0, now_ms);
+        let forecaster = &mut self.forecaster;
+        let st = self.agents[a as usize].as_mut().expect("agent slot in use");
+        st.learn_gap(forecaster, now_ms);
+        st.seq = st.seq.wrapping_add(1);
+        st.phase = Phase::InFlight { since: now_ms };
+        let seq = st.seq;
+        let list = AGENT_BASE + a;
+        // Tail first to the front, so the head ends up frontmost (evicted last).
+        for key in blocks.iter().rev() {
+            let Some(&slot) = self.index.get(key) else {
+                continue;
+            };
+            let n = self.lists.node_mut(slot);
+            match n.refs.iter_mut().find(|r| r.agent == a) {
+                Some(r) => r.seq = seq,
+                None => n.refs.push(Ref { agent: a, seq }),
+            }
+            let tier = n.tier;
+            self.lists.move_front(slot, list, tier);
+        }
+        let mut old = std::mem::take(&mut self.agent(a).context);
+        for key in &old {
+            if let Some(&slot) = self.index.get(key) {
+                self.drop_ref(slot, a, Some(seq), STALE);
+            }
+        }
+        old.clear();
+        old.extend_from_slice(blocks);
+        self.agent(a).context = old;
+        self.dirty = true;
+    }
+
+    fn on_agent_answered(&mut self, agent: AgentId, answer: &Answer, now_ms: u64) {
+        let Some(&a) = self.agent_index.get(&agent) else {
+            return;
+        };
+        let st = self.agent(a);
+        st.phase = Phase::Answered {
+            at: now_ms,
+            end: answer.ended,
+        };
+        st.keep_warm_until = answer
+            .keep_warm_ms
+            .map_or(0, |ttl| now_ms.saturating_add(ttl));
+        st.pinned = answer.pin;
+        self.dirty = true;
+    }
+
+    fn on_agent_end(&mut self, agent: AgentId, _now_ms: u64) {
+        let Some(a) = self.agent_index.remove(&agent) else {
+            return;
+        };
+        let context = std::mem::take(&mut self.agent(a).context);
+        for key in context.iter().rev() {
+            if let Some(&slot) = self.index.get(key) {
+                self.drop_ref(slot, a, None, ENDED);
+            }
+        }
+        // Every block the agent owned was in its context; this is a safety net.
+        for tier in Tier::ALL {
+            while let Some(slot) = self.lists.back(AGENT_BASE + a, tier) {
+                self.lists.node_mut(slot).refs.retain(|r| r.agent != a);
+                self.lists.move_front(slot, ENDED, tier);
+            }
+        }
+        self.agents[a as usize] = None;
+        self.free_agents.push(a);
+        self.dirty = true;
+    }
+}
+
+#[cfg(test)]
+mod tests;
