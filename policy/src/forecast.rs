@@ -133,12 +133,33 @@ impl GapHistogram {
     }
 }
 
+/// Which gap a distribution describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gap {
+    /// From a call's answer, which ended this way, to the agent's next call.
+    AfterAnswer(CallEnd),
+    /// From a call's arrival to the agent's next call (used while the call
+    /// is in flight, when the ending is not known yet).
+    AfterCall,
+}
+
+impl Gap {
+    const COUNT: usize = CallEnd::COUNT + 1;
+
+    fn index(self) -> usize {
+        match self {
+            Gap::AfterAnswer(end) => end.index(),
+            Gap::AfterCall => CallEnd::COUNT,
+        }
+    }
+}
+
 /// Population-wide gap distributions, one per kind of call ending, plus the
 /// knobs of the blend with each agent's own history.
 #[derive(Debug, Clone)]
 pub struct Forecaster {
     edges: Edges,
-    global: [GapHistogram; CallEnd::COUNT],
+    global: [GapHistogram; Gap::COUNT],
     /// Weight of the population distribution against an agent's own gaps:
     /// an agent with this many recorded gaps of a kind counts as much as the
     /// population for that kind.
@@ -148,7 +169,7 @@ pub struct Forecaster {
 /// Per-agent gap history, kept by the policy next to each agent.
 #[derive(Debug, Clone, Default)]
 pub struct AgentGaps {
-    hist: [GapHistogram; CallEnd::COUNT],
+    hist: [GapHistogram; Gap::COUNT],
 }
 
 impl Default for Forecaster {
@@ -163,10 +184,15 @@ impl Forecaster {
     /// it answers sensibly before it has seen anything.
     pub fn new(prior_weight: f64) -> Self {
         let edges = Edges::default();
-        let mut global: [GapHistogram; CallEnd::COUNT] = Default::default();
-        global[CallEnd::Unknown.index()].record(&edges, 60_000, 1.0);
-        global[CallEnd::ToolCall.index()].record(&edges, 20_000, 1.0);
-        global[CallEnd::EndOfTurn.index()].record(&edges, 300_000, 1.0);
+        let mut global: [GapHistogram; Gap::COUNT] = Default::default();
+        for (gap, ms) in [
+            (Gap::AfterAnswer(CallEnd::Unknown), 60_000),
+            (Gap::AfterAnswer(CallEnd::ToolCall), 20_000),
+            (Gap::AfterAnswer(CallEnd::EndOfTurn), 300_000),
+            (Gap::AfterCall, 30_000),
+        ] {
+            global[gap.index()].record(&edges, ms, 1.0);
+        }
         Self {
             edges,
             global,
@@ -174,21 +200,21 @@ impl Forecaster {
         }
     }
 
-    /// Records that an agent whose call ended with `end` called again `gap_ms` later.
-    pub fn record(&mut self, end: CallEnd, gap_ms: u64, agent: &mut AgentGaps) {
-        self.global[end.index()].record(&self.edges, gap_ms, 1.0);
-        agent.hist[end.index()].record(&self.edges, gap_ms, 1.0);
+    /// Records an observed gap of kind `gap` of one agent.
+    pub fn record(&mut self, gap: Gap, gap_ms: u64, agent: &mut AgentGaps) {
+        self.global[gap.index()].record(&self.edges, gap_ms, 1.0);
+        agent.hist[gap.index()].record(&self.edges, gap_ms, 1.0);
     }
 
-    /// Hit density of an agent whose last call ended with `end` and who has
-    /// been silent for `waited_ms`, over a horizon of `horizon_ms`: the chance of
+    /// Hit density of an agent that has waited `waited_ms` on the clock of
+    /// `gap` (since its last answer, or since its last call while in flight), over a horizon of `horizon_ms`: the chance of
     /// a call within the horizon per ms of cache time spent waiting for it.
     /// Larger means more worth keeping. Always finite and > 0.
-    pub fn density(&self, end: CallEnd, waited_ms: u64, horizon_ms: u64, agent: &AgentGaps) -> f64 {
+    pub fn density(&self, gap: Gap, waited_ms: u64, horizon_ms: u64, agent: &AgentGaps) -> f64 {
         let a = waited_ms as f64;
         let b = a + horizon_ms.max(1) as f64;
-        let g = &self.global[end.index()];
-        let l = &agent.hist[end.index()];
+        let g = &self.global[gap.index()];
+        let l = &agent.hist[gap.index()];
         let (gs_a, gs_b, gi) = g.tail(&self.edges, a, b);
         let (ls_a, ls_b, li) = l.tail(&self.edges, a, b);
         let (gt, lt) = (g.total().max(1e-9), l.total());

@@ -1,7 +1,7 @@
 //! Per-agent state kept by the value policy and the agent ranking it derives.
 
 use crate::agent::CallEnd;
-use crate::forecast::{AgentGaps, Forecaster};
+use crate::forecast::{AgentGaps, Forecaster, Gap};
 
 use super::ValueConfig;
 
@@ -31,6 +31,7 @@ pub(crate) struct AgentState<K> {
     pub gaps: AgentGaps,
     /// Position in the current ranking (`u32::MAX` when not ranked yet).
     pub rank_pos: u32,
+    pub last_call: u64,
 }
 
 impl<K> AgentState<K> {
@@ -44,43 +45,42 @@ impl<K> AgentState<K> {
             pinned: false,
             gaps: AgentGaps::default(),
             rank_pos: u32::MAX,
+            last_call: now_ms,
         }
     }
 
-    /// Learns the gap that ends at a call arriving at `now_ms`.
+    /// Learns the gaps that end at a call arriving at `now_ms`.
     pub fn learn_gap(&mut self, forecaster: &mut Forecaster, now_ms: u64) {
-        match self.phase {
-            Phase::Answered { at, end } => {
-                forecaster.record(end, now_ms.saturating_sub(at), &mut self.gaps)
-            }
-            Phase::InFlight { since } => forecaster.record(
-                CallEnd::Unknown,
-                now_ms.saturating_sub(since),
-                &mut self.gaps,
-            ),
-            Phase::New { .. } => {}
+        if let Phase::Answered { at, end } = self.phase {
+            forecaster.record(Gap::AfterAnswer(end), now_ms.saturating_sub(at), &mut self.gaps);
+        }
+        if self.seq > 0 {
+            forecaster.record(Gap::AfterCall, now_ms.saturating_sub(self.last_call), &mut self.gaps);
         }
     }
 
-    /// Ranking key: `(class, value)`, ascending = evicted first. Classes: 0
-    /// ordinary, 1 kept warm, 2 pinned. Within class 0 the value is the agent's
-    /// weight times the hit density of its next call.
-    pub fn rank_key(&self, forecaster: &Forecaster, cfg: &ValueConfig, now_ms: u64) -> (u8, f64) {
+    /// Ranking key: `(class, value, last activity)`, ascending = evicted
+    /// first. Classes: 0 ordinary, 1 kept warm, 2 pinned. Within class 0 the
+    /// value is the agent's weight times the hit density of its next call:
+    /// while a call is in flight, on the clock of call-to-next-call gaps; once
+    /// answered, on the clock of answer-to-next-call gaps of that ending.
+    pub fn rank_key(&self, forecaster: &Forecaster, cfg: &ValueConfig, now_ms: u64) -> (u8, f64, u64) {
+        let last = match self.phase {
+            Phase::New { since } | Phase::InFlight { since } => since,
+            Phase::Answered { at, .. } => at,
+        };
         if self.pinned {
-            return (2, self.weight);
+            return (2, self.weight, last);
         }
         if now_ms < self.keep_warm_until {
-            return (1, self.weight);
+            return (1, self.weight, last);
         }
-        let (since, end) = match self.phase {
-            Phase::InFlight { since } if now_ms.saturating_sub(since) < cfg.inflight_timeout_ms => {
-                return (0, f64::MAX);
-            }
-            Phase::InFlight { since } | Phase::New { since } => (since, CallEnd::Unknown),
-            Phase::Answered { at, end } => (at, end),
+        let (gap, since) = match self.phase {
+            Phase::New { since } | Phase::InFlight { since } => (Gap::AfterCall, since),
+            Phase::Answered { at, end } => (Gap::AfterAnswer(end), at),
         };
         let waited = now_ms.saturating_sub(since);
-        let density = forecaster.density(end, waited, cfg.horizon_ms, &self.gaps);
-        (0, self.weight * density)
+        let density = forecaster.density(gap, waited, cfg.horizon_ms, &self.gaps);
+        (0, self.weight * density, last)
     }
 }

@@ -57,9 +57,6 @@ pub struct ValueConfig {
     /// Recompute agent ranks at least this often (ms) even when no agent
     /// changed state, since waiting changes the forecast. Default 1 s.
     pub rerank_ms: u64,
-    /// A call unanswered for this long is treated as answered with an unknown
-    /// ending (ms). Default 10 minutes.
-    pub inflight_timeout_ms: u64,
     /// Share of the generic class that blocks read more than once may hold. Default 0.8.
     pub protected_fraction: f64,
 }
@@ -70,7 +67,6 @@ impl Default for ValueConfig {
             horizon_ms: 600_000,
             prior_weight: 4.0,
             rerank_ms: 1_000,
-            inflight_timeout_ms: 600_000,
             protected_fraction: 0.8,
         }
     }
@@ -197,7 +193,7 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
         if !self.dirty && now_ms < self.ranked_at.saturating_add(self.cfg.rerank_ms) {
             return;
         }
-        let mut keyed: Vec<((u8, f64), u32)> = Vec::with_capacity(self.agent_index.len());
+        let mut keyed: Vec<((u8, f64, u64), u32)> = Vec::with_capacity(self.agent_index.len());
         for (slot, a) in self.agents.iter().enumerate() {
             if let Some(a) = a {
                 keyed.push((a.rank_key(&self.forecaster, &self.cfg, now_ms), slot as u32));
@@ -206,6 +202,7 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
         keyed.sort_unstable_by(|(ka, sa), (kb, sb)| {
             ka.0.cmp(&kb.0)
                 .then(ka.1.total_cmp(&kb.1))
+                .then(ka.2.cmp(&kb.2))
                 .then(sa.cmp(sb))
         });
         self.order.clear();
@@ -311,6 +308,7 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
         st.learn_gap(forecaster, now_ms);
         st.seq = st.seq.wrapping_add(1);
         st.phase = Phase::InFlight { since: now_ms };
+        st.last_call = now_ms;
         let seq = st.seq;
         let list = AGENT_BASE + a;
         // Tail first to the front, so the head ends up frontmost (evicted last).
