@@ -1,0 +1,118 @@
+//! Server configuration: every field has an embedded default so that the
+//! server starts on a laptop with no GPU and no setup.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Parses sizes such as `512MiB`, `2GiB`, `1.5GB`, `4096` (bytes), `0`.
+/// Binary (`KiB`, `MiB`, `GiB`, `TiB`) and decimal (`KB`, `MB`, `GB`, `TB`) units.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size: expected e.g. 512MiB, 2GiB or 4096"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' in '{text}': use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+            ))
+        }
+    };
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("'{text}' is not a non-negative size"));
+    }
+    Ok((value * mult as f64).round() as u64)
+}
+
+/// Capacities and locations of the tiered store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Directory of the RocksDB tier. Default `./kvtier-data`.
+    pub data_dir: PathBuf,
+    /// T0 GPU capacity in bytes; 0 disables it. Default 0 (only used with the `cuda` feature).
+    pub gpu_capacity: u64,
+    /// CUDA device ordinal for T0. Default 0.
+    pub gpu_device: usize,
+    /// T1 host-memory capacity in bytes. Default 1 GiB.
+    pub host_capacity: u64,
+    /// T2 disk capacity in payload bytes; 0 disables the disk tier. Default 16 GiB.
+    pub disk_capacity: u64,
+    /// Sync the RocksDB write-ahead log on every write (survives power loss,
+    /// not only process crashes). Default false: a `kill -9` loses nothing either way.
+    pub sync_writes: bool,
+    /// Move a block read from a lower tier up to the highest tier with a place for it. Default true.
+    pub promote_on_hit: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./kvtier-data"),
+            gpu_capacity: 0,
+            gpu_device: 0,
+            host_capacity: 1 << 30,
+            disk_capacity: 16 << 30,
+            sync_writes: false,
+            promote_on_hit: true,
+        }
+    }
+}
+
+/// Network-facing settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// gRPC listen address. Default `127.0.0.1:50051`.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` listen address; `None` disables it. Default `127.0.0.1:9464`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Largest payload accepted for one block, in bytes. Default 64 MiB.
+    pub max_block_bytes: u64,
+    /// Requests served at once; more wait in line up to `max_queued_requests`. Default 256.
+    pub max_concurrent_requests: usize,
+    /// Namespaces a handshake may create; empty allows any. Default empty.
+    pub allowed_namespaces: Vec<String>,
+    /// Store settings.
+    pub store: StoreConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            max_block_bytes: 64 << 20,
+            max_concurrent_requests: 256,
+            allowed_namespaces: Vec::new(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_byte_size;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_byte_size("4096"), Ok(4096));
+        assert_eq!(parse_byte_size("2MiB"), Ok(2 << 20));
+        assert_eq!(parse_byte_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_byte_size("3 GB"), Ok(3_000_000_000));
+        assert_eq!(parse_byte_size("0"), Ok(0));
+        assert!(parse_byte_size("lots").is_err());
+        assert!(parse_byte_size("5 parsecs").is_err());
+    }
+}

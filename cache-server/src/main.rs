@@ -1,0 +1,134 @@
+//! `kvtier-server`: parse flags, run the library's server until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+use kvtier_cache_server::config::{parse_byte_size, ServerConfig, StoreConfig};
+use kvtier_cache_server::server;
+
+/// kvtier cache server: a tiered (GPU HBM → host memory → NVMe/RocksDB) KV block
+/// store for agentic LLM inference, served over gRPC (kvtier.v1).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// gRPC listen address (port 0 picks a free port; the bound address is printed).
+    #[arg(long, env = "KVTIER_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Prometheus /metrics listen address; "off" disables it.
+    #[arg(long, env = "KVTIER_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    metrics_listen: String,
+    /// Directory of the RocksDB disk tier.
+    #[arg(long, env = "KVTIER_DATA_DIR", default_value = "./kvtier-data")]
+    data_dir: PathBuf,
+    /// Host-memory tier capacity (e.g. 512MiB, 8GiB).
+    #[arg(long, env = "KVTIER_HOST_CAPACITY", default_value = "1GiB", value_parser = parse_byte_size)]
+    host_capacity: u64,
+    /// Disk tier capacity in payload bytes; 0 disables the disk tier.
+    #[arg(long, env = "KVTIER_DISK_CAPACITY", default_value = "16GiB", value_parser = parse_byte_size)]
+    disk_capacity: u64,
+    /// GPU HBM tier capacity (needs a build with the `cuda` feature and a GPU); 0 disables it.
+    #[arg(long, env = "KVTIER_GPU_CAPACITY", default_value = "0", value_parser = parse_byte_size)]
+    gpu_capacity: u64,
+    /// CUDA device ordinal of the GPU tier.
+    #[arg(long, env = "KVTIER_GPU_DEVICE", default_value_t = 0)]
+    gpu_device: usize,
+    /// Largest block payload accepted.
+    #[arg(long, env = "KVTIER_MAX_BLOCK_BYTES", default_value = "64MiB", value_parser = parse_byte_size)]
+    max_block_bytes: u64,
+    /// Requests served at once; beyond that, requests wait up to 2 s, then get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KVTIER_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    max_concurrent_requests: usize,
+    /// Comma-separated namespaces a handshake may create; empty allows any.
+    #[arg(long, env = "KVTIER_ALLOWED_NAMESPACES", value_delimiter = ',')]
+    allowed_namespaces: Vec<String>,
+    /// fsync the write-ahead log on every disk write (survives power loss, slower).
+    #[arg(long, env = "KVTIER_SYNC_WRITES", default_value_t = false)]
+    sync_writes: bool,
+    /// Do not move blocks read from a lower tier up.
+    #[arg(long, env = "KVTIER_NO_PROMOTE", default_value_t = false)]
+    no_promote: bool,
+}
+
+fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
+    let metrics_listen = match args.metrics_listen.as_str() {
+        "off" | "" => None,
+        text => Some(
+            text.parse()
+                .with_context(|| format!("--metrics-listen {text:?} is not an address or \"off\""))?,
+        ),
+    };
+    Ok(ServerConfig {
+        listen: args.listen,
+        metrics_listen,
+        max_block_bytes: args.max_block_bytes,
+        max_concurrent_requests: args.max_concurrent_requests,
+        allowed_namespaces: args
+            .allowed_namespaces
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect(),
+        store: StoreConfig {
+            data_dir: args.data_dir,
+            gpu_capacity: args.gpu_capacity,
+            gpu_device: args.gpu_device,
+            host_capacity: args.host_capacity,
+            disk_capacity: args.disk_capacity,
+            sync_writes: args.sync_writes,
+            promote_on_hit: !args.no_promote,
+        },
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown signal received");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KVTIER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = config_from(Args::parse())?;
+    let (grpc, metrics) = server::bind(&config)
+        .await
+        .with_context(|| format!("cannot bind {} / {:?}", config.listen, config.metrics_listen))?;
+    server::run(config, grpc, metrics, shutdown_signal(), |addrs| {
+        // One machine-readable line on stdout, for scripts and tests.
+        println!(
+            "kvtier-server ready grpc={} metrics={}",
+            addrs.grpc,
+            addrs
+                .metrics
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into())
+        );
+    })
+    .await?;
+    Ok(())
+}

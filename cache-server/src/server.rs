@@ -1,0 +1,149 @@
+//! Wires the store, the gRPC services and `/metrics`, and runs until the
+//! shutdown future completes; then stops accepting, drains, and flushes the
+//! disk tier.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use kvtier_policy::lru::Lru;
+use kvtier_proto::v1::cache_service_server::CacheServiceServer;
+
+use crate::config::ServerConfig;
+use crate::metrics as m;
+use crate::namespace::NamespaceRegistry;
+use crate::service::session::Sessions;
+use crate::service::{CacheServiceImpl, ServiceState};
+use crate::store::TieredStore;
+
+/// Most sessions kept at once.
+const MAX_SESSIONS: usize = 100_000;
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// Namespaces could not be loaded.
+    #[error("cannot load namespaces: {0}")]
+    Namespaces(#[from] crate::namespace::NamespaceError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// A listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Addresses the server actually bound (useful with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    /// gRPC.
+    pub grpc: SocketAddr,
+    /// `/metrics`, when enabled.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Binds the configured listeners.
+pub async fn bind(config: &ServerConfig) -> std::io::Result<(TcpListener, Option<TcpListener>)> {
+    let grpc = TcpListener::bind(config.listen).await?;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    Ok((grpc, metrics))
+}
+
+/// Runs the server on already-bound listeners until `shutdown` completes.
+/// `on_ready` is called once the store is open and the listeners serve.
+pub async fn run(
+    config: ServerConfig,
+    grpc_listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(BoundAddrs),
+) -> Result<(), ServerError> {
+    let store = tokio::task::block_in_place(|| {
+        TieredStore::open(&config.store, Box::new(Lru::<crate::block::BlockKey>::new()))
+    })?;
+    let namespaces = NamespaceRegistry::new(config.allowed_namespaces.clone(), config.max_block_bytes);
+    if let Some(disk) = store.disk() {
+        let n = namespaces.load(disk)?;
+        tracing::info!(namespaces = n, "namespaces loaded");
+    }
+    let max_message_bytes = config.max_block_bytes + (1 << 20);
+    let state = Arc::new(ServiceState {
+        store: Arc::clone(&store),
+        namespaces,
+        sessions: Sessions::new(MAX_SESSIONS),
+        epoch: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+        max_message_bytes,
+        admission: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+        max_concurrent_requests: config.max_concurrent_requests.max(1),
+    });
+
+    // One shutdown signal fans out to both listeners.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let grpc_addr = grpc_listener.local_addr()?;
+    let mut metrics_addr = None;
+    let mut metrics_task = None;
+    if let Some(listener) = metrics_listener {
+        metrics_addr = Some(listener.local_addr()?);
+        match m::install_recorder() {
+            Ok(handle) => {
+                let stop = stopped(stop_rx.clone());
+                metrics_task = Some(tokio::spawn(m::serve(listener, handle, stop)));
+            }
+            Err(e) => tracing::warn!(error = %e, "metrics recorder not installed; /metrics disabled"),
+        }
+    }
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<CacheServiceServer<CacheServiceImpl>>()
+        .await;
+    let service = CacheServiceServer::new(CacheServiceImpl::new(Arc::clone(&state)))
+        .max_decoding_message_size(max_message_bytes as usize)
+        .max_encoding_message_size(max_message_bytes as usize);
+
+    on_ready(BoundAddrs {
+        grpc: grpc_addr,
+        metrics: metrics_addr,
+    });
+    tracing::info!(%grpc_addr, ?metrics_addr, "kvtier-server serving");
+
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(grpc_listener),
+            stopped(stop_rx.clone()),
+        )
+        .await?;
+
+    tracing::info!("gRPC stopped; flushing the disk tier");
+    tokio::task::block_in_place(|| store.flush())?;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    tracing::info!("kvtier-server stopped cleanly");
+    Ok(())
+}

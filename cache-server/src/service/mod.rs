@@ -1,0 +1,191 @@
+//! Thin gRPC shell over the store: one file per handler group.
+//!
+//! - [`session`]: handshake sessions (no data call without one).
+//! - [`handshake`]: `Handshake`.
+//! - [`put`]: `Put` (client-streaming).
+//! - [`read`]: `Get` (server-streaming) and `Lookup`.
+//! - [`watch`]: `WatchEvents`.
+//! - [`stats`]: `Stats`.
+//!
+//! Every handler validates its input and maps failures to the status code a
+//! client can act on, with a message that says what to change.
+
+mod handshake;
+mod put;
+mod read;
+pub mod session;
+mod stats;
+mod watch;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::{Request, Response, Status, Streaming};
+
+use kvtier_proto::v1::cache_service_server::CacheService;
+use kvtier_proto::v1::*;
+
+use crate::metrics as m;
+use crate::namespace::NamespaceRegistry;
+use crate::store::{StoreError, TieredStore};
+use session::Sessions;
+
+/// Most hashes one Get or Lookup may carry.
+pub const MAX_HASHES_PER_REQUEST: usize = 65_536;
+
+/// How long a request waits for a free slot before it is refused.
+const ADMISSION_WAIT: Duration = Duration::from_secs(2);
+
+/// Shared state of the handlers.
+#[derive(Debug)]
+pub struct ServiceState {
+    /// The block store.
+    pub store: Arc<TieredStore>,
+    /// Namespaces and their configurations.
+    pub namespaces: NamespaceRegistry,
+    /// Open sessions.
+    pub sessions: Sessions,
+    /// Identifies this process in events.
+    pub epoch: u64,
+    /// Largest gRPC message accepted.
+    pub max_message_bytes: u64,
+    /// Bounds the requests served at once (back-pressure, not OOM).
+    pub admission: Arc<Semaphore>,
+    /// Slots in `admission`.
+    pub max_concurrent_requests: usize,
+}
+
+impl ServiceState {
+    /// Takes a request slot, waiting briefly; refuses with RESOURCE_EXHAUSTED
+    /// and a retry hint when the server stays saturated.
+    pub async fn admit(&self, method: &'static str) -> Result<OwnedSemaphorePermit, Status> {
+        match tokio::time::timeout(ADMISSION_WAIT, self.admission.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                metrics::counter!(m::REQUESTS_REJECTED, "method" => method).increment(1);
+                let mut status = Status::resource_exhausted(format!(
+                    "server busy: {} requests in flight (--max-concurrent-requests); retry after 100 ms",
+                    self.max_concurrent_requests
+                ));
+                if let Ok(v) = "100".parse() {
+                    status.metadata_mut().insert("retry-after-ms", v);
+                }
+                Err(status)
+            }
+        }
+    }
+}
+
+/// Maps store failures to gRPC statuses.
+pub fn store_status(err: StoreError) -> Status {
+    match err {
+        StoreError::TooLarge { .. } => Status::invalid_argument(err.to_string()),
+        StoreError::Tier(e) => Status::internal(format!("storage failure: {e}")),
+    }
+}
+
+/// Records a handler's latency with its outcome code.
+fn observe<T>(method: &'static str, started: Instant, result: &Result<T, Status>) {
+    let code = match result {
+        Ok(_) => "ok".to_string(),
+        Err(s) => format!("{:?}", s.code()).to_lowercase(),
+    };
+    metrics::histogram!(m::REQUEST_DURATION, "method" => method, "code" => code)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// The `kvtier.v1.CacheService` implementation.
+#[derive(Debug, Clone)]
+pub struct CacheServiceImpl {
+    state: Arc<ServiceState>,
+}
+
+impl CacheServiceImpl {
+    /// A service over shared state.
+    pub fn new(state: Arc<ServiceState>) -> Self {
+        Self { state }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl CacheService for CacheServiceImpl {
+    async fn handshake(
+        &self,
+        request: Request<HandshakeRequest>,
+    ) -> Result<Response<HandshakeResponse>, Status> {
+        let started = Instant::now();
+        let result = handshake::handle(&self.state, request.into_inner()).map(Response::new);
+        observe("handshake", started, &result);
+        result
+    }
+
+    async fn put(
+        &self,
+        request: Request<Streaming<PutRequest>>,
+    ) -> Result<Response<PutResponse>, Status> {
+        let started = Instant::now();
+        let result = put::handle(&self.state, request).await.map(Response::new);
+        observe("put", started, &result);
+        result
+    }
+
+    type GetStream = BoxStream<GetResponse>;
+
+    async fn get(
+        &self,
+        request: Request<GetRequest>,
+    ) -> Result<Response<Self::GetStream>, Status> {
+        let started = Instant::now();
+        let result = read::get(&self.state, request).await.map(Response::new);
+        observe("get", started, &result);
+        result
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Status> {
+        let started = Instant::now();
+        let result = read::lookup(&self.state, request).await.map(Response::new);
+        observe("lookup", started, &result);
+        result
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        let started = Instant::now();
+        let result = Ok(Response::new(stats::handle(&self.state)));
+        observe("stats", started, &result);
+        result
+    }
+
+    type WatchEventsStream = BoxStream<CacheEvent>;
+
+    async fn watch_events(
+        &self,
+        request: Request<WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let started = Instant::now();
+        let result = watch::handle(&self.state, request.into_inner()).map(Response::new);
+        observe("watch_events", started, &result);
+        result
+    }
+}
+
+/// Converts a store tier to its wire enum.
+pub fn wire_tier(tier: Option<crate::tier::Tier>) -> kvtier_proto::v1::Tier {
+    use crate::tier::Tier as T;
+    match tier {
+        None => kvtier_proto::v1::Tier::None,
+        Some(T::Gpu) => kvtier_proto::v1::Tier::Gpu,
+        Some(T::Host) => kvtier_proto::v1::Tier::Host,
+        Some(T::Disk) => kvtier_proto::v1::Tier::Disk,
+    }
+}

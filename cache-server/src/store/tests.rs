@@ -1,0 +1,153 @@
+use super::*;
+use bytes::Bytes;
+use kvtier_policy::lru::Lru;
+
+fn config(dir: &std::path::Path, host: u64, disk: u64) -> StoreConfig {
+    StoreConfig {
+        data_dir: dir.to_path_buf(),
+        host_capacity: host,
+        disk_capacity: disk,
+        ..StoreConfig::default()
+    }
+}
+
+fn block(seed: u64, len: usize) -> Block {
+    let payload: Vec<u8> = (0..len)
+        .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64) % 251) as u8)
+        .collect();
+    Block {
+        parent: seed.checked_sub(1),
+        payload: Bytes::from(payload),
+    }
+}
+
+fn open(cfg: &StoreConfig) -> Arc<TieredStore> {
+    TieredStore::open(cfg, Box::new(Lru::new())).expect("open store")
+}
+
+#[test]
+fn host_capacity_is_never_exceeded_and_pressure_demotes_to_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), 10_000, 1 << 30);
+    let store = open(&cfg);
+    for i in 0..100u64 {
+        let len = 500 + (i as usize * 37) % 1500;
+        store
+            .put(BlockKey::new(1, i), block(i, len))
+            .expect("put");
+        let host = store.usage()[Tier::Host.index()];
+        assert!(host.used_bytes <= 10_000, "host tier over capacity");
+        assert_eq!(store.host_resident_bytes(), host.used_bytes);
+    }
+    let usage = store.usage();
+    assert!(usage[Tier::Disk.index()].blocks > 0);
+    assert_eq!(
+        usage[Tier::Host.index()].blocks + usage[Tier::Disk.index()].blocks,
+        100
+    );
+    // every block still reads back with its own bytes
+    for i in 0..100u64 {
+        let len = 500 + (i as usize * 37) % 1500;
+        let hit = store
+            .get(BlockKey::new(1, i))
+            .expect("get")
+            .expect("present");
+        assert_eq!(hit.block, block(i, len));
+        assert!(store.usage()[Tier::Host.index()].used_bytes <= 10_000);
+    }
+}
+
+#[test]
+fn lru_order_decides_who_is_demoted_and_hits_promote() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&config(dir.path(), 3_000, 1 << 20));
+    for i in 0..3u64 {
+        store.put(BlockKey::new(1, i), block(i, 1000)).expect("put");
+    }
+    // touch 0 so that 1 is the least recently used
+    store.get(BlockKey::new(1, 0)).expect("get");
+    store.put(BlockKey::new(1, 3), block(3, 1000)).expect("put");
+    let tiers = store.lookup(&[0, 1, 2, 3].map(|h| BlockKey::new(1, h)));
+    assert_eq!(
+        tiers,
+        vec![
+            Some(Tier::Host),
+            Some(Tier::Disk),
+            Some(Tier::Host),
+            Some(Tier::Host)
+        ]
+    );
+    // a disk hit is served from disk and then promoted
+    let hit = store.get(BlockKey::new(1, 1)).expect("get").expect("hit");
+    assert_eq!(hit.tier, Tier::Disk);
+    assert_eq!(
+        store.lookup(&[BlockKey::new(1, 1)]),
+        vec![Some(Tier::Host)]
+    );
+}
+
+#[test]
+fn bottom_tier_drops_and_write_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&config(dir.path(), 2_000, 2_000));
+    for i in 0..6u64 {
+        let out = store.put(BlockKey::new(1, i), block(i, 1000)).expect("put");
+        assert!(!out.already_present);
+    }
+    let again = store.put(BlockKey::new(1, 5), block(5, 1000)).expect("put");
+    assert!(again.already_present);
+    let present = store
+        .lookup(&(0..6).map(|h| BlockKey::new(1, h)).collect::<Vec<_>>())
+        .into_iter()
+        .filter(Option::is_some)
+        .count();
+    assert_eq!(present, 4);
+    let usage = store.usage();
+    assert!(usage[Tier::Disk.index()].used_bytes <= 2_000);
+}
+
+#[test]
+fn too_large_block_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&config(dir.path(), 1_000, 2_000));
+    let err = store
+        .put(BlockKey::new(1, 1), block(1, 5_000))
+        .expect_err("too large");
+    assert!(matches!(err, StoreError::TooLarge { bytes: 5000, .. }));
+}
+
+#[test]
+fn restart_serves_blocks_that_were_on_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), 0, 1 << 30);
+    {
+        let store = open(&cfg);
+        for i in 0..20u64 {
+            let out = store.put(BlockKey::new(2, i), block(i, 4096)).expect("put");
+            assert_eq!(out.tier, Tier::Disk);
+        }
+        // no flush: the WAL alone must bring them back
+    }
+    let store = open(&cfg);
+    assert_eq!(store.usage()[Tier::Disk.index()].blocks, 20);
+    for i in 0..20u64 {
+        let hit = store.get(BlockKey::new(2, i)).expect("get").expect("hit");
+        assert_eq!(hit.block, block(i, 4096));
+    }
+}
+
+#[test]
+fn events_have_monotonic_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&config(dir.path(), 1_000, 1 << 20));
+    let mut rx = store.subscribe();
+    store.put(BlockKey::new(1, 1), block(1, 1000)).expect("put");
+    store.put(BlockKey::new(1, 2), block(2, 1000)).expect("put");
+    let a = rx.try_recv().expect("event");
+    let b = rx.try_recv().expect("event");
+    let c = rx.try_recv().expect("event");
+    assert_eq!((a.kind, a.tier), (StoreEventKind::Stored, Some(Tier::Host)));
+    assert_eq!((b.kind, b.key.hash, b.tier), (StoreEventKind::Moved, 1, Some(Tier::Disk)));
+    assert_eq!(c.kind, StoreEventKind::Stored);
+    assert_eq!((b.id, c.id), (a.id + 1, a.id + 2));
+}

@@ -1,0 +1,11 @@
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Use a vendored protoc so that a fresh machine needs nothing installed.
+    if std::env::var_os("PROTOC").is_none() {
+        std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
+    }
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure()
+        .bytes(".kvtier.v1")
+        .compile_protos(&["proto/kvtier/v1/cache.proto"], &["proto"])?;
+    Ok(())
+}

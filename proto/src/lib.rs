@@ -1,0 +1,20 @@
+//! kvtier-proto: the `kvtier.v1` wire contract and the canonical block hash.
+//!
+//! # Layout
+//! - [`v1`]: generated prost/tonic code for `proto/kvtier/v1/*.proto`
+//!   (messages, `CacheService` client and server).
+//! - [`hashing`]: the Dynamo-compatible block hash (XXH3-64 with seed, chained
+//!   sequence hashes, namespace salt folded into the seed).
+//!
+//! Everything else in kvtier depends on this crate; it depends on nothing of ours.
+
+pub mod hashing;
+
+/// Generated code for the `kvtier.v1` package.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("kvtier.v1");
+}
+
+/// Metadata key under which clients may also pass their session id.
+pub const SESSION_METADATA_KEY: &str = "kvtier-session";
