@@ -1,1 +1,317 @@
+//! Test harness: starts the real kvtier binaries on loopback ports with temp
+//! data directories and talks to them as a client would.
+//!
+//! Binaries are looked up next to the test executable's target directory
+//! (`target/<profile>/`), or at `$KVTIER_SERVER_BIN`. Build them first:
+//! `cargo build --release --workspace --bins` (the project's test script does).
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use kvtier_proto::hashing::{effective_seed, BlockHasher, DEFAULT_SEED};
+use kvtier_proto::v1::cache_service_client::CacheServiceClient;
+use kvtier_proto::v1::*;
+use tonic::transport::Channel;
+
+/// Path of a workspace binary built in the same profile as the tests.
+pub fn binary(name: &str, env_override: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env_override) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-exe>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("cannot locate the target directory from {}", exe.display()))?;
+    let path = profile_dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build it first with `cargo build --release --workspace --bins` \
+             (or set {env_override})",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running `kvtier-server` process. Killed (SIGKILL) on drop.
+pub struct ServerProcess {
+    child: Option<Child>,
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// `/metrics` address.
+    pub metrics: SocketAddr,
+    /// Data directory (kept by the caller's `TempDir`).
+    pub data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the server on free loopback ports with `data_dir` and extra flags,
+    /// and waits until it reports ready.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> Result<Self> {
+        let bin = binary("kvtier-server", "KVTIER_SERVER_BIN")?;
+        let log = data_dir.with_extension("log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut child = Command::new(bin)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra_args)
+            .env("KVTIER_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .context("spawn kvtier-server")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // keep draining so the child never blocks on a full pipe
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.starts_with("kvtier-server ready") => line,
+            other => {
+                let _ = child.kill();
+                let logs = std::fs::read_to_string(&log).unwrap_or_default();
+                bail!("kvtier-server did not become ready ({other:?}); log:\n{logs}");
+            }
+        };
+        let field = |name: &str| -> Result<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name))
+                .ok_or_else(|| anyhow!("no {name} in {line:?}"))?
+                .parse()
+                .with_context(|| format!("bad address in {line:?}"))
+        };
+        Ok(Self {
+            grpc: field("grpc=")?,
+            metrics: field("metrics=")?,
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            log,
+        })
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`, then wait for the process to be gone.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait up to 30 s for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Result<i32> {
+        let Some(mut child) = self.child.take() else {
+            bail!("server already stopped");
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.kill()?;
+        bail!("server did not exit within 30 s of SIGTERM")
+    }
+
+    /// A gRPC client connected to this server.
+    pub async fn client(&self) -> Result<CacheServiceClient<Channel>> {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc))?
+            .connect()
+            .await?;
+        Ok(CacheServiceClient::new(channel)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20))
+    }
+
+    /// The text of `GET /metrics`.
+    pub fn metrics_text(&self) -> Result<String> {
+        http_get(self.metrics, "/metrics")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET returning the body (enough for `/metrics`).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("malformed HTTP response"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {head}");
+    }
+    Ok(body.to_string())
+}
+
+/// Sum of all samples of a metric whose label set contains every `labels` pair.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = match series.split_once('{') {
+                Some((m, r)) => (m, r),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let ok = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            ok.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// A hashing configuration for tests.
+pub fn config(block_tokens: u32, block_bytes: u64) -> HashingConfig {
+    HashingConfig {
+        block_tokens,
+        seed: DEFAULT_SEED,
+        salt: String::new(),
+        block_bytes,
+        kv_layout: "test:layers=2,kv=2".into(),
+        model: "test-model".into(),
+    }
+}
+
+/// Handshakes `namespace` with `config` and returns the session id.
+pub async fn handshake(
+    client: &mut CacheServiceClient<Channel>,
+    namespace: &str,
+    config: HashingConfig,
+) -> Result<String, tonic::Status> {
+    Ok(client
+        .handshake(HandshakeRequest {
+            namespace: namespace.into(),
+            config: Some(config),
+            client_name: "integration-test".into(),
+        })
+        .await?
+        .into_inner()
+        .session_id)
+}
+
+/// Sequence hashes of a synthetic prompt: `n` blocks of `block_tokens` tokens
+/// derived from `seed` (distinct seeds give distinct prefixes).
+pub fn prompt_hashes(seed: u32, n: usize, block_tokens: usize) -> Vec<u64> {
+    let tokens: Vec<u32> = (0..(n * block_tokens) as u32)
+        .map(|i| i.wrapping_mul(2_654_435_761).wrapping_add(seed))
+        .collect();
+    BlockHasher::new(block_tokens, effective_seed(DEFAULT_SEED, "")).sequence_hashes(&tokens)
+}
+
+/// Deterministic payload for a block, derived from its hash.
+pub fn payload_for(hash: u64, len: usize) -> Bytes {
+    let mut out = Vec::with_capacity(len);
+    let mut x = hash | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
+
+/// Put messages for a chain of hashes with deterministic payloads.
+pub fn put_messages(session: &str, hashes: &[u64], len: usize) -> Vec<PutRequest> {
+    hashes
+        .iter()
+        .enumerate()
+        .map(|(i, &h)| PutRequest {
+            session_id: if i == 0 { session.into() } else { String::new() },
+            block: Some(BlockData {
+                hash: h,
+                parent_hash: i.checked_sub(1).map(|p| hashes[p]),
+                payload: payload_for(h, len),
+            }),
+        })
+        .collect()
+}
+
+/// Puts a chain of blocks in one stream.
+pub async fn put_chain(
+    client: &mut CacheServiceClient<Channel>,
+    session: &str,
+    hashes: &[u64],
+    len: usize,
+) -> Result<PutResponse, tonic::Status> {
+    let messages = put_messages(session, hashes, len);
+    Ok(client
+        .put(tokio_stream::iter(messages))
+        .await?
+        .into_inner())
+}
+
+/// Gets blocks and collects the whole response stream.
+pub async fn get_all(
+    client: &mut CacheServiceClient<Channel>,
+    session: &str,
+    hashes: &[u64],
+) -> Result<Vec<GetResponse>, tonic::Status> {
+    let mut stream = client
+        .get(GetRequest {
+            session_id: session.into(),
+            hashes: hashes.to_vec(),
+            stop_at_first_miss: false,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(item) = stream.message().await? {
+        out.push(item);
+    }
+    Ok(out)
+}
