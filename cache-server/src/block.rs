@@ -37,10 +37,7 @@ impl BlockKey {
         ns.copy_from_slice(&bytes[..4]);
         let mut hash = [0u8; 8];
         hash.copy_from_slice(&bytes[4..]);
-        Some(Self::new(
-            u32::from_be_bytes(ns),
-            u64::from_be_bytes(hash),
-        ))
+        Some(Self::new(u32::from_be_bytes(ns), u64::from_be_bytes(hash)))
     }
 }
 

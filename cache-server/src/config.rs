@@ -27,8 +27,8 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         "tb" => 1_000_000_000_000,
         other => {
             return Err(format!(
-                "unknown size unit '{other}' in '{text}': use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
-            ))
+            "unknown size unit '{other}' in '{text}': use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+        ))
         }
     };
     if !value.is_finite() || value < 0.0 {

@@ -1,19 +1,19 @@
 //! kvtier-cache-server: the tiered KV block store and its gRPC server.
 //!
 //! # Layout
-//! - [`block`]: block keys, stored blocks and their checksums.
-//! - [`tier`]: one module per storage tier behind the [`tier::BlockTier`] seam:
+//! - [`block`] — block keys, stored blocks and their checksums.
+//! - [`tier`] — one module per storage tier behind the [`tier::BlockTier`] seam:
 //!   [`tier::host`] (T1, host memory), [`tier::disk`] (T2, RocksDB with BlobDB),
 //!   `tier::gpu` (T0, GPU HBM through cudarc, `cuda` feature only).
-//! - [`store`]: [`store::TieredStore`], the facade that places blocks in the
+//! - [`store`] — [`store::TieredStore`], the facade that places blocks in the
 //!   highest tier with room, demotes under pressure in the order an
 //!   [`kvtier_policy::EvictionPolicy`] decides, promotes on hits and publishes events.
-//! - [`namespace`]: namespaces and their hashing configurations (handshake checks).
-//! - [`events`]: the bounded block-event bus behind `WatchEvents`.
-//! - [`metrics`]: metric names and the Prometheus exporter.
-//! - [`service`]: thin gRPC handlers over the library (one file per handler group).
-//! - [`server`]: wires everything and runs until a shutdown future completes.
-//! - [`config`]: server configuration with embedded defaults and byte-size parsing.
+//! - [`namespace`] — namespaces and their hashing configurations (handshake checks).
+//! - [`events`] — the bounded block-event bus behind `WatchEvents`.
+//! - [`metrics`] — metric names and the Prometheus exporter.
+//! - [`service`] — thin gRPC handlers over the library (one file per handler group).
+//! - [`server`] — wires everything and runs until a shutdown future completes.
+//! - [`config`] — server configuration with embedded defaults and byte-size parsing.
 //!
 //! Storage knows nothing of agents: lifecycle-aware ordering lives in the
 //! policy, which the store only consults.

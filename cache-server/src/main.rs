@@ -53,13 +53,13 @@ struct Args {
 }
 
 fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
-    let metrics_listen = match args.metrics_listen.as_str() {
-        "off" | "" => None,
-        text => Some(
-            text.parse()
-                .with_context(|| format!("--metrics-listen {text:?} is not an address or \"off\""))?,
-        ),
-    };
+    let metrics_listen =
+        match args.metrics_listen.as_str() {
+            "off" | "" => None,
+            text => Some(text.parse().with_context(|| {
+                format!("--metrics-listen {text:?} is not an address or \"off\"")
+            })?),
+        };
     Ok(ServerConfig {
         listen: args.listen,
         metrics_listen,
@@ -115,9 +115,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = config_from(Args::parse())?;
-    let (grpc, metrics) = server::bind(&config)
-        .await
-        .with_context(|| format!("cannot bind {} / {:?}", config.listen, config.metrics_listen))?;
+    let (grpc, metrics) = server::bind(&config).await.with_context(|| {
+        format!(
+            "cannot bind {} / {:?}",
+            config.listen, config.metrics_listen
+        )
+    })?;
     server::run(config, grpc, metrics, shutdown_signal(), |addrs| {
         // One machine-readable line on stdout, for scripts and tests.
         println!(

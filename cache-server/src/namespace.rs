@@ -202,9 +202,9 @@ impl NamespaceRegistry {
         let id = map.values().map(|n| n.id).max().map_or(1, |m| m + 1);
         if let Some(disk) = disk {
             let mut value = id.to_le_bytes().to_vec();
-            config.encode(&mut value).map_err(|e| {
-                NamespaceError::Invalid(format!("cannot encode config: {e}"))
-            })?;
+            config
+                .encode(&mut value)
+                .map_err(|e| NamespaceError::Invalid(format!("cannot encode config: {e}")))?;
             let mut key = SETTINGS_PREFIX.to_vec();
             key.extend_from_slice(name.as_bytes());
             disk.put_setting(&key, &value)?;
@@ -275,23 +275,46 @@ mod tests {
         let (again, created) = reg.handshake("a", Some(cfg(16)), None).expect("same");
         assert!(!created);
         assert_eq!(again.id, ns.id);
-        let err = reg.handshake("a", Some(cfg(64)), None).expect_err("mismatch");
+        let err = reg
+            .handshake("a", Some(cfg(64)), None)
+            .expect_err("mismatch");
         let msg = err.to_string();
-        assert!(msg.contains("block_tokens=16") && msg.contains("block_tokens=64"), "{msg}");
+        assert!(
+            msg.contains("block_tokens=16") && msg.contains("block_tokens=64"),
+            "{msg}"
+        );
         assert!(msg.contains("differs in block_tokens"), "{msg}");
     }
 
     #[test]
     fn invalid_requests_are_explained() {
         let reg = NamespaceRegistry::new(vec!["only".into()], 1 << 20);
-        assert!(matches!(reg.handshake("", Some(cfg(16)), None), Err(NamespaceError::Invalid(_))));
-        assert!(matches!(reg.handshake("a b", Some(cfg(16)), None), Err(NamespaceError::Invalid(_))));
-        assert!(matches!(reg.handshake("only", Some(cfg(0)), None), Err(NamespaceError::Invalid(_))));
-        assert!(matches!(reg.handshake("only", None, None), Err(NamespaceError::Invalid(_))));
-        assert!(matches!(reg.handshake("other", Some(cfg(16)), None), Err(NamespaceError::NotAllowed { .. })));
+        assert!(matches!(
+            reg.handshake("", Some(cfg(16)), None),
+            Err(NamespaceError::Invalid(_))
+        ));
+        assert!(matches!(
+            reg.handshake("a b", Some(cfg(16)), None),
+            Err(NamespaceError::Invalid(_))
+        ));
+        assert!(matches!(
+            reg.handshake("only", Some(cfg(0)), None),
+            Err(NamespaceError::Invalid(_))
+        ));
+        assert!(matches!(
+            reg.handshake("only", None, None),
+            Err(NamespaceError::Invalid(_))
+        ));
+        assert!(matches!(
+            reg.handshake("other", Some(cfg(16)), None),
+            Err(NamespaceError::NotAllowed { .. })
+        ));
         let mut big = cfg(16);
         big.block_bytes = 2 << 20;
-        assert!(matches!(reg.handshake("only", Some(big), None), Err(NamespaceError::Invalid(_))));
+        assert!(matches!(
+            reg.handshake("only", Some(big), None),
+            Err(NamespaceError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -300,14 +323,18 @@ mod tests {
         {
             let disk = DiskTier::open(dir.path(), false).expect("open");
             let reg = NamespaceRegistry::new(vec![], 1 << 20);
-            reg.handshake("x", Some(cfg(16)), Some(&disk)).expect("create");
-            reg.handshake("y", Some(cfg(64)), Some(&disk)).expect("create");
+            reg.handshake("x", Some(cfg(16)), Some(&disk))
+                .expect("create");
+            reg.handshake("y", Some(cfg(64)), Some(&disk))
+                .expect("create");
         }
         let disk = DiskTier::open(dir.path(), false).expect("reopen");
         let reg = NamespaceRegistry::new(vec![], 1 << 20);
         assert_eq!(reg.load(&disk).expect("load"), 2);
         assert!(reg.handshake("y", Some(cfg(16)), Some(&disk)).is_err());
-        let (y, created) = reg.handshake("y", Some(cfg(64)), Some(&disk)).expect("same");
+        let (y, created) = reg
+            .handshake("y", Some(cfg(64)), Some(&disk))
+            .expect("same");
         assert!(!created);
         assert_ne!(y.id, reg.get("x").expect("x").id);
     }

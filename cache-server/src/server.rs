@@ -69,9 +69,13 @@ pub async fn run(
     on_ready: impl FnOnce(BoundAddrs),
 ) -> Result<(), ServerError> {
     let store = tokio::task::block_in_place(|| {
-        TieredStore::open(&config.store, Box::new(Lru::<crate::block::BlockKey>::new()))
+        TieredStore::open(
+            &config.store,
+            Box::new(Lru::<crate::block::BlockKey>::new()),
+        )
     })?;
-    let namespaces = NamespaceRegistry::new(config.allowed_namespaces.clone(), config.max_block_bytes);
+    let namespaces =
+        NamespaceRegistry::new(config.allowed_namespaces.clone(), config.max_block_bytes);
     if let Some(disk) = store.disk() {
         let n = namespaces.load(disk)?;
         tracing::info!(namespaces = n, "namespaces loaded");
@@ -110,7 +114,9 @@ pub async fn run(
                 let stop = stopped(stop_rx.clone());
                 metrics_task = Some(tokio::spawn(m::serve(listener, handle, stop)));
             }
-            Err(e) => tracing::warn!(error = %e, "metrics recorder not installed; /metrics disabled"),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed; /metrics disabled")
+            }
         }
     }
 

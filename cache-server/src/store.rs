@@ -128,7 +128,11 @@ impl TieredStore {
         #[cfg(feature = "cuda")]
         let gpu = crate::tier::gpu::GpuTier::open(config.gpu_device, config.gpu_capacity);
         #[cfg(feature = "cuda")]
-        let gpu_capacity = if gpu.is_some() { config.gpu_capacity } else { 0 };
+        let gpu_capacity = if gpu.is_some() {
+            config.gpu_capacity
+        } else {
+            0
+        };
         #[cfg(not(feature = "cuda"))]
         let gpu_capacity = {
             if config.gpu_capacity > 0 {

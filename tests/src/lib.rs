@@ -271,7 +271,11 @@ pub fn put_messages(session: &str, hashes: &[u64], len: usize) -> Vec<PutRequest
         .iter()
         .enumerate()
         .map(|(i, &h)| PutRequest {
-            session_id: if i == 0 { session.into() } else { String::new() },
+            session_id: if i == 0 {
+                session.into()
+            } else {
+                String::new()
+            },
             block: Some(BlockData {
                 hash: h,
                 parent_hash: i.checked_sub(1).map(|p| hashes[p]),
@@ -289,10 +293,7 @@ pub async fn put_chain(
     len: usize,
 ) -> Result<PutResponse, tonic::Status> {
     let messages = put_messages(session, hashes, len);
-    Ok(client
-        .put(tokio_stream::iter(messages))
-        .await?
-        .into_inner())
+    Ok(client.put(tokio_stream::iter(messages)).await?.into_inner())
 }
 
 /// Gets blocks and collects the whole response stream.

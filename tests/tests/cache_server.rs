@@ -71,7 +71,11 @@ async fn put_get_lookup_round_trip() -> anyhow::Result<()> {
 
     let metrics = server.metrics_text()?;
     assert_eq!(
-        metric_sum(&metrics, "kvtier_block_hits_total", &[("op", "get"), ("namespace", "llama")]),
+        metric_sum(
+            &metrics,
+            "kvtier_block_hits_total",
+            &[("op", "get"), ("namespace", "llama")]
+        ),
         19.0
     );
     assert_eq!(
@@ -92,12 +96,22 @@ async fn handshake_mismatch_is_refused_and_data_needs_a_session() -> anyhow::Res
         .await
         .expect_err("block size mismatch must be refused");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("block_tokens=16"), "{}", err.message());
-    assert!(err.message().contains("block_tokens=64"), "{}", err.message());
+    assert!(
+        err.message().contains("block_tokens=16"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("block_tokens=64"),
+        "{}",
+        err.message()
+    );
 
     let mut salted = config(16, 4096);
     salted.salt = "lora-a".into();
-    let err = handshake(&mut client, "ns", salted).await.expect_err("salt mismatch");
+    let err = handshake(&mut client, "ns", salted)
+        .await
+        .expect_err("salt mismatch");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("salt"), "{}", err.message());
 
@@ -121,7 +135,14 @@ async fn handshake_mismatch_is_refused_and_data_needs_a_session() -> anyhow::Res
     assert_eq!(err.code(), Code::FailedPrecondition);
 
     let metrics = server.metrics_text()?;
-    assert_eq!(metric_sum(&metrics, "kvtier_handshakes_total", &[("result", "mismatch")]), 2.0);
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "kvtier_handshakes_total",
+            &[("result", "mismatch")]
+        ),
+        2.0
+    );
     Ok(())
 }
 
@@ -130,7 +151,12 @@ async fn malformed_requests_get_clear_errors() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let server = ServerProcess::start(
         &dir.path().join("data"),
-        &["--allowed-namespaces", "alpha,beta", "--max-block-bytes", "1MiB"],
+        &[
+            "--allowed-namespaces",
+            "alpha,beta",
+            "--max-block-bytes",
+            "1MiB",
+        ],
     )?;
     let mut client = server.client().await?;
 
@@ -148,7 +174,11 @@ async fn malformed_requests_get_clear_errors() -> anyhow::Result<()> {
         .await
         .expect_err("block_bytes over the limit");
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("max-block-bytes"), "{}", err.message());
+    assert!(
+        err.message().contains("max-block-bytes"),
+        "{}",
+        err.message()
+    );
     let err = handshake(&mut client, "bad name!", config(16, 4096))
         .await
         .expect_err("bad name");
@@ -179,7 +209,11 @@ async fn malformed_requests_get_clear_errors() -> anyhow::Result<()> {
             .await
             .expect_err("wrong block size");
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().contains("block_bytes=4096"), "{}", err.message());
+        assert!(
+            err.message().contains("block_bytes=4096"),
+            "{}",
+            err.message()
+        );
     }
     let err = client
         .put(tokio_stream::iter(vec![PutRequest {
@@ -225,7 +259,10 @@ async fn capacity_pressure_demotes_to_disk_within_host_capacity() -> anyhow::Res
             .iter()
             .find(|t| t.tier == Tier::Host as i32)
             .expect("host tier");
-        assert!(host.used_bytes <= host_capacity, "host tier over capacity: {host:?}");
+        assert!(
+            host.used_bytes <= host_capacity,
+            "host tier over capacity: {host:?}"
+        );
     }
     let stats = client.stats(StatsRequest {}).await?.into_inner();
     let blocks_in = |tier: Tier| {
@@ -244,7 +281,13 @@ async fn capacity_pressure_demotes_to_disk_within_host_capacity() -> anyhow::Res
         assert_eq!(b.payload, payload_for(*h, block));
     }
     let metrics = server.metrics_text()?;
-    assert!(metric_sum(&metrics, "kvtier_demotions_total", &[("from", "host"), ("to", "disk")]) >= 16.0);
+    assert!(
+        metric_sum(
+            &metrics,
+            "kvtier_demotions_total",
+            &[("from", "host"), ("to", "disk")]
+        ) >= 16.0
+    );
     assert!(metric_sum(&metrics, "kvtier_tier_bytes", &[("tier", "host")]) <= host_capacity as f64);
     assert!(metric_sum(&metrics, "kvtier_block_hits_total", &[("tier", "disk")]) >= 1.0);
     Ok(())
@@ -301,10 +344,17 @@ async fn restart_serves_every_acknowledged_block_even_after_kill_9() -> anyhow::
     let present = got.iter().filter(|b| b.found).count();
     for (b, h) in got.iter().zip(&inflight) {
         if b.found {
-            assert_eq!(b.payload, payload_for(*h, block), "torn in-flight block served");
+            assert_eq!(
+                b.payload,
+                payload_for(*h, block),
+                "torn in-flight block served"
+            );
         }
     }
-    assert!(present < inflight.len(), "the kill came too late to test anything");
+    assert!(
+        present < inflight.len(),
+        "the kill came too late to test anything"
+    );
     // The namespace config survived too: a mismatch is still refused.
     let err = handshake(&mut client, "ns", config(32, block as u64))
         .await
@@ -375,7 +425,10 @@ async fn corrupt_disk_block_is_a_miss_never_returned() -> anyhow::Result<()> {
     let stats = client.stats(StatsRequest {}).await?.into_inner();
     assert_eq!(stats.checksum_failures, 1);
     let metrics = server.metrics_text()?;
-    assert_eq!(metric_sum(&metrics, "kvtier_checksum_failures_total", &[]), 1.0);
+    assert_eq!(
+        metric_sum(&metrics, "kvtier_checksum_failures_total", &[]),
+        1.0
+    );
     // and it stays a miss
     let got = get_all(&mut client, &session, &hashes[1..2]).await?;
     assert!(!got[0].found);
@@ -403,14 +456,17 @@ async fn watch_events_stream_stored_moved_removed_with_gap_free_ids() -> anyhow:
     let mut seen = Vec::new();
     while seen.len() < 6 + 4 + 2 {
         let event = tokio::time::timeout(Duration::from_secs(10), events.message())
-            .await?
-            ?
+            .await??
             .expect("stream open");
         assert_eq!(event.namespace, "ns");
         seen.push(event);
     }
     let ids: Vec<u64> = seen.iter().map(|e| e.event_id).collect();
-    assert_eq!(ids, (1..=12).collect::<Vec<_>>(), "ids are gap-free per namespace");
+    assert_eq!(
+        ids,
+        (1..=12).collect::<Vec<_>>(),
+        "ids are gap-free per namespace"
+    );
     use kvtier_proto::v1::EventKind;
     let count = |k: EventKind| seen.iter().filter(|e| e.kind == k as i32).count();
     assert_eq!(count(EventKind::Stored), 6);

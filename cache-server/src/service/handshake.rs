@@ -20,11 +20,15 @@ pub(super) fn handle(
         Ok(ok) => ok,
         Err(err) => {
             let (result, status) = match &err {
-                NamespaceError::Invalid(_) => ("invalid", Status::invalid_argument(err.to_string())),
+                NamespaceError::Invalid(_) => {
+                    ("invalid", Status::invalid_argument(err.to_string()))
+                }
                 NamespaceError::Mismatch(_) => {
                     ("mismatch", Status::failed_precondition(err.to_string()))
                 }
-                NamespaceError::NotAllowed { .. } => ("unknown", Status::not_found(err.to_string())),
+                NamespaceError::NotAllowed { .. } => {
+                    ("unknown", Status::not_found(err.to_string()))
+                }
                 NamespaceError::Storage(_) => ("error", Status::internal(err.to_string())),
             };
             tracing::warn!(namespace = %name, client = %request.client_name, error = %err, "handshake refused");

@@ -1,11 +1,11 @@
 //! Thin gRPC shell over the store: one file per handler group.
 //!
-//! - [`session`]: handshake sessions (no data call without one).
-//! - [`handshake`]: `Handshake`.
-//! - [`put`]: `Put` (client-streaming).
-//! - [`read`]: `Get` (server-streaming) and `Lookup`.
-//! - [`watch`]: `WatchEvents`.
-//! - [`stats`]: `Stats`.
+//! - [`session`] — handshake sessions (no data call without one).
+//! - [`handshake`] — `Handshake`.
+//! - [`put`] — `Put` (client-streaming).
+//! - [`read`] — `Get` (server-streaming) and `Lookup`.
+//! - [`watch`] — `WatchEvents`.
+//! - [`stats`] — `Stats`.
 //!
 //! Every handler validates its input and maps failures to the status code a
 //! client can act on, with a message that says what to change.
@@ -136,10 +136,7 @@ impl CacheService for CacheServiceImpl {
 
     type GetStream = BoxStream<GetResponse>;
 
-    async fn get(
-        &self,
-        request: Request<GetRequest>,
-    ) -> Result<Response<Self::GetStream>, Status> {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         let started = Instant::now();
         let result = read::get(&self.state, request).await.map(Response::new);
         observe("get", started, &result);

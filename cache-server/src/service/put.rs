@@ -28,7 +28,9 @@ pub(super) async fn handle(
             None => namespace.insert(state.sessions.resolve(&message.session_id, &metadata)?),
         };
         let block = message.block.ok_or_else(|| {
-            Status::invalid_argument(format!("message {index} of the Put stream carries no block"))
+            Status::invalid_argument(format!(
+                "message {index} of the Put stream carries no block"
+            ))
         })?;
         let len = block.payload.len() as u64;
         if len != ns.config.block_bytes {
@@ -43,8 +45,8 @@ pub(super) async fn handle(
             parent: block.parent_hash,
             payload: block.payload,
         };
-        let outcome = tokio::task::block_in_place(|| state.store.put(key, stored))
-            .map_err(store_status)?;
+        let outcome =
+            tokio::task::block_in_place(|| state.store.put(key, stored)).map_err(store_status)?;
         metrics::counter!(m::TRANSFER_BYTES, "direction" => "in").increment(len);
         if outcome.already_present {
             response.already_present += 1;

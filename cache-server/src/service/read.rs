@@ -56,7 +56,8 @@ pub(super) async fn get(
             let message = match result {
                 Ok(Some(hit)) => {
                     metrics::counter!(m::BLOCK_HITS, "namespace" => ns_name.clone(), "priority" => "none", "op" => "get", "tier" => hit.tier.as_str()).increment(1);
-                    metrics::counter!(m::TRANSFER_BYTES, "direction" => "out").increment(hit.block.len());
+                    metrics::counter!(m::TRANSFER_BYTES, "direction" => "out")
+                        .increment(hit.block.len());
                     Ok(GetResponse {
                         hash,
                         found: true,

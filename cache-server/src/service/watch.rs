@@ -70,10 +70,7 @@ pub(super) fn handle(
                     StoreEventKind::Moved => EventKind::Moved,
                     StoreEventKind::Removed => EventKind::Removed,
                 } as i32,
-                namespace: names
-                    .get(&event.key.namespace)
-                    .cloned()
-                    .unwrap_or_default(),
+                namespace: names.get(&event.key.namespace).cloned().unwrap_or_default(),
                 hash: event.key.hash,
                 tier: wire_tier(event.tier) as i32,
                 parent_hash: event.parent,

@@ -32,9 +32,7 @@ fn host_capacity_is_never_exceeded_and_pressure_demotes_to_disk() {
     let store = open(&cfg);
     for i in 0..100u64 {
         let len = 500 + (i as usize * 37) % 1500;
-        store
-            .put(BlockKey::new(1, i), block(i, len))
-            .expect("put");
+        store.put(BlockKey::new(1, i), block(i, len)).expect("put");
         let host = store.usage()[Tier::Host.index()];
         assert!(host.used_bytes <= 10_000, "host tier over capacity");
         assert_eq!(store.host_resident_bytes(), host.used_bytes);
@@ -80,10 +78,7 @@ fn lru_order_decides_who_is_demoted_and_hits_promote() {
     // a disk hit is served from disk and then promoted
     let hit = store.get(BlockKey::new(1, 1)).expect("get").expect("hit");
     assert_eq!(hit.tier, Tier::Disk);
-    assert_eq!(
-        store.lookup(&[BlockKey::new(1, 1)]),
-        vec![Some(Tier::Host)]
-    );
+    assert_eq!(store.lookup(&[BlockKey::new(1, 1)]), vec![Some(Tier::Host)]);
 }
 
 #[test]
@@ -147,7 +142,10 @@ fn events_have_monotonic_ids() {
     let b = rx.try_recv().expect("event");
     let c = rx.try_recv().expect("event");
     assert_eq!((a.kind, a.tier), (StoreEventKind::Stored, Some(Tier::Host)));
-    assert_eq!((b.kind, b.key.hash, b.tier), (StoreEventKind::Moved, 1, Some(Tier::Disk)));
+    assert_eq!(
+        (b.kind, b.key.hash, b.tier),
+        (StoreEventKind::Moved, 1, Some(Tier::Disk))
+    );
     assert_eq!(c.kind, StoreEventKind::Stored);
     assert_eq!((b.id, c.id), (a.id + 1, a.id + 2));
 }

@@ -31,6 +31,9 @@ const META_VERSION: u8 = 1;
 const META_LEN: usize = 26;
 const FLAG_HAS_PARENT: u8 = 1;
 
+/// A store-wide setting: key and value bytes.
+pub type Setting = (Vec<u8>, Vec<u8>);
+
 /// Fixed-size record kept beside each payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockMeta {
@@ -140,7 +143,10 @@ impl DiskTier {
             }
         }
         for key in bad {
-            tracing::warn!("dropping undecodable disk meta record ({} bytes key)", key.len());
+            tracing::warn!(
+                "dropping undecodable disk meta record ({} bytes key)",
+                key.len()
+            );
             self.db.delete_cf(self.cf(CF_META), &key)?;
             self.db.delete_cf(self.cf(CF_BLOCKS), &key)?;
         }
@@ -151,12 +157,13 @@ impl DiskTier {
     pub fn put_setting(&self, key: &[u8], value: &[u8]) -> Result<(), TierError> {
         let mut opts = self.write_opts();
         opts.set_sync(true);
-        self.db.put_cf_opt(self.cf(CF_SETTINGS), key, value, &opts)?;
+        self.db
+            .put_cf_opt(self.cf(CF_SETTINGS), key, value, &opts)?;
         Ok(())
     }
 
     /// All settings whose key starts with `prefix`.
-    pub fn settings_with_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, TierError> {
+    pub fn settings_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Setting>, TierError> {
         let mut out = Vec::new();
         for item in self.db.prefix_iterator_cf(self.cf(CF_SETTINGS), prefix) {
             let (k, v) = item?;

@@ -41,7 +41,9 @@ impl GpuTier {
         if capacity == 0 {
             return None;
         }
-        if !cudarc::driver::sys::is_culib_present() {
+        // SAFETY: only tries to dlopen libcuda; no CUDA call is made when it is absent.
+        let present = unsafe { cudarc::driver::sys::is_culib_present() };
+        if !present {
             tracing::warn!(
                 "GPU tier requested ({capacity} bytes) but libcuda cannot be loaded; running host + disk only"
             );
