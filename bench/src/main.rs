@@ -2,6 +2,7 @@
 //! subcommand's flags and work live in its own module.
 
 mod replay;
+mod throughput;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -19,11 +20,14 @@ enum Command {
     Replay(replay::Args),
     /// Eviction throughput of the value policy with a large resident set.
     PolicySpeed(replay::speed::Args),
+    /// Put/get of large blocks through a real kvtier-server vs plain TCP and Redis; warm restart.
+    Throughput(throughput::Args),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Replay(args) => replay::run(args),
         Command::PolicySpeed(args) => replay::speed::run(args),
+        Command::Throughput(args) => throughput::run(args),
     }
 }

@@ -164,6 +164,9 @@ pub struct Forecaster {
     /// an agent with this many recorded gaps of a kind counts as much as the
     /// population for that kind.
     pub prior_weight: f64,
+    /// Each new gap of an agent multiplies the weight of its older gaps of
+    /// that kind by this (1.0 remembers all equally).
+    pub agent_memory: f32,
 }
 
 /// Per-agent gap history, kept by the policy next to each agent.
@@ -193,17 +196,21 @@ impl Forecaster {
         ] {
             global[gap.index()].record(&edges, ms, 1.0);
         }
+        let agent_memory = 1.0;
         Self {
             edges,
             global,
             prior_weight,
+            agent_memory,
         }
     }
 
     /// Records an observed gap of kind `gap` of one agent.
     pub fn record(&mut self, gap: Gap, gap_ms: u64, agent: &mut AgentGaps) {
         self.global[gap.index()].record(&self.edges, gap_ms, 1.0);
-        agent.hist[gap.index()].record(&self.edges, gap_ms, 1.0);
+        let h = &mut agent.hist[gap.index()];
+        h.decay(self.agent_memory);
+        h.record(&self.edges, gap_ms, 1.0);
     }
 
     /// Hit density of an agent that has waited `waited_ms` on the clock of

@@ -186,7 +186,12 @@ impl AgentRegistry {
     /// A call of `agent` arrived with a context of `blocks` blocks. Renews the
     /// lease of the agent and of its ancestors (a parent waiting on a
     /// sub-agent is not silent).
-    pub fn call(&mut self, agent: AgentId, blocks: usize, now_ms: u64) -> Result<(), LifecycleError> {
+    pub fn call(
+        &mut self,
+        agent: AgentId,
+        blocks: usize,
+        now_ms: u64,
+    ) -> Result<(), LifecycleError> {
         let e = self
             .agents
             .get_mut(&agent)
@@ -199,7 +204,12 @@ impl AgentRegistry {
     /// The latest call of `agent` was answered. A pin covers the agent's latest
     /// context and is refused (leaving the previous pin state) when it would
     /// pass the namespace quota; `pin: false` releases a previous pin.
-    pub fn answered(&mut self, agent: AgentId, answer: &Answer, now_ms: u64) -> Result<(), LifecycleError> {
+    pub fn answered(
+        &mut self,
+        agent: AgentId,
+        answer: &Answer,
+        now_ms: u64,
+    ) -> Result<(), LifecycleError> {
         let e = self
             .agents
             .get(&agent)

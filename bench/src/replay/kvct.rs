@@ -173,7 +173,11 @@ fn assemble(sessions: Vec<Session>, stagger_s: f64, dir: &Path) -> Trace {
     order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
 
     let mut trace = Trace {
-        name: format!("kv-cache-tester {} ({} sessions, S={stagger_s}s)", dir.display(), sessions.len()),
+        name: format!(
+            "kv-cache-tester {} ({} sessions, S={stagger_s}s)",
+            dir.display(),
+            sessions.len()
+        ),
         ..Trace::default()
     };
     // Agents: global index per (session, local agent).
@@ -181,9 +185,9 @@ fn assemble(sessions: Vec<Session>, stagger_s: f64, dir: &Path) -> Trace {
     for s in &sessions {
         let base = trace.agents.len() as u32;
         agent_base.push(base);
-        trace
-            .agents
-            .extend(s.parents.iter().map(|p| Agent { parent: p.map(|p| base + p) }));
+        trace.agents.extend(s.parents.iter().map(|p| Agent {
+            parent: p.map(|p| base + p),
+        }));
     }
     let mut renumber: Vec<Renumber> = (0..sessions.len()).map(|_| Renumber::default()).collect();
     let mut next_id = 0usize;
@@ -229,11 +233,16 @@ fn set_answer_times(trace: &mut Trace, sessions: &[Session], order: &[(f64, u32,
         let t = trace.requests[i].time_ms;
         let next = next_of[i].map(|j| {
             let (_, nk, npos) = order[j];
-            (trace.requests[j].time_ms, sessions[nk as usize].requests[npos as usize].think_s)
+            (
+                trace.requests[j].time_ms,
+                sessions[nk as usize].requests[npos as usize].think_s,
+            )
         });
         let mut answered = match (flat.api_s, next) {
             (Some(api), _) => t + (api.max(0.0) * 1000.0).round() as u64,
-            (None, Some((nt, Some(think)))) => nt.saturating_sub((think.max(0.0) * 1000.0).round() as u64),
+            (None, Some((nt, Some(think)))) => {
+                nt.saturating_sub((think.max(0.0) * 1000.0).round() as u64)
+            }
             _ => t,
         };
         if let Some((nt, _)) = next {

@@ -79,6 +79,9 @@ pub struct Args {
     /// kvtier: horizon of an agent's next-call hit density (ms).
     #[arg(long, default_value_t = ValueConfig::default().horizon_ms)]
     pub horizon_ms: u64,
+    /// kvtier: adaptive horizon factor (0 = fixed --horizon-ms).
+    #[arg(long, default_value_t = ValueConfig::default().adaptive_horizon)]
+    pub adaptive_horizon: f64,
     /// kvtier: weight of the population gap distribution against an agent's own gaps.
     #[arg(long, default_value_t = ValueConfig::default().prior_weight)]
     pub prior_weight: f64,
@@ -88,6 +91,7 @@ impl Args {
     fn value_config(&self) -> ValueConfig {
         ValueConfig {
             horizon_ms: self.horizon_ms,
+            adaptive_horizon: self.adaptive_horizon,
             prior_weight: self.prior_weight,
             ..ValueConfig::default()
         }
@@ -99,7 +103,13 @@ fn load(args: &Args, bar: &ProgressBar) -> Result<Trace> {
         let n = kvct::session_files(&args.trace)?.len();
         bar.set_length(args.sessions.map_or(n, |s| s.min(n)) as u64);
         bar.set_message("reading sessions");
-        kvct::load(&args.trace, args.stagger, args.sessions, args.threads, &|| bar.inc(1))
+        kvct::load(
+            &args.trace,
+            args.stagger,
+            args.sessions,
+            args.threads,
+            &|| bar.inc(1),
+        )
     } else {
         bar.set_message("reading jsonl");
         mooncake::load(&args.trace)
@@ -121,14 +131,28 @@ fn ideal(trace: &Trace) -> f64 {
 
 type Job = (usize, PolicyName);
 
-fn run_job(trace: &Trace, args: &Args, cap: usize, policy: PolicyName, progress: &AtomicU64) -> f64 {
+fn run_job(
+    trace: &Trace,
+    args: &Args,
+    cap: usize,
+    policy: PolicyName,
+    progress: &AtomicU64,
+) -> f64 {
     let w = args.workers as usize;
     let per_worker = cap / w;
     match policy {
         PolicyName::Lru => sim::simulate(trace, per_worker, w, false, Lru::new, progress).rate(),
         PolicyName::Kvtier => {
             let cfg = args.value_config();
-            sim::simulate(trace, per_worker, w, true, || ValuePolicy::new(cfg.clone()), progress).rate()
+            sim::simulate(
+                trace,
+                per_worker,
+                w,
+                true,
+                || ValuePolicy::new(cfg.clone()),
+                progress,
+            )
+            .rate()
         }
         PolicyName::Belady => {
             // Belady cannot route (it needs the routing to know the future):
@@ -162,9 +186,11 @@ pub fn run(args: Args) -> Result<()> {
         ProgressBar::new(0)
     };
     bar.set_style(
-        ProgressStyle::with_template("{msg:>18} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}")
-            .context("progress template")?
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>18} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .context("progress template")?
+        .progress_chars("=> "),
     );
     let trace = load(&args, &bar)?;
     let n = trace.requests.len() as u64;
@@ -173,7 +199,13 @@ pub fn run(args: Args) -> Result<()> {
         .collect();
     let work: u64 = jobs
         .iter()
-        .map(|&(_, p)| if p == PolicyName::Belady && args.workers > 1 { 2 * n } else { n })
+        .map(|&(_, p)| {
+            if p == PolicyName::Belady && args.workers > 1 {
+                2 * n
+            } else {
+                n
+            }
+        })
         .sum();
     bar.set_position(0);
     bar.set_length(work);
@@ -256,7 +288,8 @@ pub fn run(args: Args) -> Result<()> {
         println!("({:.1} s)", report.seconds);
     }
     if let Some(path) = &args.svg {
-        std::fs::write(path, report.svg()).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, report.svg())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

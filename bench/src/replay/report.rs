@@ -66,7 +66,9 @@ impl Report {
         let _ = writeln!(s, "| C | C blocks | LRU | kvtier | Belady | gap closed |");
         let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
         for r in &self.rows {
-            let closed = r.gap_closed().map_or_else(|| "-".into(), |g| format!("{g:.1}%"));
+            let closed = r
+                .gap_closed()
+                .map_or_else(|| "-".into(), |g| format!("{g:.1}%"));
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} |",
@@ -85,9 +87,19 @@ impl Report {
     pub fn svg(&self) -> String {
         let (w, h) = (640.0, 400.0);
         let (l, r, t, b) = (60.0, 150.0, 40.0, 50.0);
-        let xs: Vec<f64> = self.rows.iter().map(|r| r.fraction.max(1e-6).log10()).collect();
-        let (x0, x1) = xs.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-        let (x0, x1) = if x1 - x0 < 1e-9 { (x0 - 0.5, x1 + 0.5) } else { (x0, x1) };
+        let xs: Vec<f64> = self
+            .rows
+            .iter()
+            .map(|r| r.fraction.max(1e-6).log10())
+            .collect();
+        let (x0, x1) = xs
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        let (x0, x1) = if x1 - x0 < 1e-9 {
+            (x0 - 0.5, x1 + 0.5)
+        } else {
+            (x0, x1)
+        };
         let px = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
         let py = |y: f64| t + (100.0 - y) / 100.0 * (h - t - b);
         let mut s = String::new();
@@ -100,7 +112,10 @@ impl Report {
             s,
             r#"<text x="{}" y="20" text-anchor="middle" font-size="13">{}</text>"#,
             (l + w - r) / 2.0,
-            escape(&format!("hit rate vs capacity, W={}, S={}s", self.workers, self.stagger_s))
+            escape(&format!(
+                "hit rate vs capacity, W={}, S={}s",
+                self.workers, self.stagger_s
+            ))
         );
         for pct in (0..=100).step_by(20) {
             let y = py(pct as f64);
@@ -146,7 +161,10 @@ impl Report {
                 path.join(" ")
             );
             for (x, y) in &pts {
-                let _ = writeln!(s, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#);
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#
+                );
             }
             let ly = t + 20.0 + 20.0 * k as f64;
             let _ = writeln!(
@@ -164,5 +182,7 @@ impl Report {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

@@ -118,7 +118,9 @@ pub fn simulate<P: EvictionPolicy<u32>>(
     let events = if lifecycle {
         trace.events()
     } else {
-        (0..trace.requests.len() as u32).map(Event::Request).collect()
+        (0..trace.requests.len() as u32)
+            .map(Event::Request)
+            .collect()
     };
     let mut done = 0u64;
     for ev in events {

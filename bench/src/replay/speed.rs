@@ -39,8 +39,19 @@ fn fill<P: EvictionPolicy<u64>>(p: &mut P, args: &Args) -> u64 {
         }
         let ctx: Vec<u64> = (first..key).collect();
         p.on_agent_call(agent, &ctx, now);
-        let ended = if agent % 2 == 0 { CallEnd::ToolCall } else { CallEnd::EndOfTurn };
-        p.on_agent_answered(agent, &Answer { ended, ..Answer::default() }, now + 5);
+        let ended = if agent % 2 == 0 {
+            CallEnd::ToolCall
+        } else {
+            CallEnd::EndOfTurn
+        };
+        p.on_agent_answered(
+            agent,
+            &Answer {
+                ended,
+                ..Answer::default()
+            },
+            now + 5,
+        );
         now += 10;
     }
     now

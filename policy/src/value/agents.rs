@@ -1,9 +1,7 @@
 //! Per-agent state kept by the value policy and the agent ranking it derives.
 
-use crate::agent::CallEnd;
+use crate::agent::{AgentId, CallEnd};
 use crate::forecast::{AgentGaps, Forecaster, Gap};
-
-use super::ValueConfig;
 
 /// Where an agent is in its call cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +30,8 @@ pub(crate) struct AgentState<K> {
     /// Position in the current ranking (`u32::MAX` when not ranked yet).
     pub rank_pos: u32,
     pub last_call: u64,
+    /// The agent that spawned this one.
+    pub parent: Option<AgentId>,
 }
 
 impl<K> AgentState<K> {
@@ -46,16 +46,25 @@ impl<K> AgentState<K> {
             gaps: AgentGaps::default(),
             rank_pos: u32::MAX,
             last_call: now_ms,
+            parent: None,
         }
     }
 
     /// Learns the gaps that end at a call arriving at `now_ms`.
     pub fn learn_gap(&mut self, forecaster: &mut Forecaster, now_ms: u64) {
         if let Phase::Answered { at, end } = self.phase {
-            forecaster.record(Gap::AfterAnswer(end), now_ms.saturating_sub(at), &mut self.gaps);
+            forecaster.record(
+                Gap::AfterAnswer(end),
+                now_ms.saturating_sub(at),
+                &mut self.gaps,
+            );
         }
         if self.seq > 0 {
-            forecaster.record(Gap::AfterCall, now_ms.saturating_sub(self.last_call), &mut self.gaps);
+            forecaster.record(
+                Gap::AfterCall,
+                now_ms.saturating_sub(self.last_call),
+                &mut self.gaps,
+            );
         }
     }
 
@@ -64,7 +73,12 @@ impl<K> AgentState<K> {
     /// value is the agent's weight times the hit density of its next call:
     /// while a call is in flight, on the clock of call-to-next-call gaps; once
     /// answered, on the clock of answer-to-next-call gaps of that ending.
-    pub fn rank_key(&self, forecaster: &Forecaster, cfg: &ValueConfig, now_ms: u64) -> (u8, f64, u64) {
+    pub fn rank_key(
+        &self,
+        forecaster: &Forecaster,
+        horizon_ms: u64,
+        now_ms: u64,
+    ) -> (u8, f64, u64) {
         let last = match self.phase {
             Phase::New { since } | Phase::InFlight { since } => since,
             Phase::Answered { at, .. } => at,
@@ -80,7 +94,7 @@ impl<K> AgentState<K> {
             Phase::Answered { at, end } => (Gap::AfterAnswer(end), at),
         };
         let waited = now_ms.saturating_sub(since);
-        let density = forecaster.density(gap, waited, cfg.horizon_ms, &self.gaps);
+        let density = forecaster.density(gap, waited, horizon_ms, &self.gaps);
         (0, self.weight * density, last)
     }
 }

@@ -33,7 +33,7 @@ use std::hash::Hash;
 
 use foldhash::fast::RandomState;
 
-use crate::agent::{AgentId, AgentSpec, Answer};
+use crate::agent::{AgentId, AgentSpec, Answer, CallEnd};
 use crate::forecast::Forecaster;
 use crate::{BlockInfo, EvictionPolicy, Tier};
 use agents::{AgentState, Phase};
@@ -49,8 +49,15 @@ const AGENT_BASE: u32 = 4;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValueConfig {
     /// Horizon over which an agent's next call counts as "soon" in its hit
-    /// density (ms). Default 10 minutes.
+    /// density (ms): the starting value when adaptive, else fixed. Default 30 s.
     pub horizon_ms: u64,
+    /// When > 0, the horizon follows the cache: this factor times the cache's
+    /// turnover time, resident blocks / recent insert rate (Little's law). A
+    /// bigger or calmer cache keeps blocks longer, so a call further away is
+    /// still "soon". Default 1.0.
+    pub adaptive_horizon: f64,
+    /// Time constant of the insert-rate average (ms). Default 10 minutes.
+    pub rate_window_ms: u64,
     /// How many of its own gaps an agent needs before they weigh as much as the
     /// population's. Default 4.
     pub prior_weight: f64,
@@ -64,7 +71,9 @@ pub struct ValueConfig {
 impl Default for ValueConfig {
     fn default() -> Self {
         Self {
-            horizon_ms: 600_000,
+            horizon_ms: 30_000,
+            adaptive_horizon: 1.0,
+            rate_window_ms: 600_000,
             prior_weight: 4.0,
             rerank_ms: 1_000,
             protected_fraction: 0.8,
@@ -88,6 +97,10 @@ pub struct ValuePolicy<K> {
     cursor: [usize; 3],
     dirty: bool,
     ranked_at: u64,
+    /// Inserts, exponentially decayed with `rate_window_ms` (≈ rate × window).
+    recent_inserts: f64,
+    /// Time `recent_inserts` was last decayed to.
+    inserts_at: u64,
 }
 
 impl<K: Copy + Eq + Hash> Default for ValuePolicy<K> {
@@ -112,12 +125,33 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
             cursor: [0; 3],
             dirty: true,
             ranked_at: 0,
+            recent_inserts: 0.0,
+            inserts_at: 0,
         }
     }
 
     /// The configuration in use.
     pub fn config(&self) -> &ValueConfig {
         &self.cfg
+    }
+
+    /// The horizon of the hit density now in use (ms).
+    pub fn horizon_ms(&self) -> u64 {
+        if self.cfg.adaptive_horizon <= 0.0 || self.recent_inserts < 1.0 {
+            return self.cfg.horizon_ms;
+        }
+        let resident: usize = Tier::ALL.iter().map(|&t| self.lists.tier_len(t)).sum();
+        let turnover = resident as f64 * self.cfg.rate_window_ms as f64 / self.recent_inserts;
+        (self.cfg.adaptive_horizon * turnover).clamp(1_000.0, 86_400_000.0) as u64
+    }
+
+    fn count_insert(&mut self, now_ms: u64) {
+        let dt = now_ms.saturating_sub(self.inserts_at);
+        if dt > 0 {
+            self.recent_inserts *= (-(dt as f64) / self.cfg.rate_window_ms.max(1) as f64).exp();
+            self.inserts_at = now_ms;
+        }
+        self.recent_inserts += 1.0;
     }
 
     /// Number of live agents tracked.
@@ -193,10 +227,11 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
         if !self.dirty && now_ms < self.ranked_at.saturating_add(self.cfg.rerank_ms) {
             return;
         }
+        let horizon = self.horizon_ms();
         let mut keyed: Vec<((u8, f64, u64), u32)> = Vec::with_capacity(self.agent_index.len());
         for (slot, a) in self.agents.iter().enumerate() {
             if let Some(a) = a {
-                keyed.push((a.rank_key(&self.forecaster, &self.cfg, now_ms), slot as u32));
+                keyed.push((a.rank_key(&self.forecaster, horizon, now_ms), slot as u32));
             }
         }
         keyed.sort_unstable_by(|(ka, sa), (kb, sb)| {
@@ -242,6 +277,7 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
         }
         let slot = self.lists.alloc(key, tier, PROBATION);
         self.index.insert(key, slot);
+        self.count_insert(now_ms);
     }
 
     fn on_hit(&mut self, key: K, _now_ms: u64) {
@@ -297,7 +333,9 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
 
     fn on_agent_register(&mut self, agent: AgentId, spec: &AgentSpec, now_ms: u64) {
         let slot = self.slot_of(agent, spec.weight(), now_ms);
-        self.agent(slot).weight = spec.weight();
+        let st = self.agent(slot);
+        st.weight = spec.weight();
+        st.parent = spec.parent;
         self.dirty = true;
     }
 
@@ -352,7 +390,7 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
         self.dirty = true;
     }
 
-    fn on_agent_end(&mut self, agent: AgentId, _now_ms: u64) {
+    fn on_agent_end(&mut self, agent: AgentId, now_ms: u64) {
         let Some(a) = self.agent_index.remove(&agent) else {
             return;
         };
@@ -369,9 +407,21 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
                 self.lists.move_front(slot, ENDED, tier);
             }
         }
+        // A sub-agent's end is its parent's tool result: the parent calls
+        // next as after a tool call answered now.
+        let parent = self.agent(a).parent;
         self.agents[a as usize] = None;
         self.free_agents.push(a);
         self.dirty = true;
+        if let Some(&p) = parent.and_then(|p| self.agent_index.get(&p)) {
+            let st = self.agent(p);
+            if matches!(st.phase, Phase::Answered { .. }) {
+                st.phase = Phase::Answered {
+                    at: now_ms,
+                    end: CallEnd::ToolCall,
+                };
+            }
+        }
     }
 }
 
