@@ -1,0 +1,440 @@
+//! `kvtier-bench throughput`: put/get of large blocks through a real
+//! `kvtier-server` on loopback, side by side with a plain TCP copy of the same
+//! bytes over the same number of connections (and Redis 7 SET/GET when
+//! `redis-server` is installed), all measured in one run; plus warm-restart
+//! time of the server with the data set on disk, against a cold start.
+//!
+//! Figures are printed as ratios to the TCP baseline: the machines are shared
+//! and noisy, bare times are not comparable between runs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use clap::Parser;
+use kvtier_proto::v1::cache_service_client::CacheServiceClient;
+use kvtier_proto::v1::{BlockData, GetRequest, HandshakeRequest, HashingConfig, PutRequest};
+use tonic::transport::Channel;
+
+/// Flags of `kvtier-bench throughput`.
+#[derive(Debug, Parser)]
+pub struct Args {
+    /// Block payload size (e.g. 2MiB).
+    #[arg(long, default_value = "2MiB", value_parser = parse_size)]
+    block_size: u64,
+    /// Blocks moved per measurement (total bytes = blocks × block size).
+    #[arg(long, default_value_t = 512)]
+    blocks: usize,
+    /// Concurrent connections (gRPC channels, TCP sockets, Redis clients).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Rounds of each measurement; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// kvtier-server binary (default: next to this binary).
+    #[arg(long, env = "KVTIER_SERVER_BIN")]
+    server_bin: Option<PathBuf>,
+    /// Skip the Redis baseline even when redis-server is installed.
+    #[arg(long)]
+    no_redis: bool,
+    /// Blocks written to disk for the warm-restart measurement (0 skips it).
+    #[arg(long, default_value_t = 2048)]
+    restart_blocks: usize,
+    /// Block size of the warm-restart data set.
+    #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+    restart_block_size: u64,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("bad size {text:?}"))?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} (use B, KiB, MiB, GiB)")),
+    };
+    Ok(n * mult)
+}
+
+/// A kvtier-server child process, killed on drop.
+struct Server {
+    child: Child,
+    grpc: SocketAddr,
+}
+
+impl Server {
+    fn start(bin: &Path, data_dir: &Path, args: &[&str]) -> Result<(Self, Duration)> {
+        let started = Instant::now();
+        let mut child = Command::new(bin)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "off",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(args)
+            .env("KVTIER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let ready = started.elapsed();
+        let grpc = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("grpc="))
+            .ok_or_else(|| anyhow!("server did not report ready: {line:?}"))?
+            .parse()?;
+        Ok((Self { child, grpc }, ready))
+    }
+
+    fn terminate(mut self) -> Result<()> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn server_bin(args: &Args) -> Result<PathBuf> {
+    if let Some(p) = &args.server_bin {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let p = exe
+        .parent()
+        .ok_or_else(|| anyhow!("no parent of {}", exe.display()))?
+        .join("kvtier-server");
+    if !p.exists() {
+        bail!(
+            "{} not found; build it (cargo build --release --bins) or pass --server-bin",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+async fn connect(addr: SocketAddr) -> Result<CacheServiceClient<Channel>> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .connect()
+        .await?;
+    Ok(CacheServiceClient::new(channel)
+        .max_decoding_message_size(512 << 20)
+        .max_encoding_message_size(512 << 20))
+}
+
+async fn session(client: &mut CacheServiceClient<Channel>, block_bytes: u64) -> Result<String> {
+    Ok(client
+        .handshake(HandshakeRequest {
+            namespace: "bench".into(),
+            config: Some(HashingConfig {
+                block_tokens: 16,
+                seed: 0,
+                salt: String::new(),
+                block_bytes,
+                kv_layout: "bench".into(),
+                model: "bench".into(),
+            }),
+            client_name: "kvtier-bench".into(),
+        })
+        .await?
+        .into_inner()
+        .session_id)
+}
+
+fn payload(len: usize) -> Bytes {
+    Bytes::from((0..len).map(|i| (i * 7 + 3) as u8).collect::<Vec<u8>>())
+}
+
+/// Puts `hashes` split over the clients; returns the elapsed time.
+async fn grpc_put(
+    clients: &[(CacheServiceClient<Channel>, String)],
+    hashes: &[u64],
+    payload: &Bytes,
+) -> Result<Duration> {
+    let per = hashes.len().div_ceil(clients.len());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for ((client, session), chunk) in clients.iter().zip(hashes.chunks(per)) {
+        let mut client = client.clone();
+        let messages: Vec<PutRequest> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, &h)| PutRequest {
+                session_id: if i == 0 {
+                    session.clone()
+                } else {
+                    String::new()
+                },
+                block: Some(BlockData {
+                    hash: h,
+                    parent_hash: None,
+                    payload: payload.clone(),
+                }),
+            })
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            client
+                .put(tokio_stream::iter(messages))
+                .await
+                .map(|r| r.into_inner())
+        }));
+    }
+    for task in tasks {
+        let response = task.await??;
+        if response.stored as usize + response.already_present as usize == 0 {
+            bail!("nothing stored");
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// Gets `hashes` split over the clients; checks sizes; returns the elapsed time.
+async fn grpc_get(
+    clients: &[(CacheServiceClient<Channel>, String)],
+    hashes: &[u64],
+    block: usize,
+) -> Result<Duration> {
+    let per = hashes.len().div_ceil(clients.len());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for ((client, session), chunk) in clients.iter().zip(hashes.chunks(per)) {
+        let mut client = client.clone();
+        let request = GetRequest {
+            session_id: session.clone(),
+            hashes: chunk.to_vec(),
+            stop_at_first_miss: false,
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut stream = client.get(request).await?.into_inner();
+            let mut n = 0usize;
+            while let Some(m) = stream.message().await? {
+                if !m.found || m.payload.len() != block {
+                    return Err(anyhow!("block {:#x} missing or short", m.hash));
+                }
+                n += 1;
+            }
+            Ok::<usize, anyhow::Error>(n)
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(started.elapsed())
+}
+
+/// Plain loopback TCP: each connection sends `bytes_each` in `chunk`-sized
+/// writes to a reader thread that discards them into a reusable buffer.
+fn tcp_copy(connections: usize, bytes_each: u64, chunk: usize) -> Result<Duration> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let readers = std::thread::spawn(move || -> Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..connections {
+            let (mut sock, _) = listener.accept()?;
+            handles.push(std::thread::spawn(move || -> Result<()> {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut total = 0u64;
+                loop {
+                    let n = sock.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                }
+                sock.write_all(&total.to_le_bytes())?;
+                Ok(())
+            }));
+        }
+        for h in handles {
+            h.join().map_err(|_| anyhow!("reader panicked"))??;
+        }
+        Ok(())
+    });
+    let data = vec![0x5au8; chunk];
+    let started = Instant::now();
+    let writers: Vec<_> = (0..connections)
+        .map(|_| {
+            let data = data.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let mut sock = TcpStream::connect(addr)?;
+                let mut sent = 0u64;
+                while sent < bytes_each {
+                    sock.write_all(&data)?;
+                    sent += data.len() as u64;
+                }
+                sock.shutdown(std::net::Shutdown::Write)?;
+                let mut ack = [0u8; 8];
+                sock.read_exact(&mut ack)?;
+                if u64::from_le_bytes(ack) != sent {
+                    bail!("tcp reader saw fewer bytes");
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().map_err(|_| anyhow!("writer panicked"))??;
+    }
+    let elapsed = started.elapsed();
+    readers
+        .join()
+        .map_err(|_| anyhow!("reader thread panicked"))??;
+    Ok(elapsed)
+}
+
+mod redis;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn mib_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+/// Runs the benchmark and prints its table.
+pub fn run(args: Args) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: Args) -> Result<()> {
+    let bin = server_bin(&args)?;
+    let block = args.block_size as usize;
+    let total = args.block_size * args.blocks as u64;
+    let dir = tempfile::tempdir()?;
+    let host_capacity = format!("{}", total * 2);
+    let (server, _) = Server::start(
+        &bin,
+        &dir.path().join("tput"),
+        &["--host-capacity", &host_capacity, "--disk-capacity", "0"],
+    )?;
+    let mut clients = Vec::new();
+    for _ in 0..args.connections {
+        let mut c = connect(server.grpc).await?;
+        let s = session(&mut c, args.block_size).await?;
+        clients.push((c, s));
+    }
+    let data = payload(block);
+    let redis = if args.no_redis {
+        None
+    } else {
+        redis::RedisServer::start().ok()
+    };
+    let (mut put, mut get, mut tcp, mut rset, mut rget) = (vec![], vec![], vec![], vec![], vec![]);
+    for round in 0..args.rounds {
+        let hashes: Vec<u64> = (0..args.blocks as u64)
+            .map(|i| (round as u64) << 40 | i)
+            .collect();
+        tcp.push(tcp_copy(
+            args.connections,
+            total / args.connections as u64,
+            block,
+        )?);
+        put.push(grpc_put(&clients, &hashes, &data).await?);
+        get.push(grpc_get(&clients, &hashes, block).await?);
+        if let Some(r) = &redis {
+            let (s, g) = r.set_get(args.connections, args.blocks, &data, round)?;
+            rset.push(s);
+            rget.push(g);
+        }
+    }
+    drop(clients);
+    server.terminate()?;
+    let tcp = median(tcp);
+    let row = |name: &str, d: Duration| {
+        println!(
+            "{name:<28} {:>10.0} MiB/s {:>8.2}x TCP",
+            mib_s(total, d),
+            tcp.as_secs_f64() / d.as_secs_f64()
+        );
+    };
+    println!(
+        "throughput: {} blocks of {} KiB, {} connections, median of {} rounds",
+        args.blocks,
+        args.block_size >> 10,
+        args.connections,
+        args.rounds
+    );
+    row("plain loopback TCP", tcp);
+    row("kvtier put (host tier)", median(put.clone()));
+    row("kvtier get (host tier)", median(get.clone()));
+    if !rset.is_empty() {
+        let (rs, rg) = (median(rset), median(rget));
+        row("redis 7 SET", rs);
+        row("redis 7 GET", rg);
+        println!(
+            "kvtier/redis: put {:.2}x, get {:.2}x",
+            rs.as_secs_f64() / median(put).as_secs_f64(),
+            rg.as_secs_f64() / median(get).as_secs_f64()
+        );
+    } else {
+        println!("(redis baseline skipped: redis-server not installed or --no-redis)");
+    }
+
+    if args.restart_blocks > 0 {
+        warm_restart(&bin, dir.path(), &args).await?;
+    }
+    Ok(())
+}
+
+async fn warm_restart(bin: &Path, root: &Path, args: &Args) -> Result<()> {
+    let data_dir = root.join("restart");
+    let disk_only = ["--host-capacity", "0"];
+    let (cold, cold_ready) = Server::start(bin, &data_dir, &disk_only)?;
+    let mut client = connect(cold.grpc).await?;
+    let s = session(&mut client, args.restart_block_size).await?;
+    let hashes: Vec<u64> = (0..args.restart_blocks as u64).collect();
+    grpc_put(
+        &[(client.clone(), s)],
+        &hashes,
+        &payload(args.restart_block_size as usize),
+    )
+    .await?;
+    drop(client);
+    cold.terminate()?;
+    let (warm, warm_ready) = Server::start(bin, &data_dir, &disk_only)?;
+    let mut client = connect(warm.grpc).await?;
+    let s = session(&mut client, args.restart_block_size).await?;
+    let first = Instant::now();
+    grpc_get(&[(client, s)], &hashes, args.restart_block_size as usize).await?;
+    let read_back = first.elapsed();
+    warm.terminate()?;
+    let gib = (args.restart_blocks as u64 * args.restart_block_size) as f64 / (1u64 << 30) as f64;
+    println!(
+        "warm restart: {} blocks ({gib:.2} GiB) on disk: ready in {:.0} ms vs {:.0} ms for an empty data dir ({:.2}x); \
+         all blocks read back in {:.0} ms",
+        args.restart_blocks,
+        warm_ready.as_secs_f64() * 1e3,
+        cold_ready.as_secs_f64() * 1e3,
+        warm_ready.as_secs_f64() / cold_ready.as_secs_f64(),
+        read_back.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
