@@ -27,7 +27,8 @@ const FIRST_EDGE_MS: f64 = 500.0;
 const RATIO: f64 = 1.25;
 
 /// Log-spaced bin edges in ms: `edges[0] = 0`, `edges[k] = 500 · 1.25^(k-1)`;
-/// the last bin is closed at `edges[BINS]` (about 3.5 days).
+/// the last bin is closed at `edges[BINS]` (about 1.2 days; longer gaps
+/// count in the last bin).
 #[derive(Debug, Clone)]
 pub struct Edges {
     ms: [f64; BINS + 1],
@@ -243,5 +244,99 @@ impl Forecaster {
     /// The bin edges in use.
     pub fn edges(&self) -> &Edges {
         &self.edges
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bins_cover_the_range() {
+        let e = Edges::default();
+        assert_eq!(e.bin(0.0), 0);
+        assert_eq!(e.bin(499.0), 0);
+        assert_eq!(e.bin(500.0), 1);
+        assert_eq!(e.bin(624.0), 1);
+        assert_eq!(e.bin(626.0), 2);
+        assert_eq!(e.bin(1e12), BINS - 1);
+        assert!(e.max_ms() > 86_400_000.0);
+    }
+
+    /// `tail` against brute-force numeric integration of the same survival.
+    #[test]
+    fn tail_matches_numeric_integration() {
+        let e = Edges::default();
+        let mut h = GapHistogram::default();
+        for (gap, n) in [(300, 2), (2_000, 5), (9_000, 3), (45_000, 1), (400_000, 2)] {
+            for _ in 0..n {
+                h.record(&e, gap, 1.0);
+            }
+        }
+        let s = |x: f64| h.tail(&e, x, x + 1.0).0;
+        for (a, b) in [(0.0, 1_000.0), (1_500.0, 20_000.0), (10_000.0, 1_000_000.0)] {
+            let (sa, sb, integral) = h.tail(&e, a, b);
+            assert!((sa - s(a)).abs() < 1e-9 && (sb - s(b)).abs() < 1e-9);
+            let steps = 20_000;
+            let dx = (b - a) / steps as f64;
+            let numeric: f64 = (0..steps).map(|i| s(a + (i as f64 + 0.5) * dx) * dx).sum();
+            assert!(
+                (integral - numeric).abs() / numeric < 1e-3,
+                "{integral} vs {numeric}"
+            );
+        }
+        assert_eq!(h.tail(&e, 0.0, 1.0).0, 13.0);
+        assert_eq!(h.tail(&e, 1e10, 2e10), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn tool_calls_outrank_ends_of_turn_and_overdue_agents_fade() {
+        let mut f = Forecaster::new(4.0);
+        let mut a = AgentGaps::default();
+        for i in 0..50 {
+            f.record(Gap::AfterAnswer(CallEnd::ToolCall), 5_000 + 100 * i, &mut a);
+            f.record(
+                Gap::AfterAnswer(CallEnd::EndOfTurn),
+                200_000 + 10_000 * i,
+                &mut a,
+            );
+        }
+        let fresh = AgentGaps::default();
+        let h = 60_000;
+        let tool = f.density(Gap::AfterAnswer(CallEnd::ToolCall), 1_000, h, &fresh);
+        let turn = f.density(Gap::AfterAnswer(CallEnd::EndOfTurn), 1_000, h, &fresh);
+        assert!(tool > 10.0 * turn, "{tool} vs {turn}");
+        // Long overdue after a tool call: worth less than fresh.
+        let late = f.density(Gap::AfterAnswer(CallEnd::ToolCall), 3_600_000, h, &fresh);
+        assert!(late < tool / 10.0);
+        // Past every observation: still positive, and smaller the longer it waits.
+        let gone = f.density(
+            Gap::AfterAnswer(CallEnd::ToolCall),
+            10u64.pow(12),
+            h,
+            &fresh,
+        );
+        let gone2 = f.density(
+            Gap::AfterAnswer(CallEnd::ToolCall),
+            2 * 10u64.pow(12),
+            h,
+            &fresh,
+        );
+        assert!(gone > 0.0 && gone2 < gone);
+    }
+
+    #[test]
+    fn an_agents_own_history_shifts_its_forecast() {
+        let mut f = Forecaster::new(2.0);
+        let mut slow = AgentGaps::default();
+        let mut fast = AgentGaps::default();
+        for _ in 0..100 {
+            f.record(Gap::AfterAnswer(CallEnd::ToolCall), 3_000, &mut fast);
+        }
+        for _ in 0..10 {
+            f.record(Gap::AfterAnswer(CallEnd::ToolCall), 120_000, &mut slow);
+        }
+        let g = Gap::AfterAnswer(CallEnd::ToolCall);
+        assert!(f.density(g, 1_000, 30_000, &fast) > 5.0 * f.density(g, 1_000, 30_000, &slow));
     }
 }

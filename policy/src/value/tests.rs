@@ -1,1 +1,517 @@
+use std::collections::HashMap;
 
+use super::*;
+use crate::forecast::{AgentGaps, Gap};
+
+fn info() -> BlockInfo<u64> {
+    BlockInfo {
+        parent: None,
+        bytes: 1,
+    }
+}
+
+fn fixed_cfg() -> ValueConfig {
+    ValueConfig {
+        adaptive_horizon: 0.0,
+        ..ValueConfig::default()
+    }
+}
+
+fn answer(ended: CallEnd) -> Answer {
+    Answer {
+        ended,
+        ..Answer::default()
+    }
+}
+
+/// Inserts `keys` and reports them as `agent`'s call context.
+fn call(p: &mut ValuePolicy<u64>, agent: AgentId, keys: &[u64], now: u64) {
+    for &k in keys.iter().rev() {
+        p.on_insert(k, Tier::Host, info(), now);
+    }
+    p.on_agent_call(agent, keys, now);
+}
+
+fn drain(p: &mut ValuePolicy<u64>, tier: Tier, now: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    while let Some(v) = p.victim(tier, now) {
+        p.on_remove(v);
+        out.push(v);
+    }
+    out
+}
+
+#[test]
+fn ended_agents_go_first_and_shared_blocks_keep_live_value() {
+    let mut p = ValuePolicy::new(fixed_cfg());
+    call(&mut p, 1, &[1, 2, 3], 0);
+    call(&mut p, 2, &[1, 2, 10, 11], 1);
+    p.on_agent_answered(1, &answer(CallEnd::ToolCall), 2);
+    p.on_agent_answered(2, &answer(CallEnd::EndOfTurn), 3);
+    p.on_agent_end(2, 4);
+    // 10 and 11 only agent 2 held: ended, tail first. 1 and 2 pass to agent 1.
+    assert_eq!(p.victim(Tier::Host, 5), Some(11));
+    assert_eq!(drain(&mut p, Tier::Host, 5), vec![11, 10, 3, 2, 1]);
+}
+
+#[test]
+fn stale_branches_go_before_live_contexts() {
+    let mut p = ValuePolicy::new(fixed_cfg());
+    call(&mut p, 1, &[1, 2, 3], 0);
+    call(&mut p, 2, &[20, 21], 1);
+    // Agent 1's context forks after block 1: 2 and 3 are stale.
+    call(&mut p, 1, &[1, 4, 5], 2);
+    assert_eq!(drain(&mut p, Tier::Host, 3)[..2], [2, 3]);
+}
+
+#[test]
+fn agent_expected_back_latest_loses_blocks_first_tail_first() {
+    let mut p = ValuePolicy::new(fixed_cfg());
+    // Teach the forecaster: tool calls come back in ~5 s, turns in ~10 min.
+    for i in 0..20u64 {
+        let t = i * 1_000_000;
+        call(&mut p, 100, &[1000], t);
+        p.on_agent_answered(100, &answer(CallEnd::ToolCall), t + 10);
+        call(&mut p, 100, &[1000], t + 5_010);
+        p.on_agent_answered(100, &answer(CallEnd::EndOfTurn), t + 5_020);
+        call(&mut p, 100, &[1000], t + 605_020);
+    }
+    p.on_agent_end(100, 30_000_000);
+    drain(&mut p, Tier::Host, 30_000_000);
+    let t = 30_000_000;
+    call(&mut p, 1, &[1, 2, 3], t);
+    call(&mut p, 2, &[4, 5, 6], t + 1);
+    call(&mut p, 3, &[7, 8], t + 2);
+    p.on_agent_answered(1, &answer(CallEnd::ToolCall), t + 10);
+    p.on_agent_answered(2, &answer(CallEnd::EndOfTurn), t + 11);
+    // After an end of turn, agent 2 is not expected for minutes. Agent 3 is
+    // in flight: its call-to-call gaps mix both kinds, so it ranks between.
+    assert_eq!(
+        drain(&mut p, Tier::Host, t + 1_000),
+        vec![6, 5, 4, 8, 7, 3, 2, 1]
+    );
+}
+
+#[test]
+fn keep_warm_and_pins_outrank_everyone() {
+    let mut p = ValuePolicy::new(fixed_cfg());
+    call(&mut p, 1, &[1], 0);
+    call(&mut p, 2, &[2], 1);
+    call(&mut p, 3, &[3], 2);
+    p.on_agent_answered(
+        1,
+        &Answer {
+            ended: CallEnd::EndOfTurn,
+            pin: true,
+            ..Answer::default()
+        },
+        3,
+    );
+    p.on_agent_answered(
+        2,
+        &Answer {
+            ended: CallEnd::EndOfTurn,
+            keep_warm_ms: Some(1_000),
+            ..Answer::default()
+        },
+        4,
+    );
+    p.on_agent_answered(3, &answer(CallEnd::ToolCall), 5);
+    assert_eq!(p.victim(Tier::Host, 10), Some(3));
+    p.on_remove(3);
+    assert_eq!(p.victim(Tier::Host, 10), Some(2));
+    // Once the keep-warm TTL passed, agent 2 is ordinary again (and 1 stays pinned).
+    call(&mut p, 3, &[3], 2_000);
+    assert_eq!(p.victim(Tier::Host, 2_000), Some(2));
+}
+
+#[test]
+fn priority_scales_value() {
+    let mut p = ValuePolicy::new(fixed_cfg());
+    let high = AgentSpec {
+        priority: 8,
+        ..AgentSpec::default()
+    };
+    p.on_agent_register(1, &high, 0);
+    call(&mut p, 1, &[1], 0);
+    call(&mut p, 2, &[2], 0);
+    p.on_agent_answered(1, &answer(CallEnd::EndOfTurn), 1);
+    p.on_agent_answered(2, &answer(CallEnd::EndOfTurn), 1);
+    assert_eq!(p.victim(Tier::Host, 2), Some(2));
+}
+
+#[test]
+fn tiers_are_separate_orders() {
+    let mut p = ValuePolicy::new(fixed_cfg());
+    call(&mut p, 1, &[1, 2, 3], 0);
+    p.on_move(3, Tier::Disk, 1);
+    assert_eq!(p.len(Tier::Host), 2);
+    assert_eq!(p.len(Tier::Disk), 1);
+    assert_eq!(p.victim(Tier::Host, 2), Some(2));
+    assert_eq!(p.victim(Tier::Disk, 2), Some(3));
+    assert_eq!(p.victim(Tier::Gpu, 2), None);
+    // Demote the rest; the disk order stays tail first within the agent.
+    p.on_move(2, Tier::Disk, 3);
+    p.on_move(1, Tier::Disk, 4);
+    assert!(p.is_empty(Tier::Host));
+    assert_eq!(p.victim(Tier::Disk, 5), Some(3));
+}
+
+#[test]
+fn unhinted_blocks_use_segmented_lru() {
+    let mut p: ValuePolicy<u64> = ValuePolicy::new(fixed_cfg());
+    for k in 1..=4 {
+        p.on_insert(k, Tier::Host, info(), k);
+    }
+    p.on_hit(1, 5);
+    // 1 was read again: protected; 2, 3, 4 on probation, oldest first.
+    assert_eq!(drain(&mut p, Tier::Host, 6), vec![2, 3, 4, 1]);
+}
+
+// ---------------------------------------------------------------------------
+// Brute-force reference: every operation is a scan over plain maps; the
+// victim is found by sorting all candidates. Only ranks are cached, exactly
+// when the policy caches them (a very long rerank period, so the policy's
+// victim cursor is exercised).
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Class {
+    Ended,
+    Stale,
+    Probation,
+    Protected,
+    Agent(AgentId),
+}
+
+struct RefBlock {
+    class: Class,
+    stamp: u64,
+    tier: Tier,
+    refs: Vec<(AgentId, u32)>,
+}
+
+struct RefAgent {
+    seq: u32,
+    context: Vec<u64>,
+    phase: Phase,
+    last_call: u64,
+    weight: f64,
+    gaps: AgentGaps,
+    parent: Option<AgentId>,
+}
+
+struct Reference {
+    blocks: HashMap<u64, RefBlock>,
+    agents: HashMap<AgentId, RefAgent>,
+    forecaster: Forecaster,
+    stamp: u64,
+    ranking: Vec<AgentId>,
+    dirty: bool,
+    horizon: u64,
+}
+
+impl Reference {
+    fn new(cfg: &ValueConfig) -> Self {
+        Self {
+            blocks: HashMap::new(),
+            agents: HashMap::new(),
+            forecaster: Forecaster::new(cfg.prior_weight),
+            stamp: 0,
+            ranking: Vec::new(),
+            dirty: true,
+            horizon: cfg.horizon_ms,
+        }
+    }
+
+    fn touch(&mut self, key: u64, class: Class) {
+        self.stamp += 1;
+        let b = self.blocks.get_mut(&key).unwrap();
+        b.class = class;
+        b.stamp = self.stamp;
+    }
+
+    fn agent(&mut self, id: AgentId, now: u64) -> &mut RefAgent {
+        if !self.agents.contains_key(&id) {
+            self.dirty = true;
+        }
+        self.agents.entry(id).or_insert(RefAgent {
+            seq: 0,
+            context: Vec::new(),
+            phase: Phase::New { since: now },
+            last_call: now,
+            weight: 1.0,
+            gaps: AgentGaps::default(),
+            parent: None,
+        })
+    }
+
+    fn insert(&mut self, key: u64, tier: Tier) {
+        if self.blocks.contains_key(&key) {
+            self.mv(key, tier);
+            self.hit(key);
+            return;
+        }
+        self.blocks.insert(
+            key,
+            RefBlock {
+                class: Class::Probation,
+                stamp: 0,
+                tier,
+                refs: Vec::new(),
+            },
+        );
+        self.touch(key, Class::Probation);
+    }
+
+    fn hit(&mut self, key: u64) {
+        if let Some(b) = self.blocks.get(&key) {
+            if !matches!(b.class, Class::Agent(_)) {
+                self.touch(key, Class::Protected);
+            }
+        }
+    }
+
+    fn mv(&mut self, key: u64, tier: Tier) {
+        if let Some(b) = self.blocks.get_mut(&key) {
+            b.tier = tier;
+            let c = b.class;
+            self.touch(key, c);
+        }
+    }
+
+    fn drop_ref(&mut self, key: u64, a: AgentId, keep: Option<u32>, orphan: Class) {
+        let Some(b) = self.blocks.get_mut(&key) else {
+            return;
+        };
+        let Some(pos) = b.refs.iter().position(|r| r.0 == a) else {
+            return;
+        };
+        if Some(b.refs[pos].1) == keep {
+            return;
+        }
+        b.refs.remove(pos);
+        if b.class == Class::Agent(a) {
+            let to = b.refs.last().map_or(orphan, |r| Class::Agent(r.0));
+            self.touch(key, to);
+        }
+    }
+
+    fn call(&mut self, a: AgentId, keys: &[u64], now: u64) {
+        let st = self.agent(a, now);
+        let phase = st.phase;
+        let seq0 = st.seq;
+        let last = st.last_call;
+        let mut gaps = std::mem::take(&mut st.gaps);
+        // Mirror AgentState::learn_gap.
+        let fc = &mut self.forecaster;
+        if let Phase::Answered { at, end } = phase {
+            fc.record(Gap::AfterAnswer(end), now - at, &mut gaps);
+        }
+        if seq0 > 0 {
+            fc.record(Gap::AfterCall, now - last, &mut gaps);
+        }
+        let st = self.agents.get_mut(&a).unwrap();
+        st.gaps = gaps;
+        st.seq += 1;
+        st.phase = Phase::InFlight { since: now };
+        st.last_call = now;
+        let seq = st.seq;
+        let old = std::mem::take(&mut st.context);
+        for &k in keys.iter().rev() {
+            let Some(b) = self.blocks.get_mut(&k) else {
+                continue;
+            };
+            match b.refs.iter_mut().find(|r| r.0 == a) {
+                Some(r) => r.1 = seq,
+                None => b.refs.push((a, seq)),
+            }
+            self.touch(k, Class::Agent(a));
+        }
+        for k in old {
+            self.drop_ref(k, a, Some(seq), Class::Stale);
+        }
+        self.agents.get_mut(&a).unwrap().context = keys.to_vec();
+        self.dirty = true;
+    }
+
+    fn answered(&mut self, a: AgentId, ans: &Answer, now: u64) {
+        if let Some(st) = self.agents.get_mut(&a) {
+            st.phase = Phase::Answered {
+                at: now,
+                end: ans.ended,
+            };
+            self.dirty = true;
+        }
+    }
+
+    fn end(&mut self, a: AgentId, now: u64) {
+        let Some(st) = self.agents.remove(&a) else {
+            return;
+        };
+        for &k in st.context.iter().rev() {
+            self.drop_ref(k, a, None, Class::Ended);
+        }
+        let mut left: Vec<(u64, u64)> = self
+            .blocks
+            .iter()
+            .filter(|(_, b)| b.class == Class::Agent(a))
+            .map(|(&k, b)| (b.stamp, k))
+            .collect();
+        left.sort_unstable();
+        for (_, k) in left {
+            self.touch(k, Class::Ended);
+        }
+        self.dirty = true;
+        if let Some(p) = st.parent.and_then(|p| self.agents.get_mut(&p)) {
+            if matches!(p.phase, Phase::Answered { .. }) {
+                p.phase = Phase::Answered {
+                    at: now,
+                    end: CallEnd::ToolCall,
+                };
+            }
+        }
+    }
+
+    fn rank(&mut self, now: u64) {
+        if !self.dirty {
+            return;
+        }
+        let mut keyed: Vec<(f64, u64, AgentId)> = self
+            .agents
+            .iter()
+            .map(|(&id, st)| {
+                let (gap, since) = match st.phase {
+                    Phase::New { since } | Phase::InFlight { since } => (Gap::AfterCall, since),
+                    Phase::Answered { at, end } => (Gap::AfterAnswer(end), at),
+                };
+                let d = self
+                    .forecaster
+                    .density(gap, now - since, self.horizon, &st.gaps);
+                (st.weight * d, since, id)
+            })
+            .collect();
+        keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        self.ranking = keyed.into_iter().map(|k| k.2).collect();
+        self.dirty = false;
+    }
+
+    fn victim(&mut self, tier: Tier, now: u64, protected_fraction: f64) -> Option<u64> {
+        let oldest = |class: Class, blocks: &HashMap<u64, RefBlock>| {
+            blocks
+                .iter()
+                .filter(|(_, b)| b.tier == tier && b.class == class)
+                .min_by_key(|(_, b)| b.stamp)
+                .map(|(&k, _)| k)
+        };
+        let count = |class: Class| {
+            self.blocks
+                .values()
+                .filter(|b| b.tier == tier && b.class == class)
+                .count()
+        };
+        if let Some(k) =
+            oldest(Class::Ended, &self.blocks).or_else(|| oldest(Class::Stale, &self.blocks))
+        {
+            return Some(k);
+        }
+        let (prob, prot) = (count(Class::Probation), count(Class::Protected));
+        if prob + prot > 0 {
+            let over = prot as f64 > protected_fraction * (prob + prot) as f64;
+            let class = if prot > 0 && (prob == 0 || over) {
+                Class::Protected
+            } else {
+                Class::Probation
+            };
+            return oldest(class, &self.blocks);
+        }
+        self.rank(now);
+        self.ranking
+            .iter()
+            .find_map(|&a| oldest(Class::Agent(a), &self.blocks))
+    }
+}
+
+#[test]
+fn matches_brute_force_reference() {
+    let cfg = ValueConfig {
+        adaptive_horizon: 0.0,
+        rerank_ms: u64::MAX / 4,
+        ..ValueConfig::default()
+    };
+    let mut p: ValuePolicy<u64> = ValuePolicy::new(cfg.clone());
+    let mut r = Reference::new(&cfg);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let tiers = [Tier::Host, Tier::Disk];
+    let mut now = 1_000u64;
+    for step in 0..6_000 {
+        now += 1 + rnd(20_000);
+        let agent = rnd(6);
+        match rnd(10) {
+            0..=3 => {
+                // A call: a prefix-chained context, sometimes forked.
+                let base = agent * 1_000 + if rnd(5) == 0 { 500 } else { 0 };
+                let len = 1 + rnd(12);
+                let keys: Vec<u64> = (0..len).map(|i| base + i).collect();
+                let tier = tiers[rnd(2) as usize];
+                for &k in keys.iter().rev() {
+                    p.on_insert(k, tier, info(), now);
+                    r.insert(k, tier);
+                }
+                if rnd(8) != 0 {
+                    if agent == 5 && !r.agents.contains_key(&5) {
+                        let spec = AgentSpec {
+                            parent: Some(4),
+                            ..AgentSpec::default()
+                        };
+                        p.on_agent_register(5, &spec, now);
+                        r.agent(5, now).parent = Some(4);
+                    }
+                    p.on_agent_call(agent, &keys, now);
+                    r.call(agent, &keys, now);
+                }
+            }
+            4 | 5 => {
+                let ended =
+                    [CallEnd::ToolCall, CallEnd::EndOfTurn, CallEnd::Unknown][rnd(3) as usize];
+                p.on_agent_answered(agent, &answer(ended), now);
+                r.answered(agent, &answer(ended), now);
+            }
+            6 => {
+                p.on_agent_end(agent, now);
+                r.end(agent, now);
+            }
+            7 => {
+                let key = rnd(6) * 1_000 + rnd(14);
+                p.on_hit(key, now);
+                r.hit(key);
+                let tier = tiers[rnd(2) as usize];
+                if r.blocks.contains_key(&key) {
+                    p.on_move(key, tier, now);
+                    r.mv(key, tier);
+                }
+            }
+            _ => {
+                // Evict a few from one tier, checking every victim.
+                let tier = tiers[rnd(2) as usize];
+                for _ in 0..rnd(6) {
+                    let want = r.victim(tier, now, cfg.protected_fraction);
+                    let got = p.victim(tier, now);
+                    assert_eq!(got, want, "step {step}");
+                    let Some(k) = got else { break };
+                    p.on_remove(k);
+                    r.blocks.remove(&k);
+                }
+            }
+        }
+        for t in tiers {
+            let n = r.blocks.values().filter(|b| b.tier == t).count();
+            assert_eq!(p.len(t), n, "step {step}");
+        }
+    }
+}
