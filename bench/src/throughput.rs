@@ -226,6 +226,7 @@ async fn grpc_get(
             session_id: session.clone(),
             hashes: chunk.to_vec(),
             stop_at_first_miss: false,
+            agent_id: String::new(),
         };
         tasks.push(tokio::spawn(async move {
             let mut stream = client.get(request).await?.into_inner();

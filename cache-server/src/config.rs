@@ -71,6 +71,28 @@ impl Default for StoreConfig {
     }
 }
 
+/// Which eviction order the store uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PolicyKind {
+    /// kvtier's value- and lifecycle-aware policy (default).
+    #[default]
+    Value,
+    /// Least recently used first (the baseline; ignores agent hints).
+    Lru,
+}
+
+impl std::str::FromStr for PolicyKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "value" | "kvtier" => Ok(Self::Value),
+            "lru" => Ok(Self::Lru),
+            other => Err(format!("unknown policy {other:?}: use value or lru")),
+        }
+    }
+}
+
 /// Network-facing settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -84,6 +106,10 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// Namespaces a handshake may create; empty allows any. Default empty.
     pub allowed_namespaces: Vec<String>,
+    /// Eviction policy. Default [`PolicyKind::Value`].
+    pub policy: PolicyKind,
+    /// Blocks each namespace may pin through hints. Default 65,536.
+    pub pin_quota_blocks: u64,
     /// Store settings.
     pub store: StoreConfig,
 }
@@ -96,6 +122,8 @@ impl Default for ServerConfig {
             max_block_bytes: 64 << 20,
             max_concurrent_requests: 256,
             allowed_namespaces: Vec::new(),
+            policy: PolicyKind::default(),
+            pin_quota_blocks: crate::agents::DEFAULT_PIN_QUOTA_BLOCKS,
             store: StoreConfig::default(),
         }
     }

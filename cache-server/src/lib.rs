@@ -10,6 +10,8 @@
 //!   [`kvtier_policy::EvictionPolicy`] decides, promotes on hits and publishes events.
 //! - [`namespace`] — namespaces and their hashing configurations (handshake checks).
 //! - [`events`] — the bounded block-event bus behind `WatchEvents`.
+//! - [`agents`] — agent lifecycles: validated by the pure registry, forwarded
+//!   to the store's policy.
 //! - [`metrics`] — metric names and the Prometheus exporter.
 //! - [`service`] — thin gRPC handlers over the library (one file per handler group).
 //! - [`server`] — wires everything and runs until a shutdown future completes.
@@ -18,6 +20,7 @@
 //! Storage knows nothing of agents: lifecycle-aware ordering lives in the
 //! policy, which the store only consults.
 
+pub mod agents;
 pub mod block;
 pub mod config;
 pub mod events;

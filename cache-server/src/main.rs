@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
-use kvtier_cache_server::config::{parse_byte_size, ServerConfig, StoreConfig};
+use kvtier_cache_server::config::{parse_byte_size, PolicyKind, ServerConfig, StoreConfig};
 use kvtier_cache_server::server;
 
 /// kvtier cache server: a tiered (GPU HBM → host memory → NVMe/RocksDB) KV block
@@ -47,6 +47,12 @@ struct Args {
     /// fsync the write-ahead log on every disk write (survives power loss, slower).
     #[arg(long, env = "KVTIER_SYNC_WRITES", default_value_t = false)]
     sync_writes: bool,
+    /// Eviction policy: `value` (kvtier's value- and lifecycle-aware order) or `lru`.
+    #[arg(long, env = "KVTIER_POLICY", default_value = "value")]
+    policy: PolicyKind,
+    /// Blocks each namespace may pin through hints.
+    #[arg(long, env = "KVTIER_PIN_QUOTA_BLOCKS", default_value_t = 65_536)]
+    pin_quota_blocks: u64,
     /// Do not move blocks read from a lower tier up.
     #[arg(long, env = "KVTIER_NO_PROMOTE", default_value_t = false)]
     no_promote: bool,
@@ -65,6 +71,8 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
         metrics_listen,
         max_block_bytes: args.max_block_bytes,
         max_concurrent_requests: args.max_concurrent_requests,
+        policy: args.policy,
+        pin_quota_blocks: args.pin_quota_blocks,
         allowed_namespaces: args
             .allowed_namespaces
             .into_iter()

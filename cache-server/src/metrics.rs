@@ -41,6 +41,12 @@ pub const HANDSHAKES: &str = "kvtier_handshakes_total";
 pub const SESSIONS: &str = "kvtier_sessions";
 /// Watch subscribers now.
 pub const WATCHERS: &str = "kvtier_event_watchers";
+/// Live agents, label `namespace`.
+pub const AGENTS_LIVE: &str = "kvtier_agents_live";
+/// Agents ended, labels `namespace`, `reason` (`explicit`, `lease`).
+pub const AGENTS_ENDED: &str = "kvtier_agents_ended_total";
+/// Call-ending hints received, label `ending` (`tool_call`, `end_of_turn`, `unknown`).
+pub const AGENT_HINTS: &str = "kvtier_agent_hints_total";
 /// Events a watcher missed because it fell behind.
 pub const EVENTS_DROPPED: &str = "kvtier_events_dropped_total";
 

@@ -10,15 +10,20 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_stream::wrappers::TcpListenerStream;
 
-use kvtier_policy::lru::Lru;
+use kvtier_policy::{EvictionPolicy, Lru, ValueConfig, ValuePolicy};
 use kvtier_proto::v1::cache_service_server::CacheServiceServer;
 
-use crate::config::ServerConfig;
+use crate::agents::AgentBook;
+use crate::block::BlockKey;
+use crate::config::{PolicyKind, ServerConfig};
 use crate::metrics as m;
 use crate::namespace::NamespaceRegistry;
 use crate::service::session::Sessions;
 use crate::service::{CacheServiceImpl, ServiceState};
 use crate::store::TieredStore;
+
+/// How often leases are checked.
+const LEASE_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Most sessions kept at once.
 const MAX_SESSIONS: usize = 100_000;
@@ -68,12 +73,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(BoundAddrs),
 ) -> Result<(), ServerError> {
-    let store = tokio::task::block_in_place(|| {
-        TieredStore::open(
-            &config.store,
-            Box::new(Lru::<crate::block::BlockKey>::new()),
-        )
-    })?;
+    let policy: Box<dyn EvictionPolicy<BlockKey>> = match config.policy {
+        PolicyKind::Value => Box::new(ValuePolicy::<BlockKey>::new(ValueConfig::default())),
+        PolicyKind::Lru => Box::new(Lru::<BlockKey>::new()),
+    };
+    tracing::info!(policy = policy.name(), "eviction policy");
+    let store = tokio::task::block_in_place(|| TieredStore::open(&config.store, policy))?;
     let namespaces =
         NamespaceRegistry::new(config.allowed_namespaces.clone(), config.max_block_bytes);
     if let Some(disk) = store.disk() {
@@ -85,6 +90,7 @@ pub async fn run(
         store: Arc::clone(&store),
         namespaces,
         sessions: Sessions::new(MAX_SESSIONS),
+        agents: AgentBook::new(Arc::clone(&store), config.pin_quota_blocks),
         epoch: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -102,6 +108,26 @@ pub async fn run(
     });
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // Ends agents silent past their lease; stops with the server.
+    let lease_task = {
+        let state = Arc::clone(&state);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE_TICK);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let ended = state.agents.expire();
+                        if ended > 0 {
+                            tracing::info!(ended, "agents ended by lease expiry");
+                        }
+                    }
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        })
     };
 
     let grpc_addr = grpc_listener.local_addr()?;
@@ -148,6 +174,7 @@ pub async fn run(
         )
         .await?;
 
+    let _ = lease_task.await;
     tracing::info!("gRPC stopped; flushing the disk tier");
     tokio::task::block_in_place(|| store.flush())?;
     if let Some(task) = metrics_task {

@@ -215,8 +215,23 @@ impl TieredStore {
         Ok(())
     }
 
-    fn now_ms(&self) -> u64 {
+    /// Milliseconds on the store's monotonic clock (the time its policy sees).
+    pub fn now_ms(&self) -> u64 {
         self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Runs `f` on the eviction policy under the store's lock, with the
+    /// current time. The hook through which agent lifecycle changes reach the
+    /// policy; the store itself stays unaware of agents.
+    pub fn with_policy<R>(&self, f: impl FnOnce(&mut dyn EvictionPolicy<BlockKey>, u64) -> R) -> R {
+        let now = self.now_ms();
+        let mut inner = self.inner.lock();
+        f(inner.policy.as_mut(), now)
+    }
+
+    /// Name of the eviction policy in use.
+    pub fn policy_name(&self) -> &'static str {
+        self.inner.lock().policy.name()
     }
 
     fn tier(&self, tier: Tier) -> Option<&dyn BlockTier> {

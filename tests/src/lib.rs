@@ -307,6 +307,7 @@ pub async fn get_all(
             session_id: session.into(),
             hashes: hashes.to_vec(),
             stop_at_first_miss: false,
+            agent_id: String::new(),
         })
         .await?
         .into_inner();

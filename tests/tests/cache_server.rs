@@ -56,6 +56,7 @@ async fn put_get_lookup_round_trip() -> anyhow::Result<()> {
             session_id: session.clone(),
             hashes: holey,
             stop_at_first_miss: true,
+            agent_id: String::new(),
         })
         .await?
         .into_inner();

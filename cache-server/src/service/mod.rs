@@ -6,10 +6,12 @@
 //! - [`read`] — `Get` (server-streaming) and `Lookup`.
 //! - [`watch`] — `WatchEvents`.
 //! - [`stats`] — `Stats`.
+//! - [`agents`] — `RegisterAgent`, `Hint`, `EndAgent`.
 //!
 //! Every handler validates its input and maps failures to the status code a
 //! client can act on, with a message that says what to change.
 
+mod agents;
 mod handshake;
 mod put;
 mod read;
@@ -48,6 +50,8 @@ pub struct ServiceState {
     pub namespaces: NamespaceRegistry,
     /// Open sessions.
     pub sessions: Sessions,
+    /// Agent lifecycles.
+    pub agents: crate::agents::AgentBook,
     /// Identifies this process in events.
     pub epoch: u64,
     /// Largest gRPC message accepted.
@@ -160,6 +164,33 @@ impl CacheService for CacheServiceImpl {
         let started = Instant::now();
         let result = Ok(Response::new(stats::handle(&self.state)));
         observe("stats", started, &result);
+        result
+    }
+
+    async fn register_agent(
+        &self,
+        request: Request<RegisterAgentRequest>,
+    ) -> Result<Response<RegisterAgentResponse>, Status> {
+        let started = Instant::now();
+        let result = agents::register(&self.state, request).map(Response::new);
+        observe("register_agent", started, &result);
+        result
+    }
+
+    async fn hint(&self, request: Request<HintRequest>) -> Result<Response<HintResponse>, Status> {
+        let started = Instant::now();
+        let result = agents::hint(&self.state, request).map(Response::new);
+        observe("hint", started, &result);
+        result
+    }
+
+    async fn end_agent(
+        &self,
+        request: Request<EndAgentRequest>,
+    ) -> Result<Response<EndAgentResponse>, Status> {
+        let started = Instant::now();
+        let result = agents::end(&self.state, request).map(Response::new);
+        observe("end_agent", started, &result);
         result
     }
 

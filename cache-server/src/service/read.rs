@@ -45,9 +45,10 @@ pub(super) async fn get(
     tokio::spawn(async move {
         let _permit = permit;
         let ns_name = ns.name.clone();
+        let priority = state.agents.priority_class_of(ns.id, &request.agent_id);
         let mut missed = false;
         for hash in request.hashes {
-            metrics::counter!(m::BLOCK_LOOKUPS, "namespace" => ns_name.clone(), "priority" => "none", "op" => "get").increment(1);
+            metrics::counter!(m::BLOCK_LOOKUPS, "namespace" => ns_name.clone(), "priority" => priority, "op" => "get").increment(1);
             let result = if missed && request.stop_at_first_miss {
                 Ok(None)
             } else {
@@ -55,7 +56,7 @@ pub(super) async fn get(
             };
             let message = match result {
                 Ok(Some(hit)) => {
-                    metrics::counter!(m::BLOCK_HITS, "namespace" => ns_name.clone(), "priority" => "none", "op" => "get", "tier" => hit.tier.as_str()).increment(1);
+                    metrics::counter!(m::BLOCK_HITS, "namespace" => ns_name.clone(), "priority" => priority, "op" => "get", "tier" => hit.tier.as_str()).increment(1);
                     metrics::counter!(m::TRANSFER_BYTES, "direction" => "out")
                         .increment(hit.block.len());
                     Ok(GetResponse {
@@ -68,7 +69,7 @@ pub(super) async fn get(
                 }
                 Ok(None) => {
                     missed = true;
-                    metrics::counter!(m::BLOCK_MISSES, "namespace" => ns_name.clone(), "priority" => "none", "op" => "get").increment(1);
+                    metrics::counter!(m::BLOCK_MISSES, "namespace" => ns_name.clone(), "priority" => priority, "op" => "get").increment(1);
                     Ok(GetResponse {
                         hash,
                         found: false,

@@ -1,0 +1,150 @@
+//! `RegisterAgent`, `Hint`, `EndAgent`: validate, then hand over to the
+//! [`crate::agents::AgentBook`].
+
+use tonic::{Request, Status};
+
+use kvtier_policy::{AgentSpec, Answer, CallEnd, LifecycleError};
+use kvtier_proto::v1::{
+    CallEnding, EndAgentRequest, EndAgentResponse, HintRequest, HintResponse, RegisterAgentRequest,
+    RegisterAgentResponse,
+};
+
+use super::{ServiceState, MAX_HASHES_PER_REQUEST};
+use crate::agents::{call_end, AgentRef};
+
+const MAX_AGENT_ID_BYTES: usize = 256;
+
+fn check_id(field: &str, id: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > MAX_AGENT_ID_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "{field} must be 1 to {MAX_AGENT_ID_BYTES} bytes, got {}",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Maps registry refusals to statuses; `agent` is the client's id for the message.
+fn lifecycle_status(agent: &str, err: LifecycleError) -> Status {
+    let msg = format!("agent {agent:?}: {err}");
+    match err {
+        LifecycleError::UnknownAgent(_) => Status::not_found(msg),
+        LifecycleError::UnknownParent { .. } => Status::failed_precondition(msg),
+        LifecycleError::ParentCycle(_)
+        | LifecycleError::ZeroLease(_)
+        | LifecycleError::BadLatencySensitivity { .. } => Status::invalid_argument(msg),
+        LifecycleError::Conflict(_) => Status::already_exists(msg),
+        LifecycleError::PinQuotaExceeded { .. } => Status::resource_exhausted(msg),
+    }
+}
+
+pub(super) fn register(
+    state: &ServiceState,
+    request: Request<RegisterAgentRequest>,
+) -> Result<RegisterAgentResponse, Status> {
+    let ns = state
+        .sessions
+        .resolve(&request.get_ref().session_id, request.metadata())?;
+    let r = request.into_inner();
+    check_id("agent_id", &r.agent_id)?;
+    if !r.parent_agent_id.is_empty() {
+        check_id("parent_agent_id", &r.parent_agent_id)?;
+    }
+    if !(-8..=8).contains(&r.priority) {
+        return Err(Status::invalid_argument(format!(
+            "priority must be between -8 and 8, got {}",
+            r.priority
+        )));
+    }
+    let lease_ms = r.lease_ms.unwrap_or(AgentSpec::DEFAULT_LEASE_MS);
+    let who = AgentRef {
+        namespace: ns.id,
+        namespace_name: &ns.name,
+        agent: &r.agent_id,
+    };
+    let parent = (!r.parent_agent_id.is_empty()).then_some(r.parent_agent_id.as_str());
+    let created = state
+        .agents
+        .register(&who, parent, r.priority, r.latency_sensitivity, lease_ms)
+        .map_err(|e| lifecycle_status(&r.agent_id, e))?;
+    Ok(RegisterAgentResponse { created, lease_ms })
+}
+
+pub(super) fn hint(
+    state: &ServiceState,
+    request: Request<HintRequest>,
+) -> Result<HintResponse, Status> {
+    let ns = state
+        .sessions
+        .resolve(&request.get_ref().session_id, request.metadata())?;
+    let r = request.into_inner();
+    check_id("agent_id", &r.agent_id)?;
+    if r.blocks.len() > MAX_HASHES_PER_REQUEST {
+        return Err(Status::invalid_argument(format!(
+            "Hint: {} blocks; the limit is {MAX_HASHES_PER_REQUEST}",
+            r.blocks.len()
+        )));
+    }
+    let ending = call_end(r.ending);
+    if CallEnding::try_from(r.ending).is_err() {
+        return Err(Status::invalid_argument(format!(
+            "unknown ending {}: use CALL_ENDING_TOOL_CALL, CALL_ENDING_END_OF_TURN or leave it unset",
+            r.ending
+        )));
+    }
+    let answered = ending != CallEnd::Unknown || r.keep_warm_ms.is_some() || r.pin;
+    if r.blocks.is_empty() && !answered {
+        return Err(Status::invalid_argument(
+            "empty hint: send the call's blocks when it arrives, and/or its ending once answered",
+        ));
+    }
+    let who = AgentRef {
+        namespace: ns.id,
+        namespace_name: &ns.name,
+        agent: &r.agent_id,
+    };
+    let mut resident = 0;
+    if !r.blocks.is_empty() {
+        resident = state
+            .agents
+            .call(&who, &r.blocks)
+            .map_err(|e| lifecycle_status(&r.agent_id, e))?;
+    }
+    if answered {
+        let answer = Answer {
+            ended: ending,
+            keep_warm_ms: r.keep_warm_ms,
+            pin: r.pin,
+        };
+        state
+            .agents
+            .answered(&who, answer)
+            .map_err(|e| lifecycle_status(&r.agent_id, e))?;
+    }
+    Ok(HintResponse {
+        resident_blocks: resident as u32,
+    })
+}
+
+pub(super) fn end(
+    state: &ServiceState,
+    request: Request<EndAgentRequest>,
+) -> Result<EndAgentResponse, Status> {
+    let ns = state
+        .sessions
+        .resolve(&request.get_ref().session_id, request.metadata())?;
+    let r = request.into_inner();
+    check_id("agent_id", &r.agent_id)?;
+    let who = AgentRef {
+        namespace: ns.id,
+        namespace_name: &ns.name,
+        agent: &r.agent_id,
+    };
+    let ended = state
+        .agents
+        .end(&who)
+        .map_err(|e| lifecycle_status(&r.agent_id, e))?;
+    Ok(EndAgentResponse {
+        ended: ended as u32,
+    })
+}
