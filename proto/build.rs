@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
         .bytes(".kvtier.v1")
-        .compile_protos(&["proto/kvtier/v1/cache.proto"], &["proto"])?;
+        .compile_protos(
+            &["proto/kvtier/v1/cache.proto", "proto/kvtier/v1/agent.proto"],
+            &["proto"],
+        )?;
     Ok(())
 }

@@ -1,0 +1,145 @@
+//! `kvtier-sim-engine`: a simulated inference engine with a shared-memory KV
+//! pool, driving a `kvtier-agent` as a real engine connector would.
+//!
+//! - `compute`: attach, compute a synthetic prompt's blocks, report them, offload them.
+//! - `onboard`: attach, onboard the same prompt into other blocks, verify the bytes.
+//!
+//! Prints one JSON line with the outcome on stdout.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use serde_json::json;
+
+use kvtier_proto::v1::HashingConfig;
+use kvtier_worker_agent::sim::{prompt_tokens, SimEngine, SimPoolSpec};
+
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, ClapArgs)]
+struct Common {
+    /// Agent endpoint: http://host:port or unix:/path.
+    #[arg(long, env = "KVTIER_AGENT", default_value = "http://127.0.0.1:50061")]
+    agent: String,
+    /// Pool file (e.g. /dev/shm/kvtier-sim-pool); created if absent.
+    #[arg(long, env = "KVTIER_SIM_POOL")]
+    pool: PathBuf,
+    /// Blocks in the pool.
+    #[arg(long, env = "KVTIER_SIM_BLOCKS", default_value_t = 256)]
+    blocks: u64,
+    /// Bytes per block.
+    #[arg(long, env = "KVTIER_SIM_BLOCK_BYTES", default_value_t = 65_536)]
+    block_bytes: u64,
+    /// Tokens per block.
+    #[arg(long, env = "KVTIER_BLOCK_TOKENS", default_value_t = 16)]
+    block_tokens: u32,
+    /// Base XXH3 seed.
+    #[arg(long, env = "KVTIER_SEED", default_value_t = kvtier_proto::hashing::DEFAULT_SEED)]
+    seed: u64,
+    /// Namespace salt.
+    #[arg(long, env = "KVTIER_SALT", default_value = "")]
+    salt: String,
+    /// Model name.
+    #[arg(long, env = "KVTIER_MODEL", default_value = "sim-model")]
+    model: String,
+    /// KV layout descriptor.
+    #[arg(long, env = "KVTIER_KV_LAYOUT", default_value = "sim:layers=1,kv=2")]
+    kv_layout: String,
+    /// Cache-server namespace.
+    #[arg(long, env = "KVTIER_NAMESPACE", default_value = "sim")]
+    namespace: String,
+    /// Engine name for logs.
+    #[arg(long, default_value = "sim-engine")]
+    name: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compute a prompt's blocks, report them stored, offload them.
+    Compute(Prompt),
+    /// Onboard a prompt's blocks and verify their bytes.
+    Onboard(Prompt),
+}
+
+#[derive(Debug, ClapArgs)]
+struct Prompt {
+    /// Seed of the synthetic prompt.
+    #[arg(long, default_value_t = 1)]
+    prompt_seed: u32,
+    /// Blocks in the prompt.
+    #[arg(long, default_value_t = 8)]
+    prompt_blocks: usize,
+    /// First pool block to use.
+    #[arg(long, default_value_t = 0)]
+    first_block: u64,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KVTIER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let c = &cli.common;
+    let spec = SimPoolSpec {
+        path: c.pool.clone(),
+        num_blocks: c.blocks,
+        namespace: c.namespace.clone(),
+        hashing: HashingConfig {
+            block_tokens: c.block_tokens,
+            seed: c.seed,
+            salt: c.salt.clone(),
+            block_bytes: c.block_bytes,
+            kv_layout: c.kv_layout.clone(),
+            model: c.model.clone(),
+        },
+        engine_name: c.name.clone(),
+    };
+    let mut engine = SimEngine::attach(&c.agent, spec)
+        .await
+        .context("attach the pool")?;
+    match cli.command {
+        Command::Compute(p) => {
+            let tokens = prompt_tokens(p.prompt_seed, p.prompt_blocks, c.block_tokens as usize);
+            let hashes = engine.compute(&tokens, p.first_block).await?;
+            let out = engine.offload(&hashes, p.first_block).await?;
+            println!(
+                "{}",
+                json!({"hashes": hashes, "stored": out.stored, "skipped": out.skipped,
+                       "bytes_copied": out.bytes_copied})
+            );
+        }
+        Command::Onboard(p) => {
+            let tokens = prompt_tokens(p.prompt_seed, p.prompt_blocks, c.block_tokens as usize);
+            let hashes = engine.hashes(&tokens);
+            for i in 0..hashes.len() as u64 {
+                engine.clear_block(p.first_block + i)?;
+            }
+            let out = engine.onboard(&hashes, p.first_block).await?;
+            let mut verified = 0;
+            for (i, &h) in hashes.iter().enumerate().take(out.loaded_prefix as usize) {
+                if engine.verify_block(p.first_block + i as u64, h)? {
+                    verified += 1;
+                }
+            }
+            println!(
+                "{}",
+                json!({"hashes": hashes, "loaded": out.loaded, "loaded_prefix": out.loaded_prefix,
+                       "verified": verified, "degraded_reason": out.degraded_reason})
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Agent settings. Every field has a default so that an agent starts on a
+//! laptop next to a simulated engine with no setup.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kvtier_proto::hashing::DEFAULT_SEED;
+
+/// The hashing configuration this agent expects every attached engine (and the
+/// cache server) to use. `block_bytes` and `kv_layout` come from the engine's
+/// pool; `model` is only compared when set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedHashing {
+    /// Tokens per block. Default 16 (vLLM's default).
+    pub block_tokens: u32,
+    /// Base XXH3 seed. Default 1337 (Dynamo's).
+    pub seed: u64,
+    /// Namespace salt. Default empty.
+    pub salt: String,
+    /// Model name; empty accepts any. Default empty.
+    pub model: String,
+}
+
+impl Default for ExpectedHashing {
+    fn default() -> Self {
+        Self {
+            block_tokens: 16,
+            seed: DEFAULT_SEED,
+            salt: String::new(),
+            model: String::new(),
+        }
+    }
+}
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// gRPC listen address (loopback TCP). Default `127.0.0.1:50061`.
+    pub listen: SocketAddr,
+    /// Optional Unix socket path served alongside TCP. Default none.
+    pub uds: Option<PathBuf>,
+    /// Cache server gRPC endpoint. Default `http://127.0.0.1:50051`.
+    pub server: String,
+    /// Worker id carried by this agent's events. Default `worker-0`.
+    pub worker_id: String,
+    /// Hashing configuration attached engines must use.
+    pub hashing: ExpectedHashing,
+    /// Bytes of staging memory (split into block-sized buffers, at least 2). Default 256 MiB.
+    pub staging_bytes: u64,
+    /// Most blocks accepted in one Offload/Onboard/Lookup. Default 65,536 (the server's limit).
+    pub max_blocks_per_call: usize,
+    /// Connect timeout to the cache server. Default 500 ms.
+    pub connect_timeout: Duration,
+    /// Longest an Onboard waits for the cache tier before answering "not loaded". Default 2 s.
+    pub onboard_timeout: Duration,
+    /// Longest an Offload or Lookup waits for the cache tier. Default 30 s.
+    pub call_timeout: Duration,
+    /// Events kept for replay to subscribers that reconnect. Default 4,096.
+    pub event_buffer: usize,
+    /// vLLM KV-event ZMQ PUB endpoint to subscribe to (e.g. `tcp://127.0.0.1:5557`). Default none.
+    pub vllm_events: Option<String>,
+    /// vLLM replay (ROUTER) endpoint asked for missed batches after a gap. Default none.
+    pub vllm_replay: Option<String>,
+    /// ZMQ topic prefix to subscribe to. Default empty (all topics).
+    pub vllm_topic: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50061)),
+            uds: None,
+            server: "http://127.0.0.1:50051".into(),
+            worker_id: "worker-0".into(),
+            hashing: ExpectedHashing::default(),
+            staging_bytes: 256 << 20,
+            max_blocks_per_call: 65_536,
+            connect_timeout: Duration::from_millis(500),
+            onboard_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(30),
+            event_buffer: 4096,
+            vllm_events: None,
+            vllm_replay: None,
+            vllm_topic: String::new(),
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Offload / Onboard / Lookup on an attached pool.
+//!
+//! Offload: one Lookup to skip what the tier holds (write-once), then one Put
+//! stream. A producer task copies block after block out of the pool into
+//! staging buffers (device→host) while the Put stream sends earlier ones: the
+//! copies overlap the network transfer, and the staging pool's semaphore
+//! bounds what is in flight. A staging buffer goes to the wire as
+//! `Bytes::from_owner(buffer)` and returns to the pool once encoded.
+//!
+//! Onboard: one Get stream (`stop_at_first_miss`), each block copied into its
+//! destination as it arrives; bounded by `onboard_timeout`, and any failure of
+//! the tier degrades to "not loaded" for the blocks not yet copied.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use kvtier_proto::v1::{
+    BlockData, GetRequest, HashingConfig, LookupRequest, PoolBlock, PutRequest, Tier,
+};
+
+use crate::error::{AgentError, Result};
+use crate::memory::PoolMemory;
+use crate::staging::StagingPool;
+use crate::stats::Stats;
+use crate::tier::TierSession;
+
+/// An engine pool the agent is attached to.
+#[derive(Debug)]
+pub struct AttachedPool {
+    /// Identifies this attachment.
+    pub id: u64,
+    /// Namespace on the cache server.
+    pub namespace: String,
+    /// The engine's (and server's) hashing configuration.
+    pub hashing: HashingConfig,
+    /// The pool's memory.
+    pub memory: Arc<dyn PoolMemory>,
+    /// Reusable staging buffers, one block each.
+    pub staging: StagingPool,
+    /// Session with the cache server.
+    pub tier: Arc<TierSession>,
+}
+
+/// Outcome of an offload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OffloadOutcome {
+    /// Blocks copied to the tier.
+    pub stored: u32,
+    /// Blocks skipped (the tier held them).
+    pub skipped: u32,
+    /// Bytes copied out of the pool.
+    pub bytes: u64,
+}
+
+/// Outcome of an onboard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OnboardOutcome {
+    /// Per requested block: loaded into its destination.
+    pub loaded: Vec<bool>,
+    /// Why loading stopped early, if the tier failed.
+    pub degraded_reason: Option<String>,
+}
+
+impl AttachedPool {
+    /// Tiers of `hashes` on the cache server.
+    pub async fn lookup(&self, hashes: &[u64], timeout: Duration) -> Result<(u32, Vec<Tier>)> {
+        let hashes = hashes.to_vec();
+        let response = self
+            .tier
+            .call(timeout, |mut client, session_id| {
+                let hashes = hashes.clone();
+                async move {
+                    client
+                        .lookup(LookupRequest {
+                            session_id,
+                            hashes,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(AgentError::Tier)
+                }
+            })
+            .await?;
+        let tiers = response
+            .tiers
+            .iter()
+            .map(|&t| Tier::try_from(t).unwrap_or(Tier::None))
+            .collect();
+        Ok((response.prefix_len, tiers))
+    }
+
+    /// Copies `blocks` to the tier, skipping those it already holds.
+    pub async fn offload(
+        &self,
+        blocks: &[PoolBlock],
+        timeout: Duration,
+        stats: &Stats,
+    ) -> Result<OffloadOutcome> {
+        let geometry = self.memory.geometry();
+        for b in blocks {
+            geometry.block_offset(b.block_id)?;
+        }
+        let hashes: Vec<u64> = blocks.iter().map(|b| b.hash).collect();
+        let (_, tiers) = self.lookup(&hashes, timeout).await?;
+        let todo: Vec<PoolBlock> = blocks
+            .iter()
+            .zip(&tiers)
+            .filter(|(_, t)| **t == Tier::None)
+            .map(|(b, _)| *b)
+            .collect();
+        let skipped = (blocks.len() - todo.len()) as u32;
+        Stats::add(&stats.offload_skipped, skipped as u64);
+        if todo.is_empty() {
+            return Ok(OffloadOutcome {
+                stored: 0,
+                skipped,
+                bytes: 0,
+            });
+        }
+        let todo = Arc::new(todo);
+        let response = self
+            .tier
+            .call(timeout, |mut client, session_id| {
+                let todo = todo.clone();
+                let memory = self.memory.clone();
+                let staging = self.staging.clone();
+                async move {
+                    let (tx, rx) = mpsc::channel(staging.count().max(1));
+                    // The producer copies out of the pool while the stream sends;
+                    // it ends when the stream is dropped (send fails).
+                    let producer = tokio::spawn(produce(todo, memory, staging, session_id, tx));
+                    let result = client.put(ReceiverStream::new(rx)).await;
+                    let produced = producer.await;
+                    match produced {
+                        Ok(Err(e)) => return Err(e),
+                        Err(join) => {
+                            return Err(AgentError::Memory(format!("copy task failed: {join}")))
+                        }
+                        Ok(Ok(())) => {}
+                    }
+                    result.map(|r| r.into_inner()).map_err(AgentError::Tier)
+                }
+            })
+            .await?;
+        let bytes = response.stored as u64 * geometry.block_bytes as u64;
+        Stats::add(&stats.offload_blocks, response.stored as u64);
+        Stats::add(
+            &stats.offload_bytes,
+            todo.len() as u64 * geometry.block_bytes as u64,
+        );
+        Ok(OffloadOutcome {
+            stored: response.stored,
+            skipped: skipped + response.already_present,
+            bytes,
+        })
+    }
+
+    /// Loads the leading present blocks of `hashes` into `block_ids`.
+    /// Never fails for the tier's sake: a dead or slow tier yields "not loaded".
+    pub async fn onboard(
+        &self,
+        hashes: &[u64],
+        block_ids: &[u64],
+        timeout: Duration,
+        stats: &Stats,
+    ) -> Result<OnboardOutcome> {
+        if hashes.len() != block_ids.len() {
+            return Err(AgentError::InvalidRequest(format!(
+                "{} hashes but {} destination block ids",
+                hashes.len(),
+                block_ids.len()
+            )));
+        }
+        let geometry = self.memory.geometry();
+        for &b in block_ids {
+            geometry.block_offset(b)?;
+        }
+        let mut loaded = vec![false; hashes.len()];
+        let work = self.onboard_inner(hashes, block_ids, &mut loaded);
+        let degraded_reason = match tokio::time::timeout(timeout, work).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e @ AgentError::InvalidRequest(_))) => return Err(e),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("cache tier did not answer within {timeout:?}")),
+        };
+        let n = loaded.iter().filter(|&&l| l).count() as u64;
+        Stats::add(&stats.onboard_loaded, n);
+        Stats::add(&stats.onboard_missed, hashes.len() as u64 - n);
+        if let Some(reason) = &degraded_reason {
+            Stats::add(&stats.onboard_degraded, 1);
+            tracing::warn!(%reason, loaded = n, "onboard degraded: the engine recomputes the rest");
+        }
+        Ok(OnboardOutcome {
+            loaded,
+            degraded_reason,
+        })
+    }
+
+    async fn onboard_inner(
+        &self,
+        hashes: &[u64],
+        block_ids: &[u64],
+        loaded: &mut [bool],
+    ) -> Result<()> {
+        let block_bytes = self.memory.geometry().block_bytes;
+        let request = GetRequest {
+            session_id: String::new(),
+            hashes: hashes.to_vec(),
+            stop_at_first_miss: true,
+            ..Default::default()
+        };
+        // Opening the stream may renew the session; the body is read below.
+        let mut stream = self
+            .tier
+            .call(Duration::from_secs(3600), |mut client, session_id| {
+                let request = GetRequest {
+                    session_id,
+                    ..request.clone()
+                };
+                async move {
+                    client
+                        .get(request)
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(AgentError::Tier)
+                }
+            })
+            .await?;
+        let mut staging = if self.memory.needs_staging_for_copy_in() {
+            Some(self.staging.acquire().await)
+        } else {
+            None
+        };
+        let mut i = 0;
+        while let Some(block) = stream.message().await.map_err(AgentError::Tier)? {
+            if i >= hashes.len() || block.hash != hashes[i] {
+                return Err(AgentError::Tier(tonic::Status::internal(format!(
+                    "cache server answered block {:#x} out of order",
+                    block.hash
+                ))));
+            }
+            if !block.found {
+                break;
+            }
+            if block.payload.len() != block_bytes {
+                return Err(AgentError::Tier(tonic::Status::internal(format!(
+                    "block {:#x} has {} bytes, the pool's blocks have {block_bytes}",
+                    block.hash,
+                    block.payload.len()
+                ))));
+            }
+            let scratch: &mut [u8] = match staging.as_mut() {
+                Some(s) => s.as_mut_slice(),
+                None => &mut [],
+            };
+            self.memory.copy_in(block_ids[i], &block.payload, scratch)?;
+            loaded[i] = true;
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Copies `blocks` out of the pool, one staging buffer each, and feeds the Put stream.
+async fn produce(
+    blocks: Arc<Vec<PoolBlock>>,
+    memory: Arc<dyn PoolMemory>,
+    staging: StagingPool,
+    session_id: String,
+    tx: mpsc::Sender<PutRequest>,
+) -> Result<()> {
+    for (i, b) in blocks.iter().enumerate() {
+        let mut buffer = staging.acquire().await;
+        memory.copy_out(b.block_id, buffer.as_mut_slice())?;
+        let message = PutRequest {
+            session_id: if i == 0 {
+                session_id.clone()
+            } else {
+                String::new()
+            },
+            block: Some(BlockData {
+                hash: b.hash,
+                parent_hash: b.parent_hash,
+                payload: Bytes::from_owner(buffer),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        if tx.send(message).await.is_err() {
+            // The stream ended early (the server refused it); its status tells why.
+            break;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! `kvtier-agent`: parse flags, run the worker sidecar until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use kvtier_worker_agent::config::{AgentConfig, ExpectedHashing};
+use kvtier_worker_agent::server;
+
+/// kvtier worker agent: moves KV blocks between one inference worker's KV pool
+/// and the kvtier cache tier, and publishes the worker's KV events.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// gRPC listen address (port 0 picks a free port; the bound address is printed).
+    #[arg(long, env = "KVTIER_AGENT_LISTEN", default_value = "127.0.0.1:50061")]
+    listen: SocketAddr,
+    /// Also serve on this Unix socket.
+    #[arg(long, env = "KVTIER_AGENT_UDS")]
+    uds: Option<PathBuf>,
+    /// Cache server gRPC endpoint.
+    #[arg(long, env = "KVTIER_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// Worker id carried by this agent's events.
+    #[arg(long, env = "KVTIER_WORKER_ID", default_value = "worker-0")]
+    worker_id: String,
+    /// Tokens per block engines must use.
+    #[arg(long, env = "KVTIER_BLOCK_TOKENS", default_value_t = 16)]
+    block_tokens: u32,
+    /// Base XXH3 seed engines must use.
+    #[arg(long, env = "KVTIER_SEED", default_value_t = kvtier_proto::hashing::DEFAULT_SEED)]
+    seed: u64,
+    /// Namespace salt engines must use.
+    #[arg(long, env = "KVTIER_SALT", default_value = "")]
+    salt: String,
+    /// Model engines must serve (empty: any).
+    #[arg(long, env = "KVTIER_MODEL", default_value = "")]
+    model: String,
+    /// Staging memory, split into block-sized buffers (e.g. 256MiB).
+    #[arg(long, env = "KVTIER_STAGING_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    staging_bytes: u64,
+    /// Longest an Onboard waits for the cache tier, in milliseconds.
+    #[arg(long, env = "KVTIER_ONBOARD_TIMEOUT_MS", default_value_t = 2000)]
+    onboard_timeout_ms: u64,
+    /// Longest an Offload or Lookup waits for the cache tier, in milliseconds.
+    #[arg(long, env = "KVTIER_CALL_TIMEOUT_MS", default_value_t = 30_000)]
+    call_timeout_ms: u64,
+    /// Connect timeout to the cache server, in milliseconds.
+    #[arg(long, env = "KVTIER_CONNECT_TIMEOUT_MS", default_value_t = 500)]
+    connect_timeout_ms: u64,
+    /// Events kept for subscribers that reconnect.
+    #[arg(long, env = "KVTIER_EVENT_BUFFER", default_value_t = 4096)]
+    event_buffer: usize,
+    /// vLLM KV-event ZMQ PUB endpoint to track (e.g. tcp://127.0.0.1:5557).
+    #[arg(long, env = "KVTIER_VLLM_EVENTS")]
+    vllm_events: Option<String>,
+    /// vLLM KV-event replay endpoint, asked for missed batches.
+    #[arg(long, env = "KVTIER_VLLM_REPLAY")]
+    vllm_replay: Option<String>,
+    /// ZMQ topic prefix to subscribe to.
+    #[arg(long, env = "KVTIER_VLLM_TOPIC", default_value = "")]
+    vllm_topic: String,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("bad size {text:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use KiB, MiB or GiB"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+impl From<Args> for AgentConfig {
+    fn from(a: Args) -> Self {
+        Self {
+            listen: a.listen,
+            uds: a.uds,
+            server: a.server,
+            worker_id: a.worker_id,
+            hashing: ExpectedHashing {
+                block_tokens: a.block_tokens,
+                seed: a.seed,
+                salt: a.salt,
+                model: a.model,
+            },
+            staging_bytes: a.staging_bytes,
+            onboard_timeout: Duration::from_millis(a.onboard_timeout_ms),
+            call_timeout: Duration::from_millis(a.call_timeout_ms),
+            connect_timeout: Duration::from_millis(a.connect_timeout_ms),
+            event_buffer: a.event_buffer,
+            vllm_events: a.vllm_events,
+            vllm_replay: a.vllm_replay,
+            vllm_topic: a.vllm_topic,
+            ..AgentConfig::default()
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KVTIER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = AgentConfig::from(Args::parse());
+    server::run(config, server::shutdown_signal(), |addrs| {
+        // One machine-readable line on stdout, for scripts and tests.
+        println!(
+            "kvtier-agent ready grpc={} uds={}",
+            addrs.grpc,
+            addrs
+                .uds
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "off".into())
+        );
+    })
+    .await?;
+    Ok(())
+}

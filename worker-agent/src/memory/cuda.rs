@@ -1,0 +1,199 @@
+//! The engine's pool in GPU memory, opened from a CUDA IPC handle
+//! (`cuIpcOpenMemHandle`); copies go device↔pinned host staging.
+//!
+//! Built only with the `cuda` feature. `libcuda` is loaded at run time
+//! (`dynamic-loading`); its absence is a clear error at attach time, not a
+//! crash at start.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys;
+use cudarc::driver::{CudaContext, PinnedHostSlice};
+
+use super::{Geometry, PoolMemory};
+use crate::error::{AgentError, Result};
+use crate::staging::StagingMemory;
+
+fn check(what: &str, result: sys::CUresult) -> Result<()> {
+    if result == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(AgentError::Cuda(format!("{what} failed: {result:?}")))
+    }
+}
+
+/// Fails with a clear message when the CUDA driver library cannot be loaded.
+pub fn ensure_driver() -> Result<()> {
+    // SAFETY: only probes whether the shared library can be loaded.
+    if unsafe { sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(AgentError::Cuda(
+            "the CUDA driver library (libcuda.so) was not found: run the agent on a host with \
+             an NVIDIA driver, or attach a shared-memory pool instead"
+                .into(),
+        ))
+    }
+}
+
+/// Page-locked host memory used as a staging buffer.
+#[derive(Debug)]
+pub struct PinnedBuf {
+    slice: PinnedHostSlice<u8>,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is owned exclusively (PinnedHostSlice is Send + Sync);
+// `ptr` points into it and is only dereferenced through &self / &mut self.
+unsafe impl Send for PinnedBuf {}
+// SAFETY: as above; shared access only reads.
+unsafe impl Sync for PinnedBuf {}
+
+impl PinnedBuf {
+    fn new(ctx: &Arc<CudaContext>, len: usize) -> Result<Self> {
+        // Not write-combined: the CPU reads staging buffers (to send them).
+        // SAFETY: the memory is zeroed below before any read.
+        let mut slice = unsafe { ctx.alloc_pinned_with_flags::<u8>(len.max(1), 0) }
+            .map_err(|e| AgentError::Cuda(format!("cuMemHostAlloc({len}): {e:?}")))?;
+        let ptr = slice
+            .as_mut_ptr()
+            .map_err(|e| AgentError::Cuda(format!("pinned buffer: {e:?}")))?;
+        // SAFETY: ptr is valid for len bytes.
+        unsafe { std::ptr::write_bytes(ptr, 0, len) };
+        Ok(Self { slice, ptr, len })
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: valid, initialised allocation of len bytes owned by `slice`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above; &mut self makes it exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// Bytes allocated.
+    pub fn capacity(&self) -> usize {
+        self.slice.len()
+    }
+}
+
+/// A device pool opened from another process's IPC handle.
+#[derive(Debug)]
+pub struct CudaIpcPool {
+    ctx: Arc<CudaContext>,
+    base: sys::CUdeviceptr,
+    geometry: Geometry,
+}
+
+// SAFETY: the device pointer is an address in the context, usable from any
+// thread once the context is bound (every copy binds it first).
+unsafe impl Send for CudaIpcPool {}
+// SAFETY: copies touch disjoint block ranges chosen by the caller; the driver
+// API is thread-safe.
+unsafe impl Sync for CudaIpcPool {}
+
+impl CudaIpcPool {
+    /// Opens `handle` (64 bytes from `cuIpcGetMemHandle`) on `device`.
+    pub fn open(handle: &[u8], device: u32, geometry: Geometry) -> Result<Self> {
+        ensure_driver()?;
+        let raw: [u8; 64] = handle.try_into().map_err(|_| {
+            AgentError::InvalidRequest(format!(
+                "a CUDA IPC handle is 64 bytes, got {}",
+                handle.len()
+            ))
+        })?;
+        let ctx = CudaContext::new(device as usize)
+            .map_err(|e| AgentError::Cuda(format!("cannot open device {device}: {e:?}")))?;
+        ctx.bind_to_thread()
+            .map_err(|e| AgentError::Cuda(format!("bind context: {e:?}")))?;
+        let mut ipc = sys::CUipcMemHandle_st { reserved: [0; 64] };
+        for (dst, src) in ipc.reserved.iter_mut().zip(raw) {
+            *dst = src as std::ffi::c_char;
+        }
+        let mut base: sys::CUdeviceptr = 0;
+        // SAFETY: `base` is a valid out-pointer; the handle is passed by value.
+        check("cuIpcOpenMemHandle", unsafe {
+            sys::cuIpcOpenMemHandle_v2(
+                &mut base,
+                ipc,
+                sys::CUipcMem_flags_enum::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32,
+            )
+        })?;
+        Ok(Self {
+            ctx,
+            base,
+            geometry,
+        })
+    }
+
+    fn device_ptr(&self, block: u64, len: usize) -> Result<sys::CUdeviceptr> {
+        if len != self.geometry.block_bytes {
+            return Err(AgentError::InvalidRequest(format!(
+                "buffer of {len} bytes for a block of {}",
+                self.geometry.block_bytes
+            )));
+        }
+        Ok(self.base + self.geometry.block_offset(block)?)
+    }
+}
+
+impl PoolMemory for CudaIpcPool {
+    fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    fn alloc_staging(&self, len: usize) -> Result<StagingMemory> {
+        Ok(StagingMemory::Pinned(PinnedBuf::new(&self.ctx, len)?))
+    }
+
+    fn copy_out(&self, block: u64, dst: &mut [u8]) -> Result<()> {
+        let src = self.device_ptr(block, dst.len())?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| AgentError::Cuda(format!("bind context: {e:?}")))?;
+        // SAFETY: src..src+len is inside the opened allocation (geometry checked);
+        // dst is a host buffer of len bytes (pinned when it comes from staging).
+        check("cuMemcpyDtoH", unsafe {
+            sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), src, dst.len())
+        })
+    }
+
+    fn copy_in(&self, block: u64, src: &[u8], staging: &mut [u8]) -> Result<()> {
+        let dst = self.device_ptr(block, src.len())?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| AgentError::Cuda(format!("bind context: {e:?}")))?;
+        // Through pinned staging: DMA from pageable memory would bounce anyway.
+        let host: &[u8] = if staging.len() >= src.len() {
+            staging[..src.len()].copy_from_slice(src);
+            &staging[..src.len()]
+        } else {
+            src
+        };
+        // SAFETY: dst..dst+len is inside the opened allocation; host is len bytes.
+        check("cuMemcpyHtoD", unsafe {
+            sys::cuMemcpyHtoD_v2(dst, host.as_ptr().cast(), host.len())
+        })
+    }
+
+    fn needs_staging_for_copy_in(&self) -> bool {
+        true
+    }
+}
+
+impl Drop for CudaIpcPool {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: base came from cuIpcOpenMemHandle and is closed once.
+            let r = unsafe { sys::cuIpcCloseMemHandle(self.base) };
+            if r != sys::CUresult::CUDA_SUCCESS {
+                tracing::warn!(?r, "cuIpcCloseMemHandle failed");
+            }
+        }
+    }
+}

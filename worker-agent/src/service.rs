@@ -1,0 +1,398 @@
+//! The `kvtier.v1.WorkerService` handlers. Thin: validate, find the attached
+//! pool, call the data path or the event log.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use kvtier_proto::hashing::effective_seed;
+
+use kvtier_proto::v1::worker_service_server::WorkerService;
+use kvtier_proto::v1::*;
+
+use crate::config::AgentConfig;
+use crate::datapath::AttachedPool;
+use crate::error::AgentError;
+use crate::events::{BlockChange, EventLog};
+use crate::memory::{shm::ShmPool, Geometry, PoolMemory};
+use crate::staging::StagingPool;
+use crate::stats::Stats;
+use crate::tier::{connect_lazy, TierSession};
+
+/// Most staging buffers per pool: enough to keep a loopback link busy
+/// without pinning much memory.
+const MAX_STAGING_BUFFERS: u64 = 64;
+
+/// Shared state of the agent.
+#[derive(Debug)]
+pub struct AgentState {
+    /// Settings.
+    pub config: AgentConfig,
+    /// The attached pool, if any. A read lock is held only to clone the `Arc`.
+    pool: RwLock<Option<Arc<AttachedPool>>>,
+    next_pool_id: AtomicU64,
+    /// The worker's event log.
+    pub events: Arc<EventLog>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Fires on shutdown: ends event streams.
+    shutdown: watch::Receiver<bool>,
+    channel: tonic::transport::Channel,
+}
+
+impl AgentState {
+    /// State for `config`; event streams end when `shutdown` turns true.
+    pub fn new(
+        config: AgentConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Self>, AgentError> {
+        let channel = connect_lazy(&config.server, config.connect_timeout)?;
+        Ok(Arc::new(Self {
+            events: EventLog::new(config.worker_id.clone(), config.event_buffer),
+            stats: Arc::new(Stats::default()),
+            pool: RwLock::new(None),
+            next_pool_id: AtomicU64::new(1),
+            shutdown,
+            channel,
+            config,
+        }))
+    }
+
+    fn pool(&self, pool_id: u64) -> Result<Arc<AttachedPool>, AgentError> {
+        let pool = self.pool.read().clone();
+        match pool {
+            Some(p) if p.id == pool_id => Ok(p),
+            Some(p) => Err(AgentError::NoPool(format!(
+                "pool_id {pool_id} is not the attached pool ({}); attach again",
+                p.id
+            ))),
+            None => Err(AgentError::NoPool(
+                "no pool attached: call AttachPool first".into(),
+            )),
+        }
+    }
+
+    fn check_count(&self, n: usize) -> Result<(), AgentError> {
+        if n == 0 || n > self.config.max_blocks_per_call {
+            return Err(AgentError::InvalidRequest(format!(
+                "{n} blocks in one call; 1 to {} allowed",
+                self.config.max_blocks_per_call
+            )));
+        }
+        Ok(())
+    }
+
+    /// Compares the engine's hashing configuration with the agent's.
+    fn check_hashing(&self, engine: &HashingConfig) -> Result<(), AgentError> {
+        let want = &self.config.hashing;
+        let engine_seed = if engine.seed == 0 {
+            kvtier_proto::hashing::DEFAULT_SEED
+        } else {
+            engine.seed
+        };
+        let mut diffs = Vec::new();
+        if engine.block_tokens != want.block_tokens {
+            diffs.push(format!(
+                "block_tokens: engine {} vs agent {}",
+                engine.block_tokens, want.block_tokens
+            ));
+        }
+        if engine_seed != want.seed {
+            diffs.push(format!("seed: engine {engine_seed} vs agent {}", want.seed));
+        }
+        if engine.salt != want.salt {
+            diffs.push(format!(
+                "salt: engine {:?} vs agent {:?}",
+                engine.salt, want.salt
+            ));
+        }
+        if !want.model.is_empty() && engine.model != want.model {
+            diffs.push(format!(
+                "model: engine {:?} vs agent {:?}",
+                engine.model, want.model
+            ));
+        }
+        if diffs.is_empty() {
+            Ok(())
+        } else {
+            Err(AgentError::ConfigMismatch(format!(
+                "the engine's hashing configuration differs from the agent's ({}); \
+                 blocks would never match: fix the engine's or the agent's settings",
+                diffs.join("; ")
+            )))
+        }
+    }
+
+    /// Attaches (or re-attaches) the engine's pool.
+    pub async fn attach(&self, req: AttachPoolRequest) -> Result<AttachPoolResponse, AgentError> {
+        let hashing = req
+            .hashing
+            .clone()
+            .ok_or_else(|| AgentError::InvalidRequest("hashing configuration missing".into()))?;
+        let layout = req
+            .layout
+            .ok_or_else(|| AgentError::InvalidRequest("pool layout missing".into()))?;
+        if hashing.block_bytes != layout.block_bytes {
+            return Err(AgentError::ConfigMismatch(format!(
+                "the pool's block_bytes {} differs from the hashing configuration's {}",
+                layout.block_bytes, hashing.block_bytes
+            )));
+        }
+        self.check_hashing(&hashing)?;
+        let memory: Arc<dyn PoolMemory> = match req.memory {
+            Some(attach_pool_request::Memory::SharedMemory(shm)) => {
+                let geometry = Geometry::from_layout(&layout, shm.offset)?;
+                Arc::new(ShmPool::open(std::path::Path::new(&shm.path), geometry)?)
+            }
+            Some(attach_pool_request::Memory::CudaIpc(ipc)) => cuda_pool(&layout, ipc)?,
+            None => return Err(AgentError::InvalidRequest("pool memory missing".into())),
+        };
+        let tier = TierSession::open(
+            self.channel.clone(),
+            &req.namespace,
+            hashing.clone(),
+            &format!("kvtier-agent/{}", self.config.worker_id),
+            self.config
+                .call_timeout
+                .min(std::time::Duration::from_secs(10)),
+        )
+        .await?;
+        let block_bytes = memory.geometry().block_bytes;
+        let count = (self.config.staging_bytes / block_bytes as u64)
+            .clamp(2, MAX_STAGING_BUFFERS)
+            .min(memory.geometry().num_blocks.max(2)) as usize;
+        let staging = {
+            let memory = memory.clone();
+            StagingPool::new(count, block_bytes, move |len| memory.alloc_staging(len))?
+        };
+        let id = self.next_pool_id.fetch_add(1, Ordering::Relaxed);
+        let effective = effective_seed(
+            if hashing.seed == 0 {
+                kvtier_proto::hashing::DEFAULT_SEED
+            } else {
+                hashing.seed
+            },
+            &hashing.salt,
+        );
+        let pool = AttachedPool {
+            id,
+            namespace: req.namespace.clone(),
+            hashing,
+            memory,
+            staging,
+            tier: Arc::new(tier),
+        };
+        tracing::info!(
+            pool_id = id,
+            engine = %req.engine_name,
+            namespace = %req.namespace,
+            blocks = layout.num_blocks,
+            block_bytes,
+            staging_buffers = count,
+            "pool attached"
+        );
+        *self.pool.write() = Some(Arc::new(pool));
+        Ok(AttachPoolResponse {
+            pool_id: id,
+            worker_id: self.config.worker_id.clone(),
+            effective_seed: effective,
+            staging_buffers: count as u32,
+        })
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_pool(layout: &PoolLayout, ipc: CudaIpcPool) -> Result<Arc<dyn PoolMemory>, AgentError> {
+    let geometry = Geometry::from_layout(layout, ipc.offset)?;
+    Ok(Arc::new(crate::memory::cuda::CudaIpcPool::open(
+        &ipc.ipc_handle,
+        ipc.device,
+        geometry,
+    )?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_pool(_layout: &PoolLayout, _ipc: CudaIpcPool) -> Result<Arc<dyn PoolMemory>, AgentError> {
+    Err(AgentError::Cuda(
+        "this kvtier-agent was built without the `cuda` feature: attach a shared-memory pool, \
+         or rebuild with `--features cuda`"
+            .into(),
+    ))
+}
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct Service {
+    state: Arc<AgentState>,
+}
+
+impl Service {
+    /// A service over `state`.
+    pub fn new(state: Arc<AgentState>) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for Service {
+    async fn attach_pool(
+        &self,
+        request: Request<AttachPoolRequest>,
+    ) -> Result<Response<AttachPoolResponse>, Status> {
+        Ok(Response::new(
+            self.state.attach(request.into_inner()).await?,
+        ))
+    }
+
+    async fn offload(
+        &self,
+        request: Request<OffloadRequest>,
+    ) -> Result<Response<OffloadResponse>, Status> {
+        let req = request.into_inner();
+        self.state.check_count(req.blocks.len())?;
+        let pool = self.state.pool(req.pool_id)?;
+        let out = pool
+            .offload(
+                &req.blocks,
+                self.state.config.call_timeout,
+                &self.state.stats,
+            )
+            .await?;
+        Ok(Response::new(OffloadResponse {
+            stored: out.stored,
+            skipped: out.skipped,
+            bytes_copied: out.bytes,
+        }))
+    }
+
+    async fn onboard(
+        &self,
+        request: Request<OnboardRequest>,
+    ) -> Result<Response<OnboardResponse>, Status> {
+        let req = request.into_inner();
+        self.state.check_count(req.hashes.len())?;
+        let pool = self.state.pool(req.pool_id)?;
+        let out = pool
+            .onboard(
+                &req.hashes,
+                &req.block_ids,
+                self.state.config.onboard_timeout,
+                &self.state.stats,
+            )
+            .await?;
+        let loaded_prefix = out.loaded.iter().take_while(|&&l| l).count() as u32;
+        Ok(Response::new(OnboardResponse {
+            loaded: out.loaded,
+            loaded_prefix,
+            degraded_reason: out.degraded_reason.unwrap_or_default(),
+        }))
+    }
+
+    async fn pool_lookup(
+        &self,
+        request: Request<PoolLookupRequest>,
+    ) -> Result<Response<PoolLookupResponse>, Status> {
+        let req = request.into_inner();
+        self.state.check_count(req.hashes.len())?;
+        let pool = self.state.pool(req.pool_id)?;
+        let (prefix_len, tiers) = pool
+            .lookup(&req.hashes, self.state.config.call_timeout)
+            .await?;
+        Ok(Response::new(PoolLookupResponse {
+            prefix_len,
+            tiers: tiers.into_iter().map(|t| t as i32).collect(),
+        }))
+    }
+
+    async fn report_blocks(
+        &self,
+        request: Request<ReportBlocksRequest>,
+    ) -> Result<Response<ReportBlocksResponse>, Status> {
+        let req = request.into_inner();
+        self.state.pool(req.pool_id)?;
+        let change = match WorkerEventKind::try_from(req.kind) {
+            Ok(WorkerEventKind::Stored) => {
+                for pair in req.blocks.windows(2) {
+                    if pair[1].parent_hash != Some(pair[0].hash) {
+                        return Err(Status::invalid_argument(
+                            "stored blocks must form a chain: each block's parent_hash is the previous block's hash",
+                        ));
+                    }
+                }
+                BlockChange::Stored {
+                    parent: req.blocks.first().and_then(|b| b.parent_hash),
+                    hashes: req.blocks.iter().map(|b| b.hash).collect(),
+                }
+            }
+            Ok(WorkerEventKind::Removed) => {
+                BlockChange::Removed(req.blocks.iter().map(|b| b.hash).collect())
+            }
+            Ok(WorkerEventKind::Cleared) => BlockChange::Cleared,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "kind must be STORED, REMOVED or CLEARED",
+                ))
+            }
+        };
+        let event_id = self.state.events.record(change).unwrap_or(0);
+        Ok(Response::new(ReportBlocksResponse { event_id }))
+    }
+
+    type SubscribeWorkerEventsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<WorkerEvent, Status>> + Send>>;
+
+    async fn subscribe_worker_events(
+        &self,
+        request: Request<SubscribeWorkerEventsRequest>,
+    ) -> Result<Response<Self::SubscribeWorkerEventsStream>, Status> {
+        let from = request.into_inner().from_event_id;
+        let stream = self
+            .state
+            .events
+            .subscribe(from, self.state.shutdown.clone());
+        Ok(Response::new(Box::pin(futures::StreamExt::map(stream, Ok))))
+    }
+
+    async fn worker_snapshot(
+        &self,
+        _request: Request<WorkerSnapshotRequest>,
+    ) -> Result<Response<WorkerSnapshotResponse>, Status> {
+        Ok(Response::new(WorkerSnapshotResponse {
+            snapshot: Some(self.state.events.snapshot()),
+        }))
+    }
+
+    async fn worker_stats(
+        &self,
+        _request: Request<WorkerStatsRequest>,
+    ) -> Result<Response<WorkerStatsResponse>, Status> {
+        let s = &self.state.stats;
+        let pool = self.state.pool.read().clone();
+        Ok(Response::new(WorkerStatsResponse {
+            offload_blocks: Stats::get(&s.offload_blocks),
+            offload_skipped: Stats::get(&s.offload_skipped),
+            offload_bytes: Stats::get(&s.offload_bytes),
+            onboard_loaded: Stats::get(&s.onboard_loaded),
+            onboard_missed: Stats::get(&s.onboard_missed),
+            onboard_degraded: Stats::get(&s.onboard_degraded),
+            engine_batches: Stats::get(&s.engine_batches),
+            engine_events: Stats::get(&s.engine_events),
+            engine_seq_gaps: Stats::get(&s.engine_seq_gaps),
+            engine_errors: s
+                .engine_errors()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            staging_buffers: pool.as_ref().map(|p| p.staging.count() as u32).unwrap_or(0),
+            staging_free: pool
+                .as_ref()
+                .map(|p| p.staging.available() as u32)
+                .unwrap_or(0),
+            last_event_id: self.state.events.last_id(),
+            epoch: self.state.events.epoch(),
+        }))
+    }
+}

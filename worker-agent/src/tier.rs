@@ -1,0 +1,152 @@
+//! The cache-server side: one handshaken session per attached pool, renewed
+//! transparently when the server forgets it (restart, session eviction).
+//!
+//! The channel connects lazily with a short connect timeout, so a dead server
+//! costs a request a refused connection, not a hang.
+
+use std::future::Future;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use kvtier_proto::v1::cache_service_client::CacheServiceClient;
+use kvtier_proto::v1::{HandshakeRequest, HandshakeResponse, HashingConfig};
+
+use crate::error::{AgentError, Result};
+
+/// Largest message exchanged with the server (blocks up to 64 MiB, as the server).
+pub const MAX_MESSAGE_BYTES: usize = 65 << 20;
+
+/// A lazily connected channel to the cache server.
+pub fn connect_lazy(server: &str, connect_timeout: Duration) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(server.to_string())
+        .map_err(|e| {
+            AgentError::InvalidRequest(format!("bad cache server address {server:?}: {e}"))
+        })?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_adaptive_window(true)
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(32 << 20);
+    Ok(endpoint.connect_lazy())
+}
+
+/// A handshaken session with the cache server for one namespace.
+#[derive(Debug)]
+pub struct TierSession {
+    client: CacheServiceClient<Channel>,
+    request: HandshakeRequest,
+    /// The current session id; replaced when the server no longer knows it.
+    session_id: Mutex<String>,
+}
+
+fn is_unknown_session(status: &Status) -> bool {
+    status.code() == Code::FailedPrecondition
+        && (status.message().contains("unknown session") || status.message().contains("no session"))
+}
+
+impl TierSession {
+    /// Handshakes `namespace` with `config`. A configuration the server's
+    /// namespace does not share is refused (FAILED_PRECONDITION, both
+    /// configs). An unreachable server is not an error: the session is opened
+    /// by the first call that reaches it, so an engine can start (and
+    /// recompute everything) while the cache tier is down.
+    pub async fn open(
+        channel: Channel,
+        namespace: &str,
+        config: HashingConfig,
+        client_name: &str,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let client = CacheServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let request = HandshakeRequest {
+            namespace: namespace.to_string(),
+            config: Some(config),
+            client_name: client_name.to_string(),
+            ..Default::default()
+        };
+        let session_id = match handshake(&client, &request, timeout).await {
+            Ok(response) => response.session_id,
+            Err(e @ AgentError::ConfigMismatch(_)) => return Err(e),
+            Err(AgentError::Tier(s)) if s.code() != Code::Unavailable => {
+                return Err(AgentError::Tier(s))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cache server unreachable; the session opens on first use");
+                String::new()
+            }
+        };
+        Ok(Self {
+            client,
+            request,
+            session_id: Mutex::new(session_id),
+        })
+    }
+
+    /// A client handle (cheap clone of the channel).
+    pub fn client(&self) -> CacheServiceClient<Channel> {
+        self.client.clone()
+    }
+
+    /// The current session id.
+    pub fn session_id(&self) -> String {
+        self.session_id.lock().clone()
+    }
+
+    async fn renew(&self, timeout: Duration) -> Result<String> {
+        let response = handshake(&self.client, &self.request, timeout).await?;
+        tracing::info!(namespace = %self.request.namespace, "cache server session renewed");
+        *self.session_id.lock() = response.session_id.clone();
+        Ok(response.session_id)
+    }
+
+    /// Runs `call(client, session_id)` within `timeout`; when the server no
+    /// longer knows the session, handshakes again and retries once.
+    pub async fn call<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T>
+    where
+        F: Fn(CacheServiceClient<Channel>, String) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let attempt = async {
+            let mut id = self.session_id();
+            if id.is_empty() {
+                id = self.renew(timeout).await?;
+            }
+            match call(self.client(), id).await {
+                Err(AgentError::Tier(status)) if is_unknown_session(&status) => {
+                    let id = self.renew(timeout).await?;
+                    call(self.client(), id).await
+                }
+                other => other,
+            }
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| AgentError::Timeout(timeout))?
+    }
+}
+
+async fn handshake(
+    client: &CacheServiceClient<Channel>,
+    request: &HandshakeRequest,
+    timeout: Duration,
+) -> Result<HandshakeResponse> {
+    let mut client = client.clone();
+    let call = client.handshake(request.clone());
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(AgentError::Timeout(timeout)),
+        Ok(Err(status)) if status.code() == Code::FailedPrecondition => {
+            Err(AgentError::ConfigMismatch(format!(
+                "the cache server refused namespace {:?}: {}",
+                request.namespace,
+                status.message()
+            )))
+        }
+        Ok(Err(status)) => Err(AgentError::Tier(status)),
+        Ok(Ok(response)) => Ok(response.into_inner()),
+    }
+}

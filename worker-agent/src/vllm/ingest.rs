@@ -1,0 +1,248 @@
+//! The ZMQ SUB loop: receives vLLM's `[topic, seq, payload]` messages, checks
+//! `seq` for gaps (asking the engine's replay endpoint for the missed batches
+//! when one is configured), decodes, translates and records the events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
+
+use super::decode::decode_batch;
+use super::translate::Translator;
+use crate::events::EventLog;
+use crate::stats::Stats;
+
+/// Longest wait for a replay answer.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most batches accepted from one replay.
+const REPLAY_MAX_BATCHES: usize = 100_000;
+
+/// Applies decoded payloads to the event log; owns the sequence cursor.
+#[derive(Debug)]
+pub struct Ingestor {
+    translator: Translator,
+    log: Arc<EventLog>,
+    stats: Arc<Stats>,
+    /// Sequence number of the last batch applied.
+    last_seq: Option<u64>,
+}
+
+/// What a sequence number says about the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqCheck {
+    /// The next batch (or the first one seen).
+    Contiguous,
+    /// Batches `expected..got` were missed.
+    Gap {
+        /// First missed.
+        expected: u64,
+        /// Received.
+        got: u64,
+    },
+    /// Already applied (a replay overlapping the live stream): skip.
+    Stale,
+}
+
+impl Ingestor {
+    /// An ingestor translating into `log`.
+    pub fn new(translator: Translator, log: Arc<EventLog>, stats: Arc<Stats>) -> Self {
+        Self {
+            translator,
+            log,
+            stats,
+            last_seq: None,
+        }
+    }
+
+    /// Classifies `seq` against the cursor.
+    pub fn check(&self, seq: u64) -> SeqCheck {
+        match self.last_seq {
+            None => SeqCheck::Contiguous,
+            Some(last) if seq <= last => SeqCheck::Stale,
+            Some(last) if seq == last + 1 => SeqCheck::Contiguous,
+            Some(last) => SeqCheck::Gap {
+                expected: last + 1,
+                got: seq,
+            },
+        }
+    }
+
+    /// Applies one payload with sequence number `seq` (`None`: unnumbered).
+    pub fn apply(&mut self, seq: Option<u64>, payload: &[u8]) {
+        if let Some(seq) = seq {
+            self.last_seq = Some(seq);
+        }
+        Stats::add(&self.stats.engine_batches, 1);
+        let batch = match decode_batch(payload) {
+            Ok(b) => b,
+            Err(e) => {
+                self.stats.engine_error(e.reason());
+                tracing::warn!(error = %e, ?seq, "undecodable vLLM event batch");
+                return;
+            }
+        };
+        for event in batch.events {
+            let event = match event {
+                Ok(ev) => ev,
+                Err(e) => {
+                    self.stats.engine_error(e.reason());
+                    tracing::warn!(error = %e, ?seq, "undecodable vLLM event");
+                    continue;
+                }
+            };
+            match self.translator.apply(event) {
+                Ok(change) => {
+                    self.log.record(change);
+                    Stats::add(&self.stats.engine_events, 1);
+                }
+                Err(e) => {
+                    self.stats.engine_error(e.reason());
+                    tracing::warn!(error = %e, ?seq, "vLLM event not applied");
+                }
+            }
+        }
+    }
+}
+
+/// Settings of the ZMQ subscriber.
+#[derive(Debug, Clone)]
+pub struct ZmqSettings {
+    /// PUB endpoint, e.g. `tcp://127.0.0.1:5557`.
+    pub endpoint: String,
+    /// Optional ROUTER replay endpoint.
+    pub replay: Option<String>,
+    /// Topic prefix ("" for all).
+    pub topic: String,
+}
+
+fn parse_seq(frame: Option<&Bytes>) -> Option<u64> {
+    let bytes: [u8; 8] = frame?.as_ref().try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// Runs the subscriber until `shutdown` turns true; reconnects on errors.
+pub async fn run(
+    settings: ZmqSettings,
+    mut ingestor: Ingestor,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !*shutdown.borrow() {
+        let mut socket = SubSocket::new();
+        let connected = tokio::select! {
+            r = socket.connect(&settings.endpoint) => r,
+            _ = shutdown.changed() => break,
+        };
+        if let Err(e) = connected {
+            tracing::warn!(endpoint = %settings.endpoint, error = %e, "cannot connect to vLLM events");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {},
+                _ = shutdown.changed() => break,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        if let Err(e) = socket.subscribe(&settings.topic).await {
+            tracing::warn!(error = %e, "cannot subscribe to vLLM events");
+            continue;
+        }
+        tracing::info!(endpoint = %settings.endpoint, "subscribed to vLLM KV events");
+        backoff = Duration::from_millis(100);
+        loop {
+            let message = tokio::select! {
+                m = socket.recv() => m,
+                _ = shutdown.changed() => return,
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "vLLM event stream broke; reconnecting");
+                    break;
+                }
+            };
+            handle(&settings, &mut ingestor, message).await;
+        }
+    }
+}
+
+async fn handle(settings: &ZmqSettings, ingestor: &mut Ingestor, message: ZmqMessage) {
+    // [topic, seq, payload]; tolerate [seq, payload] and [payload].
+    let frames = message.into_vec();
+    let (seq, payload) = match frames.len() {
+        3 => (parse_seq(frames.get(1)), frames.get(2)),
+        2 => (parse_seq(frames.first()), frames.get(1)),
+        1 => (None, frames.first()),
+        _ => (None, None),
+    };
+    let Some(payload) = payload else {
+        ingestor.stats.engine_error("malformed_message");
+        tracing::warn!(
+            frames = frames.len(),
+            "vLLM event message with an unexpected frame count"
+        );
+        return;
+    };
+    if let Some(seq) = seq {
+        match ingestor.check(seq) {
+            SeqCheck::Stale => return,
+            SeqCheck::Contiguous => {}
+            SeqCheck::Gap { expected, got } => {
+                Stats::add(&ingestor.stats.engine_seq_gaps, 1);
+                tracing::warn!(expected, got, "gap in vLLM event sequence");
+                if let Some(replay) = &settings.replay {
+                    match fetch_replay(replay, expected).await {
+                        Ok(batches) => {
+                            for (s, p) in batches {
+                                if s < got && ingestor.check(s) != SeqCheck::Stale {
+                                    ingestor.apply(Some(s), &p);
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            ingestor.stats.engine_error("replay_failed");
+                            tracing::warn!(error = %e, "vLLM replay failed; continuing after the gap");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ingestor.apply(seq, payload);
+}
+
+/// Asks a vLLM replay (ROUTER) endpoint for the batches from `start` on.
+async fn fetch_replay(endpoint: &str, start: u64) -> Result<Vec<(u64, Bytes)>, String> {
+    let work = async {
+        let mut socket = DealerSocket::new();
+        socket.connect(endpoint).await.map_err(|e| e.to_string())?;
+        let request = ZmqMessage::try_from(vec![
+            Bytes::new(),
+            Bytes::copy_from_slice(&start.to_be_bytes()),
+        ])
+        .map_err(|e| e.to_string())?;
+        socket.send(request).await.map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        loop {
+            let frames = socket.recv().await.map_err(|e| e.to_string())?.into_vec();
+            // [b"", seq, payload]; the end marker has seq = -1.
+            let n = frames.len();
+            let seq_frame = frames.get(n.wrapping_sub(2));
+            let raw = seq_frame
+                .and_then(|f| <[u8; 8]>::try_from(f.as_ref()).ok())
+                .ok_or("malformed replay frame")?;
+            if i64::from_be_bytes(raw) == -1 {
+                return Ok(out);
+            }
+            let payload = frames.get(n - 1).cloned().unwrap_or_default();
+            out.push((u64::from_be_bytes(raw), payload));
+            if out.len() >= REPLAY_MAX_BATCHES {
+                return Ok(out);
+            }
+        }
+    };
+    tokio::time::timeout(REPLAY_TIMEOUT, work)
+        .await
+        .map_err(|_| format!("no replay answer within {REPLAY_TIMEOUT:?}"))?
+}
