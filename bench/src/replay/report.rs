@@ -50,6 +50,9 @@ pub struct Report {
     pub seconds: f64,
 }
 
+/// A plotted line: name, colour, and which column of a row it draws.
+type Series = (&'static str, &'static str, fn(&Row) -> Option<f64>);
+
 fn cell(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"))
 }
@@ -142,7 +145,7 @@ impl Report {
             (l + w - r) / 2.0,
             h - 10.0
         );
-        let series: [(&str, &str, fn(&Row) -> Option<f64>); 3] = [
+        let series: [Series; 3] = [
             ("LRU", "#d62728", |r| r.lru),
             ("kvtier", "#1f77b4", |r| r.kvtier),
             ("Belady (offline)", "#2ca02c", |r| r.belady),

@@ -150,8 +150,10 @@ pub fn simulate<P: EvictionPolicy<u32>>(
                     let a = r.agent as usize;
                     if !registered[a] {
                         registered[a] = true;
-                        let mut spec = AgentSpec::default();
-                        spec.parent = trace.agents[a].parent.map(u64::from);
+                        let spec = AgentSpec {
+                            parent: trace.agents[a].parent.map(u64::from),
+                            ..AgentSpec::default()
+                        };
                         for q in policies.iter_mut() {
                             q.on_agent_register(a as u64, &spec, now);
                         }
@@ -169,7 +171,7 @@ pub fn simulate<P: EvictionPolicy<u32>>(
                     resident[w] -= 1;
                 }
                 done += 1;
-                if done % 256 == 0 {
+                if done.is_multiple_of(256) {
                     progress.fetch_add(256, Ordering::Relaxed);
                 }
             }

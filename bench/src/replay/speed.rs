@@ -1,5 +1,5 @@
-//! `kvtier-bench policy-speed`: eviction throughput of the value policy with
-//! a large resident set, single-threaded.
+//! `kvtier-bench policy-speed`: eviction throughput of the value policy (and
+//! LRU for reference) with a large resident set, on one thread.
 
 use std::time::Instant;
 
@@ -12,105 +12,141 @@ pub struct Args {
     /// Resident blocks kept in the cache.
     #[arg(long, default_value_t = 1_000_000)]
     pub resident: u64,
-    /// Evictions to time.
-    #[arg(long, default_value_t = 5_000_000)]
-    pub evictions: u64,
     /// Live agents the resident blocks belong to.
     #[arg(long, default_value_t = 1_000)]
     pub agents: u64,
-    /// Blocks per agent call (context length).
-    #[arg(long, default_value_t = 1_000)]
+    /// Agent calls in the mixed phase; each adds `--call-blocks` new blocks.
+    #[arg(long, default_value_t = 20_000)]
+    pub calls: u64,
+    /// New blocks per call in the mixed phase.
+    #[arg(long, default_value_t = 32)]
     pub call_blocks: u64,
 }
 
-fn fill<P: EvictionPolicy<u64>>(p: &mut P, args: &Args) -> u64 {
-    let info = BlockInfo {
-        parent: None,
-        bytes: 1,
+const INFO: BlockInfo<u64> = BlockInfo {
+    parent: None,
+    bytes: 1,
+};
+
+fn ending(agent: u64) -> Answer {
+    let ended = if agent.is_multiple_of(3) {
+        CallEnd::EndOfTurn
+    } else {
+        CallEnd::ToolCall
     };
+    Answer {
+        ended,
+        ..Answer::default()
+    }
+}
+
+/// Fills `resident` blocks, spread over `agents` contexts; returns the contexts and the clock.
+fn fill<P: EvictionPolicy<u64>>(p: &mut P, args: &Args) -> (Vec<Vec<u64>>, u64) {
+    let per_agent = args.resident.div_ceil(args.agents.max(1));
+    let mut contexts = Vec::new();
     let mut key = 0u64;
     let mut now = 0u64;
-    while key < args.resident {
-        let agent = (key / args.call_blocks) % args.agents;
-        let first = key;
-        for _ in 0..args.call_blocks.min(args.resident - key) {
-            p.on_insert(key, Tier::Host, info, now);
-            key += 1;
+    for agent in 0..args.agents {
+        let ctx: Vec<u64> = (key..(key + per_agent).min(args.resident)).collect();
+        key += ctx.len() as u64;
+        for &k in ctx.iter().rev() {
+            p.on_insert(k, Tier::Host, INFO, now);
         }
-        let ctx: Vec<u64> = (first..key).collect();
         p.on_agent_call(agent, &ctx, now);
-        let ended = if agent % 2 == 0 {
-            CallEnd::ToolCall
-        } else {
-            CallEnd::EndOfTurn
-        };
-        p.on_agent_answered(
-            agent,
-            &Answer {
-                ended,
-                ..Answer::default()
-            },
-            now + 5,
-        );
+        p.on_agent_answered(agent, &ending(agent), now + 5);
+        contexts.push(ctx);
         now += 10;
     }
-    now
+    (contexts, now)
 }
 
-/// Times `evictions` victim+remove pairs, each followed by an insert that keeps
-/// the resident set full, with an agent call every `call_blocks` inserts.
-fn time<P: EvictionPolicy<u64>>(mut p: P, args: &Args) -> (f64, f64) {
-    let mut now = fill(&mut p, args);
-    let info = BlockInfo {
-        parent: None,
-        bytes: 1,
-    };
-    let mut key = args.resident;
-    // Pure evictions: drain half the resident set.
-    let drain = (args.resident / 2).min(args.evictions);
+struct Rates {
+    drain: f64,
+    mixed_refs: f64,
+    mixed_calls: f64,
+    mixed_evictions: u64,
+}
+
+fn measure<P: EvictionPolicy<u64>>(make: impl Fn() -> P, args: &Args) -> Rates {
+    // Phase 1: evict half the resident set, the clock moving 1 ms per
+    // eviction (so agent ranks are refreshed as they would be).
+    let mut p = make();
+    let (_, mut now) = fill(&mut p, args);
+    let drain = args.resident / 2;
     let t = Instant::now();
     for _ in 0..drain {
-        if let Some(v) = p.victim(Tier::Host, now) {
-            p.on_remove(v);
+        now += 1;
+        match p.victim(Tier::Host, now) {
+            Some(v) => p.on_remove(v),
+            None => break,
         }
     }
-    let pure = drain as f64 / t.elapsed().as_secs_f64();
-    // Steady state: insert + evict, with agent calls interleaved.
-    let mut ctx = Vec::with_capacity(args.call_blocks as usize);
+    let drain_rate = drain as f64 / t.elapsed().as_secs_f64();
+
+    // Phase 2: agent calls that extend their contexts, each followed by the
+    // evictions that bring the cache back to `resident` blocks.
+    let mut p = make();
+    let (mut contexts, mut now) = fill(&mut p, args);
+    let mut key = args.resident;
+    let mut evictions = 0u64;
+    let mut refs = 0u64;
     let t = Instant::now();
-    for i in 0..args.evictions {
-        p.on_insert(key, Tier::Host, info, now);
-        ctx.push(key);
-        key += 1;
-        if ctx.len() as u64 == args.call_blocks {
-            p.on_agent_call(i % args.agents, &ctx, now);
+    for i in 0..args.calls {
+        let agent = (i * 7919) % args.agents;
+        let ctx = &mut contexts[agent as usize];
+        if ctx.len() > 4_000 {
             ctx.clear();
-            now += 1;
         }
-        if let Some(v) = p.victim(Tier::Host, now) {
-            p.on_remove(v);
+        let new: Vec<u64> = (key..key + args.call_blocks).collect();
+        key += args.call_blocks;
+        for &k in new.iter().rev() {
+            p.on_insert(k, Tier::Host, INFO, now);
         }
+        for &k in ctx.iter().rev() {
+            p.on_hit(k, now);
+        }
+        ctx.extend_from_slice(&new);
+        refs += ctx.len() as u64;
+        p.on_agent_call(agent, ctx, now);
+        p.on_agent_answered(agent, &ending(agent), now + 3);
+        while p.len(Tier::Host) as u64 > args.resident {
+            match p.victim(Tier::Host, now) {
+                Some(v) => p.on_remove(v),
+                None => break,
+            }
+            evictions += 1;
+        }
+        now += 7;
     }
-    let steady = args.evictions as f64 / t.elapsed().as_secs_f64();
-    (pure, steady)
+    let secs = t.elapsed().as_secs_f64();
+    Rates {
+        drain: drain_rate,
+        mixed_refs: refs as f64 / secs,
+        mixed_calls: args.calls as f64 / secs,
+        mixed_evictions: evictions,
+    }
 }
 
-/// Runs the microbenchmark and prints evictions per second.
+/// Runs the microbenchmark and prints the rates.
 pub fn run(args: Args) -> Result<()> {
-    let (pure, steady) = time(ValuePolicy::<u64>::default(), &args);
     println!(
-        "kvtier value policy: {} resident blocks, {} agents: {:.2} M evictions/s (victim+remove), {:.2} M/s steady (insert+call+victim+remove)",
-        args.resident,
-        args.agents,
-        pure / 1e6,
-        steady / 1e6
+        "{} resident blocks, {} live agents, one thread",
+        args.resident, args.agents
     );
-    let (pure, steady) = time(Lru::<u64>::new(), &args);
-    println!(
-        "lru:                 {} resident blocks: {:.2} M evictions/s (victim+remove), {:.2} M/s steady",
-        args.resident,
-        pure / 1e6,
-        steady / 1e6
-    );
+    for (name, r) in [
+        ("kvtier", measure(ValuePolicy::<u64>::default, &args)),
+        ("lru", measure(Lru::<u64>::new, &args)),
+    ] {
+        println!(
+            "{name:>7}: {:.2} M evictions/s (victim + remove); mixed: {:.0} calls/s \
+             ({} new blocks each, whole context hit and re-ranked: {:.1} M block refs/s, \
+             {} evictions)",
+            r.drain / 1e6,
+            r.mixed_calls,
+            args.call_blocks,
+            r.mixed_refs / 1e6,
+            r.mixed_evictions
+        );
+    }
     Ok(())
 }
