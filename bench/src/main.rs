@@ -5,6 +5,10 @@ mod replay;
 mod throughput;
 
 use anyhow::Result;
+
+/// Same allocator as kvtier-server, so client-side buffer churn is comparable.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]

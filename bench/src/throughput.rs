@@ -100,6 +100,20 @@ impl Server {
         Ok((Self { child, grpc }, ready))
     }
 
+    /// Resident set size of the server process, in bytes (Linux).
+    fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
     fn terminate(mut self) -> Result<()> {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -138,6 +152,8 @@ async fn connect(addr: SocketAddr) -> Result<CacheServiceClient<Channel>> {
     let channel = Channel::from_shared(format!("http://{addr}"))?
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(Some(1 << 20))
+        .tcp_nodelay(true)
         .connect()
         .await?;
     Ok(CacheServiceClient::new(channel)
@@ -330,7 +346,8 @@ async fn run_async(args: Args) -> Result<()> {
     let block = args.block_size as usize;
     let total = args.block_size * args.blocks as u64;
     let dir = tempfile::tempdir()?;
-    let host_capacity = format!("{}", total * 2);
+    // Room for every round: the measurement must not depend on eviction.
+    let host_capacity = format!("{}", total * (args.rounds as u64 + 1));
     let (server, _) = Server::start(
         &bin,
         &dir.path().join("tput"),
@@ -366,6 +383,7 @@ async fn run_async(args: Args) -> Result<()> {
             rget.push(g);
         }
     }
+    let rss = server.rss_bytes();
     drop(clients);
     server.terminate()?;
     let tcp = median(tcp);
@@ -386,6 +404,15 @@ async fn run_async(args: Args) -> Result<()> {
     row("plain loopback TCP", tcp);
     row("kvtier put (host tier)", median(put.clone()));
     row("kvtier get (host tier)", median(get.clone()));
+    if let Some(rss) = rss {
+        let held = total * args.rounds as u64;
+        println!(
+            "server RSS {:.0} MiB holding {:.0} MiB of blocks ({:.2}x)",
+            rss as f64 / (1 << 20) as f64,
+            held as f64 / (1 << 20) as f64,
+            rss as f64 / held as f64
+        );
+    }
     if !rset.is_empty() {
         let (rs, rg) = (median(rset), median(rget));
         row("redis 7 SET", rs);
