@@ -1,0 +1,58 @@
+//! kvtier-security: the pieces every kvtier binary needs to face a network.
+//!
+//! # Layout
+//! - [`tls`] — rustls server/client configuration from PEM files (optional
+//!   mTLS), and the plaintext rule (loopback only unless explicitly allowed).
+//! - [`tokens`] — bearer tokens hashed at rest (SHA-256), principals, tenants
+//!   and their namespace grants; constant-time lookup.
+//! - [`auth`] — the [`auth::Authenticator`]: a tonic interceptor that stamps
+//!   each request with its [`auth::Client`], reloadable on SIGHUP.
+//! - [`limits`] — per-client concurrency and byte-rate limits that refuse with
+//!   a retry hint instead of queueing without bound.
+//!
+//! See `README.md` for the threat model and how a binary adopts this crate.
+
+pub mod auth;
+pub mod limits;
+pub mod tls;
+pub mod tokens;
+
+pub use auth::{Authenticator, Client};
+pub use limits::{ClientLimiter, LimitConfig, Throttled};
+pub use tokens::{hash_token, token_digest_line, Access, Principal, TokenTable};
+
+/// Errors of configuration loading.
+#[derive(Debug, thiserror::Error)]
+pub enum SecurityError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A token file entry is malformed.
+    #[error("token file, entry {entry}: {reason}")]
+    TokenFile {
+        /// 1-based line (or `;`-separated entry) number.
+        entry: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// TLS material is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Plaintext on a non-loopback address without the explicit flag.
+    #[error(
+        "refusing to serve {what} in plaintext on {addr}, which is not a loopback address: \
+         configure TLS (--tls-cert/--tls-key) or pass --allow-plaintext"
+    )]
+    Plaintext {
+        /// Which listener.
+        what: String,
+        /// Its address.
+        addr: std::net::SocketAddr,
+    },
+}
