@@ -317,3 +317,236 @@ pub async fn get_all(
     }
     Ok(out)
 }
+
+// ---------------------------------------------------------------------------
+// Worker agent (`kvtier-agent`) and simulated engine (`kvtier-sim-engine`).
+// ---------------------------------------------------------------------------
+
+/// A free loopback port (bound then released; fine for tests).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Spawns `bin` with `args`, stderr to `log`, and waits for a stdout line
+/// starting with `ready_prefix`; returns the child and that line.
+fn spawn_ready(
+    bin: &Path,
+    args: &[String],
+    log: &Path,
+    ready_prefix: &str,
+) -> Result<(Child, String)> {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("KVTIER_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) if line.starts_with(ready_prefix) => Ok((child, line)),
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let logs = std::fs::read_to_string(log).unwrap_or_default();
+            bail!(
+                "{} did not become ready ({other:?}); log:\n{logs}",
+                bin.display()
+            );
+        }
+    }
+}
+
+/// SIGTERM, then wait up to 30 s for the exit code.
+fn terminate_child(child: &mut Child, what: &str) -> Result<i32> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    if !status.success() {
+        bail!("kill -TERM {what} failed");
+    }
+    for _ in 0..300 {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.code().unwrap_or(-1));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill()?;
+    bail!("{what} did not exit within 30 s of SIGTERM")
+}
+
+impl ServerProcess {
+    /// Like [`ServerProcess::start`], but on a fixed gRPC address (to restart a
+    /// server where its clients expect it). Metrics are off.
+    pub fn start_at(data_dir: &Path, listen: SocketAddr, extra_args: &[&str]) -> Result<Self> {
+        let bin = binary("kvtier-server", "KVTIER_SERVER_BIN")?;
+        let log = data_dir.with_extension("log");
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            listen.to_string(),
+            "--metrics-listen".into(),
+            "off".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let (child, line) = spawn_ready(&bin, &args, &log, "kvtier-server ready")?;
+        let grpc = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("grpc="))
+            .ok_or_else(|| anyhow!("no grpc= in {line:?}"))?
+            .parse()?;
+        Ok(Self {
+            child: Some(child),
+            grpc,
+            metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.to_path_buf(),
+            log,
+        })
+    }
+}
+
+/// A running `kvtier-agent`. Killed (SIGKILL) on drop.
+pub struct AgentProcess {
+    child: Option<Child>,
+    /// gRPC (TCP) address.
+    pub grpc: SocketAddr,
+    /// Unix socket path, when one was asked for.
+    pub uds: Option<PathBuf>,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts an agent for the cache server at `server` on a free loopback
+    /// port; `log` receives its stderr; `extra_args` are appended
+    /// (e.g. `--worker-id A`, `--uds /path`).
+    pub fn start(log: &Path, server: SocketAddr, extra_args: &[&str]) -> Result<Self> {
+        let bin = binary("kvtier-agent", "KVTIER_AGENT_BIN")?;
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--server".into(),
+            format!("http://{server}"),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let (child, line) = spawn_ready(&bin, &args, log, "kvtier-agent ready")?;
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name))
+                .map(str::to_string)
+        };
+        let grpc = field("grpc=")
+            .ok_or_else(|| anyhow!("no grpc= in {line:?}"))?
+            .parse()?;
+        let uds = field("uds=").filter(|u| u != "off").map(PathBuf::from);
+        Ok(Self {
+            child: Some(child),
+            grpc,
+            uds,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The agent endpoint for `kvtier-sim-engine --agent`: the Unix socket
+    /// when there is one, else TCP.
+    pub fn endpoint(&self) -> String {
+        match &self.uds {
+            Some(p) => format!("unix:{}", p.display()),
+            None => format!("http://{}", self.grpc),
+        }
+    }
+
+    /// A gRPC client (TCP).
+    pub async fn client(
+        &self,
+    ) -> Result<kvtier_proto::v1::worker_service_client::WorkerServiceClient<Channel>> {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc))?
+            .connect()
+            .await?;
+        Ok(kvtier_proto::v1::worker_service_client::WorkerServiceClient::new(channel))
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Result<i32> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("agent already stopped"))?;
+        terminate_child(&mut child, "kvtier-agent")
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `kvtier-sim-engine --agent <agent> --pool <pool> <args...>` to
+/// completion and returns the `key=value` fields of its result line.
+pub fn sim_engine(
+    agent: &str,
+    pool: &Path,
+    args: &[&str],
+) -> Result<std::collections::HashMap<String, String>> {
+    let bin = binary("kvtier-sim-engine", "KVTIER_SIM_ENGINE_BIN")?;
+    let out = Command::new(bin)
+        .arg("--agent")
+        .arg(agent)
+        .arg("--pool")
+        .arg(pool)
+        .args(args)
+        .output()
+        .context("run kvtier-sim-engine")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!(
+            "kvtier-sim-engine {args:?} failed ({}):\n{stderr}",
+            out.status
+        );
+    }
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("kvtier-sim-engine "))
+        .ok_or_else(|| anyhow!("no result line in {stdout:?} (stderr: {stderr})"))?;
+    Ok(line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+/// Bytes `[block × block_bytes, (block + n) × block_bytes)` of a pool file.
+pub fn pool_blocks(pool: &Path, block: u64, n: u64, block_bytes: u64) -> Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(pool)?;
+    file.seek(SeekFrom::Start(block * block_bytes))?;
+    let mut out = vec![0u8; (n * block_bytes) as usize];
+    file.read_exact(&mut out)?;
+    Ok(out)
+}

@@ -4,13 +4,13 @@
 //! - `compute`: attach, compute a synthetic prompt's blocks, report them, offload them.
 //! - `onboard`: attach, onboard the same prompt into other blocks, verify the bytes.
 //!
-//! Prints one JSON line with the outcome on stdout.
+//! Prints one line of `key=value` fields with the outcome on stdout
+//! (`kvtier-sim-engine stored=8 skipped=0 ...`), for scripts and tests.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use serde_json::json;
 
 use kvtier_proto::v1::HashingConfig;
 use kvtier_worker_agent::sim::{prompt_tokens, SimEngine, SimPoolSpec};
@@ -116,9 +116,11 @@ async fn main() -> anyhow::Result<()> {
             let hashes = engine.compute(&tokens, p.first_block).await?;
             let out = engine.offload(&hashes, p.first_block).await?;
             println!(
-                "{}",
-                json!({"hashes": hashes, "stored": out.stored, "skipped": out.skipped,
-                       "bytes_copied": out.bytes_copied})
+                "kvtier-sim-engine blocks={} stored={} skipped={} bytes_copied={}",
+                hashes.len(),
+                out.stored,
+                out.skipped,
+                out.bytes_copied
             );
         }
         Command::Onboard(p) => {
@@ -134,10 +136,15 @@ async fn main() -> anyhow::Result<()> {
                     verified += 1;
                 }
             }
+            if !out.degraded_reason.is_empty() {
+                eprintln!("onboard degraded: {}", out.degraded_reason);
+            }
+            let loaded = out.loaded.iter().filter(|&&l| l).count();
             println!(
-                "{}",
-                json!({"hashes": hashes, "loaded": out.loaded, "loaded_prefix": out.loaded_prefix,
-                       "verified": verified, "degraded_reason": out.degraded_reason})
+                "kvtier-sim-engine blocks={} loaded={loaded} loaded_prefix={} verified={verified} degraded={}",
+                hashes.len(),
+                out.loaded_prefix,
+                u8::from(!out.degraded_reason.is_empty())
             );
         }
     }

@@ -1,0 +1,599 @@
+//! The worker agent end to end: the real `kvtier-server`, `kvtier-agent`s and
+//! `kvtier-sim-engine`s as separate processes on loopback, talking gRPC and
+//! sharing KV pools through shared-memory files.
+
+// Messages of the shared wire contract gain optional fields over time.
+#![allow(clippy::needless_update)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kvtier_integration_tests::*;
+use kvtier_proto::v1::*;
+use tonic::Code;
+
+/// Bytes per block in these tests.
+const BLOCK_BYTES: u64 = 64 * 1024;
+/// Tokens per block (the agent's and the simulated engine's default).
+const BLOCK_TOKENS: usize = 16;
+
+/// A directory for pool files: `/dev/shm` when the host has it (as an engine
+/// would use), else the ordinary temp dir.
+fn shm_dir() -> anyhow::Result<tempfile::TempDir> {
+    if Path::new("/dev/shm").is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in("/dev/shm") {
+            return Ok(dir);
+        }
+    }
+    Ok(tempfile::tempdir()?)
+}
+
+fn num(fields: &std::collections::HashMap<String, String>, key: &str) -> u64 {
+    fields
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric {key} in {fields:?}"))
+}
+
+const POOL: [&str; 4] = ["--blocks", "160", "--block-bytes", "65536"];
+
+fn compute(agent: &str, pool: &Path, seed: u32, blocks: usize) -> anyhow::Result<(u64, u64)> {
+    let (s, b) = (seed.to_string(), blocks.to_string());
+    let mut args = POOL.to_vec();
+    args.extend(["compute", "--prompt-seed", &s, "--prompt-blocks", &b]);
+    let out = sim_engine(agent, pool, &args)?;
+    Ok((num(&out, "stored"), num(&out, "skipped")))
+}
+
+/// (loaded_prefix, verified, degraded)
+fn onboard(
+    agent: &str,
+    pool: &Path,
+    seed: u32,
+    blocks: usize,
+    first: u64,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let (s, b, f) = (seed.to_string(), blocks.to_string(), first.to_string());
+    let mut args = POOL.to_vec();
+    args.extend([
+        "onboard",
+        "--prompt-seed",
+        &s,
+        "--prompt-blocks",
+        &b,
+        "--first-block",
+        &f,
+    ]);
+    let out = sim_engine(agent, pool, &args)?;
+    Ok((
+        num(&out, "loaded_prefix"),
+        num(&out, "verified"),
+        num(&out, "degraded"),
+    ))
+}
+
+fn expected_bytes(seed: u32, blocks: usize) -> Vec<u8> {
+    prompt_hashes(seed, blocks, BLOCK_TOKENS)
+        .into_iter()
+        .flat_map(|h| payload_for(h, BLOCK_BYTES as usize).to_vec())
+        .collect()
+}
+
+async fn next_event(stream: &mut tonic::Streaming<WorkerEvent>) -> anyhow::Result<WorkerEvent> {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await??
+        .ok_or_else(|| anyhow::anyhow!("event stream ended"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_worker_sharing_bit_for_bit() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let shm = shm_dir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let a = AgentProcess::start(
+        &dir.path().join("a.log"),
+        server.grpc,
+        &["--worker-id", "A"],
+    )?;
+    let sock = dir.path().join("b.sock");
+    let b = AgentProcess::start(
+        &dir.path().join("b.log"),
+        server.grpc,
+        &["--worker-id", "B", "--uds", &sock.display().to_string()],
+    )?;
+    let (pool_a, pool_b) = (shm.path().join("pool-a"), shm.path().join("pool-b"));
+
+    // Engine A computes a 16-block prefix and offloads it through agent A (TCP).
+    assert_eq!(compute(&a.endpoint(), &pool_a, 7, 16)?, (16, 0));
+    // The conversation grows by 4 blocks: write-once skips the 16 the tier holds.
+    assert_eq!(compute(&a.endpoint(), &pool_a, 7, 20)?, (4, 16));
+
+    // Engine B onboards 24 blocks through agent B (Unix socket): the 20 that
+    // exist load, into pool blocks 100.., and match A's bytes bit for bit.
+    let (loaded, verified, degraded) = onboard(&b.endpoint(), &pool_b, 7, 24, 100)?;
+    assert_eq!((loaded, verified, degraded), (20, 20, 0));
+    let from_a = pool_blocks(&pool_a, 0, 20, BLOCK_BYTES)?;
+    let on_b = pool_blocks(&pool_b, 100, 20, BLOCK_BYTES)?;
+    assert!(
+        from_a == on_b,
+        "B's onboarded blocks differ from A's computed ones"
+    );
+    assert!(
+        from_a == expected_bytes(7, 20),
+        "A's blocks are not the prompt's KV"
+    );
+    let rest = pool_blocks(&pool_b, 120, 4, BLOCK_BYTES)?;
+    assert!(
+        rest.iter().all(|&x| x == 0),
+        "blocks not in the tier must stay untouched"
+    );
+
+    // The tier holds exactly those 20, as seen through B's agent and the server.
+    let hashes = prompt_hashes(7, 24, BLOCK_TOKENS);
+    let mut client = server.client().await?;
+    let session = handshake(&mut client, "sim", sim_config()).await?;
+    let lookup = client
+        .lookup(LookupRequest {
+            session_id: session,
+            hashes: hashes.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(lookup.prefix_len, 20);
+
+    // Worker A's events: ids 1, 2 without a gap, with kvtier's hashes.
+    let mut agent_a = a.client().await?;
+    let mut events = agent_a
+        .subscribe_worker_events(SubscribeWorkerEventsRequest { from_event_id: 1 })
+        .await?
+        .into_inner();
+    let e1 = next_event(&mut events).await?;
+    let e2 = next_event(&mut events).await?;
+    assert_eq!((e1.event_id, e2.event_id), (1, 2));
+    assert_eq!(e1.kind, WorkerEventKind::Stored as i32);
+    assert_eq!(e1.worker_id, "A");
+    assert_eq!(e1.hashes, hashes[..16].to_vec());
+    assert_eq!(e2.hashes, hashes[..20].to_vec());
+    let stats = agent_a
+        .worker_stats(WorkerStatsRequest {})
+        .await?
+        .into_inner();
+    assert_eq!((stats.offload_blocks, stats.offload_skipped), (20, 16));
+    assert_eq!(
+        stats.staging_free, stats.staging_buffers,
+        "every staging buffer came back"
+    );
+    Ok(())
+}
+
+/// The hashing configuration `kvtier-sim-engine` uses by default.
+fn sim_config() -> HashingConfig {
+    HashingConfig {
+        block_tokens: BLOCK_TOKENS as u32,
+        seed: kvtier_proto::hashing::DEFAULT_SEED,
+        salt: String::new(),
+        block_bytes: BLOCK_BYTES,
+        kv_layout: "sim:layers=1,kv=2".into(),
+        model: "sim-model".into(),
+    }
+}
+
+/// Attaches a pool file directly over gRPC (as an engine connector would).
+async fn attach(
+    agent: &mut kvtier_proto::v1::worker_service_client::WorkerServiceClient<
+        tonic::transport::Channel,
+    >,
+    pool: &Path,
+    config: HashingConfig,
+) -> Result<AttachPoolResponse, tonic::Status> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(pool)
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    f.set_len(64 * config.block_bytes)
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    Ok(agent
+        .attach_pool(AttachPoolRequest {
+            namespace: "sim".into(),
+            layout: Some(PoolLayout {
+                num_blocks: 64,
+                block_bytes: config.block_bytes,
+                ..Default::default()
+            }),
+            hashing: Some(config),
+            memory: Some(attach_pool_request::Memory::SharedMemory(
+                SharedMemoryPool {
+                    path: pool.display().to_string(),
+                    offset: 0,
+                },
+            )),
+            engine_name: "test".into(),
+        })
+        .await?
+        .into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_gap_free_and_a_gap_resyncs_from_a_snapshot() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let shm = shm_dir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let a = AgentProcess::start(
+        &dir.path().join("a.log"),
+        server.grpc,
+        &["--worker-id", "A", "--event-buffer", "8"],
+    )?;
+    let mut agent = a.client().await?;
+    let pool = attach(&mut agent, &shm.path().join("pool"), sim_config()).await?;
+    let mut live = agent
+        .subscribe_worker_events(SubscribeWorkerEventsRequest { from_event_id: 1 })
+        .await?
+        .into_inner();
+
+    // 30 single-block chains stored, then 5 of them removed: ids 1..=35.
+    let hashes = prompt_hashes(3, 30, BLOCK_TOKENS);
+    for (i, &h) in hashes.iter().enumerate() {
+        let r = agent
+            .report_blocks(ReportBlocksRequest {
+                pool_id: pool.pool_id,
+                kind: WorkerEventKind::Stored as i32,
+                blocks: vec![PoolBlock {
+                    block_id: i as u64,
+                    hash: h,
+                    parent_hash: i.checked_sub(1).map(|p| hashes[p]),
+                }],
+            })
+            .await?
+            .into_inner();
+        assert_eq!(r.event_id, i as u64 + 1);
+    }
+    agent
+        .report_blocks(ReportBlocksRequest {
+            pool_id: pool.pool_id,
+            kind: WorkerEventKind::Removed as i32,
+            blocks: hashes[25..]
+                .iter()
+                .map(|&h| PoolBlock {
+                    hash: h,
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .await?;
+    for want in 1..=31u64 {
+        let e = next_event(&mut live).await?;
+        assert_eq!(e.event_id, want, "live event ids must be gap-free");
+    }
+
+    // A subscriber that lost events and asks from an id no longer buffered
+    // (only the last 8 are) resyncs from a snapshot, then gets live events.
+    let mut late = agent
+        .subscribe_worker_events(SubscribeWorkerEventsRequest { from_event_id: 5 })
+        .await?
+        .into_inner();
+    let snap = next_event(&mut late).await?;
+    assert_eq!(snap.kind, WorkerEventKind::Snapshot as i32);
+    assert_eq!(snap.event_id, 31);
+    let mut want: Vec<u64> = hashes[..25].to_vec();
+    want.sort_unstable();
+    assert_eq!(snap.hashes, want);
+    let parent_of_first = snap
+        .hashes
+        .iter()
+        .position(|&h| h == hashes[1])
+        .map(|i| snap.parents[i]);
+    assert_eq!(parent_of_first, Some(hashes[0]));
+
+    // A subscriber within the buffer gets the missed events themselves.
+    let mut recent = agent
+        .subscribe_worker_events(SubscribeWorkerEventsRequest { from_event_id: 28 })
+        .await?
+        .into_inner();
+    for want in 28..=31u64 {
+        assert_eq!(next_event(&mut recent).await?.event_id, want);
+    }
+
+    agent
+        .report_blocks(ReportBlocksRequest {
+            pool_id: pool.pool_id,
+            kind: WorkerEventKind::Cleared as i32,
+            blocks: vec![],
+        })
+        .await?;
+    for stream in [&mut live, &mut late, &mut recent] {
+        let e = next_event(stream).await?;
+        assert_eq!((e.event_id, e.kind), (32, WorkerEventKind::Cleared as i32));
+    }
+    let snapshot = agent
+        .worker_snapshot(WorkerSnapshotRequest {})
+        .await?
+        .into_inner()
+        .snapshot
+        .ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
+    assert_eq!((snapshot.event_id, snapshot.hashes.len()), (32, 0));
+
+    // A client-side gap (an id skipped) is detected the same way: ids jump.
+    let ids = [30u64, 31, 33];
+    let gap = ids.windows(2).find(|w| w[1] != w[0] + 1);
+    assert_eq!(gap, Some(&[31, 33][..]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashing_config_mismatch_is_refused_with_a_clear_error() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let shm = shm_dir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let a = AgentProcess::start(
+        &dir.path().join("a.log"),
+        server.grpc,
+        &["--worker-id", "A"],
+    )?;
+    let mut agent = a.client().await?;
+
+    // engine ≠ agent
+    let mut wrong = sim_config();
+    wrong.block_tokens = 32;
+    let err = attach(&mut agent, &shm.path().join("p1"), wrong)
+        .await
+        .expect_err("a block_tokens mismatch must be refused");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message()
+            .contains("block_tokens: engine 32 vs agent 16"),
+        "unclear message: {}",
+        err.message()
+    );
+    let mut salted = sim_config();
+    salted.salt = "lora-a".into();
+    let err = attach(&mut agent, &shm.path().join("p1"), salted)
+        .await
+        .expect_err("a salt mismatch must be refused");
+    assert!(err.message().contains("salt"), "{}", err.message());
+
+    // engine = agent ≠ server: the namespace was created with another layout.
+    let mut client = server.client().await?;
+    let mut other = sim_config();
+    other.kv_layout = "sim:layers=2,kv=2".into();
+    handshake(&mut client, "sim", other).await?;
+    let err = attach(&mut agent, &shm.path().join("p2"), sim_config())
+        .await
+        .expect_err("a server-side mismatch must be refused");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message()
+            .contains("cache server refused namespace \"sim\""),
+        "unclear message: {}",
+        err.message()
+    );
+    assert!(err.message().contains("layers=2"), "{}", err.message());
+
+    // the same through the simulated engine process: it fails, saying why
+    let mut args = POOL.to_vec();
+    args.extend(["--block-tokens", "8", "compute"]);
+    let failed = sim_engine(&a.endpoint(), &shm.path().join("p3"), &args)
+        .expect_err("the engine must not start with a mismatched config");
+    assert!(
+        failed
+            .to_string()
+            .contains("block_tokens: engine 8 vs agent 16"),
+        "{failed}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restart_leaves_the_servers_blocks_intact() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let shm = shm_dir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let log = dir.path().join("a.log");
+    let mut a = AgentProcess::start(&log, server.grpc, &["--worker-id", "A"])?;
+    let pool = shm.path().join("pool");
+    assert_eq!(compute(&a.endpoint(), &pool, 11, 12)?, (12, 0));
+    let epoch = a
+        .client()
+        .await?
+        .worker_stats(WorkerStatsRequest {})
+        .await?
+        .into_inner()
+        .epoch;
+    assert_eq!(a.terminate()?, 0, "SIGTERM must exit cleanly");
+    drop(a);
+
+    let a = AgentProcess::start(&log, server.grpc, &["--worker-id", "A"])?;
+    let (loaded, verified, degraded) = onboard(&a.endpoint(), &pool, 11, 12, 40)?;
+    assert_eq!((loaded, verified, degraded), (12, 12, 0));
+    let stats = a
+        .client()
+        .await?
+        .worker_stats(WorkerStatsRequest {})
+        .await?
+        .into_inner();
+    assert_ne!(
+        stats.epoch, epoch,
+        "a restarted agent starts a new event epoch"
+    );
+    assert_eq!(stats.last_event_id, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_cache_server_makes_onboard_answer_not_loaded_quickly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let shm = shm_dir()?;
+    let data = dir.path().join("data");
+    // Host tier off: blocks go straight to disk, so a restart finds them.
+    let mut server = ServerProcess::start(&data, &["--host-capacity", "0"])?;
+    let addr = server.grpc;
+    let a = AgentProcess::start(
+        &dir.path().join("a.log"),
+        addr,
+        &["--worker-id", "A", "--onboard-timeout-ms", "1500"],
+    )?;
+    let pool = shm.path().join("pool");
+    assert_eq!(compute(&a.endpoint(), &pool, 5, 8)?, (8, 0));
+
+    server.kill9()?;
+    let started = Instant::now();
+    let (loaded, _, degraded) = onboard(&a.endpoint(), &pool, 5, 8, 50)?;
+    let took = started.elapsed();
+    assert_eq!((loaded, degraded), (0, 1), "a dead tier means: recompute");
+    assert!(took < Duration::from_secs(5), "onboard took {took:?}");
+    // an engine that starts while the tier is down can still attach
+    let (loaded, _, degraded) = onboard(&a.endpoint(), &shm.path().join("fresh"), 5, 8, 0)?;
+    assert_eq!((loaded, degraded), (0, 1));
+
+    // The server comes back where it was: the agent renews its session and
+    // the blocks (on disk) load again.
+    let server = ServerProcess::start_at(&data, addr, &["--host-capacity", "0"])?;
+    let (loaded, verified, degraded) = onboard(&a.endpoint(), &pool, 5, 8, 50)?;
+    assert_eq!(
+        (loaded, verified, degraded),
+        (8, 8, 0),
+        "server log:\n{}",
+        server.log()
+    );
+    Ok(())
+}
+
+/// A vLLM-format publisher in Python (pyzmq + msgpack): the same wire format
+/// as vLLM's `ZmqEventPublisher` — multipart `[topic, seq (8-byte BE), payload]`,
+/// payloads as msgpack `KVEventBatch`es in both encodings vLLM has used.
+const PUBLISHER: &str = r#"
+import sys, time, zmq, msgpack
+port, bs = int(sys.argv[1]), int(sys.argv[2])
+def tokens(seed, n):
+    return [((i * 2654435761) + seed) & 0xFFFFFFFF for i in range(n * bs)]
+t = tokens(9, 4)
+ctx = zmq.Context()
+pub = ctx.socket(zmq.XPUB)
+pub.bind(f"tcp://127.0.0.1:{port}")
+pub.setsockopt(zmq.RCVTIMEO, 30000)
+pub.recv()  # wait for the agent's subscription
+B3 = b"\x03" * 32
+batches = [
+    # older vLLM: array_like batch, tagged-array events
+    (0, [time.time(), [["BlockStored", [1001, 1002], None, t[:2*bs], bs, None, "GPU"]], 0]),
+    # newer vLLM: map batch, map events with "type", bytes hashes
+    (1, {"ts": time.time(), "events": [{"type": "BlockStored", "block_hashes": [B3],
+        "parent_block_hash": 1002, "token_ids": t[2*bs:3*bs], "block_size": bs,
+        "lora_id": None, "medium": "GPU", "lora_name": None}], "data_parallel_rank": 0}),
+    # wrong block_size: counted error
+    (2, [time.time(), [["BlockStored", [1004], 1002, t[:2*bs], 2*bs, None, "GPU"]], 0]),
+    # seq 3 is lost: a gap
+    (4, {"ts": time.time(), "events": [{"type": "BlockRemoved", "block_hashes": [B3], "medium": "GPU"}]}),
+    # unknown parent: counted error; CPU medium: ignored and counted
+    (5, [time.time(), [["BlockStored", [1005], 4242, t[3*bs:], bs, None, "GPU"],
+                       ["BlockRemoved", [1001], "CPU"]], 0]),
+]
+for seq, batch in batches:
+    pub.send_multipart([b"kv@test", seq.to_bytes(8, "big"), msgpack.packb(batch, use_bin_type=True)])
+time.sleep(1.0)
+pub.close(linger=1000)
+ctx.term()
+"#;
+
+fn python_with_zmq() -> Option<PathBuf> {
+    let ok = |py: &str| {
+        std::process::Command::new(py)
+            .args(["-c", "import zmq, msgpack"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let py = "python3";
+    if ok(py) {
+        return Some(PathBuf::from(py));
+    }
+    let installed = std::process::Command::new(py)
+        .args(["-m", "pip", "install", "--quiet", "pyzmq", "msgpack"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    (installed && ok(py)).then(|| PathBuf::from(py))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vllm_zmq_events_are_ingested_with_kvtier_hashes() -> anyhow::Result<()> {
+    let Some(python) = python_with_zmq() else {
+        println!("SKIPPED: python3 with pip is needed to install pyzmq + msgpack");
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let port = free_port()?;
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let a = AgentProcess::start(
+        &dir.path().join("a.log"),
+        server.grpc,
+        &["--worker-id", "vllm-0", "--vllm-events", &endpoint],
+    )?;
+    let script = dir.path().join("publisher.py");
+    std::fs::write(&script, PUBLISHER)?;
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(port.to_string())
+            .arg(BLOCK_TOKENS.to_string())
+            .status()
+    })
+    .await??;
+    assert!(status.success(), "publisher failed: {status}");
+
+    let mut agent = a.client().await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let stats = loop {
+        let s = agent
+            .worker_stats(WorkerStatsRequest {})
+            .await?
+            .into_inner();
+        if s.engine_batches >= 5 || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(stats.engine_batches, 5, "log:\n{}", a.log());
+    assert_eq!(stats.engine_seq_gaps, 1);
+    assert_eq!(stats.engine_events, 3);
+    let errors = |k: &str| stats.engine_errors.get(k).copied().unwrap_or(0);
+    assert_eq!(
+        errors("block_size_mismatch"),
+        1,
+        "{:?}",
+        stats.engine_errors
+    );
+    assert_eq!(errors("unknown_parent"), 1, "{:?}", stats.engine_errors);
+    assert_eq!(errors("other_medium"), 1, "{:?}", stats.engine_errors);
+
+    // kvtier's own hashes, recomputed from the token ids: blocks 0, 1 stored,
+    // block 2 stored then removed.
+    let hashes = prompt_hashes(9, 4, BLOCK_TOKENS);
+    let mut events = agent
+        .subscribe_worker_events(SubscribeWorkerEventsRequest { from_event_id: 1 })
+        .await?
+        .into_inner();
+    let e1 = next_event(&mut events).await?;
+    let e2 = next_event(&mut events).await?;
+    let e3 = next_event(&mut events).await?;
+    assert_eq!((e1.event_id, e2.event_id, e3.event_id), (1, 2, 3));
+    assert_eq!(e1.hashes, hashes[..2].to_vec());
+    assert_eq!(e1.parent_hash, None);
+    assert_eq!(e2.hashes, vec![hashes[2]]);
+    assert_eq!(e2.parent_hash, Some(hashes[1]));
+    assert_eq!(e3.kind, WorkerEventKind::Removed as i32);
+    assert_eq!(e3.hashes, vec![hashes[2]]);
+    let snapshot = agent
+        .worker_snapshot(WorkerSnapshotRequest {})
+        .await?
+        .into_inner()
+        .snapshot
+        .ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
+    let mut want = hashes[..2].to_vec();
+    want.sort_unstable();
+    assert_eq!(snapshot.hashes, want);
+    Ok(())
+}
