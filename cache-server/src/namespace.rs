@@ -20,6 +20,8 @@ use crate::tier::disk::DiskTier;
 use crate::tier::TierError;
 
 const SETTINGS_PREFIX: &[u8] = b"ns/";
+/// `nst/<name>` → the tenant that owns the namespace (absent: no tenant).
+const TENANT_PREFIX: &[u8] = b"nst/";
 
 /// Why a handshake was refused.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,10 @@ pub enum NamespaceError {
     /// The namespace exists with another configuration.
     #[error("{0}")]
     Mismatch(String),
+    /// The namespace belongs to another tenant. The message is the same
+    /// whether or not the namespace exists, so it reveals nothing.
+    #[error("{0}")]
+    Forbidden(String),
     /// The namespace is not in the server's allow-list.
     #[error("unknown namespace '{name}': this server only accepts {allowed}")]
     NotAllowed {
@@ -52,8 +58,33 @@ pub struct Namespace {
     pub name: String,
     /// Normalised configuration (seed 0 replaced by the default).
     pub config: HashingConfig,
-    /// Seed with the salt folded in.
+    /// Seed with the salt (and the tenant, when there is one) folded in.
     pub effective_seed: u64,
+    /// Tenant that owns the namespace; empty when it was created without
+    /// authentication. Folded into the effective seed, so two tenants with
+    /// identical prompts never compute the same block hashes.
+    pub tenant: String,
+}
+
+/// The salt actually hashed: the configured salt plus the tenant, if any.
+pub fn tenant_salt(tenant: &str, salt: &str) -> String {
+    if tenant.is_empty() {
+        salt.to_string()
+    } else {
+        format!("{salt}\u{1f}tenant={tenant}")
+    }
+}
+
+/// Decodes a persisted namespace record: 4 bytes of id (LE), then the
+/// `HashingConfig` protobuf. `None` when malformed.
+pub fn decode_record(value: &[u8]) -> Option<(NamespaceId, HashingConfig)> {
+    if value.len() < 4 {
+        return None;
+    }
+    let mut id = [0u8; 4];
+    id.copy_from_slice(&value[..4]);
+    let config = HashingConfig::decode(&value[4..]).ok()?;
+    Some((u32::from_le_bytes(id), config))
 }
 
 /// All namespaces of a server.
@@ -123,6 +154,14 @@ pub fn validate_name(name: &str) -> Result<(), NamespaceError> {
     }
 }
 
+/// The one message for every refused namespace, whether or not it exists.
+pub fn forbidden_message(name: &str) -> String {
+    format!(
+        "permission denied for namespace '{name}': your token grants no access to it \
+         (ask for a grant in the server's token file)"
+    )
+}
+
 impl NamespaceRegistry {
     /// A registry; `allowed` empty means any valid name may be created.
     pub fn new(allowed: Vec<String>, max_block_bytes: u64) -> Self {
@@ -136,26 +175,32 @@ impl NamespaceRegistry {
     /// Loads the namespaces persisted in `disk`.
     pub fn load(&self, disk: &DiskTier) -> Result<usize, NamespaceError> {
         let mut map = self.by_name.write();
+        let tenants: HashMap<String, String> = disk
+            .settings_with_prefix(TENANT_PREFIX)?
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k[TENANT_PREFIX.len()..]).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect();
         for (key, value) in disk.settings_with_prefix(SETTINGS_PREFIX)? {
             let name = String::from_utf8_lossy(&key[SETTINGS_PREFIX.len()..]).into_owned();
-            if value.len() < 4 {
+            let Some((id, config)) = decode_record(&value) else {
                 tracing::warn!(namespace = %name, "skipping malformed namespace record");
                 continue;
-            }
-            let mut id = [0u8; 4];
-            id.copy_from_slice(&value[..4]);
-            let Ok(config) = HashingConfig::decode(&value[4..]) else {
-                tracing::warn!(namespace = %name, "skipping undecodable namespace record");
-                continue;
             };
-            let seed = effective_seed(config.seed, &config.salt);
+            let tenant = tenants.get(&name).cloned().unwrap_or_default();
+            let seed = effective_seed(config.seed, &tenant_salt(&tenant, &config.salt));
             map.insert(
                 name.clone(),
                 Namespace {
-                    id: u32::from_le_bytes(id),
+                    id,
                     name,
                     config,
                     effective_seed: seed,
+                    tenant,
                 },
             );
         }
@@ -169,6 +214,20 @@ impl NamespaceRegistry {
         &self,
         name: &str,
         config: Option<HashingConfig>,
+        disk: Option<&DiskTier>,
+    ) -> Result<(Namespace, bool), NamespaceError> {
+        self.handshake_as(name, config, None, disk)
+    }
+
+    /// [`NamespaceRegistry::handshake`] on behalf of `tenant`: a namespace
+    /// created here is bound to that tenant; one bound to another tenant is
+    /// [`NamespaceError::Forbidden`] (checked before the configuration, so
+    /// nothing about it is revealed). `None`: authentication is off.
+    pub fn handshake_as(
+        &self,
+        name: &str,
+        config: Option<HashingConfig>,
+        tenant: Option<&str>,
         disk: Option<&DiskTier>,
     ) -> Result<(Namespace, bool), NamespaceError> {
         validate_name(name)?;
@@ -187,6 +246,7 @@ impl NamespaceRegistry {
             )));
         }
         if let Some(existing) = self.by_name.read().get(name) {
+            Self::check_tenant(existing, tenant)?;
             return Self::check(existing, &config).map(|()| (existing.clone(), false));
         }
         if !self.allowed.is_empty() && !self.allowed.iter().any(|a| a == name) {
@@ -197,10 +257,19 @@ impl NamespaceRegistry {
         }
         let mut map = self.by_name.write();
         if let Some(existing) = map.get(name) {
+            Self::check_tenant(existing, tenant)?;
             return Self::check(existing, &config).map(|()| (existing.clone(), false));
         }
         let id = map.values().map(|n| n.id).max().map_or(1, |m| m + 1);
+        let tenant = tenant.unwrap_or("").to_string();
         if let Some(disk) = disk {
+            // The owner first: a crash between the two writes leaves an
+            // orphan owner record, never an unowned namespace of a tenant.
+            if !tenant.is_empty() {
+                let mut key = TENANT_PREFIX.to_vec();
+                key.extend_from_slice(name.as_bytes());
+                disk.put_setting(&key, tenant.as_bytes())?;
+            }
             let mut value = id.to_le_bytes().to_vec();
             config
                 .encode(&mut value)
@@ -212,11 +281,21 @@ impl NamespaceRegistry {
         let ns = Namespace {
             id,
             name: name.to_string(),
-            effective_seed: effective_seed(config.seed, &config.salt),
+            effective_seed: effective_seed(config.seed, &tenant_salt(&tenant, &config.salt)),
             config,
+            tenant,
         };
         map.insert(name.to_string(), ns.clone());
         Ok((ns, true))
+    }
+
+    fn check_tenant(existing: &Namespace, tenant: Option<&str>) -> Result<(), NamespaceError> {
+        match tenant {
+            Some(t) if !existing.tenant.is_empty() && existing.tenant != t => {
+                Err(NamespaceError::Forbidden(forbidden_message(&existing.name)))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn check(existing: &Namespace, config: &HashingConfig) -> Result<(), NamespaceError> {
@@ -315,6 +394,50 @@ mod tests {
             reg.handshake("only", Some(big), None),
             Err(NamespaceError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn tenants_are_bound_salted_and_persisted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = {
+            let disk = DiskTier::open(dir.path(), false).expect("open");
+            let reg = NamespaceRegistry::new(vec![], 1 << 20);
+            let (a, _) = reg
+                .handshake_as("a/m", Some(cfg(16)), Some("a"), Some(&disk))
+                .expect("a");
+            let (b, _) = reg
+                .handshake_as("b/m", Some(cfg(16)), Some("b"), Some(&disk))
+                .expect("b");
+            // Same config, different tenants: different seeds and ids.
+            assert_ne!(a.effective_seed, b.effective_seed);
+            assert_ne!(a.id, b.id);
+            let (plain, _) = reg.handshake("p", Some(cfg(16)), None).expect("p");
+            assert_eq!(plain.effective_seed, effective_seed(DEFAULT_SEED, ""));
+            // Tenant b may not open a's namespace, even with a wrong config.
+            assert!(matches!(
+                reg.handshake_as("a/m", Some(cfg(64)), Some("b"), None),
+                Err(NamespaceError::Forbidden(_))
+            ));
+            (a, b)
+        };
+        let disk = DiskTier::open(dir.path(), false).expect("reopen");
+        let reg = NamespaceRegistry::new(vec![], 1 << 20);
+        reg.load(&disk).expect("load");
+        assert_eq!(reg.get("a/m").expect("a"), a);
+        assert_eq!(reg.get("b/m").expect("b"), b);
+        assert!(reg
+            .handshake_as("b/m", Some(cfg(16)), Some("a"), None)
+            .is_err());
+    }
+
+    #[test]
+    fn record_decoder_refuses_garbage() {
+        assert!(decode_record(&[1, 2]).is_none());
+        let mut v = 7u32.to_le_bytes().to_vec();
+        cfg(16).encode(&mut v).expect("encode");
+        assert_eq!(decode_record(&v), Some((7, cfg(16))));
+        v.push(0xff);
+        assert!(decode_record(&v).is_none());
     }
 
     #[test]

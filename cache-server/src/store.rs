@@ -140,6 +140,14 @@ impl TieredStore {
             }
             0
         };
+        #[cfg(feature = "cuda")]
+        let host = match crate::tier::pinned::PinnedMemory::open(config.gpu_device) {
+            Some(pinned) => HostTier::new(Box::new(pinned)),
+            None => HostTier::default(),
+        };
+        #[cfg(not(feature = "cuda"))]
+        let host = HostTier::default();
+        tracing::info!(memory = host.memory_name(), "host tier");
         let capacity = [
             gpu_capacity,
             config.host_capacity,
@@ -158,7 +166,7 @@ impl TieredStore {
                 events: EventBus::new(65_536),
             }),
             capacity,
-            host: HostTier::new(),
+            host,
             disk,
             #[cfg(feature = "cuda")]
             gpu,

@@ -9,7 +9,9 @@ use kvtier_proto::v1::{
     RegisterAgentResponse,
 };
 
+use super::session::Need;
 use super::{ServiceState, MAX_HASHES_PER_REQUEST};
+use kvtier_security::Client;
 use crate::agents::{call_end, AgentRef};
 
 const MAX_AGENT_ID_BYTES: usize = 256;
@@ -42,9 +44,12 @@ pub(super) fn register(
     state: &ServiceState,
     request: Request<RegisterAgentRequest>,
 ) -> Result<RegisterAgentResponse, Status> {
-    let ns = state
-        .sessions
-        .resolve(&request.get_ref().session_id, request.metadata())?;
+    let ns = state.sessions.resolve(
+        &request.get_ref().session_id,
+        request.metadata(),
+        &Client::of(&request),
+        Need::Read,
+    )?;
     let r = request.into_inner();
     check_id("agent_id", &r.agent_id)?;
     if !r.parent_agent_id.is_empty() {
@@ -74,9 +79,12 @@ pub(super) fn hint(
     state: &ServiceState,
     request: Request<HintRequest>,
 ) -> Result<HintResponse, Status> {
-    let ns = state
-        .sessions
-        .resolve(&request.get_ref().session_id, request.metadata())?;
+    let ns = state.sessions.resolve(
+        &request.get_ref().session_id,
+        request.metadata(),
+        &Client::of(&request),
+        Need::Read,
+    )?;
     let r = request.into_inner();
     check_id("agent_id", &r.agent_id)?;
     if r.blocks.len() > MAX_HASHES_PER_REQUEST {
@@ -130,9 +138,12 @@ pub(super) fn end(
     state: &ServiceState,
     request: Request<EndAgentRequest>,
 ) -> Result<EndAgentResponse, Status> {
-    let ns = state
-        .sessions
-        .resolve(&request.get_ref().session_id, request.metadata())?;
+    let ns = state.sessions.resolve(
+        &request.get_ref().session_id,
+        request.metadata(),
+        &Client::of(&request),
+        Need::Read,
+    )?;
     let r = request.into_inner();
     check_id("agent_id", &r.agent_id)?;
     let who = AgentRef {

@@ -3,19 +3,38 @@
 use tonic::Status;
 
 use kvtier_proto::v1::{HandshakeRequest, HandshakeResponse};
+use kvtier_security::Client;
 
 use super::ServiceState;
 use crate::metrics as m;
-use crate::namespace::NamespaceError;
+use crate::namespace::{forbidden_message, NamespaceError};
 
+/// With authentication on, the caller's grants decide: some access to open a
+/// session, write access to create the namespace. Refusals carry one message
+/// whether the namespace exists or not.
 pub(super) fn handle(
     state: &ServiceState,
+    client: &Client,
     request: HandshakeRequest,
 ) -> Result<HandshakeResponse, Status> {
     let name = request.namespace.clone();
-    let outcome = state
-        .namespaces
-        .handshake(&name, request.config, state.store.disk());
+    let tenant = match &client.principal {
+        None => None,
+        Some(p) => {
+            let access = p.access(&name);
+            let may_create = access.write;
+            if !access.any() || (!may_create && state.namespaces.get(&name).is_none()) {
+                tracing::warn!(namespace = %name, principal = %p.name, "handshake denied");
+                metrics::counter!(m::HANDSHAKES, "result" => "denied").increment(1);
+                return Err(Status::permission_denied(forbidden_message(&name)));
+            }
+            Some(p.tenant.as_str())
+        }
+    };
+    let outcome =
+        state
+            .namespaces
+            .handshake_as(&name, request.config, tenant, state.store.disk());
     let (namespace, created) = match outcome {
         Ok(ok) => ok,
         Err(err) => {
@@ -25,6 +44,9 @@ pub(super) fn handle(
                 }
                 NamespaceError::Mismatch(_) => {
                     ("mismatch", Status::failed_precondition(err.to_string()))
+                }
+                NamespaceError::Forbidden(_) => {
+                    ("denied", Status::permission_denied(err.to_string()))
                 }
                 NamespaceError::NotAllowed { .. } => {
                     ("unknown", Status::not_found(err.to_string()))
@@ -47,7 +69,7 @@ pub(super) fn handle(
         created,
         max_message_bytes: state.max_message_bytes,
     };
-    let session_id = state.sessions.open(namespace);
+    let session_id = state.sessions.open(namespace, client.principal.clone());
     Ok(HandshakeResponse {
         session_id,
         ..response

@@ -27,6 +27,8 @@ use futures::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
+use kvtier_security::{Authenticator, Client, ClientLimiter, ClientPermit};
+
 use kvtier_proto::v1::cache_service_server::CacheService;
 use kvtier_proto::v1::*;
 
@@ -60,14 +62,33 @@ pub struct ServiceState {
     pub admission: Arc<Semaphore>,
     /// Slots in `admission`.
     pub max_concurrent_requests: usize,
+    /// Bearer-token authentication (disabled: every caller is anonymous).
+    pub auth: Arc<Authenticator>,
+    /// Per-client concurrency and byte-rate limits.
+    pub limits: ClientLimiter,
+}
+
+/// A request's slots: one of the server's and one of its client's.
+#[derive(Debug)]
+pub struct Admission {
+    _client: ClientPermit,
+    _server: OwnedSemaphorePermit,
 }
 
 impl ServiceState {
-    /// Takes a request slot, waiting briefly; refuses with RESOURCE_EXHAUSTED
-    /// and a retry hint when the server stays saturated.
-    pub async fn admit(&self, method: &'static str) -> Result<OwnedSemaphorePermit, Status> {
+    /// Takes a request slot of `client` (refused at once when the client is
+    /// at its own limit) and one of the server's, waiting briefly; refuses
+    /// with RESOURCE_EXHAUSTED and a retry hint when the server stays saturated.
+    pub async fn admit(&self, method: &'static str, client: &Client) -> Result<Admission, Status> {
+        let client_permit = self.limits.acquire(&client.id).map_err(|t| {
+            metrics::counter!(m::REQUESTS_REJECTED, "method" => method).increment(1);
+            Status::from(t)
+        })?;
         match tokio::time::timeout(ADMISSION_WAIT, self.admission.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => Ok(Admission {
+                _client: client_permit,
+                _server: permit,
+            }),
             _ => {
                 metrics::counter!(m::REQUESTS_REJECTED, "method" => method).increment(1);
                 let mut status = Status::resource_exhausted(format!(
@@ -123,7 +144,9 @@ impl CacheService for CacheServiceImpl {
         request: Request<HandshakeRequest>,
     ) -> Result<Response<HandshakeResponse>, Status> {
         let started = Instant::now();
-        let result = handshake::handle(&self.state, request.into_inner()).map(Response::new);
+        let client = Client::of(&request);
+        let result =
+            handshake::handle(&self.state, &client, request.into_inner()).map(Response::new);
         observe("handshake", started, &result);
         result
     }
@@ -159,10 +182,13 @@ impl CacheService for CacheServiceImpl {
 
     async fn stats(
         &self,
-        _request: Request<StatsRequest>,
+        request: Request<StatsRequest>,
     ) -> Result<Response<StatsResponse>, Status> {
         let started = Instant::now();
-        let result = Ok(Response::new(stats::handle(&self.state)));
+        let result = Ok(Response::new(stats::handle(
+            &self.state,
+            &Client::of(&request),
+        )));
         observe("stats", started, &result);
         result
     }
@@ -201,7 +227,9 @@ impl CacheService for CacheServiceImpl {
         request: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let started = Instant::now();
-        let result = watch::handle(&self.state, request.into_inner()).map(Response::new);
+        let client = Client::of(&request);
+        let result =
+            watch::handle(&self.state, &client, request.into_inner()).map(Response::new);
         observe("watch_events", started, &result);
         result
     }

@@ -1,7 +1,6 @@
 //! `Put`: a client stream of blocks, one per message, each validated against
 //! the namespace's configuration before it is stored.
 
-use bytes::Bytes;
 use futures::StreamExt;
 use tonic::{Request, Status, Streaming};
 
@@ -42,12 +41,11 @@ pub(super) async fn handle(
             )));
         }
         let key = BlockKey::new(ns.id, block.hash);
-        // The decoder's buffer may be larger than this block (it reads ahead
-        // into the next message); copy into an exact allocation so that the
-        // host tier's byte budget is what the process really holds.
+        // (The payload is a view into the decoder's buffer; each tier copies
+        // it into memory of its own.)
         let stored = Block {
             parent: block.parent_hash,
-            payload: Bytes::copy_from_slice(&block.payload),
+            payload: block.payload,
         };
         let outcome =
             tokio::task::block_in_place(|| state.store.put(key, stored)).map_err(store_status)?;

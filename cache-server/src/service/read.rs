@@ -7,7 +7,9 @@ use tonic::{Request, Status};
 
 use kvtier_proto::v1::{GetRequest, GetResponse, LookupRequest, LookupResponse};
 
+use super::session::Need;
 use super::{store_status, wire_tier, BoxStream, ServiceState, MAX_HASHES_PER_REQUEST};
+use kvtier_security::Client;
 use crate::block::BlockKey;
 use crate::metrics as m;
 use std::sync::Arc;
@@ -34,10 +36,14 @@ pub(super) async fn get(
     state: &Arc<ServiceState>,
     request: Request<GetRequest>,
 ) -> Result<BoxStream<GetResponse>, Status> {
-    let permit = state.admit("get").await?;
-    let ns = state
-        .sessions
-        .resolve(&request.get_ref().session_id, request.metadata())?;
+    let client = Client::of(&request);
+    let permit = state.admit("get", &client).await?;
+    let ns = state.sessions.resolve(
+        &request.get_ref().session_id,
+        request.metadata(),
+        &client,
+        Need::Read,
+    )?;
     let request = request.into_inner();
     check_hashes("Get", &request.hashes)?;
     let (tx, rx) = mpsc::channel(GET_BUFFER);
@@ -54,8 +60,13 @@ pub(super) async fn get(
             } else {
                 tokio::task::block_in_place(|| state.store.get(BlockKey::new(ns.id, hash)))
             };
-            let message = match result {
-                Ok(Some(hit)) => {
+            let charged = match &result {
+                Ok(Some(hit)) => state.limits.charge(&client.id, hit.block.len()),
+                _ => Ok(()),
+            };
+            let message = match (result, charged) {
+                (Ok(Some(_)), Err(throttled)) => Err(Status::from(throttled)),
+                (Ok(Some(hit)), Ok(())) => {
                     metrics::counter!(m::BLOCK_HITS, "namespace" => ns_name.clone(), "priority" => priority, "op" => "get", "tier" => hit.tier.as_str()).increment(1);
                     metrics::counter!(m::TRANSFER_BYTES, "direction" => "out")
                         .increment(hit.block.len());
@@ -67,7 +78,7 @@ pub(super) async fn get(
                         parent_hash: hit.block.parent,
                     })
                 }
-                Ok(None) => {
+                (Ok(None), _) => {
                     missed = true;
                     metrics::counter!(m::BLOCK_MISSES, "namespace" => ns_name.clone(), "priority" => priority, "op" => "get").increment(1);
                     Ok(GetResponse {
@@ -78,7 +89,7 @@ pub(super) async fn get(
                         parent_hash: None,
                     })
                 }
-                Err(e) => Err(store_status(e)),
+                (Err(e), _) => Err(store_status(e)),
             };
             let failed = message.is_err();
             if tx.send(message).await.is_err() || failed {
@@ -94,10 +105,14 @@ pub(super) async fn lookup(
     state: &ServiceState,
     request: Request<LookupRequest>,
 ) -> Result<LookupResponse, Status> {
-    let _permit = state.admit("lookup").await?;
-    let ns = state
-        .sessions
-        .resolve(&request.get_ref().session_id, request.metadata())?;
+    let client = Client::of(&request);
+    let _permit = state.admit("lookup", &client).await?;
+    let ns = state.sessions.resolve(
+        &request.get_ref().session_id,
+        request.metadata(),
+        &client,
+        Need::Read,
+    )?;
     let request = request.into_inner();
     check_hashes("Lookup", &request.hashes)?;
     let keys: Vec<BlockKey> = request

@@ -4,14 +4,33 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
 use kvtier_proto::SESSION_METADATA_KEY;
+use kvtier_security::{Client, Principal};
 
-use crate::namespace::Namespace;
+use crate::namespace::{forbidden_message, Namespace};
+
+/// What a data call needs from its session's namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Get, Lookup, agent calls.
+    Read,
+    /// Put.
+    Write,
+}
+
+/// A session: its namespace and the principal that opened it (`None` when
+/// authentication is off). Only that principal may use the session.
+#[derive(Debug, Clone)]
+struct Session {
+    namespace: Namespace,
+    principal: Option<Arc<Principal>>,
+}
 
 /// Open sessions, bounded: past `max` the oldest are forgotten (their clients
 /// get FAILED_PRECONDITION and handshake again).
@@ -23,7 +42,7 @@ pub struct Sessions {
 
 #[derive(Debug, Default)]
 struct SessionsInner {
-    by_id: HashMap<String, Namespace>,
+    by_id: HashMap<String, Session>,
     order: VecDeque<String>,
 }
 
@@ -44,8 +63,8 @@ impl Sessions {
         }
     }
 
-    /// Opens a session on `namespace` and returns its id.
-    pub fn open(&self, namespace: Namespace) -> String {
+    /// Opens a session on `namespace` for `principal` and returns its id.
+    pub fn open(&self, namespace: Namespace, principal: Option<Arc<Principal>>) -> String {
         let id = format!("{:016x}{:016x}", random_u64(), random_u64());
         let mut inner = self.inner.lock();
         while inner.by_id.len() >= self.max {
@@ -56,15 +75,29 @@ impl Sessions {
                 None => break,
             }
         }
-        inner.by_id.insert(id.clone(), namespace);
+        inner.by_id.insert(
+            id.clone(),
+            Session {
+                namespace,
+                principal,
+            },
+        );
         inner.order.push_back(id.clone());
         metrics::gauge!(crate::metrics::SESSIONS).set(inner.by_id.len() as f64);
         id
     }
 
     /// The namespace of a session named in the request body or, failing that,
-    /// in the `kvtier-session` metadata header.
-    pub fn resolve(&self, body_id: &str, metadata: &MetadataMap) -> Result<Namespace, Status> {
+    /// in the `kvtier-session` metadata header, once `client` is shown to be
+    /// the session's principal and to hold the access `need`s (checked
+    /// against the current token table, so a revoked grant takes effect at once).
+    pub fn resolve(
+        &self,
+        body_id: &str,
+        metadata: &MetadataMap,
+        client: &Client,
+        need: Need,
+    ) -> Result<Namespace, Status> {
         let id = if body_id.is_empty() {
             metadata
                 .get(SESSION_METADATA_KEY)
@@ -79,10 +112,38 @@ impl Sessions {
                  (or in the kvtier-session metadata header)",
             ));
         }
-        self.inner.lock().by_id.get(id).cloned().ok_or_else(|| {
+        let session = self.inner.lock().by_id.get(id).cloned().ok_or_else(|| {
             Status::failed_precondition(format!(
                 "unknown session '{id}': it expired or the server restarted; call Handshake again"
             ))
-        })
+        })?;
+        if let Some(owner) = &session.principal {
+            let ns = &session.namespace.name;
+            let caller = client
+                .principal
+                .as_ref()
+                .filter(|p| p.name == owner.name)
+                .ok_or_else(|| {
+                    Status::permission_denied(format!(
+                        "session '{id}' belongs to another client: handshake with your own token"
+                    ))
+                })?;
+            let access = caller.access(ns);
+            let ok = match need {
+                Need::Read => access.read,
+                Need::Write => access.write,
+            };
+            if !ok {
+                let what = match need {
+                    Need::Read => "read",
+                    Need::Write => "write",
+                };
+                return Err(Status::permission_denied(format!(
+                    "{} (this call needs {what} access)",
+                    forbidden_message(ns)
+                )));
+            }
+        }
+        Ok(session.namespace)
     }
 }

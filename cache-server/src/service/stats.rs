@@ -1,15 +1,23 @@
-//! `Stats`: tier occupancy and namespaces.
+//! `Stats`: tier occupancy and namespaces. With authentication on, a
+//! non-admin caller sees only the namespaces it may read and no tier
+//! totals (which would show other tenants' activity).
 
 use kvtier_proto::v1::{NamespaceStats, StatsResponse, TierStats};
 
+use kvtier_security::Client;
+
 use super::{wire_tier, ServiceState};
 
-pub(super) fn handle(state: &ServiceState) -> StatsResponse {
+pub(super) fn handle(state: &ServiceState, client: &Client) -> StatsResponse {
     let per_ns = state.store.blocks_per_namespace();
+    let restricted = client.principal.as_ref().filter(|p| !p.admin);
+    let tiers = if restricted.is_some() {
+        Vec::new()
+    } else {
+        state.store.usage()
+    };
     StatsResponse {
-        tiers: state
-            .store
-            .usage()
+        tiers: tiers
             .into_iter()
             .map(|u| TierStats {
                 tier: wire_tier(Some(u.tier)) as i32,
@@ -22,6 +30,11 @@ pub(super) fn handle(state: &ServiceState) -> StatsResponse {
             .namespaces
             .all()
             .into_iter()
+            .filter(|ns| {
+                restricted.is_none_or(|p| {
+                    p.access(&ns.name).read && (ns.tenant.is_empty() || ns.tenant == p.tenant)
+                })
+            })
             .map(|ns| NamespaceStats {
                 blocks: per_ns.get(&ns.id).copied().unwrap_or(0),
                 name: ns.name,

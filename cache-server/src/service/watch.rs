@@ -12,14 +12,46 @@ use tonic::Status;
 
 use kvtier_proto::v1::{CacheEvent, EventKind, WatchEventsRequest};
 
+use kvtier_security::Client;
+
 use super::{wire_tier, BoxStream, ServiceState};
+use crate::namespace::forbidden_message;
 use crate::events::StoreEventKind;
 use crate::metrics as m;
 
+/// With authentication on, a non-admin caller must name a namespace it may
+/// read (of its own tenant); unknown and forbidden names get the same answer.
+fn authorize(
+    state: &ServiceState,
+    client: &Client,
+    request: &WatchEventsRequest,
+) -> Result<(), Status> {
+    let Some(p) = client.principal.as_ref().filter(|p| !p.admin) else {
+        return Ok(());
+    };
+    if request.namespace.is_empty() {
+        return Err(Status::permission_denied(
+            "watching every namespace needs an admin token: name a namespace",
+        ));
+    }
+    let own = state
+        .namespaces
+        .get(&request.namespace)
+        .is_some_and(|ns| ns.tenant.is_empty() || ns.tenant == p.tenant);
+    if !own || !p.access(&request.namespace).read {
+        return Err(Status::permission_denied(forbidden_message(
+            &request.namespace,
+        )));
+    }
+    Ok(())
+}
+
 pub(super) fn handle(
     state: &Arc<ServiceState>,
+    client: &Client,
     request: WatchEventsRequest,
 ) -> Result<BoxStream<CacheEvent>, Status> {
+    authorize(state, client, &request)?;
     let filter = if request.namespace.is_empty() {
         None
     } else {

@@ -9,6 +9,8 @@ pub mod disk;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod host;
+#[cfg(feature = "cuda")]
+pub mod pinned;
 
 use crate::block::{Block, BlockKey};
 pub use kvtier_policy::Tier;
