@@ -76,12 +76,15 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
-    /// kvtier: horizon of an agent's next-call hit density (ms).
+    /// kvtier: mean eviction clock of the hit density (ms); the start value when adaptive.
     #[arg(long, default_value_t = ValueConfig::default().horizon_ms)]
     pub horizon_ms: u64,
     /// kvtier: adaptive horizon factor (0 = fixed --horizon-ms).
     #[arg(long, default_value_t = ValueConfig::default().adaptive_horizon)]
     pub adaptive_horizon: f64,
+    /// kvtier: fading of an agent's older gaps per new gap.
+    #[arg(long, default_value_t = ValueConfig::default().agent_memory)]
+    pub agent_memory: f32,
     /// kvtier: weight of the population gap distribution against an agent's own gaps.
     #[arg(long, default_value_t = ValueConfig::default().prior_weight)]
     pub prior_weight: f64,
@@ -93,6 +96,7 @@ impl Args {
             horizon_ms: self.horizon_ms,
             adaptive_horizon: self.adaptive_horizon,
             prior_weight: self.prior_weight,
+            agent_memory: self.agent_memory,
             ..ValueConfig::default()
         }
     }

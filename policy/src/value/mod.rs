@@ -48,19 +48,23 @@ const AGENT_BASE: u32 = 4;
 /// Tunables of [`ValuePolicy`]. Defaults are general (not fitted to a trace).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValueConfig {
-    /// Horizon over which an agent's next call counts as "soon" in its hit
-    /// density (ms): the starting value when adaptive, else fixed. Default 30 s.
+    /// Mean of the eviction clock in the hit density (ms): how far ahead an
+    /// agent's next call still counts as "soon". The starting value when
+    /// adaptive, else fixed. Default 30 s.
     pub horizon_ms: u64,
     /// When > 0, the horizon follows the cache: this factor times the cache's
     /// turnover time, resident blocks / recent insert rate (Little's law). A
     /// bigger or calmer cache keeps blocks longer, so a call further away is
-    /// still "soon". Default 1.0.
+    /// still "soon". Default 0.5.
     pub adaptive_horizon: f64,
     /// Time constant of the insert-rate average (ms). Default 10 minutes.
     pub rate_window_ms: u64,
     /// How many of its own gaps an agent needs before they weigh as much as the
-    /// population's. Default 4.
+    /// population's. Default 2.
     pub prior_weight: f64,
+    /// Each new gap of an agent fades its older gaps of that kind by this
+    /// factor (1.0: all remembered equally). Default 0.95.
+    pub agent_memory: f32,
     /// Recompute agent ranks at least this often (ms) even when no agent
     /// changed state, since waiting changes the forecast. Default 1 s.
     pub rerank_ms: u64,
@@ -72,9 +76,10 @@ impl Default for ValueConfig {
     fn default() -> Self {
         Self {
             horizon_ms: 30_000,
-            adaptive_horizon: 1.0,
+            adaptive_horizon: 0.5,
             rate_window_ms: 600_000,
-            prior_weight: 4.0,
+            prior_weight: 2.0,
+            agent_memory: 0.95,
             rerank_ms: 1_000,
             protected_fraction: 0.8,
         }
@@ -112,7 +117,7 @@ impl<K: Copy + Eq + Hash> Default for ValuePolicy<K> {
 impl<K: Copy + Eq + Hash> ValuePolicy<K> {
     /// An empty policy.
     pub fn new(cfg: ValueConfig) -> Self {
-        let forecaster = Forecaster::new(cfg.prior_weight);
+        let forecaster = Forecaster::new(cfg.prior_weight, cfg.agent_memory);
         Self {
             cfg,
             index: HashMap::default(),

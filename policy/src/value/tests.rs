@@ -215,7 +215,7 @@ impl Reference {
         Self {
             blocks: HashMap::new(),
             agents: HashMap::new(),
-            forecaster: Forecaster::new(cfg.prior_weight),
+            forecaster: Forecaster::new(cfg.prior_weight, cfg.agent_memory),
             stamp: 0,
             ranking: Vec::new(),
             dirty: true,

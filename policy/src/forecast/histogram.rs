@@ -1,0 +1,137 @@
+//! Gap histograms over log-spaced bins, with the integrals the forecast needs.
+
+/// Number of histogram bins.
+pub const BINS: usize = 56;
+/// Upper edge of the first bin (ms).
+const FIRST_EDGE_MS: f64 = 500.0;
+/// Ratio between consecutive bin edges.
+const RATIO: f64 = 1.25;
+
+/// Log-spaced bin edges in ms: `edges[0] = 0`, `edges[k] = 500 · 1.25^(k-1)`;
+/// the last bin is closed at `edges[BINS]` (about 1.2 days; longer gaps
+/// count in the last bin).
+#[derive(Debug, Clone)]
+pub struct Edges {
+    ms: [f64; BINS + 1],
+}
+
+impl Default for Edges {
+    fn default() -> Self {
+        let mut ms = [0.0; BINS + 1];
+        for (k, e) in ms.iter_mut().enumerate().skip(1) {
+            *e = FIRST_EDGE_MS * RATIO.powi(k as i32 - 1);
+        }
+        Self { ms }
+    }
+}
+
+impl Edges {
+    /// The bin holding `x_ms` (the last bin for anything beyond the edges).
+    pub fn bin(&self, x_ms: f64) -> usize {
+        if x_ms < FIRST_EDGE_MS {
+            return 0;
+        }
+        let k = 1 + ((x_ms / FIRST_EDGE_MS).ln() / RATIO.ln()).floor() as usize;
+        k.min(BINS - 1)
+    }
+
+    /// Upper end of the support.
+    pub fn max_ms(&self) -> f64 {
+        self.ms[BINS]
+    }
+}
+
+/// Gap counts over the log-spaced bins.
+#[derive(Debug, Clone)]
+pub struct GapHistogram {
+    counts: [f32; BINS],
+    total: f32,
+}
+
+impl Default for GapHistogram {
+    fn default() -> Self {
+        Self {
+            counts: [0.0; BINS],
+            total: 0.0,
+        }
+    }
+}
+
+impl GapHistogram {
+    /// Adds one observed gap with weight `w`.
+    pub fn record(&mut self, edges: &Edges, gap_ms: u64, w: f32) {
+        let k = edges.bin(gap_ms as f64);
+        self.counts[k] += w;
+        self.total += w;
+    }
+
+    /// Multiplies every count by `f` (forgetting old behaviour).
+    pub fn decay(&mut self, f: f32) {
+        for c in &mut self.counts {
+            *c *= f;
+        }
+        self.total *= f;
+    }
+
+    /// Total weight recorded.
+    pub fn total(&self) -> f64 {
+        f64::from(self.total)
+    }
+
+    /// Exponentially discounted hits and occupancy from `w` on, with an
+    /// eviction clock of mean `t`: `(∫_w^∞ f(x) e^{-(x-w)/t} dx,
+    /// ∫_w^∞ S(x) e^{-(x-w)/t} dx)`, unnormalised.
+    pub fn discounted(&self, edges: &Edges, w: f64, t: f64) -> (f64, f64) {
+        if self.total <= 0.0 {
+            return (0.0, 0.0);
+        }
+        let mut above = f64::from(self.total);
+        let (mut hits, mut occ) = (0.0, 0.0);
+        for k in 0..BINS {
+            let (lo, hi) = (edges.ms[k], edges.ms[k + 1]);
+            let c = f64::from(self.counts[k]);
+            let s_lo = above;
+            above = (above - c).max(0.0);
+            if hi <= w {
+                continue;
+            }
+            let slope = -c / (hi - lo);
+            let x0 = w.max(lo);
+            let s0 = s_lo + slope * (x0 - lo);
+            let (a, b) = (x0 - w, hi - w);
+            let (ea, eb) = ((-a / t).exp(), (-b / t).exp());
+            if ea < 1e-12 {
+                break;
+            }
+            hits += -slope * t * (ea - eb);
+            occ += s0 * t * (ea - eb) + slope * (-t * (b - a) * eb + t * t * (ea - eb));
+        }
+        (hits, occ)
+    }
+
+    /// Count of gaps longer than `x_ms` (`S` unnormalised, linear within a bin).
+    pub fn survival(&self, edges: &Edges, x_ms: f64) -> f64 {
+        if x_ms >= edges.ms[BINS] {
+            return 0.0;
+        }
+        let k = edges.bin(x_ms);
+        let below: f32 = self.counts[..k].iter().sum();
+        let (lo, hi) = (edges.ms[k], edges.ms[k + 1]);
+        let within = f64::from(self.counts[k]) * (x_ms - lo) / (hi - lo);
+        (f64::from(self.total) - f64::from(below) - within).max(0.0)
+    }
+
+    /// Which third of this distribution `gap_ms` falls in (0, 1 or 2).
+    pub fn tercile(&self, edges: &Edges, gap_ms: u64) -> usize {
+        let k = edges.bin(gap_ms as f64);
+        let below: f32 = self.counts[..k].iter().sum::<f32>() + 0.5 * self.counts[k];
+        let q = below / self.total.max(1e-9);
+        if q < 1.0 / 3.0 {
+            0
+        } else if q < 2.0 / 3.0 {
+            1
+        } else {
+            2
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Online forecast of when an agent calls next.
+//!
+//! The forecaster learns, for each kind of call ending ([`CallEnd`]), the
+//! distribution of the gap between a call being answered and the same agent's
+//! next call (and, for calls still in flight, of the gap from call to call),
+//! as histograms over log-spaced bins. The population's distribution is also
+//! kept split by which third of it the agent's previous gap of that kind fell
+//! in: an agent that answered fast last time tends to answer fast again. Each
+//! agent keeps its own histogram (older gaps fading); the two are blended, the
+//! agent's own weighing more as it shows more gaps.
+//!
+//! From the blended gap density `f`, survival `S(x) = P(gap > x)`, and the
+//! time already waited `w`, the policy asks for a *hit density*: the chance
+//! that the next call comes before the blocks would be evicted anyway, per
+//! unit of cache time spent waiting for it. The eviction clock is taken as
+//! exponential with mean `T` (the cache's turnover time, see
+//! [`crate::ValueConfig::adaptive_horizon`]):
+//!
+//! ```text
+//!   density(w) = ∫_w^∞ f(x) e^{-(x-w)/T} dx  /  ∫_w^∞ S(x) e^{-(x-w)/T} dx
+//! ```
+//!
+//! (Beckmann et al.'s LHD, applied to agents rather than objects). An agent
+//! that usually answers fast but is overdue sees its density fall as it waits,
+//! at the rate its own and the population's gap distribution say: no fixed
+//! "overdue" rule.
+
+mod histogram;
+
+pub use histogram::{Edges, GapHistogram, BINS};
+
+use crate::agent::CallEnd;
+
+/// Gaps a conditional population distribution needs before it is used.
+const MIN_CONDITIONED: f64 = 20.0;
+
+/// Which gap a distribution describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gap {
+    /// From a call's answer, which ended this way, to the agent's next call.
+    AfterAnswer(CallEnd),
+    /// From a call's arrival to the agent's next call (used while the call
+    /// is in flight, when the ending is not known yet).
+    AfterCall,
+}
+
+impl Gap {
+    const COUNT: usize = CallEnd::COUNT + 1;
+
+    fn index(self) -> usize {
+        match self {
+            Gap::AfterAnswer(end) => end.index(),
+            Gap::AfterCall => CallEnd::COUNT,
+        }
+    }
+}
+
+/// Population-wide gap distributions, one per kind of call ending, plus the
+/// knobs of the blend with each agent's own history.
+#[derive(Debug, Clone)]
+pub struct Forecaster {
+    edges: Edges,
+    global: [GapHistogram; Gap::COUNT],
+    /// Per kind, by which third of the population distribution the agent's
+    /// previous gap of that kind fell in (3: no previous gap). Agents that
+    /// answered fast last time tend to answer fast again.
+    by_previous: [[GapHistogram; 4]; Gap::COUNT],
+    /// Weight of the population distribution against an agent's own gaps:
+    /// an agent with this many recorded gaps of a kind counts as much as the
+    /// population for that kind.
+    pub prior_weight: f64,
+    /// Each new gap of an agent multiplies the weight of its older gaps of
+    /// that kind by this (1.0 remembers all equally).
+    pub agent_memory: f32,
+}
+
+/// Per-agent gap history, kept by the policy next to each agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentGaps {
+    hist: [GapHistogram; Gap::COUNT],
+    /// Per kind, the tercile of the agent's previous gap (see `by_previous`).
+    previous: [Option<u8>; Gap::COUNT],
+}
+
+impl Default for Forecaster {
+    fn default() -> Self {
+        Self::new(2.0, 0.95)
+    }
+}
+
+impl Forecaster {
+    /// A forecaster with a weak built-in prior (one pseudo-gap per kind: 20 s
+    /// after a tool call, 5 min after an end of turn, 1 min otherwise) so that
+    /// it answers sensibly before it has seen anything.
+    pub fn new(prior_weight: f64, agent_memory: f32) -> Self {
+        let edges = Edges::default();
+        let mut global: [GapHistogram; Gap::COUNT] = Default::default();
+        for (gap, ms) in [
+            (Gap::AfterAnswer(CallEnd::Unknown), 60_000),
+            (Gap::AfterAnswer(CallEnd::ToolCall), 20_000),
+            (Gap::AfterAnswer(CallEnd::EndOfTurn), 300_000),
+            (Gap::AfterCall, 30_000),
+        ] {
+            global[gap.index()].record(&edges, ms, 1.0);
+        }
+        Self {
+            edges,
+            global,
+            by_previous: Default::default(),
+            prior_weight,
+            agent_memory,
+        }
+    }
+
+    /// Records an observed gap of kind `gap` of one agent.
+    pub fn record(&mut self, gap: Gap, gap_ms: u64, agent: &mut AgentGaps) {
+        let i = gap.index();
+        let prev = agent.previous[i].map_or(3, usize::from);
+        self.by_previous[i][prev].record(&self.edges, gap_ms, 1.0);
+        agent.previous[i] = Some(self.global[i].tercile(&self.edges, gap_ms) as u8);
+        self.global[gap.index()].record(&self.edges, gap_ms, 1.0);
+        let h = &mut agent.hist[gap.index()];
+        h.decay(self.agent_memory);
+        h.record(&self.edges, gap_ms, 1.0);
+    }
+
+    /// Hit density of an agent that has waited `waited_ms` on the clock of
+    /// `gap` (since its last answer, or since its last call while in flight),
+    /// with an eviction clock of mean `horizon_ms`: the chance of a call
+    /// before eviction per ms of cache time spent waiting for it. Larger means
+    /// more worth keeping. Always finite and > 0.
+    pub fn density(&self, gap: Gap, waited_ms: u64, horizon_ms: u64, agent: &AgentGaps) -> f64 {
+        let w = waited_ms as f64;
+        let t = horizon_ms.max(1) as f64;
+        let i = gap.index();
+        let cond = &self.by_previous[i][agent.previous[i].map_or(3, usize::from)];
+        let population = if cond.total() >= MIN_CONDITIONED {
+            cond
+        } else {
+            &self.global[i]
+        };
+        let own = &agent.hist[i];
+        let (gh, go) = population.discounted(&self.edges, w, t);
+        let (lh, lo) = own.discounted(&self.edges, w, t);
+        // Blend the normalised distributions: the agent's own history weighs
+        // its (decayed) count of gaps, the population `prior_weight`.
+        let (gt, lt) = (population.total().max(1e-9), own.total());
+        let wl = lt / (lt + self.prior_weight);
+        let (ng, nl) = ((1.0 - wl) / gt, if lt > 0.0 { wl / lt } else { 0.0 });
+        let hits = ng * gh + nl * lh;
+        let occupancy = ng * go + nl * lo;
+        // Waited past everything ever observed: worth less the longer it waits.
+        let floor = 1e-12 / (1.0 + w);
+        if occupancy <= 1e-9 {
+            return floor;
+        }
+        (hits / occupancy).max(floor)
+    }
+
+    /// The bin edges in use.
+    pub fn edges(&self) -> &Edges {
+        &self.edges
+    }
+}
+
+#[cfg(test)]
+mod tests;
