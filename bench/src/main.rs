@@ -8,7 +8,7 @@ use anyhow::Result;
 
 /// Same allocator as kvtier-server, so client-side buffer churn is comparable.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
