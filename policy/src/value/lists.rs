@@ -76,12 +76,6 @@ impl<K: Copy> Lists<K> {
         }
     }
 
-    pub fn len(&self, list: u32, tier: Tier) -> usize {
-        self.ends
-            .get(list as usize)
-            .map_or(0, |e| e[tier.index()].len)
-    }
-
     pub fn tier_len(&self, tier: Tier) -> usize {
         self.tier_len[tier.index()]
     }

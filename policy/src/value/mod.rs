@@ -6,9 +6,8 @@
 //! 1. **ended**: blocks that only ended agents referenced, oldest end first;
 //! 2. **stale**: blocks that live agents named once but no longer hold in their
 //!    latest context (abandoned branches, compacted history);
-//! 3. **generic**: blocks no agent hint covers, in a segmented LRU (blocks read
-//!    once in *probation* go before blocks read again in *protected*; the
-//!    protected segment holds at most [`ValueConfig::protected_fraction`]);
+//! 3. **generic**: blocks no agent hint covers, least recently used first
+//!    (with no lifecycle information the policy is exactly LRU);
 //! 4. **live agents' contexts**, agent by agent from the lowest value up: the
 //!    agent's weight (priority, latency sensitivity) times the hit density of
 //!    its next call, learned online by the [`Forecaster`] from the gaps seen
@@ -41,9 +40,8 @@ use lists::{Lists, Ref};
 
 const ENDED: u32 = 0;
 const STALE: u32 = 1;
-const PROBATION: u32 = 2;
-const PROTECTED: u32 = 3;
-const AGENT_BASE: u32 = 4;
+const GENERIC: u32 = 2;
+const AGENT_BASE: u32 = 3;
 
 /// Tunables of [`ValuePolicy`]. Defaults are general (not fitted to a trace).
 #[derive(Debug, Clone, PartialEq)]
@@ -68,8 +66,6 @@ pub struct ValueConfig {
     /// Recompute agent ranks at least this often (ms) even when no agent
     /// changed state, since waiting changes the forecast. Default 1 s.
     pub rerank_ms: u64,
-    /// Share of the generic class that blocks read more than once may hold. Default 0.8.
-    pub protected_fraction: f64,
 }
 
 impl Default for ValueConfig {
@@ -81,7 +77,6 @@ impl Default for ValueConfig {
             prior_weight: 2.0,
             agent_memory: 0.95,
             rerank_ms: 1_000,
-            protected_fraction: 0.8,
         }
     }
 }
@@ -256,17 +251,6 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
         self.dirty = false;
         self.ranked_at = now_ms;
     }
-
-    fn generic_victim(&self, tier: Tier) -> Option<u32> {
-        let prob = self.lists.len(PROBATION, tier);
-        let prot = self.lists.len(PROTECTED, tier);
-        let over = prot as f64 > self.cfg.protected_fraction * (prob + prot) as f64;
-        if prot > 0 && (prob == 0 || over) {
-            self.lists.back(PROTECTED, tier)
-        } else {
-            self.lists.back(PROBATION, tier)
-        }
-    }
 }
 
 impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
@@ -280,7 +264,7 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
             self.on_hit(key, now_ms);
             return;
         }
-        let slot = self.lists.alloc(key, tier, PROBATION);
+        let slot = self.lists.alloc(key, tier, GENERIC);
         self.index.insert(key, slot);
         self.count_insert(now_ms);
     }
@@ -293,7 +277,7 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
         // Agent blocks are ordered by their agents' calls, not by reads.
         if n.list < AGENT_BASE {
             let tier = n.tier;
-            self.lists.move_front(slot, PROTECTED, tier);
+            self.lists.move_front(slot, GENERIC, tier);
         }
     }
 
@@ -317,7 +301,7 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
             .lists
             .back(ENDED, tier)
             .or_else(|| self.lists.back(STALE, tier))
-            .or_else(|| self.generic_victim(tier));
+            .or_else(|| self.lists.back(GENERIC, tier));
         if let Some(slot) = fixed {
             return Some(self.lists.node(slot).key);
         }

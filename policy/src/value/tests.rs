@@ -158,13 +158,12 @@ fn tiers_are_separate_orders() {
 }
 
 #[test]
-fn unhinted_blocks_use_segmented_lru() {
+fn unhinted_blocks_are_lru() {
     let mut p: ValuePolicy<u64> = ValuePolicy::new(fixed_cfg());
     for k in 1..=4 {
         p.on_insert(k, Tier::Host, info(), k);
     }
     p.on_hit(1, 5);
-    // 1 was read again: protected; 2, 3, 4 on probation, oldest first.
     assert_eq!(drain(&mut p, Tier::Host, 6), vec![2, 3, 4, 1]);
 }
 
@@ -178,8 +177,7 @@ fn unhinted_blocks_use_segmented_lru() {
 enum Class {
     Ended,
     Stale,
-    Probation,
-    Protected,
+    Generic,
     Agent(AgentId),
 }
 
@@ -254,19 +252,19 @@ impl Reference {
         self.blocks.insert(
             key,
             RefBlock {
-                class: Class::Probation,
+                class: Class::Generic,
                 stamp: 0,
                 tier,
                 refs: Vec::new(),
             },
         );
-        self.touch(key, Class::Probation);
+        self.touch(key, Class::Generic);
     }
 
     fn hit(&mut self, key: u64) {
         if let Some(b) = self.blocks.get(&key) {
             if !matches!(b.class, Class::Agent(_)) {
-                self.touch(key, Class::Protected);
+                self.touch(key, Class::Generic);
             }
         }
     }
@@ -395,7 +393,7 @@ impl Reference {
         self.dirty = false;
     }
 
-    fn victim(&mut self, tier: Tier, now: u64, protected_fraction: f64) -> Option<u64> {
+    fn victim(&mut self, tier: Tier, now: u64) -> Option<u64> {
         let oldest = |class: Class, blocks: &HashMap<u64, RefBlock>| {
             blocks
                 .iter()
@@ -403,26 +401,13 @@ impl Reference {
                 .min_by_key(|(_, b)| b.stamp)
                 .map(|(&k, _)| k)
         };
-        let count = |class: Class| {
-            self.blocks
-                .values()
-                .filter(|b| b.tier == tier && b.class == class)
-                .count()
-        };
         if let Some(k) =
             oldest(Class::Ended, &self.blocks).or_else(|| oldest(Class::Stale, &self.blocks))
         {
             return Some(k);
         }
-        let (prob, prot) = (count(Class::Probation), count(Class::Protected));
-        if prob + prot > 0 {
-            let over = prot as f64 > protected_fraction * (prob + prot) as f64;
-            let class = if prot > 0 && (prob == 0 || over) {
-                Class::Protected
-            } else {
-                Class::Probation
-            };
-            return oldest(class, &self.blocks);
+        if let Some(k) = oldest(Class::Generic, &self.blocks) {
+            return Some(k);
         }
         self.rank(now);
         self.ranking
@@ -500,7 +485,7 @@ fn matches_brute_force_reference() {
                 // Evict a few from one tier, checking every victim.
                 let tier = tiers[rnd(2) as usize];
                 for _ in 0..rnd(6) {
-                    let want = r.victim(tier, now, cfg.protected_fraction);
+                    let want = r.victim(tier, now);
                     let got = p.victim(tier, now);
                     assert_eq!(got, want, "step {step}");
                     let Some(k) = got else { break };
