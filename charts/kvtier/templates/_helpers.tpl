@@ -1,0 +1,156 @@
+{{/*
+Names. "kvtier.fullnameFrom" takes (dict "root" $ "values" <kvtier values>) so that a parent chart
+(which includes kvtier as a subchart) computes the same names as kvtier itself.
+*/}}
+{{- define "kvtier.name" -}}
+{{- default "kvtier" .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kvtier.fullnameFrom" -}}
+{{- $v := .values -}}
+{{- if $v.fullnameOverride }}
+{{- $v.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default "kvtier" $v.nameOverride }}
+{{- if contains $name .root.Release.Name }}
+{{- .root.Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .root.Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kvtier.fullname" -}}
+{{- include "kvtier.fullnameFrom" (dict "root" . "values" .Values) }}
+{{- end }}
+
+{{- define "kvtier.cacheName" -}}
+{{- printf "%s-cache" (include "kvtier.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kvtier.routerName" -}}
+{{- printf "%s-router" (include "kvtier.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kvtier.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "kvtier.labels" -}}
+helm.sh/chart: {{ include "kvtier.chart" . }}
+app.kubernetes.io/name: {{ include "kvtier.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kvtier
+{{- end }}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "cache") */}}
+{{- define "kvtier.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kvtier.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* image reference: (dict "root" $ "image" <component image values, may be empty>) */}}
+{{- define "kvtier.image" -}}
+{{- $repo := .root.Values.image.repository -}}
+{{- $tag := default .root.Chart.AppVersion .root.Values.image.tag -}}
+{{- with .image }}
+{{- if .repository }}{{ $repo = .repository }}{{ end }}
+{{- if .tag }}{{ $tag = .tag }}{{ end }}
+{{- end }}
+{{- printf "%s:%s" $repo $tag }}
+{{- end }}
+
+{{/* gRPC address of cache replica i: (dict "root" $ "i" 0) */}}
+{{- define "kvtier.cacheReplicaAddr" -}}
+{{- $cache := include "kvtier.cacheName" .root -}}
+{{- printf "http://%s-%d.%s-headless.%s.svc:%d" $cache (int .i) $cache .root.Release.Namespace (int .root.Values.cache.grpcPort) }}
+{{- end }}
+
+{{/*
+Worker-agent sidecar container, for your inference pod's `containers:` list:
+
+  containers:
+    - name: vllm
+      ...
+    {{- include "kvtier.workerAgent.container" (dict "root" . "values" .Values.kvtier) | nindent 4 }}
+
+"root" is the including chart's top context, "values" the kvtier values (.Values.kvtier when kvtier
+is a subchart of yours, .Values inside this chart). By default the container listens on loopback
+only; the engine reaches it at 127.0.0.1:<workerAgent.port>. Pair it with
+"kvtier.workerAgent.volumes" in the pod's `volumes:` (a memory-backed /dev/shm shared with the
+engine, for shared-memory KV pools), and mount `kvtier-shm` at /dev/shm in the engine too.
+The sidecar has no probes: kvtier-agent serves no grpc.health.v1 yet, and kubelet's gRPC probes
+dial the pod IP while the agent listens on loopback by default.
+*/}}
+{{- define "kvtier.workerAgent.container" -}}
+{{- $v := .values -}}
+{{- $a := $v.workerAgent -}}
+{{- $repo := $v.image.repository -}}
+{{- $tag := default "0.1.0" $v.image.tag -}}
+{{- if $a.image.repository }}{{ $repo = $a.image.repository }}{{ end -}}
+{{- if $a.image.tag }}{{ $tag = $a.image.tag }}{{ end -}}
+{{- $endpoint := $a.cacheEndpoint -}}
+{{- if not $endpoint -}}
+{{- $cache := printf "%s-cache" (include "kvtier.fullnameFrom" .) | trunc 63 | trimSuffix "-" -}}
+{{- $endpoint = printf "http://%s.%s.svc:%d" $cache .root.Release.Namespace (int $v.cache.grpcPort) -}}
+{{- end -}}
+- name: kvtier-agent
+  image: {{ printf "%s:%s" $repo $tag | quote }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  command: {{ toJson $a.command }}
+  args:
+    - --listen
+    - {{ printf "%s:%d" $a.listenHost (int $a.port) | quote }}
+    {{- with $a.uds }}
+    - --uds
+    - {{ . | quote }}
+    {{- end }}
+    - --server
+    - {{ $endpoint | quote }}
+    - --worker-id
+    - {{ default "$(POD_NAME)" $a.workerId | quote }}
+    - --block-tokens
+    - {{ $a.blockTokens | quote }}
+    {{- if $a.seed }}
+    - --seed
+    - {{ $a.seed | quote }}
+    {{- end }}
+    {{- with $a.salt }}
+    - --salt
+    - {{ . | quote }}
+    {{- end }}
+    {{- with $a.model }}
+    - --model
+    - {{ . | quote }}
+    {{- end }}
+    - --staging-bytes
+    - {{ $a.stagingBytes | quote }}
+    {{- range $a.extraArgs }}
+    - {{ . | quote }}
+    {{- end }}
+  env:
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    {{- with $a.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  resources:
+    {{- toYaml $a.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $a.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: kvtier-shm
+      mountPath: /dev/shm
+{{- end }}
+
+{{/* Pod volumes the worker-agent sidecar needs: (dict "root" . "values" .Values.kvtier) */}}
+{{- define "kvtier.workerAgent.volumes" -}}
+- name: kvtier-shm
+  emptyDir:
+    medium: Memory
+{{- end }}

@@ -1,0 +1,802 @@
+#!/usr/bin/env python3
+"""Every Grafana panel query, evaluated by a real Prometheus scraping a real kvtier-server.
+
+1. Starts `kvtier-server` on loopback (ports 0, temp data dir, tiny host and disk tiers so that a
+   short workload demotes, promotes and evicts) and Debian's `prometheus` (free loopback port,
+   temp storage, 1 s scrape interval) scraping it.
+2. Drives a deterministic workload over gRPC from Python (stubs generated from
+   proto/proto/kvtier/v1/cache.proto: this also proves the wire contract from Python): handshakes
+   (one mismatch), Puts, Gets, Lookups, a WatchEvents subscriber, and one request refused for
+   overload. A warm-up phase creates every counter series first; the measured phase follows.
+3. Evaluates every target `expr` of every dashboard in charts/kvtier/dashboards/ through the HTTP
+   API (template variables and $__rate_interval substituted, every option of custom variables)
+   and fails when a query errors, returns no series, returns NaN, or names a metric that
+   kvtier-server does not export (names are read from cache-server/src/metrics.rs).
+4. Checks that the hit-rate panels equal the hit rate the workload computed on the client side:
+   each panel's own expression with rate(...[$__rate_interval]) turned into increase(...[W]),
+   evaluated at a scrape taken after the measured phase, where W reaches back exactly to a scrape
+   taken between warm-up and measured phase (so Prometheus neither extrapolates nor misses a
+   counter's first increment).
+
+Usage: dashboard_test.py [--server-bin PATH] [--prometheus-bin PATH] [--keep]
+Exits 0 when every check passed; prints "dashboard: N passed, M failed" last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARDS = REPO / "charts" / "kvtier" / "dashboards"
+PROTO_ROOT = REPO / "proto" / "proto"
+METRICS_RS = REPO / "cache-server" / "src" / "metrics.rs"
+
+DEADLINE_S = 110  # the whole test, hard bound
+BLOCK_BYTES = 4096
+HOST_CAPACITY = 16 * BLOCK_BYTES  # 16 blocks
+DISK_CAPACITY = 64 * BLOCK_BYTES  # 64 blocks
+NAMESPACES = ("agent-a", "agent-b")
+# Agents registered by the workload: (namespace, agent id) -> priority class the server reports
+# (priority > 0: high, 0: normal, < 0: low); Gets without an agent count as "none".
+AGENTS = {("agent-a", "planner"): "high", ("agent-b", "batch-eval"): "low"}
+AGENT_PRIORITY = {"high": 4, "normal": 0, "low": -4}
+# Counters that legitimately have no series after a short healthy run: their panels must use an
+# `or vector(0)` fallback, and only their names are checked against the exporter.
+MAY_BE_ABSENT = {"kvtier_checksum_failures_total", "kvtier_events_dropped_total"}
+# Binaries with no /metrics yet: no panel may use metrics of theirs until they export some and
+# this test scrapes them.
+PENDING_BINARIES = {
+    "kvtier-router": "the router binary does not exist yet",
+    "kvtier-agent": "the worker agent serves no /metrics yet",
+}
+
+TOL = 1e-6
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed: list[str] = []
+
+    def ok(self, what: str) -> None:
+        self.passed += 1
+        print(f"PASS {what}", flush=True)
+
+    def fail(self, what: str) -> None:
+        self.failed.append(what)
+        print(f"FAIL {what}", flush=True)
+
+    def check(self, cond: bool, what: str) -> bool:
+        (self.ok if cond else self.fail)(what)
+        return cond
+
+
+# ---------------------------------------------------------------------------------------------
+# Exported metric names
+
+
+def exported_metrics() -> set[str]:
+    """Metric names kvtier-server exports, from the constants in metrics.rs (histograms also as
+    their _bucket/_sum/_count series)."""
+    src = METRICS_RS.read_text()
+    names = set(re.findall(r'pub const \w+: &str = "(kvtier_[a-z0-9_]+)";', src))
+    if not names:
+        raise SystemExit(f"no metric names found in {METRICS_RS}")
+    histograms = {n for n in names if n.endswith("_seconds") or n.endswith("_bytes_histogram")}
+    out = set(names)
+    for h in histograms:
+        out |= {f"{h}_bucket", f"{h}_sum", f"{h}_count"}
+    return out
+
+
+def metric_names_in(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects: every kvtier_* token, and every identifier
+    followed by a label matcher `{` (so a non-kvtier selector cannot slip through)."""
+    names = set(re.findall(r"\b(kvtier_[a-zA-Z0-9_:]+)", expr))
+    names |= set(re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{", expr))
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Procs:
+    """Child processes, stopped (SIGTERM, then SIGKILL) by their own pid on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
+        p = subprocess.Popen(argv, **kw)
+        self.procs.append((name, p))
+        return p
+
+    def stop_all(self) -> None:
+        for name, p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for name, p in reversed(self.procs):
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                print(f"{name} (pid {p.pid}) ignored SIGTERM; killing it", flush=True)
+                p.kill()
+                p.wait(timeout=5)
+
+
+def start_server(procs: Procs, binary: str, tmp: Path) -> tuple[str, str, subprocess.Popen]:
+    log = open(tmp / "kvtier-server.log", "wb")
+    p = procs.start(
+        "kvtier-server",
+        [
+            binary,
+            "--listen", "127.0.0.1:0",
+            "--metrics-listen", "127.0.0.1:0",
+            "--data-dir", str(tmp / "data"),
+            "--host-capacity", str(HOST_CAPACITY),
+            "--disk-capacity", str(DISK_CAPACITY),
+            "--max-concurrent-requests", "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        env={**os.environ, "RUST_LOG": "warn"},
+    )
+    ready: list[str] = []
+
+    def read() -> None:
+        for raw in p.stdout:  # type: ignore[union-attr]
+            line = raw.decode(errors="replace").strip()
+            if line.startswith("kvtier-server ready"):
+                ready.append(line)
+                break
+        # keep draining so the server never blocks on a full pipe
+        for _ in p.stdout:  # type: ignore[union-attr]
+            pass
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not ready:
+        if p.poll() is not None:
+            raise SystemExit(f"kvtier-server exited with {p.returncode}; log: {tmp / 'kvtier-server.log'}")
+        if time.monotonic() > deadline:
+            raise SystemExit("kvtier-server printed no ready line within 30 s")
+        time.sleep(0.05)
+    m = re.match(r"kvtier-server ready grpc=(\S+) metrics=(\S+)", ready[0])
+    if not m:
+        raise SystemExit(f"unexpected ready line: {ready[0]!r}")
+    return m.group(1), m.group(2), p
+
+
+def start_prometheus(procs: Procs, binary: str, tmp: Path, metrics_addr: str) -> str:
+    port = free_port()
+    cfg = tmp / "prometheus.yml"
+    cfg.write_text(
+        "global:\n"
+        "  scrape_interval: 1s\n"
+        "  scrape_timeout: 1s\n"
+        "  evaluation_interval: 1s\n"
+        "scrape_configs:\n"
+        "  - job_name: kvtier-server\n"
+        "    static_configs:\n"
+        f"      - targets: ['{metrics_addr}']\n"
+    )
+    log = open(tmp / "prometheus.log", "wb")
+    procs.start(
+        "prometheus",
+        [
+            binary,
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+            # Debian's build looks for its web assets elsewhere; the API does not need them.
+            f"--web.console.templates={tmp}",
+            f"--web.console.libraries={tmp}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if http_get(base + "/-/ready", timeout=1)[0] == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"prometheus not ready within 30 s; log: {tmp / 'prometheus.log'}")
+        time.sleep(0.1)
+    return base
+
+
+class Prom:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def query(self, expr: str, at: float | None = None) -> tuple[str | None, list]:
+        """Returns (error, result list)."""
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        code, body = http_get(f"{self.base}/api/v1/query?{urllib.parse.urlencode(params)}")
+        try:
+            doc = json.loads(body)
+        except json.JSONDecodeError:
+            return f"HTTP {code}: {body[:200]!r}", []
+        if doc.get("status") != "success":
+            return f"{doc.get('errorType')}: {doc.get('error')}", []
+        data = doc["data"]
+        if data["resultType"] == "scalar":
+            return None, [{"metric": {}, "value": data["result"]}]
+        return None, data["result"]
+
+    def scalar(self, expr: str) -> float | None:
+        err, res = self.query(expr)
+        if err or not res:
+            return None
+        return float(res[0]["value"][1])
+
+    def wait(self, expr: str, pred, what: str, timeout: float = 20) -> float:
+        deadline = time.monotonic() + timeout
+        while True:
+            v = self.scalar(expr)
+            if v is not None and pred(v):
+                return v
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timed out waiting for {what}: {expr} = {v}")
+            time.sleep(0.2)
+
+    def scrape_after(self, wall_ms: int) -> int:
+        """Timestamp (ms) of the first scrape of kvtier-server that started after wall_ms."""
+        deadline = time.monotonic() + 20
+        while True:
+            v = self.scalar('max(timestamp(up{job="kvtier-server"}))')
+            if v is not None and round(v * 1000) > wall_ms:
+                return round(v * 1000)
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no fresh scrape of kvtier-server within 20 s (last {v}, wanted > {wall_ms / 1000:.3f})")
+            time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# gRPC workload
+
+
+def load_stubs(tmp: Path):
+    from grpc_tools import protoc  # type: ignore
+
+    out = tmp / "stubs"
+    out.mkdir()
+    args = [
+        "protoc",
+        f"-I{PROTO_ROOT}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        "kvtier/v1/cache.proto",
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("grpc_tools.protoc failed on cache.proto")
+    sys.path.insert(0, str(out))
+    from kvtier.v1 import cache_pb2, cache_pb2_grpc  # type: ignore
+
+    return cache_pb2, cache_pb2_grpc
+
+
+class Tally:
+    """Client-side block-weighted accounting of Get responses."""
+
+    def __init__(self) -> None:
+        self.lookups: dict[str, int] = {}
+        self.hits: dict[tuple[str, str], int] = {}
+        self.prio_lookups: dict[str, int] = {}
+        self.prio_hits: dict[str, int] = {}
+
+    def add(self, ns: str, priority: str, tier: str | None) -> None:
+        self.lookups[ns] = self.lookups.get(ns, 0) + 1
+        self.prio_lookups[priority] = self.prio_lookups.get(priority, 0) + 1
+        if tier is not None:
+            self.hits[(ns, tier)] = self.hits.get((ns, tier), 0) + 1
+            self.prio_hits[priority] = self.prio_hits.get(priority, 0) + 1
+
+    def by_priority(self) -> dict[str, float]:
+        return {p: self.prio_hits.get(p, 0) / n for p, n in self.prio_lookups.items()}
+
+    def total_lookups(self) -> int:
+        return sum(self.lookups.values())
+
+    def total_hits(self) -> int:
+        return sum(self.hits.values())
+
+    def rate(self) -> float:
+        return self.total_hits() / self.total_lookups()
+
+    def by_tier(self) -> dict[str, float]:
+        tiers: dict[str, int] = {}
+        for (_, t), n in self.hits.items():
+            tiers[t] = tiers.get(t, 0) + n
+        return {t: n / self.total_lookups() for t, n in tiers.items()}
+
+    def by_namespace(self) -> dict[str, float]:
+        return {
+            ns: sum(n for (h_ns, _), n in self.hits.items() if h_ns == ns) / total
+            for ns, total in self.lookups.items()
+        }
+
+
+class Workload:
+    def __init__(self, grpc_addr: str, pb, pb_grpc) -> None:
+        import grpc  # type: ignore
+
+        self.grpc = grpc
+        self.pb = pb
+        self.channel = grpc.insecure_channel(grpc_addr)
+        grpc.channel_ready_future(self.channel).result(timeout=10)
+        self.stub = pb_grpc.CacheServiceStub(self.channel)
+        self.sessions: dict[str, str] = {}
+        self.tier_names = {pb.TIER_HOST: "host", pb.TIER_DISK: "disk", pb.TIER_GPU: "gpu"}
+        self.get_lookups = 0  # every Get block, warm-up included (to know when a scrape saw them)
+        self.watch_events = 0
+
+    def config(self, ns: str, block_bytes: int = BLOCK_BYTES):
+        return self.pb.HashingConfig(
+            block_tokens=16, seed=1337, salt=f"salt-{ns}", block_bytes=block_bytes,
+            kv_layout="layers=2,kv=2,heads=4,head_dim=64,dtype=bf16", model="test/model",
+        )
+
+    def handshake(self, ns: str) -> None:
+        r = self.stub.Handshake(self.pb.HandshakeRequest(namespace=ns, config=self.config(ns), client_name="dashboard-test"), timeout=10)
+        self.sessions[ns] = r.session_id
+
+    def handshake_mismatch(self, ns: str) -> bool:
+        try:
+            self.stub.Handshake(self.pb.HandshakeRequest(namespace=ns, config=self.config(ns, BLOCK_BYTES * 2), client_name="dashboard-test"), timeout=10)
+        except self.grpc.RpcError as e:
+            return e.code() == self.grpc.StatusCode.FAILED_PRECONDITION
+        return False
+
+    @staticmethod
+    def hash_of(ns: str, i: int) -> int:
+        return (NAMESPACES.index(ns) + 1) << 40 | (i + 1)
+
+    def payload(self, h: int) -> bytes:
+        return (h.to_bytes(8, "little") * (BLOCK_BYTES // 8))[:BLOCK_BYTES]
+
+    def put_messages(self, ns: str, idx: range, gate: threading.Event | None = None):
+        first = True
+        prev = None
+        for i in idx:
+            h = self.hash_of(ns, i)
+            block = self.pb.BlockData(hash=h, payload=self.payload(h))
+            if prev is not None:
+                block.parent_hash = prev
+            yield self.pb.PutRequest(session_id=self.sessions[ns] if first else "", block=block)
+            if first and gate is not None:
+                gate.wait(10)
+            first = False
+            prev = h
+
+    def put(self, ns: str, idx: range) -> None:
+        r = self.stub.Put(self.put_messages(ns, idx), timeout=20)
+        assert r.stored + r.already_present == len(idx), r
+
+    def get(self, ns: str, hashes: list[int], stop_at_first_miss: bool, tally: Tally | None, agent: str = "") -> None:
+        req = self.pb.GetRequest(session_id=self.sessions[ns], hashes=hashes, stop_at_first_miss=stop_at_first_miss, agent_id=agent)
+        n = 0
+        for resp in self.stub.Get(req, timeout=20):
+            assert resp.hash == hashes[n], (resp.hash, hashes[n])
+            if resp.found:
+                assert resp.payload == self.payload(resp.hash), "payload differs from what was put"
+            tier = self.tier_names[resp.tier] if resp.found else None
+            if tally is not None:
+                tally.add(ns, AGENTS.get((ns, agent), "none"), tier)
+            n += 1
+        assert n == len(hashes), (n, len(hashes))
+        self.get_lookups += n
+
+    def register(self, ns: str, agent: str, priority: int) -> None:
+        r = self.stub.RegisterAgent(self.pb.RegisterAgentRequest(session_id=self.sessions[ns], agent_id=agent, priority=priority, latency_sensitivity=0.5), timeout=10)
+        assert r.created, f"agent {agent} not created"
+
+    def lookup_tiers(self, ns: str, hashes: list[int]) -> list[str | None]:
+        r = self.stub.Lookup(self.pb.LookupRequest(session_id=self.sessions[ns], hashes=hashes), timeout=10)
+        return [self.tier_names.get(t) for t in r.tiers]
+
+    def watch(self, stop: threading.Event) -> threading.Thread:
+        call = self.stub.WatchEvents(self.pb.WatchEventsRequest(namespace=""))
+
+        def run() -> None:
+            try:
+                for _ in call:
+                    self.watch_events += 1
+            except self.grpc.RpcError:
+                pass
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        threading.Thread(target=lambda: (stop.wait(), call.cancel()), daemon=True).start()
+        return t
+
+    def overload_once(self, ns: str) -> bool:
+        """Holds the only request slot with an open Put stream, so that a Lookup is refused with
+        RESOURCE_EXHAUSTED after the server's 2 s admission wait."""
+        gate = threading.Event()
+        fut = self.stub.Put.future(self.put_messages(ns, range(200, 202), gate), timeout=20)
+        time.sleep(0.3)
+        refused = False
+        try:
+            self.stub.Lookup(self.pb.LookupRequest(session_id=self.sessions[ns], hashes=[self.hash_of(ns, 0)]), timeout=10)
+        except self.grpc.RpcError as e:
+            refused = e.code() == self.grpc.StatusCode.RESOURCE_EXHAUSTED
+        gate.set()
+        fut.result(timeout=20)
+        return refused
+
+    def warm_up(self, checks: Checks) -> None:
+        """Creates every series the measured phase touches: for each namespace a Get hit from the
+        host tier, a Get hit from the disk tier and a Get miss; Lookups; demotions, promotions,
+        capacity evictions, a handshake mismatch and an overload refusal."""
+        for ns in NAMESPACES:
+            self.handshake(ns)
+        checks.check(self.handshake_mismatch(NAMESPACES[0]), "workload: a handshake with a different block_bytes is refused (FAILED_PRECONDITION)")
+        # 40 + 40 + 20 blocks through a 16-block host tier into a 64-block disk tier: demotions
+        # host -> disk, then capacity evictions from disk.
+        self.put(NAMESPACES[0], range(0, 40))
+        self.put(NAMESPACES[1], range(0, 40))
+        self.put(NAMESPACES[1], range(40, 60))
+        # Agents: one high and one low priority agent that read blocks, one normal agent that is
+        # ended at once, and a call-ending hint.
+        for (ns, agent), cls in AGENTS.items():
+            self.register(ns, agent, AGENT_PRIORITY[cls])
+        self.register(NAMESPACES[0], "short-lived", 0)
+        self.stub.Hint(self.pb.HintRequest(session_id=self.sessions[NAMESPACES[0]], agent_id="planner",
+                                           blocks=[self.hash_of(NAMESPACES[0], i) for i in range(4)],
+                                           ending=self.pb.CALL_ENDING_TOOL_CALL), timeout=10)
+        self.stub.EndAgent(self.pb.EndAgentRequest(session_id=self.sessions[NAMESPACES[0]], agent_id="short-lived"), timeout=10)
+        readers = [(ns, "") for ns in NAMESPACES] + list(AGENTS)
+        for ns, agent in readers:
+            hashes = [self.hash_of(ns, i) for i in range(60)]
+            tiers = self.lookup_tiers(ns, hashes + [self.hash_of(ns, 999)])
+            disk = [h for h, t in zip(hashes, tiers) if t == "disk"]
+            if not disk:
+                raise SystemExit(f"warm-up: namespace {ns} has no block on the disk tier: {tiers}")
+            # disk hit (promoted to host), then the same block again from host, then a miss
+            self.get(ns, [disk[0]], False, None, agent)
+            self.get(ns, [disk[0]], False, None, agent)
+            self.get(ns, [self.hash_of(ns, 999)], False, None, agent)
+        checks.check(self.overload_once(NAMESPACES[0]), "workload: a request beyond --max-concurrent-requests is refused (RESOURCE_EXHAUSTED)")
+
+    def measured(self, tally: Tally) -> None:
+        """A fixed mix of prefix reads: recent blocks (host), older ones (disk), evicted and
+        never-stored ones (misses), with and without stop_at_first_miss, plus new Puts."""
+        a, b = NAMESPACES
+        h = self.hash_of
+        plan = [
+            (a, [h(a, i) for i in range(0, 12)], False, "planner"),
+            (b, [h(b, i) for i in range(44, 60)], False, ""),
+            (b, [h(b, i) for i in range(0, 10)] + [h(b, 500)], False, "batch-eval"),
+            (a, [h(a, i) for i in range(30, 40)] + [h(a, 501)] + [h(a, i) for i in range(0, 4)], True, ""),
+            (b, [h(b, i) for i in range(50, 58)], False, "batch-eval"),
+            (a, [h(a, 502), h(a, 0), h(a, 1)], False, "planner"),
+            (a, [h(a, i) for i in range(0, 6)], False, "planner"),
+            (b, [h(b, i) for i in range(56, 60)], False, ""),
+        ]
+        for ns, hashes, stop, agent in plan:
+            self.get(ns, hashes, stop, tally, agent)
+        self.put(a, range(60, 70))
+        for ns, hashes, stop, agent in plan[:3] + plan[6:] + [(a, [h(a, i) for i in range(60, 70)], True, "planner")]:
+            self.get(ns, hashes, stop, tally, agent)
+        self.lookup_tiers(a, [h(a, i) for i in range(0, 70)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Dashboards
+
+
+def load_dashboards() -> list[tuple[str, dict]]:
+    files = sorted(DASHBOARDS.glob("*.json"))
+    if not files:
+        raise SystemExit(f"no dashboards in {DASHBOARDS}")
+    return [(f.name, json.loads(f.read_text())) for f in files]
+
+
+def panels_of(dash: dict):
+    for p in dash.get("panels", []):
+        yield p
+        for q in p.get("panels", []) or []:  # panels inside collapsed rows
+            yield q
+
+
+def variable_bindings(dash: dict) -> list[dict[str, str]]:
+    """Every combination of custom-variable options; query variables bound to their "All"
+    value (allValue, or a regex matching anything)."""
+    fixed: dict[str, str] = {}
+    choices: dict[str, list[str]] = {}
+    for v in dash.get("templating", {}).get("list", []):
+        name, kind = v["name"], v.get("type")
+        if kind == "datasource":
+            continue
+        if kind == "custom":
+            opts = [o["value"] for o in v.get("options", [])] or [s.strip() for s in v["query"].split(",")]
+            choices[name] = opts
+        elif kind in ("query", "interval", "textbox", "constant"):
+            if v.get("includeAll"):
+                fixed[name] = v.get("allValue") or ".*"
+            else:
+                cur = v.get("current", {}).get("value")
+                fixed[name] = cur if isinstance(cur, str) else (cur or [".*"])[0]
+        else:
+            raise SystemExit(f"dashboard {dash.get('uid')}: variable {name} of unsupported type {kind}")
+    names = list(choices)
+    out = []
+    for combo in itertools.product(*(choices[n] for n in names)):
+        out.append({**fixed, **dict(zip(names, combo))})
+    return out or [fixed]
+
+
+def substitute(expr: str, bindings: dict[str, str], rate_interval: str) -> str:
+    expr = expr.replace("$__rate_interval", rate_interval).replace("${__rate_interval}", rate_interval)
+    expr = expr.replace("$__interval", "1s").replace("${__interval}", "1s")
+    expr = expr.replace("$__range", rate_interval).replace("${__range}", rate_interval)
+    for name in sorted(bindings, key=len, reverse=True):
+        expr = expr.replace("${" + name + "}", bindings[name]).replace("$" + name, bindings[name])
+    if "$" in expr:
+        raise ValueError(f"unsubstituted variable left in {expr!r}")
+    return expr
+
+
+def check_dashboard_json(checks: Checks, fname: str, dash: dict) -> None:
+    ids = [p.get("id") for p in panels_of(dash)]
+    checks.check(len(ids) == len(set(ids)) and None not in ids, f"{fname}: panel ids are unique")
+    checks.check(bool(dash.get("uid")) and bool(dash.get("title")), f"{fname}: has uid and title")
+    bad = []
+    for p in panels_of(dash):
+        if p.get("type") == "row":
+            continue
+        if not p.get("targets") or not p.get("datasource") or "gridPos" not in p:
+            bad.append(p.get("title"))
+        for t in p.get("targets", []):
+            if not t.get("expr") or not t.get("refId"):
+                bad.append(f"{p.get('title')}/{t.get('refId')}")
+    checks.check(not bad, f"{fname}: every panel has a datasource, gridPos and targets with refId and expr {bad or ''}")
+
+
+def short(v: float) -> str:
+    return "NaN" if math.isnan(v) else f"{v:.6g}"
+
+
+def evaluate_panels(checks: Checks, prom: Prom, dashboards, exported: set[str], live: set[str], rate_interval: str) -> None:
+    for fname, dash in dashboards:
+        for bindings in variable_bindings(dash):
+            label = ",".join(f"{k}={v}" for k, v in sorted(bindings.items()) if v != ".*") or "all"
+            for p in panels_of(dash):
+                for t in p.get("targets", []) if p.get("type") != "row" else []:
+                    what = f"{fname} [{label}] '{p['title']}' {t['refId']}"
+                    expr = substitute(t["expr"], bindings, rate_interval)
+                    names = metric_names_in(t["expr"])
+                    unknown = sorted(n for n in names if n not in exported)
+                    if unknown:
+                        checks.fail(f"{what}: names metrics kvtier-server does not export: {unknown}")
+                        continue
+                    missing = sorted(n for n in names if n not in live and n not in MAY_BE_ABSENT)
+                    if missing:
+                        checks.fail(f"{what}: metrics with no series in Prometheus after the workload: {missing}")
+                        continue
+                    err, res = prom.query(expr)
+                    if err:
+                        checks.fail(f"{what}: query error {err}: {expr}")
+                        continue
+                    if not res:
+                        checks.fail(f"{what}: no series: {expr}")
+                        continue
+                    values = [float(r["value"][1]) for r in res]
+                    # NaN in some series is legitimate (a latency quantile or a ratio for a label
+                    # that had no traffic in the window); NaN everywhere means the panel shows nothing.
+                    if all(math.isnan(v) for v in values):
+                        checks.fail(f"{what}: every series is NaN {[(r['metric'], r['value'][1]) for r in res]}: {expr}")
+                        continue
+                    shown = ", ".join(
+                        f"{'/'.join(v for k, v in sorted(r['metric'].items())) or '-'}={short(float(r['value'][1]))}"
+                        for r in res[:6]
+                    )
+                    checks.ok(f"{what}: {len(res)} series ({shown})")
+
+
+def hit_rate_panels(dashboards):
+    """(panel title, target, group-by label or None) of every panel whose query is a ratio of
+    kvtier_block_hits_total over kvtier_block_lookups_total."""
+    for fname, dash in dashboards:
+        for p in panels_of(dash):
+            for t in p.get("targets", []) if p.get("type") != "row" else []:
+                e = t["expr"]
+                if "kvtier_block_hits_total" in e and "kvtier_block_lookups_total" in e and "/" in e:
+                    m = re.match(r"\s*sum by \((\w+)\)", e)
+                    yield fname, dash, p["title"], t, (m.group(1) if m else None)
+
+
+def check_hit_rate(checks: Checks, prom: Prom, dashboards, tally: Tally, t_start_ms: int, t_end_ms: int) -> None:
+    window = f"{t_end_ms - t_start_ms}ms"
+    at = t_end_ms / 1000
+    # Both ends of the window are scrapes: every counter must have a sample at both, or its
+    # increase() would miss its first increment.
+    for metric in ("kvtier_block_lookups_total", "kvtier_block_hits_total"):
+        err, res = prom.query(f'count_over_time({metric}{{op="get"}}[{window}])', at)
+        counts = {json.dumps(r["metric"], sort_keys=True): int(float(r["value"][1])) for r in res}
+        err2, res2 = prom.query(f'{metric}{{op="get"}} @ {t_start_ms / 1000:.3f}', at)
+        checks.check(
+            not err and not err2 and len(res2) == len(counts) and len(counts) > 0,
+            f"hit rate: every {metric}{{op=\"get\"}} series existed at the window start "
+            f"({len(res2)} of {len(counts)} series)",
+        )
+    client = {
+        None: {"": tally.rate()},
+        "tier": tally.by_tier(),
+        "namespace": tally.by_namespace(),
+        "priority": tally.by_priority(),
+    }
+    print(
+        f"client-side (measured phase): {tally.total_hits()} of {tally.total_lookups()} blocks found, "
+        f"hit rate {tally.rate():.6f}; by tier {json.dumps({k: round(v, 6) for k, v in tally.by_tier().items()})}; "
+        f"by namespace {json.dumps({k: round(v, 6) for k, v in tally.by_namespace().items()})}; "
+        f"by priority {json.dumps({k: round(v, 6) for k, v in tally.by_priority().items()})}",
+        flush=True,
+    )
+    found = 0
+    for fname, dash, title, t, by in hit_rate_panels(dashboards):
+        found += 1
+        bindings = {k: v for k, v in variable_bindings(dash)[0].items()}
+        bindings["op"] = "get"
+        expr = substitute(t["expr"].replace("rate(", "increase("), bindings, window)
+        err, res = prom.query(expr, at)
+        what = f"hit rate: {fname} '{title}' {t['refId']} equals the client's"
+        if err or not res:
+            checks.fail(f"{what}: query {'error ' + err if err else 'returned no series'}: {expr}")
+            continue
+        expected = client.get(by)
+        if expected is None:
+            checks.fail(f"{what}: panel groups by '{by}', which the test does not know how to check")
+            continue
+        got = {(r["metric"].get(by, "") if by else ""): float(r["value"][1]) for r in res}
+        # tiers the client never saw must be absent or 0 on the panel
+        diffs = {k: (got.get(k, 0.0), expected.get(k, 0.0)) for k in set(got) | set(expected)}
+        bad = {k: v for k, v in diffs.items() if not abs(v[0] - v[1]) <= TOL}
+        detail = ", ".join(f"{k or 'all'}: panel {v[0]:.6f} client {v[1]:.6f}" for k, v in sorted(diffs.items()))
+        checks.check(not bad, f"{what} ({detail})")
+    checks.check(found >= 4, f"hit rate: {found} hit-rate targets found (overall, by tier, by namespace, by priority)")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def find_server(arg: str | None) -> str:
+    cands = [arg, os.environ.get("KVTIER_SERVER_BIN")]
+    target = os.environ.get("CARGO_TARGET_DIR")
+    if target:
+        cands.append(str(Path(target) / "release" / "kvtier-server"))
+    cands += [str(Path.home() / ".cache" / "kvtier-target" / "release" / "kvtier-server"), str(REPO / "target" / "release" / "kvtier-server")]
+    for c in cands:
+        if c and os.access(c, os.X_OK):
+            return c
+    raise SystemExit("kvtier-server binary not found; build it (cargo build --release --workspace --bins) or pass --server-bin")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--server-bin")
+    ap.add_argument("--prometheus-bin", default=shutil.which("prometheus") or "/usr/bin/prometheus")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, TSDB)")
+    args = ap.parse_args()
+
+    started = time.monotonic()
+    def overrun(*_) -> None:
+        raise TimeoutError(f"dashboard test ran over {DEADLINE_S} s")
+
+    signal.signal(signal.SIGALRM, overrun)
+    signal.alarm(DEADLINE_S)
+
+    checks = Checks()
+    exported = exported_metrics()
+    dashboards = load_dashboards()
+    print(f"dashboards: {', '.join(f for f, _ in dashboards)}; kvtier-server exports {len(exported)} series names", flush=True)
+    for b, why in PENDING_BINARIES.items():
+        print(f"SKIP panels for {b}: {why}, so the dashboards have none (see charts/README.md)", flush=True)
+
+    server_bin = find_server(args.server_bin)
+    tmp = Path(tempfile.mkdtemp(prefix="kvtier-dash-"))
+    procs = Procs()
+    stop_watch = threading.Event()
+    try:
+        pb, pb_grpc = load_stubs(tmp)
+        grpc_addr, metrics_addr, server = start_server(procs, server_bin, tmp)
+        checks.check(grpc_addr.startswith("127.0.0.1:") and metrics_addr.startswith("127.0.0.1:"), f"kvtier-server on loopback: grpc={grpc_addr} metrics={metrics_addr}")
+        prom = Prom(start_prometheus(procs, args.prometheus_bin, tmp, metrics_addr))
+        prom.wait('up{job="kvtier-server"}', lambda v: v == 1, "Prometheus to scrape kvtier-server")
+        checks.ok("Prometheus scrapes kvtier-server (up == 1)")
+
+        for fname, dash in dashboards:
+            check_dashboard_json(checks, fname, dash)
+
+        wl = Workload(grpc_addr, pb, pb_grpc)
+        wl.watch(stop_watch)
+        wl.warm_up(checks)
+        warm_end = time.time_ns() // 1_000_000
+        prom.wait('sum(kvtier_block_lookups_total{op="get"})', lambda v: v == wl.get_lookups, "the warm-up's Gets in a scrape")
+        t_start = prom.scrape_after(warm_end)
+        tally = Tally()
+        wl.measured(tally)
+        end = time.time_ns() // 1_000_000
+        prom.wait('sum(kvtier_block_lookups_total{op="get"})', lambda v: v == wl.get_lookups, "the measured phase's Gets in a scrape")
+        t_end = prom.scrape_after(end)
+        checks.check(wl.watch_events > 0, f"workload: the WatchEvents subscriber received {wl.watch_events} events")
+
+        _, res = prom.query('count by (__name__) ({job="kvtier-server", __name__=~"kvtier_.*"})')
+        live = {r["metric"]["__name__"] for r in res}
+        code, body = http_get(f"http://{metrics_addr}/metrics")
+        text_names = set(re.findall(r"^(kvtier_[a-z0-9_]+)", body.decode(), re.M))
+        unexported = sorted(text_names - exported)
+        checks.check(not unexported, f"every metric on /metrics is declared in metrics.rs {unexported or ''}")
+        unused = sorted(n for n in exported if not n.endswith(("_bucket", "_sum")) and not any(n in t["expr"] for _, d in dashboards for p in panels_of(d) for t in p.get("targets", [])))
+        if unused:
+            print(f"NOTE exported but on no panel: {unused}", flush=True)
+
+        check_hit_rate(checks, prom, dashboards, tally, t_start, t_end)
+
+        # Every panel, at "now", over a window that covers the whole run.
+        rate_interval = f"{int(time.monotonic() - started) + 10}s"
+        evaluate_panels(checks, prom, dashboards, exported, live, rate_interval)
+        checks.check(server.poll() is None, "kvtier-server still running after the workload")
+    except (SystemExit, TimeoutError, AssertionError) as e:
+        checks.fail(f"test aborted: {type(e).__name__}: {e}")
+    finally:
+        signal.alarm(0)
+        stop_watch.set()
+        procs.stop_all()
+        for name in ("kvtier-server.log", "prometheus.log"):
+            log = tmp / name
+            if checks.failed and log.exists():
+                print(f"--- {name} (last 2000 bytes)\n{log.read_bytes()[-2000:].decode(errors='replace')}")
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"elapsed {time.monotonic() - started:.1f} s")
+    for f in checks.failed:
+        print(f"FAILED: {f}")
+    print(f"dashboard: {checks.passed} passed, {len(checks.failed)} failed")
+    return 1 if checks.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
