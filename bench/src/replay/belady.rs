@@ -6,22 +6,36 @@
 //! inserted it (tail first). A block just inserted may go at once. With chained
 //! ids this keeps the cache prefix-closed and is the exact optimum of the
 //! prefix hit rate.
+//!
+//! With several workers, each worker is such a cache and requests are routed
+//! by the same bounded-load prefix affinity as the online policies, looking at
+//! the Belady caches; next use is the next request containing the block,
+//! whichever worker it goes to (with session-sticky routing, nearly always
+//! the same one).
 
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::sim::{route, Residency};
 use super::trace::Trace;
 
 const NEVER: u32 = u32::MAX;
 
-/// Hits of Belady with `capacity` blocks over the requests `seq` (indices into
-/// `trace`, in arrival order).
-pub fn hits(trace: &Trace, seq: &[u32], capacity: usize, progress: &AtomicU64) -> u64 {
+/// One worker's cache: resident count and a lazy max-heap of
+/// `(next use, position, id, version)`.
+struct Cache {
+    size: usize,
+    heap: BinaryHeap<(u32, u32, u32, u32)>,
+}
+
+/// Hits of Belady with `workers` caches of `capacity` blocks each.
+pub fn hits(trace: &Trace, capacity: usize, workers: usize, progress: &AtomicU64) -> u64 {
+    let n = trace.requests.len();
     // Next use of each (request, position): backward pass.
     let mut next_seen = vec![NEVER; trace.unique_blocks];
-    let mut next_use: Vec<Vec<u32>> = vec![Vec::new(); seq.len()];
-    for (p, &i) in seq.iter().enumerate().rev() {
-        let ids = trace.blocks_of(i as usize);
+    let mut next_use: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for p in (0..n).rev() {
+        let ids = trace.blocks_of(p);
         next_use[p] = ids.iter().map(|&id| next_seen[id as usize]).collect();
         for &id in ids {
             next_seen[id as usize] = p as u32;
@@ -30,48 +44,55 @@ pub fn hits(trace: &Trace, seq: &[u32], capacity: usize, progress: &AtomicU64) -
     drop(next_seen);
 
     let mut version = vec![0u32; trace.unique_blocks];
-    let mut resident = vec![false; trace.unique_blocks];
-    let mut size = 0usize;
-    // (next use, position, id, version): the max is evicted first.
-    let mut heap: BinaryHeap<(u32, u32, u32, u32)> = BinaryHeap::new();
-    let mut live: Vec<(u32, u32)> = vec![(0, 0); trace.unique_blocks];
+    let mut key = vec![(0u32, 0u32); trace.unique_blocks];
+    let mut res = Residency::new(trace.unique_blocks);
+    let mut caches: Vec<Cache> = (0..workers)
+        .map(|_| Cache {
+            size: 0,
+            heap: BinaryHeap::new(),
+        })
+        .collect();
+    let mut served = vec![0u64; workers];
     let mut total_hits = 0u64;
-    for (p, &i) in seq.iter().enumerate() {
-        let ids = trace.blocks_of(i as usize);
-        total_hits += ids.iter().take_while(|&&id| resident[id as usize]).count() as u64;
-        // An id repeated within a request counts once, at its first position;
-        // its next use is after this request either way.
+    for p in 0..n {
+        let ids = trace.blocks_of(p);
+        let w = route(&res, ids, &served, p);
+        served[w] += 1;
+        total_hits += res.prefix(ids, w) as u64;
+        let c = &mut caches[w];
+        // An id repeated within a request counts once, at its first position.
         for (pos, &id) in ids.iter().enumerate().rev() {
             let u = id as usize;
-            if !resident[u] {
-                resident[u] = true;
-                size += 1;
+            if !res.has(id, w) {
+                res.set(id, w, true);
+                c.size += 1;
             }
             version[u] = version[u].wrapping_add(1);
-            let key = next_use[p][pos];
-            live[u] = (key, pos as u32);
-            heap.push((key, pos as u32, id, version[u]));
+            key[u] = (next_use[p][pos], pos as u32);
+            c.heap.push((key[u].0, key[u].1, id, version[u]));
         }
-        while size > capacity {
-            let Some((_, _, id, ver)) = heap.pop() else {
+        while c.size > capacity {
+            let Some((_, _, id, ver)) = c.heap.pop() else {
                 break;
             };
-            let u = id as usize;
-            if resident[u] && version[u] == ver {
-                resident[u] = false;
-                size -= 1;
+            if res.has(id, w) && version[id as usize] == ver {
+                res.set(id, w, false);
+                c.size -= 1;
             }
         }
-        if heap.len() > 4 * capacity + 1_000_000 {
-            heap = (0..trace.unique_blocks)
-                .filter(|&u| resident[u])
-                .map(|u| (live[u].0, live[u].1, u as u32, version[u]))
+        if c.heap.len() > 4 * capacity + 1_000_000 {
+            // Drop stale entries: keep the current one of each resident id.
+            let live: Vec<_> = c
+                .heap
+                .drain()
+                .filter(|&(_, _, id, ver)| res.has(id, w) && version[id as usize] == ver)
                 .collect();
+            c.heap = live.into();
         }
         if p % 256 == 255 {
             progress.fetch_add(256, Ordering::Relaxed);
         }
     }
-    progress.fetch_add(seq.len() as u64 % 256, Ordering::Relaxed);
+    progress.fetch_add(n as u64 % 256, Ordering::Relaxed);
     total_hits
 }

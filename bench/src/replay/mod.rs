@@ -159,20 +159,7 @@ fn run_job(
             .rate()
         }
         PolicyName::Belady => {
-            // Belady cannot route (it needs the routing to know the future):
-            // it gets the requests that LRU's affinity routing sends each worker.
-            let routes = if w == 1 {
-                vec![0; trace.requests.len()]
-            } else {
-                sim::simulate(trace, per_worker, w, false, Lru::new, progress).routes
-            };
-            let mut hits = 0;
-            for k in 0..w {
-                let seq: Vec<u32> = (0..trace.requests.len() as u32)
-                    .filter(|&i| routes[i as usize] as usize == k)
-                    .collect();
-                hits += belady::hits(trace, &seq, per_worker, progress);
-            }
+            let hits = belady::hits(trace, per_worker, w, progress);
             100.0 * hits as f64 / trace.total_blocks().max(1) as f64
         }
     }
@@ -201,16 +188,7 @@ pub fn run(args: Args) -> Result<()> {
     let jobs: Vec<Job> = (0..args.capacity.len())
         .flat_map(|c| args.policies.iter().map(move |&p| (c, p)))
         .collect();
-    let work: u64 = jobs
-        .iter()
-        .map(|&(_, p)| {
-            if p == PolicyName::Belady && args.workers > 1 {
-                2 * n
-            } else {
-                n
-            }
-        })
-        .sum();
+    let work = jobs.len() as u64 * n;
     bar.set_position(0);
     bar.set_length(work);
     bar.set_message("replaying");
@@ -297,3 +275,6 @@ pub fn run(args: Args) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

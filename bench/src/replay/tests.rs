@@ -1,0 +1,196 @@
+//! Tests of the replay pieces on small synthetic traces.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::AtomicU64;
+
+use kvtier_policy::{CallEnd, Lru};
+
+use super::trace::{Event, Request, Trace, NO_AGENT};
+use super::{belady, kvct, sim};
+
+fn trace_of(requests: &[Vec<u32>]) -> Trace {
+    let mut t = Trace::default();
+    for (i, ids) in requests.iter().enumerate() {
+        t.requests.push(Request {
+            time_ms: i as u64,
+            answered_ms: i as u64,
+            start: t.blocks.len(),
+            len: ids.len() as u32,
+            agent: NO_AGENT,
+            stop: CallEnd::Unknown,
+            last_of_agent: false,
+        });
+        t.blocks.extend_from_slice(ids);
+    }
+    t.unique_blocks = t.blocks.iter().map(|&b| b as usize + 1).max().unwrap_or(0);
+    t
+}
+
+/// The best prefix-hit total any offline policy can reach, by exhaustive
+/// search over which blocks to keep after each request.
+fn exhaustive(t: &Trace, cap: usize) -> u64 {
+    fn go(
+        t: &Trace,
+        cap: usize,
+        p: usize,
+        mask: u32,
+        memo: &mut HashMap<(usize, u32), u64>,
+    ) -> u64 {
+        if p == t.requests.len() {
+            return 0;
+        }
+        if let Some(&v) = memo.get(&(p, mask)) {
+            return v;
+        }
+        let ids = t.blocks_of(p);
+        let hits = ids.iter().take_while(|&&id| mask >> id & 1 == 1).count() as u64;
+        let full = ids.iter().fold(mask, |m, &id| m | 1 << id);
+        let mut best = 0;
+        let mut sub = full;
+        loop {
+            if sub.count_ones() as usize <= cap {
+                best = best.max(go(t, cap, p + 1, sub, memo));
+            }
+            if sub == 0 {
+                break;
+            }
+            sub = (sub - 1) & full;
+        }
+        memo.insert((p, mask), hits + best);
+        hits + best
+    }
+    go(t, cap, 0, 0, &mut HashMap::new())
+}
+
+/// Random prefix-chained requests: root-to-node paths of a random tree.
+fn random_chained(seed: u64, nodes: u32, requests: usize) -> Trace {
+    let mut x = seed | 1;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let parent: Vec<Option<u32>> = (0..nodes)
+        .map(|i| (i > 0 && rnd(4) != 0).then(|| rnd(u64::from(i)) as u32))
+        .collect();
+    let reqs: Vec<Vec<u32>> = (0..requests)
+        .map(|_| {
+            let mut path = vec![rnd(u64::from(nodes)) as u32];
+            while let Some(p) = parent[*path.last().unwrap_or(&0) as usize] {
+                path.push(p);
+            }
+            path.reverse();
+            path
+        })
+        .collect();
+    trace_of(&reqs)
+}
+
+#[test]
+fn belady_is_the_exact_optimum_on_chained_ids() {
+    let progress = AtomicU64::new(0);
+    for seed in 1..60u64 {
+        let t = random_chained(seed * 7919, 9, 7);
+        for cap in 1..5 {
+            let b = belady::hits(&t, cap, 1, &progress);
+            assert_eq!(b, exhaustive(&t, cap), "seed {seed} cap {cap}");
+            let lru = sim::simulate(&t, cap, 1, false, Lru::new, &progress);
+            assert!(lru.hits <= b);
+        }
+    }
+}
+
+#[test]
+fn lru_evicts_a_requests_tail_first() {
+    let t = trace_of(&[vec![0, 1, 2], vec![0, 1, 2], vec![0, 1, 3], vec![0, 1, 2]]);
+    let progress = AtomicU64::new(0);
+    // Capacity 2: only the head (0, 1) of each request survives.
+    let out = sim::simulate(&t, 2, 1, false, Lru::new, &progress);
+    assert_eq!(out.hits, 2 + 2 + 2);
+    assert_eq!(out.total, 12);
+}
+
+#[test]
+fn bounded_load_routing_prefers_the_longest_prefix_within_the_bound() {
+    let mut res = sim::Residency::new(4);
+    res.set(0, 1, true);
+    res.set(1, 1, true);
+    // Worker 1 holds the prefix and has room under the bound.
+    assert_eq!(sim::route(&res, &[0, 1, 2], &[0, 0], 0), 1);
+    // Worker 1 is at the bound ceil(1.25·4/2) = 3: worker 0 gets it.
+    assert_eq!(sim::route(&res, &[0, 1, 2], &[0, 3], 3), 0);
+    // No prefix anywhere: the least loaded wins.
+    assert_eq!(sim::route(&res, &[3], &[2, 1], 3), 1);
+}
+
+fn write_gz(dir: &std::path::Path, name: &str, json: &str) {
+    let f = std::fs::File::create(dir.join(name)).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    gz.write_all(json.as_bytes()).unwrap();
+    gz.finish().unwrap();
+}
+
+#[test]
+fn kv_cache_tester_sessions_are_flattened_renumbered_and_ordered() {
+    let dir = tempfile::tempdir().unwrap();
+    write_gz(
+        dir.path(),
+        "trace_0002.json.gz",
+        r#"{"id":"b","requests":[
+            {"t":0.0,"type":"n","hash_ids":[1,2],"stop":"tool_use","api_time":2.0},
+            {"type":"subagent","t":1.0,"requests":[
+                {"t":0.5,"type":"n","hash_ids":[1,9],"stop":"end_turn","api_time":0.2}]},
+            {"t":4.0,"type":"n","hash_ids":[1,2,3],"stop":"end_turn","think_time":1.0}]}"#,
+    );
+    write_gz(
+        dir.path(),
+        "trace_0001.json.gz",
+        r#"{"id":"a","requests":[{"t":0.0,"type":"n","hash_ids":[1,2],"stop":"tool_use"}]}"#,
+    );
+    std::fs::write(dir.path().join("MANIFEST.tsv"), "ignored").unwrap();
+    let t = kvct::load(dir.path(), 10.0, None, 2, &|| {}).unwrap();
+    // Session 0 is trace_0001 (name order) at 0 s; session 1 starts at 10 s.
+    let times: Vec<u64> = t.requests.iter().map(|r| r.time_ms).collect();
+    assert_eq!(times, vec![0, 10_000, 11_500, 14_000]);
+    let blocks: Vec<&[u32]> = (0..4).map(|i| t.blocks_of(i)).collect();
+    // Ids are per session: session 1's id 1 is not session 0's.
+    assert_eq!(blocks, vec![&[0, 1][..], &[2, 3], &[2, 4], &[2, 3, 5]]);
+    assert_eq!(t.unique_blocks, 6);
+    // Agents: session 0 main (0), session 1 main (1) and its sub-agent (2).
+    let agents: Vec<u32> = t.requests.iter().map(|r| r.agent).collect();
+    assert_eq!(agents, vec![0, 1, 2, 1]);
+    assert_eq!(t.agents[2].parent, Some(1));
+    // Answers: api_time when given, clamped to the agent's next call.
+    let answered: Vec<u64> = t.requests.iter().map(|r| r.answered_ms).collect();
+    assert_eq!(answered, vec![0, 12_000, 11_700, 14_000]);
+    let last: Vec<bool> = t.requests.iter().map(|r| r.last_of_agent).collect();
+    assert_eq!(last, vec![true, false, true, true]);
+    assert_eq!(t.requests[1].stop, CallEnd::ToolCall);
+    // An answer at the arrival instant follows its request.
+    let ev = t.events();
+    let pos = |e: Event| ev.iter().position(|&x| x == e).unwrap();
+    assert!(pos(Event::Request(0)) < pos(Event::Answer(0)));
+    assert!(pos(Event::Answer(2)) < pos(Event::Answer(1)));
+}
+
+#[test]
+fn mooncake_lines_are_read_in_timestamp_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.jsonl");
+    std::fs::write(
+        &path,
+        "{\"timestamp\": 5, \"input_length\": 600, \"output_length\": 1, \"hash_ids\": [0, 7]}\n\
+         {\"timestamp\": 1, \"input_length\": 10, \"output_length\": 1, \"hash_ids\": [0]}\n",
+    )
+    .unwrap();
+    let t = super::mooncake::load(&path).unwrap();
+    assert_eq!(t.requests[0].time_ms, 1);
+    // Ids are renumbered densely in replay order.
+    assert_eq!(t.blocks_of(0), &[0]);
+    assert_eq!(t.blocks_of(1), &[0, 1]);
+    std::fs::write(&path, "not json\n").unwrap();
+    let err = super::mooncake::load(&path).unwrap_err();
+    assert!(format!("{err:#}").contains(":1:"), "{err:#}");
+}
