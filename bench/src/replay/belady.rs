@@ -54,7 +54,7 @@ pub fn hits(trace: &Trace, capacity: usize, workers: usize, progress: &AtomicU64
         .collect();
     let mut served = vec![0u64; workers];
     let mut total_hits = 0u64;
-    for p in 0..n {
+    for (p, uses) in next_use.iter().enumerate() {
         let ids = trace.blocks_of(p);
         let w = route(&res, ids, &served, p);
         served[w] += 1;
@@ -68,7 +68,7 @@ pub fn hits(trace: &Trace, capacity: usize, workers: usize, progress: &AtomicU64
                 c.size += 1;
             }
             version[u] = version[u].wrapping_add(1);
-            key[u] = (next_use[p][pos], pos as u32);
+            key[u] = (uses[pos], pos as u32);
             c.heap.push((key[u].0, key[u].1, id, version[u]));
         }
         while c.size > capacity {
