@@ -93,6 +93,22 @@ impl std::str::FromStr for PolicyKind {
     }
 }
 
+/// TLS, authentication and per-client limits (all off by default, which is
+/// only accepted on loopback listeners).
+#[derive(Debug, Clone, Default)]
+pub struct SecurityConfig {
+    /// Server certificate, key and optional client CA (mTLS). Default none.
+    pub tls: Option<kvtier_security::tls::ServerTlsFiles>,
+    /// Token file (hashed tokens and grants), reloaded on SIGHUP. Default none.
+    pub tokens_file: Option<PathBuf>,
+    /// Token table given inline (`;`-separated lines); not reloadable. Default none.
+    pub tokens_text: Option<String>,
+    /// Serve plaintext on non-loopback addresses (logged as a warning). Default false.
+    pub allow_plaintext: bool,
+    /// Per-client limits. Default unlimited.
+    pub limits: kvtier_security::LimitConfig,
+}
+
 /// Network-facing settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -112,6 +128,8 @@ pub struct ServerConfig {
     pub pin_quota_blocks: u64,
     /// Store settings.
     pub store: StoreConfig,
+    /// TLS, tokens, per-client limits.
+    pub security: SecurityConfig,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +143,7 @@ impl Default for ServerConfig {
             policy: PolicyKind::default(),
             pin_quota_blocks: crate::agents::DEFAULT_PIN_QUOTA_BLOCKS,
             store: StoreConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }

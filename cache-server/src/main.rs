@@ -6,14 +6,18 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
-use kvtier_cache_server::config::{parse_byte_size, PolicyKind, ServerConfig, StoreConfig};
+use kvtier_cache_server::config::{
+    parse_byte_size, PolicyKind, SecurityConfig, ServerConfig, StoreConfig,
+};
 use kvtier_cache_server::server;
+use kvtier_security::tls::ServerTlsFiles;
+use kvtier_security::LimitConfig;
 
 /// mimalloc keeps freed large buffers for reuse: with glibc's allocator every
 /// multi-MiB message buffer was a fresh mmap, page-faulted and zeroed, then
 /// unmapped (a third of the put/get CPU time in profiles).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// kvtier cache server: a tiered (GPU HBM → host memory → NVMe/RocksDB) KV block
 /// store for agentic LLM inference, served over gRPC (kvtier.v1).
@@ -62,6 +66,34 @@ struct Args {
     /// Do not move blocks read from a lower tier up.
     #[arg(long, env = "KVTIER_NO_PROMOTE", default_value_t = false)]
     no_promote: bool,
+    /// TLS certificate chain (PEM); with --tls-key, gRPC is served over TLS.
+    #[arg(long, env = "KVTIER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "KVTIER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to: turns on mutual TLS.
+    #[arg(long, env = "KVTIER_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Token file: `<principal> sha256:<hex> [tenant=<t>] [admin] <ns-pattern>=<r|w|rw>...`
+    /// per line; reloaded on SIGHUP. Turns on bearer-token authentication.
+    #[arg(long, env = "KVTIER_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// Token table inline (entries separated by `;`), when there is no file.
+    #[arg(long, env = "KVTIER_TOKENS", hide_env_values = true)]
+    tokens: Option<String>,
+    /// Allow plaintext gRPC and /metrics on non-loopback addresses (a warning is logged).
+    #[arg(long, env = "KVTIER_ALLOW_PLAINTEXT", default_value_t = false)]
+    allow_plaintext: bool,
+    /// Requests one client (token principal, or IP without tokens) may have in flight; 0: unlimited.
+    #[arg(long, env = "KVTIER_CLIENT_MAX_CONCURRENT", default_value_t = 0)]
+    client_max_concurrent: usize,
+    /// Payload bytes per second one client may move (Put in + Get out); 0: unlimited.
+    #[arg(long, env = "KVTIER_CLIENT_MAX_BYTES_PER_SEC", default_value = "0", value_parser = parse_byte_size)]
+    client_max_bytes_per_sec: u64,
+    /// Byte-rate burst per client (default: one second's worth).
+    #[arg(long, env = "KVTIER_CLIENT_BURST_BYTES", default_value = "0", value_parser = parse_byte_size)]
+    client_burst_bytes: u64,
 }
 
 fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
@@ -84,6 +116,24 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
             .into_iter()
             .filter(|s| !s.is_empty())
             .collect(),
+        security: SecurityConfig {
+            tls: match (args.tls_cert, args.tls_key) {
+                (Some(cert), Some(key)) => Some(ServerTlsFiles {
+                    cert,
+                    key,
+                    client_ca: args.tls_client_ca,
+                }),
+                _ => None,
+            },
+            tokens_file: args.tokens_file,
+            tokens_text: args.tokens,
+            allow_plaintext: args.allow_plaintext,
+            limits: LimitConfig {
+                max_concurrent: args.client_max_concurrent,
+                bytes_per_sec: args.client_max_bytes_per_sec,
+                burst_bytes: args.client_burst_bytes,
+            },
+        },
         store: StoreConfig {
             data_dir: args.data_dir,
             gpu_capacity: args.gpu_capacity,

@@ -12,6 +12,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use kvtier_policy::{EvictionPolicy, Lru, ValueConfig, ValuePolicy};
 use kvtier_proto::v1::cache_service_server::CacheServiceServer;
+use kvtier_security::{Authenticator, ClientLimiter};
+use tonic::service::interceptor::InterceptedService;
 
 use crate::agents::AgentBook;
 use crate::block::BlockKey;
@@ -43,6 +45,26 @@ pub enum ServerError {
     /// A listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// TLS, tokens or the plaintext rule.
+    #[error("{0}")]
+    Security(#[from] kvtier_security::SecurityError),
+}
+
+/// The authenticator the configuration asks for (file first, then inline text).
+fn authenticator(config: &ServerConfig) -> Result<Arc<Authenticator>, ServerError> {
+    let sec = &config.security;
+    let auth = match (&sec.tokens_file, &sec.tokens_text) {
+        (Some(path), _) => Authenticator::from_file(path)?,
+        (None, Some(text)) if !text.trim().is_empty() => Authenticator::from_text(text)?,
+        _ => Authenticator::disabled(),
+    };
+    if auth.enabled() {
+        tracing::info!(
+            principals = auth.principals(),
+            "bearer-token authentication on"
+        );
+    }
+    Ok(auth)
 }
 
 /// Addresses the server actually bound (useful with port 0).
@@ -86,6 +108,32 @@ pub async fn run(
         tracing::info!(namespaces = n, "namespaces loaded");
     }
     let max_message_bytes = config.max_block_bytes + (1 << 20);
+    let tls = match &config.security.tls {
+        Some(files) => Some(kvtier_security::tls::server_config(files)?),
+        None => {
+            kvtier_security::tls::check_plaintext(
+                "gRPC",
+                grpc_listener.local_addr()?,
+                config.security.allow_plaintext,
+            )?;
+            None
+        }
+    };
+    if let Some(listener) = &metrics_listener {
+        // /metrics has no TLS of its own: off loopback it needs the flag too.
+        kvtier_security::tls::check_plaintext(
+            "/metrics",
+            listener.local_addr()?,
+            config.security.allow_plaintext,
+        )?;
+    }
+    let auth = authenticator(&config)?;
+    #[cfg(unix)]
+    let reload_task = if config.security.tokens_file.is_some() {
+        Some(auth.spawn_sighup_reload()?)
+    } else {
+        None
+    };
     let state = Arc::new(ServiceState {
         store: Arc::clone(&store),
         namespaces,
@@ -98,6 +146,8 @@ pub async fn run(
         max_message_bytes,
         admission: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
         max_concurrent_requests: config.max_concurrent_requests.max(1),
+        auth: Arc::clone(&auth),
+        limits: ClientLimiter::new(config.security.limits),
     });
 
     // One shutdown signal fans out to both listeners.
@@ -153,14 +203,19 @@ pub async fn run(
     let service = CacheServiceServer::new(CacheServiceImpl::new(Arc::clone(&state)))
         .max_decoding_message_size(max_message_bytes as usize)
         .max_encoding_message_size(max_message_bytes as usize);
+    let service = InterceptedService::new(service, auth.interceptor());
 
     on_ready(BoundAddrs {
         grpc: grpc_addr,
         metrics: metrics_addr,
     });
-    tracing::info!(%grpc_addr, ?metrics_addr, "kvtier-server serving");
+    tracing::info!(%grpc_addr, ?metrics_addr, tls = tls.is_some(), "kvtier-server serving");
 
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
         // Large blocks: fewer, bigger HTTP/2 frames (the default is 16 KiB).
@@ -175,6 +230,10 @@ pub async fn run(
         .await?;
 
     let _ = lease_task.await;
+    #[cfg(unix)]
+    if let Some(task) = reload_task {
+        task.abort();
+    }
     tracing::info!("gRPC stopped; flushing the disk tier");
     tokio::task::block_in_place(|| store.flush())?;
     if let Some(task) = metrics_task {

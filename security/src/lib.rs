@@ -18,7 +18,7 @@ pub mod tls;
 pub mod tokens;
 
 pub use auth::{Authenticator, Client};
-pub use limits::{ClientLimiter, LimitConfig, Throttled};
+pub use limits::{ClientLimiter, ClientPermit, LimitConfig, Throttled};
 pub use tokens::{hash_token, token_digest_line, Access, Principal, TokenTable};
 
 /// Errors of configuration loading.

@@ -11,8 +11,8 @@ use kvtier_proto::v1::{
 
 use super::session::Need;
 use super::{ServiceState, MAX_HASHES_PER_REQUEST};
-use kvtier_security::Client;
 use crate::agents::{call_end, AgentRef};
+use kvtier_security::Client;
 
 const MAX_AGENT_ID_BYTES: usize = 256;
 

@@ -31,10 +31,9 @@ pub(super) fn handle(
             Some(p.tenant.as_str())
         }
     };
-    let outcome =
-        state
-            .namespaces
-            .handshake_as(&name, request.config, tenant, state.store.disk());
+    let outcome = state
+        .namespaces
+        .handshake_as(&name, request.config, tenant, state.store.disk());
     let (namespace, created) = match outcome {
         Ok(ok) => ok,
         Err(err) => {

@@ -228,8 +228,7 @@ impl CacheService for CacheServiceImpl {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let started = Instant::now();
         let client = Client::of(&request);
-        let result =
-            watch::handle(&self.state, &client, request.into_inner()).map(Response::new);
+        let result = watch::handle(&self.state, &client, request.into_inner()).map(Response::new);
         observe("watch_events", started, &result);
         result
     }

@@ -6,16 +6,19 @@ use tonic::{Request, Status, Streaming};
 
 use kvtier_proto::v1::{BlockPlacement, PutRequest, PutResponse};
 
+use super::session::Need;
 use super::{store_status, wire_tier, ServiceState};
 use crate::block::{Block, BlockKey};
 use crate::metrics as m;
 use crate::namespace::Namespace;
+use kvtier_security::Client;
 
 pub(super) async fn handle(
     state: &ServiceState,
     request: Request<Streaming<PutRequest>>,
 ) -> Result<PutResponse, Status> {
-    let _permit = state.admit("put").await?;
+    let client = Client::of(&request);
+    let _permit = state.admit("put", &client).await?;
     let metadata = request.metadata().clone();
     let mut stream = request.into_inner();
     let mut namespace: Option<Namespace> = None;
@@ -25,7 +28,12 @@ pub(super) async fn handle(
         let message = message?;
         let ns = match &namespace {
             Some(ns) => ns,
-            None => namespace.insert(state.sessions.resolve(&message.session_id, &metadata)?),
+            None => namespace.insert(state.sessions.resolve(
+                &message.session_id,
+                &metadata,
+                &client,
+                Need::Write,
+            )?),
         };
         let block = message.block.ok_or_else(|| {
             Status::invalid_argument(format!(
@@ -40,6 +48,7 @@ pub(super) async fn handle(
                 block.hash, ns.name, ns.config.block_bytes, ns.config.kv_layout
             )));
         }
+        state.limits.charge(&client.id, len)?;
         let key = BlockKey::new(ns.id, block.hash);
         // (The payload is a view into the decoder's buffer; each tier copies
         // it into memory of its own.)

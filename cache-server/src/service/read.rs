@@ -9,9 +9,9 @@ use kvtier_proto::v1::{GetRequest, GetResponse, LookupRequest, LookupResponse};
 
 use super::session::Need;
 use super::{store_status, wire_tier, BoxStream, ServiceState, MAX_HASHES_PER_REQUEST};
-use kvtier_security::Client;
 use crate::block::BlockKey;
 use crate::metrics as m;
+use kvtier_security::Client;
 use std::sync::Arc;
 
 /// Blocks in flight between the reader task and the client, per Get.

@@ -15,9 +15,9 @@ use kvtier_proto::v1::{CacheEvent, EventKind, WatchEventsRequest};
 use kvtier_security::Client;
 
 use super::{wire_tier, BoxStream, ServiceState};
-use crate::namespace::forbidden_message;
 use crate::events::StoreEventKind;
 use crate::metrics as m;
+use crate::namespace::forbidden_message;
 
 /// With authentication on, a non-admin caller must name a namespace it may
 /// read (of its own tenant); unknown and forbidden names get the same answer.
