@@ -6,7 +6,7 @@ wheel), so `lint` and `render` below are Helm's own code, run offline.
 
 For each values set (defaults, ci/gpu-values.yaml, ci/full-values.yaml):
   * `helm lint --strict` (kube versions 1.27, the chart's minimum, and the newest schemas): no
-    errors, no warnings;
+    errors, no warnings (values.schema.json included; it must also refuse bad values);
   * render, then validate every manifest against the Kubernetes JSON schemas of
     kubernetes-validate (strict: unknown fields are errors) for Kubernetes 1.27 and the newest
     version it ships; the ServiceMonitor (a Prometheus Operator CRD, not in those schemas) against
@@ -406,6 +406,21 @@ def check_sidecar(checks: Checks, agent_bin: str | None) -> None:
             checks.check(not unknown, f"sidecar: every flag is one kvtier-agent --help lists {unknown or ''}")
 
 
+def check_schema_rejects(checks: Checks) -> None:
+    """values.schema.json makes `helm lint` (and install) refuse mistyped keys and sizes the
+    binaries would refuse at start-up."""
+    bad = {
+        "a misspelt key (cache.hostCapcity)": {"cache": {"hostCapcity": "8GiB"}},
+        "a size kvtier-server cannot parse (cache.diskCapacity: lots)": {"cache": {"diskCapacity": "lots"}},
+        "a size kvtier-agent cannot parse (workerAgent.stagingBytes: 1TB)": {"workerAgent": {"stagingBytes": "1TB"}},
+        "a GPU count of 0": {"cache": {"gpu": {"enabled": True, "count": 0}}},
+    }
+    for what, values in bad.items():
+        report = helm.lint(str(CHART), values, strict=True)
+        errors = [m["error"] for m in report.get("messages", []) if m.get("severity", 0) >= 3]
+        checks.check(bool(errors), f"schema: helm lint refuses {what}: {errors[0][:160] if errors else 'accepted'}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--server-bin")
@@ -421,6 +436,7 @@ def main() -> int:
         print("SKIP flags and start-up checks: kvtier-server binary not built")
     for label, vf in (("default", None), ("gpu", "ci/gpu-values.yaml"), ("full", "ci/full-values.yaml")):
         check_values_set(checks, label, vf, server_bin, server_flags)
+    check_schema_rejects(checks)
     check_sidecar(checks, agent_bin)
     print(f"elapsed {time.monotonic() - started:.1f} s")
     for f in checks.failed:

@@ -487,16 +487,28 @@ class Workload:
         self.stub.EndAgent(self.pb.EndAgentRequest(session_id=self.sessions[NAMESPACES[0]], agent_id="short-lived"), timeout=10)
         readers = [(ns, "") for ns in NAMESPACES] + list(AGENTS)
         for ns, agent in readers:
-            hashes = [self.hash_of(ns, i) for i in range(60)]
-            tiers = self.lookup_tiers(ns, hashes + [self.hash_of(ns, 999)])
-            disk = [h for h, t in zip(hashes, tiers) if t == "disk"]
-            if not disk:
-                raise SystemExit(f"warm-up: namespace {ns} has no block on the disk tier: {tiers}")
-            # disk hit (promoted to host), then the same block again from host, then a miss
-            self.get(ns, [disk[0]], False, None, agent)
-            self.get(ns, [disk[0]], False, None, agent)
-            self.get(ns, [self.hash_of(ns, 999)], False, None, agent)
-        checks.check(self.overload_once(NAMESPACES[0]), "workload: a request beyond --max-concurrent-requests is refused (RESOURCE_EXHAUSTED)")
+            self.touch_series(ns, agent)
+        refused = any(self.overload_once(NAMESPACES[0]) for _ in range(3))
+        checks.check(refused, "workload: a request beyond --max-concurrent-requests is refused (RESOURCE_EXHAUSTED)")
+
+    def touch_series(self, ns: str, reader: str) -> None:
+        """One Get hit from the disk tier, one from the host tier and one miss for this
+        namespace and reader (agent or none), so that their counter series exist before the
+        measured phase."""
+        hashes = [self.hash_of(ns, i) for i in range(70)]
+
+        def blocks_in(tier: str) -> list[int]:
+            return [h for h, t in zip(hashes, self.lookup_tiers(ns, hashes)) if t == tier]
+
+        disk = blocks_in("disk")
+        if not disk:
+            raise SystemExit(f"warm-up: namespace {ns} has no block on the disk tier")
+        self.get(ns, [disk[0]], False, None, reader)  # disk hit (and usually a promotion)
+        host = blocks_in("host")
+        if not host:
+            raise SystemExit(f"warm-up: namespace {ns} has no block on the host tier, even after a read from disk")
+        self.get(ns, [host[0]], False, None, reader)
+        self.get(ns, [self.hash_of(ns, 999)], False, None, reader)
 
     def measured(self, tally: Tally) -> None:
         """A fixed mix of prefix reads: recent blocks (host), older ones (disk), evicted and
