@@ -597,3 +597,92 @@ async fn vllm_zmq_events_are_ingested_with_kvtier_hashes() -> anyhow::Result<()>
     assert_eq!(snapshot.hashes, want);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transfers_split_over_connections_stay_bit_exact() -> anyhow::Result<()> {
+    const BIG: u64 = 2 << 20;
+    let dir = tempfile::tempdir()?;
+    let shm = shm_dir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &["--host-capacity", "256MiB"])?;
+    let a = AgentProcess::start(
+        &dir.path().join("a.log"),
+        server.grpc,
+        &[
+            "--worker-id",
+            "A",
+            "--tier-connections",
+            "4",
+            "--staging-bytes",
+            "16MiB",
+        ],
+    )?;
+    let b = AgentProcess::start(
+        &dir.path().join("b.log"),
+        server.grpc,
+        &["--worker-id", "B"],
+    )?;
+    let (pool_a, pool_b) = (shm.path().join("big-a"), shm.path().join("big-b"));
+    let big = |extra: &[&str]| {
+        let mut v = vec![
+            "--blocks",
+            "64",
+            "--block-bytes",
+            "2097152",
+            "--namespace",
+            "big",
+        ];
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |agent: &AgentProcess, pool: &Path, extra: &[&str]| {
+        let args = big(extra);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        sim_engine(&agent.endpoint(), pool, &refs)
+    };
+    // 24 blocks of 2 MiB (48 MiB) go out over 4 concurrent Put streams
+    // through 8 staging buffers; then 8 more, the first 24 skipped.
+    let out = run(
+        &a,
+        &pool_a,
+        &["compute", "--prompt-seed", "4", "--prompt-blocks", "24"],
+    )?;
+    assert_eq!((num(&out, "stored"), num(&out, "skipped")), (24, 0));
+    let out = run(
+        &a,
+        &pool_a,
+        &["compute", "--prompt-seed", "4", "--prompt-blocks", "32"],
+    )?;
+    assert_eq!((num(&out, "stored"), num(&out, "skipped")), (8, 24));
+    // B asks for 40: the 32 present come back over concurrent Get streams.
+    let out = run(
+        &b,
+        &pool_b,
+        &[
+            "onboard",
+            "--prompt-seed",
+            "4",
+            "--prompt-blocks",
+            "40",
+            "--first-block",
+            "10",
+        ],
+    )?;
+    assert_eq!(
+        (
+            num(&out, "loaded_prefix"),
+            num(&out, "loaded"),
+            num(&out, "verified")
+        ),
+        (32, 32, 32)
+    );
+    assert!(pool_blocks(&pool_a, 0, 32, BIG)? == pool_blocks(&pool_b, 10, 32, BIG)?);
+    let stats = a
+        .client()
+        .await?
+        .worker_stats(WorkerStatsRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(stats.staging_buffers, 8);
+    assert_eq!(stats.staging_free, 8, "every staging buffer came back");
+    Ok(())
+}

@@ -48,6 +48,9 @@ pub struct AgentConfig {
     pub hashing: ExpectedHashing,
     /// Bytes of staging memory (split into block-sized buffers, at least 2). Default 256 MiB.
     pub staging_bytes: u64,
+    /// Connections to the cache server; a large Offload/Onboard is split over
+    /// that many concurrent streams. Default 4.
+    pub tier_connections: usize,
     /// Most blocks accepted in one Offload/Onboard/Lookup. Default 65,536 (the server's limit).
     pub max_blocks_per_call: usize,
     /// Connect timeout to the cache server. Default 500 ms.
@@ -75,6 +78,7 @@ impl Default for AgentConfig {
             worker_id: "worker-0".into(),
             hashing: ExpectedHashing::default(),
             staging_bytes: 256 << 20,
+            tier_connections: 4,
             max_blocks_per_call: 65_536,
             connect_timeout: Duration::from_millis(500),
             onboard_timeout: Duration::from_secs(2),

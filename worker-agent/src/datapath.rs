@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use kvtier_proto::v1::{
-    BlockData, GetRequest, HashingConfig, LookupRequest, PoolBlock, PutRequest, Tier,
+    BlockData, GetRequest, HashingConfig, LookupRequest, PoolBlock, PutRequest, PutResponse, Tier,
 };
 
 use crate::error::{AgentError, Result};
@@ -65,7 +65,17 @@ pub struct OnboardOutcome {
     pub degraded_reason: Option<String>,
 }
 
+/// Least bytes worth a stream (and a connection) of their own.
+pub const MIN_STREAM_BYTES: u64 = 8 << 20;
+
 impl AttachedPool {
+    /// How many concurrent streams to split `blocks` blocks over.
+    fn streams_for(&self, blocks: usize, block_bytes: usize) -> usize {
+        let bytes = blocks as u64 * block_bytes as u64;
+        let by_size = (bytes / MIN_STREAM_BYTES).max(1) as usize;
+        by_size.min(self.tier.connections()).min(blocks).max(1)
+    }
+
     /// Tiers of `hashes` on the cache server.
     pub async fn lookup(&self, hashes: &[u64], timeout: Duration) -> Result<(u32, Vec<Tier>)> {
         let hashes = hashes.to_vec();
@@ -122,31 +132,40 @@ impl AttachedPool {
                 bytes: 0,
             });
         }
-        let todo = Arc::new(todo);
-        let response = self
-            .tier
-            .call(timeout, |mut client, session_id| {
-                let todo = todo.clone();
-                let memory = self.memory.clone();
-                let staging = self.staging.clone();
-                async move {
-                    let (tx, rx) = mpsc::channel(staging.count().max(1));
-                    // The producer copies out of the pool while the stream sends;
-                    // it ends when the stream is dropped (send fails).
-                    let producer = tokio::spawn(produce(todo, memory, staging, session_id, tx));
-                    let result = client.put(ReceiverStream::new(rx)).await;
-                    let produced = producer.await;
-                    match produced {
-                        Ok(Err(e)) => return Err(e),
-                        Err(join) => {
-                            return Err(AgentError::Memory(format!("copy task failed: {join}")))
+        // Contiguous chunks on separate connections: one Put stream is bound
+        // by one connection's round trips; the staging pool bounds them all.
+        let streams = self.streams_for(todo.len(), geometry.block_bytes);
+        let per = todo.len().div_ceil(streams);
+        let puts = todo.chunks(per).enumerate().map(|(k, chunk)| {
+            let chunk = Arc::new(chunk.to_vec());
+            self.tier
+                .call_on(k, timeout, move |mut client, session_id| {
+                    let chunk = chunk.clone();
+                    let memory = self.memory.clone();
+                    let staging = self.staging.clone();
+                    async move {
+                        let (tx, rx) = mpsc::channel(staging.count().max(1));
+                        // The producer copies out of the pool while the stream
+                        // sends; it stops early when the stream is dropped.
+                        let producer =
+                            tokio::spawn(produce(chunk, memory, staging, session_id, tx));
+                        let result = client.put(ReceiverStream::new(rx)).await;
+                        match producer.await {
+                            Ok(Err(e)) => return Err(e),
+                            Err(join) => {
+                                return Err(AgentError::Memory(format!("copy task failed: {join}")))
+                            }
+                            Ok(Ok(())) => {}
                         }
-                        Ok(Ok(())) => {}
+                        result.map(|r| r.into_inner()).map_err(AgentError::Tier)
                     }
-                    result.map(|r| r.into_inner()).map_err(AgentError::Tier)
-                }
-            })
-            .await?;
+                })
+        });
+        let mut response = PutResponse::default();
+        for r in futures::future::try_join_all(puts).await? {
+            response.stored += r.stored;
+            response.already_present += r.already_present;
+        }
         let bytes = response.stored as u64 * geometry.block_bytes as u64;
         Stats::add(&stats.offload_blocks, response.stored as u64);
         Stats::add(
@@ -181,7 +200,7 @@ impl AttachedPool {
             geometry.block_offset(b)?;
         }
         let mut loaded = vec![false; hashes.len()];
-        let work = self.onboard_inner(hashes, block_ids, &mut loaded);
+        let work = self.onboard_all(hashes, block_ids, &mut loaded, timeout);
         let degraded_reason = match tokio::time::timeout(timeout, work).await {
             Ok(Ok(())) => None,
             Ok(Err(e @ AgentError::InvalidRequest(_))) => return Err(e),
@@ -201,8 +220,45 @@ impl AttachedPool {
         })
     }
 
+    /// Small prefixes: one Get stream. Large ones: a Lookup for the present
+    /// prefix, then that prefix split over concurrent Get streams.
+    async fn onboard_all(
+        &self,
+        hashes: &[u64],
+        block_ids: &[u64],
+        loaded: &mut [bool],
+        timeout: Duration,
+    ) -> Result<()> {
+        let block_bytes = self.memory.geometry().block_bytes;
+        if self.streams_for(hashes.len(), block_bytes) < 2 {
+            return self.onboard_inner(0, hashes, block_ids, loaded).await;
+        }
+        let (present, _) = self.lookup(hashes, timeout).await?;
+        let present = (present as usize).min(hashes.len());
+        if present == 0 {
+            return Ok(());
+        }
+        let streams = self.streams_for(present, block_bytes);
+        let per = present.div_ceil(streams);
+        let gets = hashes[..present]
+            .chunks(per)
+            .zip(block_ids[..present].chunks(per))
+            .zip(loaded[..present].chunks_mut(per))
+            .enumerate()
+            .map(|(k, ((h, b), l))| self.onboard_inner(k, h, b, l));
+        // Every stream runs to its end; the first error is reported.
+        let mut first_error = None;
+        for r in futures::future::join_all(gets).await {
+            if let (Err(e), None) = (r, &first_error) {
+                first_error = Some(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     async fn onboard_inner(
         &self,
+        stream: usize,
         hashes: &[u64],
         block_ids: &[u64],
         loaded: &mut [bool],
@@ -217,19 +273,23 @@ impl AttachedPool {
         // Opening the stream may renew the session; the body is read below.
         let mut stream = self
             .tier
-            .call(Duration::from_secs(3600), |mut client, session_id| {
-                let request = GetRequest {
-                    session_id,
-                    ..request.clone()
-                };
-                async move {
-                    client
-                        .get(request)
-                        .await
-                        .map(|r| r.into_inner())
-                        .map_err(AgentError::Tier)
-                }
-            })
+            .call_on(
+                stream,
+                Duration::from_secs(3600),
+                |mut client, session_id| {
+                    let request = GetRequest {
+                        session_id,
+                        ..request.clone()
+                    };
+                    async move {
+                        client
+                            .get(request)
+                            .await
+                            .map(|r| r.into_inner())
+                            .map_err(AgentError::Tier)
+                    }
+                },
+            )
             .await?;
         let mut staging = if self.memory.needs_staging_for_copy_in() {
             Some(self.staging.acquire().await)

@@ -41,6 +41,9 @@ struct Args {
     /// Staging memory, split into block-sized buffers (e.g. 256MiB).
     #[arg(long, env = "KVTIER_STAGING_BYTES", default_value = "256MiB", value_parser = parse_size)]
     staging_bytes: u64,
+    /// Connections to the cache server (a large transfer is split over them).
+    #[arg(long, env = "KVTIER_TIER_CONNECTIONS", default_value_t = 4)]
+    tier_connections: usize,
     /// Longest an Onboard waits for the cache tier, in milliseconds.
     #[arg(long, env = "KVTIER_ONBOARD_TIMEOUT_MS", default_value_t = 2000)]
     onboard_timeout_ms: u64,
@@ -98,6 +101,7 @@ impl From<Args> for AgentConfig {
                 model: a.model,
             },
             staging_bytes: a.staging_bytes,
+            tier_connections: a.tier_connections,
             onboard_timeout: Duration::from_millis(a.onboard_timeout_ms),
             call_timeout: Duration::from_millis(a.call_timeout_ms),
             connect_timeout: Duration::from_millis(a.connect_timeout_ms),

@@ -40,7 +40,8 @@ pub struct AgentState {
     pub stats: Arc<Stats>,
     /// Fires on shutdown: ends event streams.
     shutdown: watch::Receiver<bool>,
-    channel: tonic::transport::Channel,
+    /// Separate connections to the cache server (concurrent streams).
+    channels: Vec<tonic::transport::Channel>,
 }
 
 impl AgentState {
@@ -49,14 +50,16 @@ impl AgentState {
         config: AgentConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, AgentError> {
-        let channel = connect_lazy(&config.server, config.connect_timeout)?;
+        let channels = (0..config.tier_connections.max(1))
+            .map(|_| connect_lazy(&config.server, config.connect_timeout))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(Self {
             events: EventLog::new(config.worker_id.clone(), config.event_buffer),
             stats: Arc::new(Stats::default()),
             pool: RwLock::new(None),
             next_pool_id: AtomicU64::new(1),
             shutdown,
-            channel,
+            channels,
             config,
         }))
     }
@@ -151,7 +154,7 @@ impl AgentState {
             None => return Err(AgentError::InvalidRequest("pool memory missing".into())),
         };
         let tier = TierSession::open(
-            self.channel.clone(),
+            &self.channels,
             &req.namespace,
             hashing.clone(),
             &format!("kvtier-agent/{}", self.config.worker_id),

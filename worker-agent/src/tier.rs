@@ -27,16 +27,20 @@ pub fn connect_lazy(server: &str, connect_timeout: Duration) -> Result<Channel> 
         })?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
-        .http2_adaptive_window(true)
+        // Large blocks: big flow-control windows and 1 MiB HTTP/2 frames (the
+        // default 16 KiB frames cost a frame header and a wake-up each), as
+        // the server is configured.
         .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(32 << 20);
+        .initial_connection_window_size(32 << 20)
+        .max_frame_size(1 << 20);
     Ok(endpoint.connect_lazy())
 }
 
 /// A handshaken session with the cache server for one namespace.
 #[derive(Debug)]
 pub struct TierSession {
-    client: CacheServiceClient<Channel>,
+    /// One client per connection; concurrent streams spread over them.
+    clients: Vec<CacheServiceClient<Channel>>,
     request: HandshakeRequest,
     /// The current session id; replaced when the server no longer knows it.
     session_id: Mutex<String>,
@@ -53,16 +57,25 @@ impl TierSession {
     /// configs). An unreachable server is not an error: the session is opened
     /// by the first call that reaches it, so an engine can start (and
     /// recompute everything) while the cache tier is down.
+    /// `channels` are separate connections to the same server (at least one).
     pub async fn open(
-        channel: Channel,
+        channels: &[Channel],
         namespace: &str,
         config: HashingConfig,
         client_name: &str,
         timeout: Duration,
     ) -> Result<Self> {
-        let client = CacheServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let clients: Vec<_> = channels
+            .iter()
+            .map(|c| {
+                CacheServiceClient::new(c.clone())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            })
+            .collect();
+        let client = clients.first().cloned().ok_or_else(|| {
+            AgentError::InvalidRequest("no connection to the cache server".into())
+        })?;
         let request = HandshakeRequest {
             namespace: namespace.to_string(),
             config: Some(config),
@@ -81,15 +94,20 @@ impl TierSession {
             }
         };
         Ok(Self {
-            client,
+            clients,
             request,
             session_id: Mutex::new(session_id),
         })
     }
 
-    /// A client handle (cheap clone of the channel).
-    pub fn client(&self) -> CacheServiceClient<Channel> {
-        self.client.clone()
+    /// Connections to the server.
+    pub fn connections(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// A client on connection `k % connections()` (cheap clone).
+    pub fn client(&self, k: usize) -> CacheServiceClient<Channel> {
+        self.clients[k % self.clients.len()].clone()
     }
 
     /// The current session id.
@@ -98,15 +116,25 @@ impl TierSession {
     }
 
     async fn renew(&self, timeout: Duration) -> Result<String> {
-        let response = handshake(&self.client, &self.request, timeout).await?;
+        let response = handshake(&self.client(0), &self.request, timeout).await?;
         tracing::info!(namespace = %self.request.namespace, "cache server session renewed");
         *self.session_id.lock() = response.session_id.clone();
         Ok(response.session_id)
     }
 
-    /// Runs `call(client, session_id)` within `timeout`; when the server no
-    /// longer knows the session, handshakes again and retries once.
+    /// Runs `call(client, session_id)` on the first connection; see [`Self::call_on`].
     pub async fn call<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T>
+    where
+        F: Fn(CacheServiceClient<Channel>, String) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.call_on(0, timeout, call).await
+    }
+
+    /// Runs `call(client, session_id)` on connection `k` within `timeout`;
+    /// when the server no longer knows the session, handshakes again and
+    /// retries once.
+    pub async fn call_on<T, F, Fut>(&self, k: usize, timeout: Duration, call: F) -> Result<T>
     where
         F: Fn(CacheServiceClient<Channel>, String) -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -116,10 +144,10 @@ impl TierSession {
             if id.is_empty() {
                 id = self.renew(timeout).await?;
             }
-            match call(self.client(), id).await {
+            match call(self.client(k), id).await {
                 Err(AgentError::Tier(status)) if is_unknown_session(&status) => {
                     let id = self.renew(timeout).await?;
-                    call(self.client(), id).await
+                    call(self.client(k), id).await
                 }
                 other => other,
             }

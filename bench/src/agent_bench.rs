@@ -1,0 +1,431 @@
+//! `kvtier-bench agent`: offload and onboard throughput through a real
+//! `kvtier-agent` + `kvtier-server` on loopback, for block sizes 256 KiB–8 MiB,
+//! as ratios to a plain memcpy and to a plain loopback TCP transfer of the
+//! same bytes measured in the same run (the machines are shared and noisy:
+//! bare numbers are not comparable between runs, ratios are).
+//!
+//! The engine side is simulated: the KV pool is a shared-memory file
+//! (`/dev/shm` when present) that the agent maps, as `kvtier-sim-engine`
+//! does; this module drives the agent's `WorkerService` directly. Each round
+//! offloads fresh blocks (new hashes), so every offload really copies; each
+//! onboard then reads those blocks back into the pool.
+//!
+//! Self-contained: depends only on kvtier-proto and the bench crate's deps.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use kvtier_proto::v1::worker_service_client::WorkerServiceClient;
+use kvtier_proto::v1::{
+    attach_pool_request, AttachPoolRequest, HashingConfig, OffloadRequest, OnboardRequest,
+    PoolBlock, PoolLayout, SharedMemoryPool,
+};
+use tonic::transport::Channel;
+
+/// Flags of `kvtier-bench agent`.
+#[derive(Debug, Parser)]
+pub struct Args {
+    /// Block sizes to measure (comma-separated, e.g. 256KiB,1MiB,4MiB,8MiB).
+    #[arg(long, value_delimiter = ',', default_value = "256KiB,1MiB,2MiB,4MiB,8MiB", value_parser = parse_size)]
+    block_sizes: Vec<u64>,
+    /// Bytes moved per measurement (blocks = this / block size).
+    #[arg(long, default_value = "128MiB", value_parser = parse_size)]
+    bytes: u64,
+    /// Rounds per block size; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Agent staging memory (its in-flight bound).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    staging: u64,
+    /// kvtier-server binary (default: next to this binary).
+    #[arg(long, env = "KVTIER_SERVER_BIN")]
+    server_bin: Option<PathBuf>,
+    /// kvtier-agent binary (default: next to this binary).
+    #[arg(long, env = "KVTIER_AGENT_BIN")]
+    agent_bin: Option<PathBuf>,
+    /// Also write the results table (markdown) to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("bad size {text:?}"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} in {text:?}")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{text:?} too large"))
+}
+
+fn sibling(name: &str, explicit: &Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .ok_or_else(|| anyhow!("no parent of {}", exe.display()))?
+        .join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: `cargo build --release --workspace --bins` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `bin args` and returns it with the `grpc=` address of its ready line.
+fn spawn(bin: &Path, args: &[String], ready: &str) -> Result<(Proc, String)> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("KVTIER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let proc = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .map_err(|_| anyhow!("{} did not start", bin.display()))?;
+    if !line.starts_with(ready) {
+        bail!("{} printed {line:?}", bin.display());
+    }
+    let grpc = line
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("grpc="))
+        .ok_or_else(|| anyhow!("no grpc= in {line:?}"))?
+        .to_string();
+    Ok((proc, grpc))
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// GiB/s of `bytes` in `d`.
+fn gibps(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64 / d.as_secs_f64().max(1e-9)
+}
+
+/// A plain memcpy of `total` bytes in `block`-sized pieces between two
+/// buffers whose pages are already touched (the second of two passes).
+fn memcpy_rate(total: u64, block: u64) -> f64 {
+    let src: Vec<u8> = (0..total).map(|i| i as u8).collect();
+    let mut dst = vec![0u8; total as usize];
+    let mut took = Duration::ZERO;
+    for _ in 0..2 {
+        let start = Instant::now();
+        for (d, s) in dst
+            .chunks_mut(block as usize)
+            .zip(src.chunks(block as usize))
+        {
+            d.copy_from_slice(s);
+        }
+        took = start.elapsed();
+        std::hint::black_box(&mut dst);
+    }
+    gibps(total, took)
+}
+
+/// A plain loopback TCP transfer of `total` bytes written `block` at a time.
+fn tcp_rate(total: u64, block: u64) -> Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(got);
+            }
+            got += n as u64;
+        }
+    });
+    let data = vec![7u8; block as usize];
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < total {
+        s.write_all(&data)?;
+        sent += block;
+    }
+    drop(s);
+    let got = reader
+        .join()
+        .map_err(|_| anyhow!("tcp reader panicked"))??;
+    let took = start.elapsed();
+    if got != sent {
+        bail!("tcp baseline moved {got} of {sent} bytes");
+    }
+    Ok(gibps(total, took))
+}
+
+/// One row of results (GiB/s, medians).
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    block: u64,
+    blocks: u64,
+    offload: f64,
+    onboard: f64,
+    memcpy: f64,
+    tcp: f64,
+}
+
+async fn measure(
+    agent: &mut WorkerServiceClient<Channel>,
+    pool_dir: &Path,
+    block: u64,
+    args: &Args,
+) -> Result<Row> {
+    let n = (args.bytes / block).max(1);
+    let total = n * block;
+    let path = pool_dir.join(format!("kvtier-bench-pool-{block}"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    file.set_len(total)?;
+    // KV-like bytes (not zero pages), written once.
+    let chunk: Vec<u8> = (0..block).map(|i| splitmix(i) as u8).collect();
+    for i in 0..n {
+        file.write_all_at(&chunk, i * block)?;
+    }
+    let config = HashingConfig {
+        block_tokens: 16,
+        seed: 1337,
+        salt: String::new(),
+        block_bytes: block,
+        kv_layout: format!("bench:block={block}"),
+        model: "bench".into(),
+    };
+    let attached = agent
+        .attach_pool(AttachPoolRequest {
+            namespace: format!("bench-{block}"),
+            hashing: Some(config),
+            layout: Some(PoolLayout {
+                num_blocks: n,
+                block_bytes: block,
+                ..Default::default()
+            }),
+            memory: Some(attach_pool_request::Memory::SharedMemory(
+                SharedMemoryPool {
+                    path: path.display().to_string(),
+                    offset: 0,
+                },
+            )),
+            engine_name: "kvtier-bench".into(),
+        })
+        .await?
+        .into_inner();
+    let (mut offload, mut onboard, mut memcpy, mut tcp) = (vec![], vec![], vec![], vec![]);
+    for round in 0..args.rounds.max(1) {
+        let hashes: Vec<u64> = (0..n)
+            .map(|i| splitmix(block ^ ((round as u64) << 48) ^ i))
+            .collect();
+        let blocks: Vec<PoolBlock> = (0..n)
+            .map(|i| PoolBlock {
+                block_id: i,
+                hash: hashes[i as usize],
+                parent_hash: i.checked_sub(1).map(|p| hashes[p as usize]),
+            })
+            .collect();
+        let start = Instant::now();
+        let out = agent
+            .offload(OffloadRequest {
+                pool_id: attached.pool_id,
+                blocks,
+            })
+            .await?
+            .into_inner();
+        let took = start.elapsed();
+        if out.stored as u64 != n {
+            bail!("offload stored {} of {n} blocks (tier full?)", out.stored);
+        }
+        offload.push(gibps(total, took));
+
+        let start = Instant::now();
+        let back = agent
+            .onboard(OnboardRequest {
+                pool_id: attached.pool_id,
+                hashes: hashes.clone(),
+                block_ids: (0..n).collect(),
+            })
+            .await?
+            .into_inner();
+        let took = start.elapsed();
+        if back.loaded_prefix as u64 != n {
+            bail!(
+                "onboard loaded {} of {n} blocks: {}",
+                back.loaded_prefix,
+                back.degraded_reason
+            );
+        }
+        onboard.push(gibps(total, took));
+        memcpy.push(memcpy_rate(total, block));
+        tcp.push(tcp_rate(total, block)?);
+    }
+    let mut readback = vec![0u8; block as usize];
+    file.read_exact_at(&mut readback, (n - 1) * block)?;
+    if readback != chunk {
+        bail!("onboarded bytes differ from the offloaded ones");
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(Row {
+        block,
+        blocks: n,
+        offload: median(offload),
+        onboard: median(onboard),
+        memcpy: median(memcpy),
+        tcp: median(tcp),
+    })
+}
+
+fn size_label(b: u64) -> String {
+    if b >= 1 << 20 {
+        format!("{} MiB", b >> 20)
+    } else {
+        format!("{} KiB", b >> 10)
+    }
+}
+
+fn table(rows: &[Row], args: &Args) -> String {
+    let mut s = format!(
+        "agent + server on loopback, {} per measurement, median of {} rounds; GiB/s and ratios\n\n\
+         | block | blocks | offload GiB/s | onboard GiB/s | memcpy GiB/s | TCP GiB/s | offload/memcpy | onboard/memcpy | offload/TCP | onboard/TCP |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+        size_label(args.bytes),
+        args.rounds.max(1)
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.2} | {:.2} |\n",
+            size_label(r.block),
+            r.blocks,
+            r.offload,
+            r.onboard,
+            r.memcpy,
+            r.tcp,
+            r.offload / r.memcpy,
+            r.onboard / r.memcpy,
+            r.offload / r.tcp,
+            r.onboard / r.tcp
+        ));
+    }
+    s
+}
+
+/// Runs the benchmark and prints the table.
+pub async fn run(args: Args) -> Result<()> {
+    let server_bin = sibling("kvtier-server", &args.server_bin)?;
+    let agent_bin = sibling("kvtier-agent", &args.agent_bin)?;
+    let data = tempfile::tempdir()?;
+    let pool_dir = if Path::new("/dev/shm").is_dir() {
+        tempfile::tempdir_in("/dev/shm")?
+    } else {
+        tempfile::tempdir()?
+    };
+    let host = args.bytes * args.rounds.max(1) as u64 * args.block_sizes.len() as u64 + (64 << 20);
+    let (_server, server_addr) = spawn(
+        &server_bin,
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "off".into(),
+            "--data-dir".into(),
+            data.path().display().to_string(),
+            "--host-capacity".into(),
+            host.to_string(),
+            "--disk-capacity".into(),
+            "0".into(),
+        ],
+        "kvtier-server ready",
+    )?;
+    let (_agent, agent_addr) = spawn(
+        &agent_bin,
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--server".into(),
+            format!("http://{server_addr}"),
+            "--staging-bytes".into(),
+            args.staging.to_string(),
+        ],
+        "kvtier-agent ready",
+    )?;
+    let channel = Channel::from_shared(format!("http://{agent_addr}"))?
+        .connect()
+        .await?;
+    let mut agent = WorkerServiceClient::new(channel);
+    let mut rows = Vec::new();
+    for &block in &args.block_sizes {
+        let row = measure(&mut agent, pool_dir.path(), block, &args).await?;
+        eprintln!(
+            "{}: offload {:.2} GiB/s, onboard {:.2} GiB/s, memcpy {:.2} GiB/s, tcp {:.2} GiB/s",
+            size_label(block),
+            row.offload,
+            row.onboard,
+            row.memcpy,
+            row.tcp
+        );
+        rows.push(row);
+    }
+    let text = table(&rows, &args);
+    println!("{text}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text)?;
+    }
+    Ok(())
+}
+
+/// For a synchronous `main`: runs [`run`] on a fresh tokio runtime.
+pub fn run_blocking(args: Args) -> Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(run(args))
+}
