@@ -4,7 +4,7 @@
 No `helm` binary is needed: helm-python-sdk binds Helm v4's Go SDK (libhelm_c, shipped in the
 wheel), so `lint` and `render` below are Helm's own code, run offline.
 
-For each values set (defaults, ci/gpu-values.yaml, ci/full-values.yaml):
+For each values set (defaults, ci/gpu-values.yaml, ci/full-values.yaml, ci/tls-values.yaml):
   * `helm lint --strict` (kube versions 1.27, the chart's minimum, and the newest schemas): no
     errors, no warnings (values.schema.json included; it must also refuse bad values);
   * render, then validate every manifest against the Kubernetes JSON schemas of
@@ -192,8 +192,20 @@ def start_with_args(binary: str, args: list[str], tmp: Path) -> tuple[bool, str]
     """Starts kvtier-server with the chart's arguments, listening on loopback and with a temp
     data dir; waits for its ready line, then SIGTERM and a clean exit."""
     args = list(args)
-    for flag, value in (("--listen", "127.0.0.1:0"), ("--metrics-listen", "127.0.0.1:0"), ("--data-dir", str(tmp))):
+    for flag, value in (("--listen", "127.0.0.1:0"), ("--metrics-listen", "127.0.0.1:0"), ("--data-dir", str(tmp / "data"))):
         args[args.index(flag) + 1] = value
+    # Secrets the pod would mount: a self-signed certificate (also the client CA), a token table.
+    files = {}
+    if any(a.startswith("/etc/kvtier/") for a in args):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=kvtier-test",
+                        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(tmp / "tls.key"), "-out", str(tmp / "tls.crt")],
+                       check=True, capture_output=True, timeout=60)
+        import hashlib
+        (tmp / "tokens").write_text(f"chart-test sha256:{hashlib.sha256(b'chart-test-token').hexdigest()} kvtier-*=rw\n")
+        files = {"tls.crt": tmp / "tls.crt", "tls.key": tmp / "tls.key", "ca.crt": tmp / "tls.crt", "tokens": tmp / "tokens"}
+    for i, a in enumerate(args):
+        if a.startswith("/etc/kvtier/"):
+            args[i] = str(files[Path(a).name])
     p = subprocess.Popen([binary, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "RUST_LOG": "warn"})
     ready: list[str] = []
@@ -251,9 +263,34 @@ def check_values_set(checks: Checks, label: str, values_file: str | None, server
                  f"{label}: capacities passed as flags (--host-capacity {flags.get('--host-capacity')}, --disk-capacity {flags.get('--disk-capacity')})")
     checks.check(flags.get("--listen") == [f"0.0.0.0:{c['grpcPort']}"] and flags.get("--metrics-listen") == [f"0.0.0.0:{c['metricsPort']}"],
                  f"{label}: gRPC and metrics listen on all pod interfaces")
-    probes = {k: ctr.get(k, {}).get("grpc") for k in ("startupProbe", "readinessProbe", "livenessProbe")}
-    checks.check(all(p and p["port"] == c["grpcPort"] for p in probes.values()) and probes["readinessProbe"].get("service") == "kvtier.v1.CacheService",
-                 f"{label}: startup/readiness/liveness are gRPC health probes on the gRPC port (readiness: kvtier.v1.CacheService)")
+    kinds = ("startupProbe", "readinessProbe", "livenessProbe")
+    if c["tls"]["enabled"]:
+        tcp = [ctr.get(k, {}).get("tcpSocket", {}).get("port") for k in kinds]
+        checks.check(tcp == ["grpc"] * 3 and not any("grpc" in ctr[k] for k in kinds),
+                     f"{label}: with TLS the probes are TCP checks of the gRPC port (kubelet's gRPC probes speak plaintext only)")
+    else:
+        probes = {k: ctr.get(k, {}).get("grpc") for k in kinds}
+        checks.check(all(p and p["port"] == c["grpcPort"] for p in probes.values()) and probes["readinessProbe"].get("service") == "kvtier.v1.CacheService",
+                     f"{label}: startup/readiness/liveness are gRPC health probes on the gRPC port (readiness: kvtier.v1.CacheService)")
+    # kvtier-server's own rule: plaintext gRPC or /metrics on a non-loopback address needs
+    # --allow-plaintext, else it refuses to start.
+    def loopback(addr: str) -> bool:
+        return addr.startswith("127.") or addr.startswith("[::1]")
+    grpc_plain = not loopback(flags["--listen"][0]) and "--tls-cert" not in flags
+    metrics_plain = not loopback(flags["--metrics-listen"][0])
+    checks.check((not (grpc_plain or metrics_plain)) or "--allow-plaintext" in flags,
+                 f"{label}: plaintext off loopback (gRPC {grpc_plain}, /metrics {metrics_plain}) comes with --allow-plaintext")
+    if c["tls"]["enabled"]:
+        mounts = {m["mountPath"]: m["name"] for m in ctr["volumeMounts"]}
+        secrets = {vol["name"]: vol.get("secret", {}).get("secretName") for vol in pod.get("volumes", [])}
+        want = {"/etc/kvtier/tls": c["tls"]["secretName"]}
+        if c["tls"]["clientCASecretName"]:
+            want["/etc/kvtier/client-ca"] = c["tls"]["clientCASecretName"]
+        if c["auth"]["tokensSecretName"]:
+            want["/etc/kvtier/auth"] = c["auth"]["tokensSecretName"]
+        got = {path: secrets.get(mounts.get(path)) for path in want}
+        paths_ok = all(any(v.startswith(path + "/") for v in sum(flags.values(), [])) for path in want)
+        checks.check(got == want and paths_ok, f"{label}: TLS/client-CA/token Secrets mounted where the flags point ({got})")
     checks.check(bool(ctr.get("resources", {}).get("requests", {}).get("cpu")) and bool(ctr["resources"]["requests"].get("memory")),
                  f"{label}: resource requests set ({ctr.get('resources', {}).get('requests')})")
     mount = [m for m in ctr["volumeMounts"] if m["name"] == "data"]
@@ -285,6 +322,8 @@ def check_values_set(checks: Checks, label: str, values_file: str | None, server
         if server_bin and not gpu["enabled"]:
             with tempfile.TemporaryDirectory() as tmp:
                 ok, detail = start_with_args(server_bin, ctr["command"][1:] + ctr["args"], Path(tmp))
+                if "--tls-cert" in flags:
+                    detail += " (TLS, client CA and token file from generated stand-ins)"
                 checks.check(ok, f"{label}: kvtier-server starts with the chart's arguments and stops cleanly on SIGTERM ({detail.strip()[:200]})")
         elif gpu["enabled"]:
             print(f"SKIP {label}: starting kvtier-server with GPU arguments needs a cuda build and a GPU")
@@ -406,6 +445,26 @@ def check_sidecar(checks: Checks, agent_bin: str | None) -> None:
             checks.check(not unknown, f"sidecar: every flag is one kvtier-agent --help lists {unknown or ''}")
 
 
+def check_render_refuses(checks: Checks) -> None:
+    """Combinations kvtier-server would refuse at start-up fail at render time instead."""
+    bad = {
+        "plaintext gRPC on the pod address without cache.allowPlaintext": {"cache": {"allowPlaintext": False}},
+        "cache.tls.enabled without a Secret": {"cache": {"tls": {"enabled": True}}},
+        "a ServiceMonitor for a loopback-only /metrics": {"cache": {"allowPlaintext": False, "tls": {"enabled": True, "secretName": "s"}}, "serviceMonitor": {"enabled": True}},
+    }
+    for what, values in bad.items():
+        try:
+            render(CHART, values)
+            checks.check(False, f"render refuses {what}: it rendered")
+        except helm.HelmError as e:  # type: ignore[attr-defined]
+            checks.check(True, f"render refuses {what}: {str(e).splitlines()[-1][-140:]}")
+    docs, _ = render(CHART, {"cache": {"allowPlaintext": False, "tls": {"enabled": True, "secretName": "s"}}})
+    ctr = by_kind(docs, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
+    f = flag_values(ctr["args"])
+    checks.check(f.get("--metrics-listen") == ["127.0.0.1:9464"] and "--allow-plaintext" not in f,
+                 f"allowPlaintext false: /metrics on loopback only and no --allow-plaintext ({f.get('--metrics-listen')})")
+
+
 def check_schema_rejects(checks: Checks) -> None:
     """values.schema.json makes `helm lint` (and install) refuse mistyped keys and sizes the
     binaries would refuse at start-up."""
@@ -434,9 +493,10 @@ def main() -> int:
     server_flags = help_flags(server_bin)
     if server_bin is None:
         print("SKIP flags and start-up checks: kvtier-server binary not built")
-    for label, vf in (("default", None), ("gpu", "ci/gpu-values.yaml"), ("full", "ci/full-values.yaml")):
+    for label, vf in (("default", None), ("gpu", "ci/gpu-values.yaml"), ("full", "ci/full-values.yaml"), ("tls", "ci/tls-values.yaml")):
         check_values_set(checks, label, vf, server_bin, server_flags)
     check_schema_rejects(checks)
+    check_render_refuses(checks)
     check_sidecar(checks, agent_bin)
     print(f"elapsed {time.monotonic() - started:.1f} s")
     for f in checks.failed:
