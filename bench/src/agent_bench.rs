@@ -12,6 +12,10 @@
 //!
 //! Self-contained: depends only on kvtier-proto and the bench crate's deps.
 
+// Wire messages gain optional fields over time; `..Default::default()` keeps
+// this module compiling when they do.
+#![allow(clippy::needless_update)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
@@ -20,11 +24,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
 use clap::Parser;
+use kvtier_proto::v1::cache_service_client::CacheServiceClient;
 use kvtier_proto::v1::worker_service_client::WorkerServiceClient;
 use kvtier_proto::v1::{
-    attach_pool_request, AttachPoolRequest, HashingConfig, OffloadRequest, OnboardRequest,
-    PoolBlock, PoolLayout, SharedMemoryPool,
+    attach_pool_request, AttachPoolRequest, BlockData, GetRequest, HandshakeRequest, HashingConfig,
+    OffloadRequest, OnboardRequest, PoolBlock, PoolLayout, PutRequest, SharedMemoryPool,
 };
 use tonic::transport::Channel;
 
@@ -205,6 +211,100 @@ fn tcp_rate(total: u64, block: u64) -> Result<f64> {
     Ok(gibps(total, took))
 }
 
+/// Connections the agent and the direct client use (the agent's default).
+const CONNECTIONS: usize = 4;
+
+/// Clients on `CONNECTIONS` separate connections to the cache server.
+async fn direct_clients(server: &str) -> Result<Vec<CacheServiceClient<Channel>>> {
+    let mut out = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let channel = Channel::from_shared(format!("http://{server}"))?
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(32 << 20))
+            .max_frame_size(Some(1 << 20))
+            .connect()
+            .await?;
+        out.push(
+            CacheServiceClient::new(channel)
+                .max_decoding_message_size(65 << 20)
+                .max_encoding_message_size(65 << 20),
+        );
+    }
+    Ok(out)
+}
+
+/// The same blocks put then got by a client talking to the server directly
+/// over `CONNECTIONS` concurrent streams (payload from one shared buffer: no
+/// pool, no agent): the ceiling the agent's data path works under.
+async fn direct_rates(
+    clients: &[CacheServiceClient<Channel>],
+    config: &HashingConfig,
+    namespace: &str,
+    hashes: &[u64],
+    payload: &Bytes,
+) -> Result<(f64, f64)> {
+    let mut first = clients[0].clone();
+    let session = first
+        .handshake(HandshakeRequest {
+            namespace: namespace.into(),
+            config: Some(config.clone()),
+            client_name: "kvtier-bench-direct".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .session_id;
+    let total = hashes.len() as u64 * payload.len() as u64;
+    let per = hashes.len().div_ceil(clients.len());
+    let start = Instant::now();
+    let puts = hashes.chunks(per).zip(clients).map(|(chunk, client)| {
+        let mut client = client.clone();
+        let messages: Vec<PutRequest> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, &h)| PutRequest {
+                session_id: if i == 0 {
+                    session.clone()
+                } else {
+                    String::new()
+                },
+                block: Some(BlockData {
+                    hash: h,
+                    payload: payload.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        async move { client.put(tokio_stream::iter(messages)).await }
+    });
+    futures::future::try_join_all(puts).await?;
+    let put = gibps(total, start.elapsed());
+    let start = Instant::now();
+    let gets = hashes.chunks(per).zip(clients).map(|(chunk, client)| {
+        let mut client = client.clone();
+        let request = GetRequest {
+            session_id: session.clone(),
+            hashes: chunk.to_vec(),
+            stop_at_first_miss: true,
+            ..Default::default()
+        };
+        async move {
+            let mut stream = client.get(request).await?.into_inner();
+            let mut n = 0usize;
+            while let Some(m) = stream.message().await? {
+                n += usize::from(m.found);
+            }
+            Ok::<_, tonic::Status>(n)
+        }
+    });
+    let found: usize = futures::future::try_join_all(gets).await?.into_iter().sum();
+    if found != hashes.len() {
+        bail!("direct get found {found} of {} blocks", hashes.len());
+    }
+    Ok((put, gibps(total, start.elapsed())))
+}
+
 /// One row of results (GiB/s, medians).
 #[derive(Debug, Clone, Copy)]
 struct Row {
@@ -212,12 +312,15 @@ struct Row {
     blocks: u64,
     offload: f64,
     onboard: f64,
+    direct_put: f64,
+    direct_get: f64,
     memcpy: f64,
     tcp: f64,
 }
 
 async fn measure(
     agent: &mut WorkerServiceClient<Channel>,
+    direct: &[CacheServiceClient<Channel>],
     pool_dir: &Path,
     block: u64,
     args: &Args,
@@ -248,7 +351,7 @@ async fn measure(
     let attached = agent
         .attach_pool(AttachPoolRequest {
             namespace: format!("bench-{block}"),
-            hashing: Some(config),
+            hashing: Some(config.clone()),
             layout: Some(PoolLayout {
                 num_blocks: n,
                 block_bytes: block,
@@ -265,6 +368,8 @@ async fn measure(
         .await?
         .into_inner();
     let (mut offload, mut onboard, mut memcpy, mut tcp) = (vec![], vec![], vec![], vec![]);
+    let (mut direct_put, mut direct_get) = (vec![], vec![]);
+    let payload = Bytes::from(chunk.clone());
     for round in 0..args.rounds.max(1) {
         let hashes: Vec<u64> = (0..n)
             .map(|i| splitmix(block ^ ((round as u64) << 48) ^ i))
@@ -308,6 +413,17 @@ async fn measure(
             );
         }
         onboard.push(gibps(total, took));
+        let direct_hashes: Vec<u64> = hashes.iter().map(|h| splitmix(h ^ 0xD1)).collect();
+        let (put, get) = direct_rates(
+            direct,
+            &config,
+            &format!("bench-{block}"),
+            &direct_hashes,
+            &payload,
+        )
+        .await?;
+        direct_put.push(put);
+        direct_get.push(get);
         memcpy.push(memcpy_rate(total, block));
         tcp.push(tcp_rate(total, block)?);
     }
@@ -322,6 +438,8 @@ async fn measure(
         blocks: n,
         offload: median(offload),
         onboard: median(onboard),
+        direct_put: median(direct_put),
+        direct_get: median(direct_get),
         memcpy: median(memcpy),
         tcp: median(tcp),
     })
@@ -337,25 +455,32 @@ fn size_label(b: u64) -> String {
 
 fn table(rows: &[Row], args: &Args) -> String {
     let mut s = format!(
-        "agent + server on loopback, {} per measurement, median of {} rounds; GiB/s and ratios\n\n\
-         | block | blocks | offload GiB/s | onboard GiB/s | memcpy GiB/s | TCP GiB/s | offload/memcpy | onboard/memcpy | offload/TCP | onboard/TCP |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+        "agent + server on loopback, {} per measurement, median of {} rounds, {CONNECTIONS} \
+         connections; GiB/s, and ratios of offload (off) and onboard (on) to a plain memcpy, \
+         a plain loopback TCP transfer, and a direct put / get to the server (no agent)\n\n\
+         | block | blocks | offload | onboard | direct put | direct get | memcpy | TCP | \
+         off/memcpy | on/memcpy | off/TCP | on/TCP | off/direct put | on/direct get |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         size_label(args.bytes),
         args.rounds.max(1)
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.2} | {:.2} |\n",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} | {:.3} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
             size_label(r.block),
             r.blocks,
             r.offload,
             r.onboard,
+            r.direct_put,
+            r.direct_get,
             r.memcpy,
             r.tcp,
             r.offload / r.memcpy,
             r.onboard / r.memcpy,
             r.offload / r.tcp,
-            r.onboard / r.tcp
+            r.onboard / r.tcp,
+            r.offload / r.direct_put,
+            r.onboard / r.direct_get,
         ));
     }
     s
@@ -371,7 +496,9 @@ pub async fn run(args: Args) -> Result<()> {
     } else {
         tempfile::tempdir()?
     };
-    let host = args.bytes * args.rounds.max(1) as u64 * args.block_sizes.len() as u64 + (64 << 20);
+    // Every round stores fresh blocks twice (agent and direct): keep them all in host memory.
+    let host =
+        2 * args.bytes * args.rounds.max(1) as u64 * args.block_sizes.len() as u64 + (64 << 20);
     let (_server, server_addr) = spawn(
         &server_bin,
         &[
@@ -404,14 +531,17 @@ pub async fn run(args: Args) -> Result<()> {
         .connect()
         .await?;
     let mut agent = WorkerServiceClient::new(channel);
+    let direct = direct_clients(&server_addr).await?;
     let mut rows = Vec::new();
     for &block in &args.block_sizes {
-        let row = measure(&mut agent, pool_dir.path(), block, &args).await?;
+        let row = measure(&mut agent, &direct, pool_dir.path(), block, &args).await?;
         eprintln!(
-            "{}: offload {:.2} GiB/s, onboard {:.2} GiB/s, memcpy {:.2} GiB/s, tcp {:.2} GiB/s",
+            "{}: offload {:.2}, onboard {:.2}, direct put {:.2} / get {:.2}, memcpy {:.2}, tcp {:.2} GiB/s",
             size_label(block),
             row.offload,
             row.onboard,
+            row.direct_put,
+            row.direct_get,
             row.memcpy,
             row.tcp
         );
