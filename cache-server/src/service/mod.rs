@@ -108,6 +108,14 @@ impl ServiceState {
 pub fn store_status(err: StoreError) -> Status {
     match err {
         StoreError::TooLarge { .. } => Status::invalid_argument(err.to_string()),
+        // A full data volume is an overload the client can act on (retry
+        // later, or elsewhere), not a server bug; reads keep working.
+        StoreError::Tier(e) if e.to_string().contains("No space left") => {
+            Status::resource_exhausted(format!(
+                "disk tier full (no space left on the data volume): writes are refused until \
+                 space is freed; reads keep working ({e})"
+            ))
+        }
         StoreError::Tier(e) => Status::internal(format!("storage failure: {e}")),
     }
 }

@@ -1,0 +1,352 @@
+//! Helpers of the security tests: a server process whose pid we know (for
+//! SIGHUP, kill -9 and RSS), test certificates made with rcgen, and requests
+//! carrying bearer tokens.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use kvtier_integration_tests::binary;
+use kvtier_proto::v1::cache_service_client::CacheServiceClient;
+use kvtier_proto::v1::*;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::Request;
+
+/// A `kvtier-server` child process. SIGKILLed on drop.
+pub struct Proc {
+    child: Option<Child>,
+    /// gRPC address from the ready line.
+    pub grpc: SocketAddr,
+    /// Process id.
+    pub pid: u32,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `kvtier-server --listen 127.0.0.1:0 --metrics-listen off --data-dir <dir> <args>`.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Result<Self> {
+        Self::start_with(data_dir, &["--listen", "127.0.0.1:0"], args)
+    }
+
+    /// Like [`Proc::start`] with explicit listen arguments.
+    pub fn start_with(data_dir: &Path, listen: &[&str], args: &[&str]) -> Result<Self> {
+        match Self::spawn(data_dir, listen, args)? {
+            Ok(p) => Ok(p),
+            Err((code, log)) => bail!("kvtier-server exited ({code:?}) before ready:\n{log}"),
+        }
+    }
+
+    /// Spawns; `Err((exit code, log))` when the server exits instead of becoming ready.
+    pub fn spawn(
+        data_dir: &Path,
+        listen: &[&str],
+        args: &[&str],
+    ) -> Result<std::result::Result<Self, (Option<i32>, String)>> {
+        let bin = binary("kvtier-server", "KVTIER_SERVER_BIN")?;
+        let log = data_dir.with_extension("log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let mut child = Command::new(bin)
+            .args(listen)
+            .args(["--metrics-listen", "off", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("KVTIER_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .context("spawn kvtier-server")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        if !line.starts_with("kvtier-server ready") {
+            let code = match child.try_wait()? {
+                Some(s) => s.code(),
+                None => {
+                    let _ = child.kill();
+                    child.wait()?.code()
+                }
+            };
+            return Ok(Err((
+                code,
+                std::fs::read_to_string(&log).unwrap_or_default(),
+            )));
+        }
+        let grpc = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("grpc="))
+            .ok_or_else(|| anyhow!("no grpc= in {line:?}"))?
+            .parse()?;
+        Ok(Ok(Self {
+            pid: child.id(),
+            child: Some(child),
+            grpc,
+            log,
+        }))
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, ...).
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid.to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("kill -{name} {} failed", self.pid);
+        }
+        Ok(())
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
+    pub fn status_kib(&self, field: &str) -> Result<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .ok_or_else(|| anyhow!("no {field} in /proc/{}/status", self.pid))
+    }
+
+    /// A plaintext client.
+    pub async fn client(&self) -> Result<CacheServiceClient<Channel>> {
+        let channel = Channel::from_shared(format!("http://{}", self.grpc))?
+            .connect()
+            .await?;
+        Ok(big(CacheServiceClient::new(channel)))
+    }
+
+    /// A TLS client trusting `ca`, optionally presenting `identity`.
+    pub async fn tls_client(
+        &self,
+        ca: &Pem,
+        identity: Option<&Pem>,
+    ) -> Result<CacheServiceClient<Channel>> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca.cert))
+            .domain_name("localhost");
+        if let Some(id) = identity {
+            tls = tls.identity(Identity::from_pem(&id.cert, &id.key));
+        }
+        let channel = Channel::from_shared(format!("https://{}", self.grpc))?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?;
+        Ok(big(CacheServiceClient::new(channel)))
+    }
+}
+
+fn big(c: CacheServiceClient<Channel>) -> CacheServiceClient<Channel> {
+    c.max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20)
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A certificate and its key, PEM.
+#[derive(Clone)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Pem {
+    /// Writes `<name>.pem` and `<name>.key` under `dir`; returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, &self.cert)?;
+        std::fs::write(&key, &self.key)?;
+        Ok((cert, key))
+    }
+}
+
+/// A test CA able to sign leaf certificates.
+pub struct TestCa {
+    pub pem: Pem,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A fresh self-signed CA.
+    pub fn new(name: &str) -> Result<Self> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key)?;
+        let pem = Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        };
+        Ok(Self {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        })
+    }
+
+    /// A leaf certificate for `localhost` / 127.0.0.1 signed by this CA.
+    pub fn leaf(&self, common_name: &str) -> Result<Pem> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", v);
+    }
+    request
+}
+
+/// Handshake with a token; returns (session id, effective seed).
+pub async fn handshake_as(
+    client: &mut CacheServiceClient<Channel>,
+    token: &str,
+    namespace: &str,
+    config: HashingConfig,
+) -> std::result::Result<(String, u64), tonic::Status> {
+    let r = client
+        .handshake(authed(
+            HandshakeRequest {
+                namespace: namespace.into(),
+                config: Some(config),
+                client_name: "security-test".into(),
+            },
+            token,
+        ))
+        .await?
+        .into_inner();
+    Ok((r.session_id, r.effective_seed))
+}
+
+/// Lookup with a token.
+pub async fn lookup_as(
+    client: &mut CacheServiceClient<Channel>,
+    token: &str,
+    session: &str,
+    hashes: &[u64],
+) -> std::result::Result<LookupResponse, tonic::Status> {
+    Ok(client
+        .lookup(authed(
+            LookupRequest {
+                session_id: session.into(),
+                hashes: hashes.to_vec(),
+            },
+            token,
+        ))
+        .await?
+        .into_inner())
+}
+
+/// Put a chain with a token.
+pub async fn put_as(
+    client: &mut CacheServiceClient<Channel>,
+    token: &str,
+    session: &str,
+    hashes: &[u64],
+    len: usize,
+) -> std::result::Result<PutResponse, tonic::Status> {
+    let messages = kvtier_integration_tests::put_messages(session, hashes, len);
+    Ok(client
+        .put(authed(tokio_stream::iter(messages), token))
+        .await?
+        .into_inner())
+}
+
+/// Get with a token, collecting the stream.
+pub async fn get_as(
+    client: &mut CacheServiceClient<Channel>,
+    token: &str,
+    session: &str,
+    hashes: &[u64],
+) -> std::result::Result<Vec<GetResponse>, tonic::Status> {
+    let mut stream = client
+        .get(authed(
+            GetRequest {
+                session_id: session.into(),
+                hashes: hashes.to_vec(),
+                stop_at_first_miss: false,
+                agent_id: String::new(),
+            },
+            token,
+        ))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(item) = stream.message().await? {
+        out.push(item);
+    }
+    Ok(out)
+}
+
+/// Sequence hashes of the same synthetic prompt as
+/// [`kvtier_integration_tests::prompt_hashes`], under an explicit effective seed.
+pub fn prompt_hashes_seeded(prompt: u32, n: usize, block_tokens: usize, seed: u64) -> Vec<u64> {
+    let tokens: Vec<u32> = (0..(n * block_tokens) as u32)
+        .map(|i| i.wrapping_mul(2_654_435_761).wrapping_add(prompt))
+        .collect();
+    kvtier_proto::hashing::BlockHasher::new(block_tokens, seed).sequence_hashes(&tokens)
+}
+
+/// A token file line for `principal` holding `token` (hashed).
+pub fn token_line(principal: &str, token: &str, rest: &str) -> String {
+    format!(
+        "{principal} {} {rest}\n",
+        kvtier_security::token_digest_line(token)
+    )
+}
