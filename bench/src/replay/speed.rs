@@ -4,7 +4,9 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use kvtier_policy::{Answer, BlockInfo, CallEnd, EvictionPolicy, Lru, Tier, ValuePolicy};
+use kvtier_policy::{
+    Answer, BlockInfo, CallEnd, EvictionPolicy, Lru, Tier, ValueConfig, ValuePolicy,
+};
 
 /// Flags of `kvtier-bench policy-speed`.
 #[derive(Debug, clap::Args)]
@@ -133,12 +135,20 @@ pub fn run(args: Args) -> Result<()> {
         "{} resident blocks, {} live agents, one thread",
         args.resident, args.agents
     );
+    let incremental = ValueConfig {
+        full_rerank_on_change: false,
+        ..ValueConfig::default()
+    };
     for (name, r) in [
         ("kvtier", measure(ValuePolicy::<u64>::default, &args)),
+        (
+            "kvtier (incremental ranks)",
+            measure(|| ValuePolicy::<u64>::new(incremental.clone()), &args),
+        ),
         ("lru", measure(Lru::<u64>::new, &args)),
     ] {
         println!(
-            "{name:>7}: {:.2} M evictions/s (victim + remove); mixed: {:.0} calls/s \
+            "{name:>26}: {:.2} M evictions/s (victim + remove); mixed: {:.0} calls/s \
              ({} new blocks each, whole context hit and re-ranked: {:.1} M block refs/s, \
              {} evictions)",
             r.drain / 1e6,

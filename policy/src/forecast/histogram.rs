@@ -41,6 +41,45 @@ impl Edges {
     }
 }
 
+/// `e^{-(edge_k - edge_j)/t}` for all bin edges `j ≤ k`: the discount
+/// factors of an exponential eviction clock of mean `t`, computed once per
+/// ranking instead of once per agent and bin.
+#[derive(Debug, Clone)]
+pub struct Discount {
+    t: f64,
+    rel: Vec<f64>,
+}
+
+impl Discount {
+    /// The table for an eviction clock of mean `mean_ms` (at least 1 ms).
+    pub fn new(edges: &Edges, mean_ms: u64) -> Self {
+        let t = mean_ms.max(1) as f64;
+        let n = BINS + 1;
+        let step: Vec<f64> = (0..BINS)
+            .map(|k| (-(edges.ms[k + 1] - edges.ms[k]) / t).exp())
+            .collect();
+        let mut rel = vec![0.0; n * n];
+        for j in 0..n {
+            let mut v = 1.0;
+            rel[j * n + j] = 1.0;
+            for k in j..BINS {
+                v *= step[k];
+                rel[j * n + k + 1] = v;
+            }
+        }
+        Self { t, rel }
+    }
+
+    /// Mean of the eviction clock (ms).
+    pub fn mean_ms(&self) -> f64 {
+        self.t
+    }
+
+    fn rel(&self, j: usize, k: usize) -> f64 {
+        self.rel[j * (BINS + 1) + k]
+    }
+}
+
 /// Gap counts over the log-spaced bins.
 #[derive(Debug, Clone)]
 pub struct GapHistogram {
@@ -79,32 +118,37 @@ impl GapHistogram {
     }
 
     /// Exponentially discounted hits and occupancy from `w` on, with an
-    /// eviction clock of mean `t`: `(∫_w^∞ f(x) e^{-(x-w)/t} dx,
-    /// ∫_w^∞ S(x) e^{-(x-w)/t} dx)`, unnormalised.
-    pub fn discounted(&self, edges: &Edges, w: f64, t: f64) -> (f64, f64) {
-        if self.total <= 0.0 {
+    /// eviction clock of mean `d.mean_ms()`: `(∫_w^∞ f(x) e^{-(x-w)/t} dx,
+    /// ∫_w^∞ S(x) e^{-(x-w)/t} dx)`, unnormalised. One `exp` per call: the
+    /// rest comes from the table in `d`.
+    pub fn discounted(&self, edges: &Edges, w: f64, d: &Discount) -> (f64, f64) {
+        if self.total <= 0.0 || w >= edges.ms[BINS] {
             return (0.0, 0.0);
         }
-        let mut above = f64::from(self.total);
+        let t = d.t;
+        let kw = edges.bin(w);
+        let mut above =
+            f64::from(self.total) - self.counts[..kw].iter().map(|&c| f64::from(c)).sum::<f64>();
+        // e^{-(edge_{kw+1} - w)/t}: the discount at the end of w's bin.
+        let first = (-(edges.ms[kw + 1] - w) / t).exp();
         let (mut hits, mut occ) = (0.0, 0.0);
-        for k in 0..BINS {
+        let mut ea = 1.0;
+        for k in kw..BINS {
             let (lo, hi) = (edges.ms[k], edges.ms[k + 1]);
             let c = f64::from(self.counts[k]);
-            let s_lo = above;
-            above = (above - c).max(0.0);
-            if hi <= w {
-                continue;
-            }
+            let s_lo = above.max(0.0);
+            above -= c;
             let slope = -c / (hi - lo);
             let x0 = w.max(lo);
             let s0 = s_lo + slope * (x0 - lo);
             let (a, b) = (x0 - w, hi - w);
-            let (ea, eb) = ((-a / t).exp(), (-b / t).exp());
+            let eb = first * d.rel(kw + 1, k + 1);
+            hits += -slope * t * (ea - eb);
+            occ += s0 * t * (ea - eb) + slope * (-t * (b - a) * eb + t * t * (ea - eb));
+            ea = eb;
             if ea < 1e-12 {
                 break;
             }
-            hits += -slope * t * (ea - eb);
-            occ += s0 * t * (ea - eb) + slope * (-t * (b - a) * eb + t * t * (ea - eb));
         }
         (hits, occ)
     }

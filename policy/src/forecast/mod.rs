@@ -27,7 +27,7 @@
 
 mod histogram;
 
-pub use histogram::{Edges, GapHistogram, BINS};
+pub use histogram::{Discount, Edges, GapHistogram, BINS};
 
 use crate::agent::CallEnd;
 
@@ -126,12 +126,11 @@ impl Forecaster {
 
     /// Hit density of an agent that has waited `waited_ms` on the clock of
     /// `gap` (since its last answer, or since its last call while in flight),
-    /// with an eviction clock of mean `horizon_ms`: the chance of a call
+    /// with an eviction clock of mean `d.mean_ms()`: the chance of a call
     /// before eviction per ms of cache time spent waiting for it. Larger means
     /// more worth keeping. Always finite and > 0.
-    pub fn density(&self, gap: Gap, waited_ms: u64, horizon_ms: u64, agent: &AgentGaps) -> f64 {
+    pub fn density(&self, gap: Gap, waited_ms: u64, d: &Discount, agent: &AgentGaps) -> f64 {
         let w = waited_ms as f64;
-        let t = horizon_ms.max(1) as f64;
         let i = gap.index();
         let cond = &self.by_previous[i][agent.previous[i].map_or(3, usize::from)];
         let population = if cond.total() >= MIN_CONDITIONED {
@@ -140,8 +139,8 @@ impl Forecaster {
             &self.global[i]
         };
         let own = &agent.hist[i];
-        let (gh, go) = population.discounted(&self.edges, w, t);
-        let (lh, lo) = own.discounted(&self.edges, w, t);
+        let (gh, go) = population.discounted(&self.edges, w, d);
+        let (lh, lo) = own.discounted(&self.edges, w, d);
         // Blend the normalised distributions: the agent's own history weighs
         // its (decayed) count of gaps, the population `prior_weight`.
         let (gt, lt) = (population.total().max(1e-9), own.total());
@@ -155,6 +154,11 @@ impl Forecaster {
             return floor;
         }
         (hits / occupancy).max(floor)
+    }
+
+    /// The discount table for an eviction clock of mean `horizon_ms`.
+    pub fn discount(&self, horizon_ms: u64) -> Discount {
+        Discount::new(&self.edges, horizon_ms)
     }
 
     /// The bin edges in use.

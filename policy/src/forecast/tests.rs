@@ -25,7 +25,7 @@ fn discounted_matches_numeric_integration() {
     assert_eq!(h.survival(&e, 0.0), 13.0);
     assert_eq!(h.survival(&e, 1e12), 0.0);
     for (w, t) in [(0.0, 1_000.0), (1_500.0, 20_000.0), (10_000.0, 300_000.0)] {
-        let (hits, occ) = h.discounted(&e, w, t);
+        let (hits, occ) = h.discounted(&e, w, &Discount::new(&e, t as u64));
         let (steps, end) = (400_000, w + 30.0 * t);
         let dx = (end - w) / steps as f64;
         let (mut nh, mut no) = (0.0, 0.0);
@@ -38,7 +38,10 @@ fn discounted_matches_numeric_integration() {
         assert!((hits - nh).abs() / nh < 1e-3, "hits {hits} vs {nh}");
         assert!((occ - no).abs() / no < 1e-3, "occupancy {occ} vs {no}");
     }
-    assert_eq!(h.discounted(&e, 1e12, 1_000.0), (0.0, 0.0));
+    assert_eq!(
+        h.discounted(&e, 1e12, &Discount::new(&e, 1_000)),
+        (0.0, 0.0)
+    );
 }
 
 #[test]
@@ -54,24 +57,24 @@ fn tool_calls_outrank_ends_of_turn_and_overdue_agents_fade() {
         );
     }
     let fresh = AgentGaps::default();
-    let h = 60_000;
-    let tool = f.density(Gap::AfterAnswer(CallEnd::ToolCall), 1_000, h, &fresh);
-    let turn = f.density(Gap::AfterAnswer(CallEnd::EndOfTurn), 1_000, h, &fresh);
+    let h = f.discount(60_000);
+    let tool = f.density(Gap::AfterAnswer(CallEnd::ToolCall), 1_000, &h, &fresh);
+    let turn = f.density(Gap::AfterAnswer(CallEnd::EndOfTurn), 1_000, &h, &fresh);
     assert!(tool > 10.0 * turn, "{tool} vs {turn}");
     // Long overdue after a tool call: worth less than fresh.
-    let late = f.density(Gap::AfterAnswer(CallEnd::ToolCall), 3_600_000, h, &fresh);
+    let late = f.density(Gap::AfterAnswer(CallEnd::ToolCall), 3_600_000, &h, &fresh);
     assert!(late < tool / 10.0);
     // Past every observation: still positive, and smaller the longer it waits.
     let gone = f.density(
         Gap::AfterAnswer(CallEnd::ToolCall),
         10u64.pow(12),
-        h,
+        &h,
         &fresh,
     );
     let gone2 = f.density(
         Gap::AfterAnswer(CallEnd::ToolCall),
         2 * 10u64.pow(12),
-        h,
+        &h,
         &fresh,
     );
     assert!(gone > 0.0 && gone2 < gone);
@@ -89,5 +92,6 @@ fn an_agents_own_history_shifts_its_forecast() {
         f.record(Gap::AfterAnswer(CallEnd::ToolCall), 120_000, &mut slow);
     }
     let g = Gap::AfterAnswer(CallEnd::ToolCall);
-    assert!(f.density(g, 1_000, 30_000, &fast) > 5.0 * f.density(g, 1_000, 30_000, &slow));
+    let d = f.discount(30_000);
+    assert!(f.density(g, 1_000, &d, &fast) > 5.0 * f.density(g, 1_000, &d, &slow));
 }

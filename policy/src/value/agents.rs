@@ -1,7 +1,7 @@
 //! Per-agent state kept by the value policy and the agent ranking it derives.
 
 use crate::agent::{AgentId, CallEnd};
-use crate::forecast::{AgentGaps, Forecaster, Gap};
+use crate::forecast::{AgentGaps, Discount, Forecaster, Gap};
 
 /// Where an agent is in its call cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +13,9 @@ pub(crate) enum Phase {
     /// The latest call was answered at `at` and ended with `end`.
     Answered { at: u64, end: CallEnd },
 }
+
+/// `(class, value, last activity, slot)`: ascending = evicted first.
+pub(crate) type RankKey = (u8, f64, u64, u32);
 
 #[derive(Debug, Clone)]
 pub(crate) struct AgentState<K> {
@@ -29,6 +32,10 @@ pub(crate) struct AgentState<K> {
     pub gaps: AgentGaps,
     /// Position in the current ranking (`u32::MAX` when not ranked yet).
     pub rank_pos: u32,
+    /// Rank key as last computed.
+    pub key: RankKey,
+    /// Whether the key is stale (queued for recomputation).
+    pub touched: bool,
     pub last_call: u64,
     /// The agent that spawned this one.
     pub parent: Option<AgentId>,
@@ -45,6 +52,8 @@ impl<K> AgentState<K> {
             pinned: false,
             gaps: AgentGaps::default(),
             rank_pos: u32::MAX,
+            key: (0, 0.0, 0, 0),
+            touched: false,
             last_call: now_ms,
             parent: None,
         }
@@ -76,25 +85,26 @@ impl<K> AgentState<K> {
     pub fn rank_key(
         &self,
         forecaster: &Forecaster,
-        horizon_ms: u64,
+        discount: &Discount,
         now_ms: u64,
-    ) -> (u8, f64, u64) {
+        slot: u32,
+    ) -> RankKey {
         let last = match self.phase {
             Phase::New { since } | Phase::InFlight { since } => since,
             Phase::Answered { at, .. } => at,
         };
         if self.pinned {
-            return (2, self.weight, last);
+            return (2, self.weight, last, slot);
         }
         if now_ms < self.keep_warm_until {
-            return (1, self.weight, last);
+            return (1, self.weight, last, slot);
         }
         let (gap, since) = match self.phase {
             Phase::New { since } | Phase::InFlight { since } => (Gap::AfterCall, since),
             Phase::Answered { at, end } => (Gap::AfterAnswer(end), at),
         };
         let waited = now_ms.saturating_sub(since);
-        let density = forecaster.density(gap, waited, horizon_ms, &self.gaps);
-        (0, self.weight * density, last)
+        let density = forecaster.density(gap, waited, discount, &self.gaps);
+        (0, self.weight * density, last, slot)
     }
 }

@@ -21,8 +21,9 @@
 //!
 //! # Cost
 //! Every block operation is O(1). Agent ranks are recomputed (O(A log A) for
-//! A live agents) only when an agent's state changed or `rerank_ms` passed, and
-//! a per-tier cursor walks the ranking, so a run of evictions costs O(1) each.
+//! A live agents) only when an agent's state changed or `rerank_ms` passed
+//! (or incrementally, see [`ValueConfig::full_rerank_on_change`]), and a
+//! per-tier cursor walks the ranking, so a run of evictions costs O(1) each.
 
 mod agents;
 mod lists;
@@ -35,7 +36,7 @@ use foldhash::fast::RandomState;
 use crate::agent::{AgentId, AgentSpec, Answer, CallEnd};
 use crate::forecast::Forecaster;
 use crate::{BlockInfo, EvictionPolicy, Tier};
-use agents::{AgentState, Phase};
+use agents::{AgentState, Phase, RankKey};
 use lists::{Lists, Ref};
 
 const ENDED: u32 = 0;
@@ -63,9 +64,15 @@ pub struct ValueConfig {
     /// Each new gap of an agent fades its older gaps of that kind by this
     /// factor (1.0: all remembered equally). Default 0.95.
     pub agent_memory: f32,
-    /// Recompute agent ranks at least this often (ms) even when no agent
+    /// Recompute all agent ranks at least this often (ms) even when no agent
     /// changed state, since waiting changes the forecast. Default 1 s.
     pub rerank_ms: u64,
+    /// Recompute all agent ranks whenever an agent changed state (a call, an
+    /// answer, an end), so every key reflects the latest population
+    /// statistics: O(A) forecasts per change for A live agents. When false,
+    /// only the changed agent is re-keyed and moved (O(log A) forecasts
+    /// plus an O(A) shift), and the rest waits for `rerank_ms`. Default true.
+    pub full_rerank_on_change: bool,
 }
 
 impl Default for ValueConfig {
@@ -77,6 +84,7 @@ impl Default for ValueConfig {
             prior_weight: 2.0,
             agent_memory: 0.95,
             rerank_ms: 1_000,
+            full_rerank_on_change: true,
         }
     }
 }
@@ -95,7 +103,8 @@ pub struct ValuePolicy<K> {
     order: Vec<u32>,
     /// Per tier: the first position of `order` that may still hold blocks of that tier.
     cursor: [usize; 3],
-    dirty: bool,
+    /// Agents whose state changed since their key was last computed.
+    touched: Vec<u32>,
     ranked_at: u64,
     /// Inserts, exponentially decayed with `rate_window_ms` (≈ rate × window).
     recent_inserts: f64,
@@ -123,7 +132,7 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
             forecaster,
             order: Vec::new(),
             cursor: [0; 3],
-            dirty: true,
+            touched: Vec::new(),
             ranked_at: 0,
             recent_inserts: 0.0,
             inserts_at: 0,
@@ -184,7 +193,7 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
         };
         self.lists.ensure_list(AGENT_BASE + slot);
         self.agent_index.insert(id, slot);
-        self.dirty = true;
+        self.touch(slot);
         slot
     }
 
@@ -223,33 +232,69 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
         }
     }
 
-    fn rerank(&mut self, now_ms: u64) {
-        if !self.dirty && now_ms < self.ranked_at.saturating_add(self.cfg.rerank_ms) {
-            return;
-        }
-        let horizon = self.horizon_ms();
-        let mut keyed: Vec<((u8, f64, u64), u32)> = Vec::with_capacity(self.agent_index.len());
-        for (slot, a) in self.agents.iter().enumerate() {
-            if let Some(a) = a {
-                keyed.push((a.rank_key(&self.forecaster, horizon, now_ms), slot as u32));
+    /// Marks agent `slot` for a fresh rank key at the next victim query.
+    fn touch(&mut self, slot: u32) {
+        if let Some(a) = self.agents[slot as usize].as_mut() {
+            if !a.touched {
+                a.touched = true;
+                self.touched.push(slot);
             }
         }
-        keyed.sort_unstable_by(|(ka, sa), (kb, sb)| {
-            ka.0.cmp(&kb.0)
-                .then(ka.1.total_cmp(&kb.1))
-                .then(ka.2.cmp(&kb.2))
-                .then(sa.cmp(sb))
-        });
-        self.order.clear();
-        for (pos, &(_, slot)) in keyed.iter().enumerate() {
-            self.order.push(slot);
+    }
+
+    /// Brings `order` up to date: every agent's key is recomputed when
+    /// `rerank_ms` passed (waiting changes forecasts) or, with
+    /// `full_rerank_on_change`, when any agent changed state; else only the
+    /// keys of agents whose state changed, which move to their new place.
+    fn rerank(&mut self, now_ms: u64) {
+        let full = (self.cfg.full_rerank_on_change && !self.touched.is_empty())
+            || now_ms >= self.ranked_at.saturating_add(self.cfg.rerank_ms);
+        if !full && self.touched.is_empty() {
+            return;
+        }
+        let horizon = self.forecaster.discount(self.horizon_ms());
+        if full {
+            for slot in 0..self.agents.len() as u32 {
+                if let Some(a) = self.agents[slot as usize].as_mut() {
+                    a.key = a.rank_key(&self.forecaster, &horizon, now_ms, slot);
+                    a.touched = false;
+                }
+            }
+            self.touched.clear();
+            let agents = &self.agents;
+            let key = |slot: &u32| agents[*slot as usize].as_ref().map(|a| a.key);
+            self.order = (0..agents.len() as u32)
+                .filter(|&s| agents[s as usize].is_some())
+                .collect();
+            self.order.sort_unstable_by(|a, b| cmp_key(key(a), key(b)));
+            self.ranked_at = now_ms;
+        } else if !self.touched.is_empty() {
+            let agents = &self.agents;
+            self.order
+                .retain(|&s| agents[s as usize].as_ref().is_some_and(|a| !a.touched));
+            for slot in std::mem::take(&mut self.touched) {
+                let Some(a) = self.agents[slot as usize].as_mut() else {
+                    continue;
+                };
+                if !a.touched {
+                    continue; // queued twice (slot reused after an end)
+                }
+                a.touched = false;
+                a.key = a.rank_key(&self.forecaster, &horizon, now_ms, slot);
+                let k = Some(a.key);
+                let agents = &self.agents;
+                let at = self.order.partition_point(|s| {
+                    cmp_key(agents[*s as usize].as_ref().map(|a| a.key), k).is_lt()
+                });
+                self.order.insert(at, slot);
+            }
+        }
+        for (pos, &slot) in self.order.iter().enumerate() {
             if let Some(a) = self.agents[slot as usize].as_mut() {
                 a.rank_pos = pos as u32;
             }
         }
         self.cursor = [0; 3];
-        self.dirty = false;
-        self.ranked_at = now_ms;
     }
 }
 
@@ -325,7 +370,7 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
         let st = self.agent(slot);
         st.weight = spec.weight();
         st.parent = spec.parent;
-        self.dirty = true;
+        self.touch(slot);
     }
 
     fn on_agent_call(&mut self, agent: AgentId, blocks: &[K], now_ms: u64) {
@@ -360,7 +405,7 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
         old.clear();
         old.extend_from_slice(blocks);
         self.agent(a).context = old;
-        self.dirty = true;
+        self.touch(a);
     }
 
     fn on_agent_answered(&mut self, agent: AgentId, answer: &Answer, now_ms: u64) {
@@ -376,7 +421,7 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
             .keep_warm_ms
             .map_or(0, |ttl| now_ms.saturating_add(ttl));
         st.pinned = answer.pin;
-        self.dirty = true;
+        self.touch(a);
     }
 
     fn on_agent_end(&mut self, agent: AgentId, now_ms: u64) {
@@ -398,10 +443,25 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
         }
         // A sub-agent's end is its parent's tool result: the parent calls
         // next as after a tool call answered now.
-        let parent = self.agent(a).parent;
+        let (parent, pos) = {
+            let st = self.agent(a);
+            (st.parent, st.rank_pos as usize)
+        };
         self.agents[a as usize] = None;
         self.free_agents.push(a);
-        self.dirty = true;
+        if self.order.get(pos) == Some(&a) {
+            self.order.remove(pos);
+            for (i, &slot) in self.order.iter().enumerate().skip(pos) {
+                if let Some(st) = self.agents[slot as usize].as_mut() {
+                    st.rank_pos = i as u32;
+                }
+            }
+            for c in &mut self.cursor {
+                if *c > pos {
+                    *c -= 1;
+                }
+            }
+        }
         if let Some(&p) = parent.and_then(|p| self.agent_index.get(&p)) {
             let st = self.agent(p);
             if matches!(st.phase, Phase::Answered { .. }) {
@@ -409,8 +469,22 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
                     at: now_ms,
                     end: CallEnd::ToolCall,
                 };
+                self.touch(p);
             }
         }
+    }
+}
+
+/// Order of rank keys `(class, value, last activity, slot)`; absent agents last.
+fn cmp_key(a: Option<RankKey>, b: Option<RankKey>) -> std::cmp::Ordering {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            a.0.cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        }
+        (a, b) => a.is_none().cmp(&b.is_none()),
     }
 }
 

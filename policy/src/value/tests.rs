@@ -196,6 +196,8 @@ struct RefAgent {
     weight: f64,
     gaps: AgentGaps,
     parent: Option<AgentId>,
+    /// Rank key as last computed; `None` once the agent's state changed.
+    key: Option<(f64, u64)>,
 }
 
 struct Reference {
@@ -204,8 +206,9 @@ struct Reference {
     forecaster: Forecaster,
     stamp: u64,
     ranking: Vec<AgentId>,
-    dirty: bool,
     horizon: u64,
+    /// Recompute every key when any agent changed state.
+    refresh_all: bool,
 }
 
 impl Reference {
@@ -216,7 +219,7 @@ impl Reference {
             forecaster: Forecaster::new(cfg.prior_weight, cfg.agent_memory),
             stamp: 0,
             ranking: Vec::new(),
-            dirty: true,
+            refresh_all: cfg.full_rerank_on_change,
             horizon: cfg.horizon_ms,
         }
     }
@@ -229,10 +232,8 @@ impl Reference {
     }
 
     fn agent(&mut self, id: AgentId, now: u64) -> &mut RefAgent {
-        if !self.agents.contains_key(&id) {
-            self.dirty = true;
-        }
         self.agents.entry(id).or_insert(RefAgent {
+            key: None,
             seq: 0,
             context: Vec::new(),
             phase: Phase::New { since: now },
@@ -328,8 +329,9 @@ impl Reference {
         for k in old {
             self.drop_ref(k, a, Some(seq), Class::Stale);
         }
-        self.agents.get_mut(&a).unwrap().context = keys.to_vec();
-        self.dirty = true;
+        let st = self.agents.get_mut(&a).unwrap();
+        st.context = keys.to_vec();
+        st.key = None;
     }
 
     fn answered(&mut self, a: AgentId, ans: &Answer, now: u64) {
@@ -338,7 +340,7 @@ impl Reference {
                 at: now,
                 end: ans.ended,
             };
-            self.dirty = true;
+            st.key = None;
         }
     }
 
@@ -359,38 +361,42 @@ impl Reference {
         for (_, k) in left {
             self.touch(k, Class::Ended);
         }
-        self.dirty = true;
         if let Some(p) = st.parent.and_then(|p| self.agents.get_mut(&p)) {
             if matches!(p.phase, Phase::Answered { .. }) {
                 p.phase = Phase::Answered {
                     at: now,
                     end: CallEnd::ToolCall,
                 };
+                p.key = None;
             }
         }
     }
 
+    /// Recomputes the keys of agents whose state changed (the policy under
+    /// test never reaches its periodic full refresh here), then sorts.
     fn rank(&mut self, now: u64) {
-        if !self.dirty {
-            return;
+        let discount = self.forecaster.discount(self.horizon);
+        let changed = self.agents.values().any(|st| st.key.is_none());
+        for st in self.agents.values_mut() {
+            if st.key.is_some() && !(self.refresh_all && changed) {
+                continue;
+            }
+            let (gap, since) = match st.phase {
+                Phase::New { since } | Phase::InFlight { since } => (Gap::AfterCall, since),
+                Phase::Answered { at, end } => (Gap::AfterAnswer(end), at),
+            };
+            let d = self
+                .forecaster
+                .density(gap, now - since, &discount, &st.gaps);
+            st.key = Some((st.weight * d, since));
         }
-        let mut keyed: Vec<(f64, u64, AgentId)> = self
+        let mut keyed: Vec<((f64, u64), AgentId)> = self
             .agents
             .iter()
-            .map(|(&id, st)| {
-                let (gap, since) = match st.phase {
-                    Phase::New { since } | Phase::InFlight { since } => (Gap::AfterCall, since),
-                    Phase::Answered { at, end } => (Gap::AfterAnswer(end), at),
-                };
-                let d = self
-                    .forecaster
-                    .density(gap, now - since, self.horizon, &st.gaps);
-                (st.weight * d, since, id)
-            })
+            .map(|(&id, st)| (st.key.unwrap_or((f64::MAX, u64::MAX)), id))
             .collect();
-        keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        self.ranking = keyed.into_iter().map(|k| k.2).collect();
-        self.dirty = false;
+        keyed.sort_by(|a, b| a.0 .0.total_cmp(&b.0 .0).then(a.0 .1.cmp(&b.0 .1)));
+        self.ranking = keyed.into_iter().map(|k| k.1).collect();
     }
 
     fn victim(&mut self, tier: Tier, now: u64) -> Option<u64> {
@@ -417,15 +423,25 @@ impl Reference {
 }
 
 #[test]
-fn matches_brute_force_reference() {
+fn matches_brute_force_reference_with_incremental_ranks() {
+    check_against_reference(false, 0x2545_f491_4f6c_dd1d);
+}
+
+#[test]
+fn matches_brute_force_reference_with_full_reranks() {
+    check_against_reference(true, 0x9e37_79b9_7f4a_7c15);
+}
+
+fn check_against_reference(full_rerank_on_change: bool, seed: u64) {
     let cfg = ValueConfig {
         adaptive_horizon: 0.0,
         rerank_ms: u64::MAX / 4,
+        full_rerank_on_change,
         ..ValueConfig::default()
     };
     let mut p: ValuePolicy<u64> = ValuePolicy::new(cfg.clone());
     let mut r = Reference::new(&cfg);
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut x: u64 = seed;
     let mut rnd = move |n: u64| {
         x ^= x << 13;
         x ^= x >> 7;
