@@ -465,13 +465,15 @@ async fn killed_cache_server_makes_onboard_answer_not_loaded_quickly() -> anyhow
 /// payloads as msgpack `KVEventBatch`es in both encodings vLLM has used.
 const PUBLISHER: &str = r#"
 import sys, time, zmq, msgpack
-port, bs = int(sys.argv[1]), int(sys.argv[2])
+port, replay_port, bs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 def tokens(seed, n):
     return [((i * 2654435761) + seed) & 0xFFFFFFFF for i in range(n * bs)]
 t = tokens(9, 4)
 ctx = zmq.Context()
 pub = ctx.socket(zmq.XPUB)
 pub.bind(f"tcp://127.0.0.1:{port}")
+replay = ctx.socket(zmq.ROUTER)
+replay.bind(f"tcp://127.0.0.1:{replay_port}")
 pub.setsockopt(zmq.RCVTIMEO, 30000)
 pub.recv()  # wait for the agent's subscription
 B3 = b"\x03" * 32
@@ -484,16 +486,32 @@ batches = [
         "lora_id": None, "medium": "GPU", "lora_name": None}], "data_parallel_rank": 0}),
     # wrong block_size: counted error
     (2, [time.time(), [["BlockStored", [1004], 1002, t[:2*bs], 2*bs, None, "GPU"]], 0]),
-    # seq 3 is lost: a gap
+    # lost on the PUB socket (a gap), served by the replay socket
+    (3, [time.time(), [["BlockStored", [1003], B3, t[3*bs:], bs, None, "GPU"]], 0]),
     (4, {"ts": time.time(), "events": [{"type": "BlockRemoved", "block_hashes": [B3], "medium": "GPU"}]}),
     # unknown parent: counted error; CPU medium: ignored and counted
     (5, [time.time(), [["BlockStored", [1005], 4242, t[3*bs:], bs, None, "GPU"],
                        ["BlockRemoved", [1001], "CPU"]], 0]),
 ]
+buffer = []
 for seq, batch in batches:
-    pub.send_multipart([b"kv@test", seq.to_bytes(8, "big"), msgpack.packb(batch, use_bin_type=True)])
-time.sleep(1.0)
+    payload = msgpack.packb(batch, use_bin_type=True)
+    buffer.append((seq, payload))
+    if seq != 3:
+        pub.send_multipart([b"kv@test", seq.to_bytes(8, "big"), payload])
+# serve replay requests as vLLM's ZmqEventPublisher does: [id, b"", start_seq]
+# -> [id, b"", seq, payload]... then [id, b"", -1, b""]
+deadline = time.time() + 2.0
+while time.time() < deadline:
+    if replay.poll(100):
+        ident, _, start = replay.recv_multipart()
+        start = int.from_bytes(start, "big")
+        for seq, payload in buffer:
+            if seq >= start:
+                replay.send_multipart([ident, b"", seq.to_bytes(8, "big"), payload])
+        replay.send_multipart([ident, b"", (-1).to_bytes(8, "big", signed=True), b""])
 pub.close(linger=1000)
+replay.close(linger=1000)
 ctx.term()
 "#;
 
@@ -525,12 +543,20 @@ async fn vllm_zmq_events_are_ingested_with_kvtier_hashes() -> anyhow::Result<()>
     };
     let dir = tempfile::tempdir()?;
     let server = ServerProcess::start(&dir.path().join("data"), &[])?;
-    let port = free_port()?;
+    let (port, replay_port) = (free_port()?, free_port()?);
     let endpoint = format!("tcp://127.0.0.1:{port}");
+    let replay = format!("tcp://127.0.0.1:{replay_port}");
     let a = AgentProcess::start(
         &dir.path().join("a.log"),
         server.grpc,
-        &["--worker-id", "vllm-0", "--vllm-events", &endpoint],
+        &[
+            "--worker-id",
+            "vllm-0",
+            "--vllm-events",
+            &endpoint,
+            "--vllm-replay",
+            &replay,
+        ],
     )?;
     let script = dir.path().join("publisher.py");
     std::fs::write(&script, PUBLISHER)?;
@@ -538,6 +564,7 @@ async fn vllm_zmq_events_are_ingested_with_kvtier_hashes() -> anyhow::Result<()>
         std::process::Command::new(python)
             .arg(script)
             .arg(port.to_string())
+            .arg(replay_port.to_string())
             .arg(BLOCK_TOKENS.to_string())
             .status()
     })
@@ -551,14 +578,15 @@ async fn vllm_zmq_events_are_ingested_with_kvtier_hashes() -> anyhow::Result<()>
             .worker_stats(WorkerStatsRequest {})
             .await?
             .into_inner();
-        if s.engine_batches >= 5 || Instant::now() > deadline {
+        if s.engine_batches >= 6 || Instant::now() > deadline {
             break s;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(stats.engine_batches, 5, "log:\n{}", a.log());
+    // 5 live batches and the lost one, fetched from the replay socket
+    assert_eq!(stats.engine_batches, 6, "log:\n{}", a.log());
     assert_eq!(stats.engine_seq_gaps, 1);
-    assert_eq!(stats.engine_events, 3);
+    assert_eq!(stats.engine_events, 4);
     let errors = |k: &str| stats.engine_errors.get(k).copied().unwrap_or(0);
     assert_eq!(
         errors("block_size_mismatch"),
@@ -570,29 +598,33 @@ async fn vllm_zmq_events_are_ingested_with_kvtier_hashes() -> anyhow::Result<()>
     assert_eq!(errors("other_medium"), 1, "{:?}", stats.engine_errors);
 
     // kvtier's own hashes, recomputed from the token ids: blocks 0, 1 stored,
-    // block 2 stored then removed.
+    // block 2 stored, block 3 stored (replayed, chained on 2), block 2 removed.
     let hashes = prompt_hashes(9, 4, BLOCK_TOKENS);
     let mut events = agent
         .subscribe_worker_events(SubscribeWorkerEventsRequest { from_event_id: 1 })
         .await?
         .into_inner();
-    let e1 = next_event(&mut events).await?;
-    let e2 = next_event(&mut events).await?;
-    let e3 = next_event(&mut events).await?;
-    assert_eq!((e1.event_id, e2.event_id, e3.event_id), (1, 2, 3));
-    assert_eq!(e1.hashes, hashes[..2].to_vec());
-    assert_eq!(e1.parent_hash, None);
-    assert_eq!(e2.hashes, vec![hashes[2]]);
-    assert_eq!(e2.parent_hash, Some(hashes[1]));
-    assert_eq!(e3.kind, WorkerEventKind::Removed as i32);
-    assert_eq!(e3.hashes, vec![hashes[2]]);
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(next_event(&mut events).await?);
+    }
+    let ids: Vec<u64> = got.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids, vec![1, 2, 3, 4]);
+    assert_eq!(got[0].hashes, hashes[..2].to_vec());
+    assert_eq!(got[0].parent_hash, None);
+    assert_eq!(got[1].hashes, vec![hashes[2]]);
+    assert_eq!(got[1].parent_hash, Some(hashes[1]));
+    assert_eq!(got[2].hashes, vec![hashes[3]]);
+    assert_eq!(got[2].parent_hash, Some(hashes[2]));
+    assert_eq!(got[3].kind, WorkerEventKind::Removed as i32);
+    assert_eq!(got[3].hashes, vec![hashes[2]]);
     let snapshot = agent
         .worker_snapshot(WorkerSnapshotRequest {})
         .await?
         .into_inner()
         .snapshot
         .ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
-    let mut want = hashes[..2].to_vec();
+    let mut want = vec![hashes[0], hashes[1], hashes[3]];
     want.sort_unstable();
     assert_eq!(snapshot.hashes, want);
     Ok(())
