@@ -1,15 +1,16 @@
 //! `kvtier-bench`: trace replay and microbenchmarks. A thin shell: each
 //! subcommand's flags and work live in its own module.
 
+mod agent_bench;
 mod replay;
 mod throughput;
 
 use anyhow::Result;
+use clap::{Parser, Subcommand};
 
 /// Same allocator as kvtier-server, so client-side buffer churn is comparable.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "kvtier-bench", version, about)]
@@ -26,6 +27,8 @@ enum Command {
     PolicySpeed(replay::speed::Args),
     /// Put/get of large blocks through a real kvtier-server vs plain TCP and Redis; warm restart.
     Throughput(throughput::Args),
+    /// Offload/onboard through kvtier-agent + kvtier-server vs memcpy and plain TCP.
+    Agent(agent_bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -33,5 +36,6 @@ fn main() -> Result<()> {
         Command::Replay(args) => replay::run(args),
         Command::PolicySpeed(args) => replay::speed::run(args),
         Command::Throughput(args) => throughput::run(args),
+        Command::Agent(args) => agent_bench::run_blocking(args),
     }
 }
