@@ -20,7 +20,8 @@ The worker-agent sidecar snippet is checked by rendering a throwaway parent char
 kvtier as a subchart and the named templates in its own Deployment; its flags are checked against
 `kvtier-agent --help`.
 
-Usage: check_chart.py [--server-bin PATH] [--agent-bin PATH]
+Usage: check_chart.py [--server-bin PATH] [--agent-bin PATH]   (or KVTIER_SERVER_BIN / KVTIER_AGENT_BIN;
+       default: $CARGO_TARGET_DIR/release, then ~/.cache/kvtier-target/release, then target/release)
 Prints "chart: N passed, M failed" last; exits non-zero on any failure.
 """
 
@@ -177,7 +178,8 @@ def help_flags(binary: str | None) -> set[str] | None:
 
 
 def find_bin(name: str, arg: str | None) -> str | None:
-    cands = [arg]
+    env = {"kvtier-server": "KVTIER_SERVER_BIN", "kvtier-agent": "KVTIER_AGENT_BIN"}[name]
+    cands = [arg, os.environ.get(env)]
     target = os.environ.get("CARGO_TARGET_DIR")
     if target:
         cands.append(str(Path(target) / "release" / name))

@@ -19,6 +19,8 @@
    counter's first increment).
 
 Usage: dashboard_test.py [--server-bin PATH] [--prometheus-bin PATH] [--keep]
+       (or KVTIER_SERVER_BIN; default: $CARGO_TARGET_DIR/release, ~/.cache/kvtier-target/release,
+       target/release)
 Exits 0 when every check passed; prints "dashboard: N passed, M failed" last.
 """
 

@@ -8,7 +8,8 @@
 #        charts/tests/run.sh chart      (only the chart checks)
 #        charts/tests/run.sh dashboard  (only the dashboard test)
 # Env: KVTIER_CHARTS_VENV (default ~/.cache/kvtier-charts-venv), CARGO_TARGET_DIR
-#      (default ~/.cache/kvtier-target), PYTHON (default python3, >= 3.10).
+#      (default ~/.cache/kvtier-target), PYTHON (default python3, >= 3.10), KVTIER_SERVER_BIN /
+#      KVTIER_AGENT_BIN (test these binaries instead of the ones in CARGO_TARGET_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 what="${1:-all}"
