@@ -39,9 +39,12 @@ if [ "$what" != chart ] && ! command -v prometheus >/dev/null 2>&1; then
   [ -z "$added_policy" ] || $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 
-# The checks start the real binaries (a no-op when they are up to date).
+# The checks start the real binaries: build them (a no-op when they are up to date), unless
+# KVTIER_SERVER_BIN names the server binary to test.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kvtier-target}"
-cargo build --release -q -p kvtier-cache-server -p kvtier-worker-agent --bins
+if [ -z "${KVTIER_SERVER_BIN:-}" ]; then
+  cargo build --release -q -p kvtier-cache-server -p kvtier-worker-agent --bins
+fi
 
 py="$VENV/bin/python"
 passed=0; failed=0; status=0
