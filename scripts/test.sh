@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # The project's test command: installs missing system packages, builds every
-# binary (integration tests start the real ones), then runs all tests.
+# binary (integration tests start the real ones), runs all Rust tests, then the
+# chart and dashboard checks (Helm's library, Kubernetes schemas, a real
+# Prometheus scraping the real kvtier-server).
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# One target directory for cargo and for the checks that start binaries.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 scripts/setup.sh
 cargo build --release --workspace --bins
 cargo test --release --workspace "$@"
+charts/tests/run.sh
