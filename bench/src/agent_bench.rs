@@ -520,6 +520,8 @@ pub async fn run(args: Args) -> Result<()> {
         &[
             "--listen".into(),
             "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "off".into(),
             "--server".into(),
             format!("http://{server_addr}"),
             "--staging-bytes".into(),

@@ -428,6 +428,8 @@ pub struct AgentProcess {
     pub grpc: SocketAddr,
     /// Unix socket path, when one was asked for.
     pub uds: Option<PathBuf>,
+    /// `/metrics` address.
+    pub metrics: Option<SocketAddr>,
     log: PathBuf,
 }
 
@@ -439,6 +441,8 @@ impl AgentProcess {
         let bin = binary("kvtier-agent", "KVTIER_AGENT_BIN")?;
         let mut args: Vec<String> = vec![
             "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
             "127.0.0.1:0".into(),
             "--server".into(),
             format!("http://{server}"),
@@ -454,10 +458,15 @@ impl AgentProcess {
             .ok_or_else(|| anyhow!("no grpc= in {line:?}"))?
             .parse()?;
         let uds = field("uds=").filter(|u| u != "off").map(PathBuf::from);
+        let metrics = field("metrics=")
+            .filter(|m| m != "off")
+            .map(|m| m.parse())
+            .transpose()?;
         Ok(Self {
             child: Some(child),
             grpc,
             uds,
+            metrics,
             log: log.to_path_buf(),
         })
     }
@@ -484,6 +493,15 @@ impl AgentProcess {
     /// The agent's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The text of the agent's `GET /metrics`.
+    pub fn metrics_text(&self) -> Result<String> {
+        http_get(
+            self.metrics
+                .ok_or_else(|| anyhow!("agent metrics are off"))?,
+            "/metrics",
+        )
     }
 
     /// SIGTERM, then wait for a clean exit; returns the exit code.

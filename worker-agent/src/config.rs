@@ -40,6 +40,8 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// Optional Unix socket path served alongside TCP. Default none.
     pub uds: Option<PathBuf>,
+    /// Prometheus `/metrics` listen address; `None` disables it. Default `127.0.0.1:9465`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Cache server gRPC endpoint. Default `http://127.0.0.1:50051`.
     pub server: String,
     /// Worker id carried by this agent's events. Default `worker-0`.
@@ -74,6 +76,7 @@ impl Default for AgentConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50061)),
             uds: None,
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             server: "http://127.0.0.1:50051".into(),
             worker_id: "worker-0".into(),
             hashing: ExpectedHashing::default(),

@@ -209,6 +209,7 @@ impl AttachedPool {
         };
         let n = loaded.iter().filter(|&&l| l).count() as u64;
         Stats::add(&stats.onboard_loaded, n);
+        Stats::add(&stats.onboard_bytes, n * geometry.block_bytes as u64);
         Stats::add(&stats.onboard_missed, hashes.len() as u64 - n);
         if let Some(reason) = &degraded_reason {
             Stats::add(&stats.onboard_degraded, 1);

@@ -17,6 +17,7 @@
 //! - [`events`]: the worker's event log: monotonic ids, replay buffer, snapshot.
 //! - [`vllm`]: ingestion of vLLM's ZMQ KV-event stream into the event log.
 //! - [`service`]: the `kvtier.v1.WorkerService` gRPC handlers.
+//! - [`metrics`]: `GET /metrics` (Prometheus text) from the agent's counters.
 //! - [`server`]: binds TCP / Unix socket, runs until shutdown, stops its tasks.
 //! - [`sim`]: a simulated engine (shared-memory pool) for tests and benchmarks.
 
@@ -29,6 +30,7 @@ pub mod datapath;
 pub mod error;
 pub mod events;
 pub mod memory;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod sim;

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 
 use kvtier_worker_agent::config::{AgentConfig, ExpectedHashing};
@@ -20,6 +21,13 @@ struct Args {
     /// Also serve on this Unix socket.
     #[arg(long, env = "KVTIER_AGENT_UDS")]
     uds: Option<PathBuf>,
+    /// Prometheus /metrics listen address; "off" disables it.
+    #[arg(
+        long,
+        env = "KVTIER_AGENT_METRICS_LISTEN",
+        default_value = "127.0.0.1:9465"
+    )]
+    metrics_listen: String,
     /// Cache server gRPC endpoint.
     #[arg(long, env = "KVTIER_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
@@ -87,10 +95,19 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-impl From<Args> for AgentConfig {
-    fn from(a: Args) -> Self {
-        Self {
+impl TryFrom<Args> for AgentConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(a: Args) -> anyhow::Result<Self> {
+        let metrics_listen = match a.metrics_listen.as_str() {
+            "off" | "" => None,
+            text => Some(text.parse().with_context(|| {
+                format!("--metrics-listen {text:?} is not an address or \"off\"")
+            })?),
+        };
+        Ok(Self {
             listen: a.listen,
+            metrics_listen,
             uds: a.uds,
             server: a.server,
             worker_id: a.worker_id,
@@ -110,7 +127,7 @@ impl From<Args> for AgentConfig {
             vllm_replay: a.vllm_replay,
             vllm_topic: a.vllm_topic,
             ..AgentConfig::default()
-        }
+        })
     }
 }
 
@@ -123,16 +140,20 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = AgentConfig::from(Args::parse());
+    let config = AgentConfig::try_from(Args::parse())?;
     server::run(config, server::shutdown_signal(), |addrs| {
         // One machine-readable line on stdout, for scripts and tests.
         println!(
-            "kvtier-agent ready grpc={} uds={}",
+            "kvtier-agent ready grpc={} uds={} metrics={}",
             addrs.grpc,
             addrs
                 .uds
                 .as_ref()
                 .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "off".into()),
+            addrs
+                .metrics
+                .map(|a| a.to_string())
                 .unwrap_or_else(|| "off".into())
         );
     })

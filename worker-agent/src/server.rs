@@ -26,6 +26,8 @@ pub struct BoundAddrs {
     pub grpc: SocketAddr,
     /// Unix socket path, if any.
     pub uds: Option<std::path::PathBuf>,
+    /// `/metrics` address, if enabled.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Runs until `shutdown` completes; `ready` is called once listening.
@@ -48,9 +50,17 @@ pub async fn run(
         }
         None => None,
     };
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
     let addrs = BoundAddrs {
         grpc: tcp.local_addr()?,
         uds: config.uds.clone(),
+        metrics: match &metrics {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        },
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -83,6 +93,17 @@ pub async fn run(
                 })
                 .await
                 .map_err(|e| AgentError::Io(std::io::Error::other(e.to_string())))
+        });
+    }
+    if let Some(listener) = metrics {
+        let mut stop = stop_rx.clone();
+        let state = state.clone();
+        tasks.spawn(async move {
+            crate::metrics::serve(listener, state, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(AgentError::Io)
         });
     }
     if let Some(endpoint) = &config.vllm_events {

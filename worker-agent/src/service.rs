@@ -278,6 +278,7 @@ impl WorkerService for Service {
         let req = request.into_inner();
         self.state.check_count(req.hashes.len())?;
         let pool = self.state.pool(req.pool_id)?;
+        let started = std::time::Instant::now();
         let out = pool
             .onboard(
                 &req.hashes,
@@ -285,7 +286,10 @@ impl WorkerService for Service {
                 self.state.config.onboard_timeout,
                 &self.state.stats,
             )
-            .await?;
+            .await;
+        let s = &self.state.stats;
+        Stats::timed(&s.onboard_calls, &s.onboard_nanos, started.elapsed());
+        let out = out?;
         let loaded_prefix = out.loaded.iter().take_while(|&&l| l).count() as u32;
         Ok(Response::new(OnboardResponse {
             loaded: out.loaded,

@@ -21,6 +21,16 @@ pub struct Stats {
     pub onboard_missed: AtomicU64,
     /// Onboard calls answered "not loaded" because the tier failed or timed out.
     pub onboard_degraded: AtomicU64,
+    /// Bytes Onboard copied into the pool.
+    pub onboard_bytes: AtomicU64,
+    /// Offload calls completed (successfully or not).
+    pub offload_calls: AtomicU64,
+    /// Time spent in Offload calls, nanoseconds.
+    pub offload_nanos: AtomicU64,
+    /// Onboard calls completed.
+    pub onboard_calls: AtomicU64,
+    /// Time spent in Onboard calls, nanoseconds.
+    pub onboard_nanos: AtomicU64,
     /// vLLM event batches received.
     pub engine_batches: AtomicU64,
     /// vLLM events applied.
@@ -45,6 +55,12 @@ impl Stats {
     /// Counts an engine-event error of kind `reason`.
     pub fn engine_error(&self, reason: &'static str) {
         *self.engine_errors.lock().entry(reason).or_default() += 1;
+    }
+
+    /// Counts one call of `elapsed` into `calls` / `nanos`.
+    pub fn timed(calls: &AtomicU64, nanos: &AtomicU64, elapsed: std::time::Duration) {
+        calls.fetch_add(1, Ordering::Relaxed);
+        nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Engine-event errors so far, by reason.
