@@ -65,11 +65,15 @@ pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheu
 }
 
 /// Serves `GET /metrics` from `handle` on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+pub async fn serve<L>(
+    listener: L,
     handle: PrometheusHandle,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {

@@ -95,6 +95,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(BoundAddrs),
 ) -> Result<(), ServerError> {
+    // Install the recorder before opening the store: gauges set while opening
+    // (tier capacities, recovered occupancy) would be lost otherwise.
+    let metrics_handle = match &metrics_listener {
+        Some(_) => match m::install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed; /metrics disabled");
+                None
+            }
+        },
+        None => None,
+    };
     let policy: Box<dyn EvictionPolicy<BlockKey>> = match config.policy {
         PolicyKind::Value => Box::new(ValuePolicy::<BlockKey>::new(ValueConfig::default())),
         PolicyKind::Lru => Box::new(Lru::<BlockKey>::new()),
@@ -119,14 +131,19 @@ pub async fn run(
             None
         }
     };
-    if let Some(listener) = &metrics_listener {
-        // /metrics has no TLS of its own: off loopback it needs the flag too.
-        kvtier_security::tls::check_plaintext(
-            "/metrics",
-            listener.local_addr()?,
-            config.security.allow_plaintext,
-        )?;
-    }
+    // /metrics is served with the gRPC listener's certificate (and client CA).
+    let metrics_tls = match (&config.security.tls, &metrics_listener) {
+        (Some(files), Some(_)) => Some(kvtier_security::http_tls::rustls_config(files)?),
+        (None, Some(listener)) => {
+            kvtier_security::tls::check_plaintext(
+                "/metrics",
+                listener.local_addr()?,
+                config.security.allow_plaintext,
+            )?;
+            None
+        }
+        _ => None,
+    };
     let auth = authenticator(&config)?;
     #[cfg(unix)]
     let reload_task = if config.security.tokens_file.is_some() {
@@ -185,14 +202,15 @@ pub async fn run(
     let mut metrics_task = None;
     if let Some(listener) = metrics_listener {
         metrics_addr = Some(listener.local_addr()?);
-        match m::install_recorder() {
-            Ok(handle) => {
-                let stop = stopped(stop_rx.clone());
-                metrics_task = Some(tokio::spawn(m::serve(listener, handle, stop)));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics recorder not installed; /metrics disabled")
-            }
+        if let Some(handle) = metrics_handle {
+            let stop = stopped(stop_rx.clone());
+            metrics_task = Some(match metrics_tls {
+                Some(tls) => {
+                    let listener = kvtier_security::http_tls::TlsListener::new(listener, tls)?;
+                    tokio::spawn(m::serve(listener, handle, stop))
+                }
+                None => tokio::spawn(m::serve(listener, handle, stop)),
+            });
         }
     }
 

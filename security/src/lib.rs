@@ -7,12 +7,14 @@
 //!   and their namespace grants; constant-time lookup.
 //! - [`auth`] — the [`auth::Authenticator`]: a tonic interceptor that stamps
 //!   each request with its [`auth::Client`], reloadable on SIGHUP.
+//! - [`http_tls`] — the same TLS for axum HTTP listeners ([`http_tls::TlsListener`]).
 //! - [`limits`] — per-client concurrency and byte-rate limits that refuse with
 //!   a retry hint instead of queueing without bound.
 //!
 //! See `README.md` for the threat model and how a binary adopts this crate.
 
 pub mod auth;
+pub mod http_tls;
 pub mod limits;
 pub mod tls;
 pub mod tokens;

@@ -40,16 +40,41 @@ async fn tls_and_mutual_tls_with_generated_certificates() -> Result<()> {
     );
 
     // TLS: a client trusting the CA works; plaintext and untrusted clients fail.
-    let server = Proc::start(
+    let server = Proc::start_with(
         &dir.path().join("d1"),
+        &["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
         &["--tls-cert", &cert, "--tls-key", &key],
     )?;
+
     let mut client = server.tls_client(&ca.pem, None).await?;
     handshake(&mut client, "tls-ns", config(16, 64)).await?;
     let hashes = kvtier_integration_tests::prompt_hashes(1, 4, 16);
     let session = handshake(&mut client, "tls-ns", config(16, 64)).await?;
     put_chain(&mut client, &session, &hashes, 64).await?;
     assert_eq!(get_all(&mut client, &session, &hashes).await?.len(), 4);
+    // /metrics is served over TLS with the same certificate.
+    let metrics = server.metrics.expect("metrics address");
+    let ca_file = dir.path().join("ca-for-curl.pem");
+    std::fs::write(&ca_file, &ca.pem.cert)?;
+    let https = std::process::Command::new("curl")
+        .args(["-sf", "--max-time", "10", "--cacert"])
+        .arg(&ca_file)
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", metrics.port()),
+        ])
+        .arg(format!("https://localhost:{}/metrics", metrics.port()))
+        .output();
+    if let Ok(out) = https {
+        assert!(out.status.success(), "HTTPS /metrics failed: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("kvtier_"));
+    } else {
+        eprintln!("curl not found: HTTPS /metrics checked only by refusing plaintext");
+    }
+    assert!(
+        kvtier_integration_tests::http_get(metrics, "/metrics").is_err(),
+        "plaintext /metrics on a TLS server"
+    );
     let mut plain = server.client().await?;
     assert!(
         handshake(&mut plain, "tls-ns", config(16, 64))

@@ -68,6 +68,21 @@ pub struct ServiceState {
     pub limits: ClientLimiter,
 }
 
+impl ServiceState {
+    /// The caller stamped by the authentication interceptor. With tokens on,
+    /// a request that did not pass the interceptor is refused rather than
+    /// treated as anonymous (defence in depth against a mis-wired server).
+    pub fn client<T>(&self, request: &Request<T>) -> Result<Client, Status> {
+        let client = Client::of(request);
+        if self.auth.enabled() && client.principal.is_none() {
+            return Err(Status::unauthenticated(
+                "this server requires a bearer token: send `authorization: Bearer <token>`",
+            ));
+        }
+        Ok(client)
+    }
+}
+
 /// A request's slots: one of the server's and one of its client's.
 #[derive(Debug)]
 pub struct Admission {
@@ -152,9 +167,9 @@ impl CacheService for CacheServiceImpl {
         request: Request<HandshakeRequest>,
     ) -> Result<Response<HandshakeResponse>, Status> {
         let started = Instant::now();
-        let client = Client::of(&request);
-        let result =
-            handshake::handle(&self.state, &client, request.into_inner()).map(Response::new);
+        let result = self.state.client(&request).and_then(|client| {
+            handshake::handle(&self.state, &client, request.into_inner()).map(Response::new)
+        });
         observe("handshake", started, &result);
         result
     }
@@ -193,10 +208,10 @@ impl CacheService for CacheServiceImpl {
         request: Request<StatsRequest>,
     ) -> Result<Response<StatsResponse>, Status> {
         let started = Instant::now();
-        let result = Ok(Response::new(stats::handle(
-            &self.state,
-            &Client::of(&request),
-        )));
+        let result = self
+            .state
+            .client(&request)
+            .map(|client| Response::new(stats::handle(&self.state, &client)));
         observe("stats", started, &result);
         result
     }
@@ -235,8 +250,9 @@ impl CacheService for CacheServiceImpl {
         request: Request<WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let started = Instant::now();
-        let client = Client::of(&request);
-        let result = watch::handle(&self.state, &client, request.into_inner()).map(Response::new);
+        let result = self.state.client(&request).and_then(|client| {
+            watch::handle(&self.state, &client, request.into_inner()).map(Response::new)
+        });
         observe("watch_events", started, &result);
         result
     }

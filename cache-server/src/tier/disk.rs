@@ -46,7 +46,8 @@ pub struct BlockMeta {
 }
 
 impl BlockMeta {
-    fn encode(&self) -> [u8; META_LEN] {
+    /// The fixed 26-byte on-disk record.
+    pub fn encode(&self) -> [u8; META_LEN] {
         let mut out = [0u8; META_LEN];
         out[0] = META_VERSION;
         out[1] = if self.parent.is_some() {
@@ -60,7 +61,8 @@ impl BlockMeta {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    /// Decodes [`BlockMeta::encode`]; `None` for any other input (public for the fuzzer).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
         if bytes.len() != META_LEN || bytes[0] != META_VERSION {
             return None;
         }

@@ -23,6 +23,8 @@ pub struct Proc {
     child: Option<Child>,
     /// gRPC address from the ready line.
     pub grpc: SocketAddr,
+    /// `/metrics` address, when enabled.
+    pub metrics: Option<SocketAddr>,
     /// Process id.
     pub pid: u32,
     log: PathBuf,
@@ -54,9 +56,15 @@ impl Proc {
             .create(true)
             .append(true)
             .open(&log)?;
+        let metrics_off: &[&str] = if listen.contains(&"--metrics-listen") {
+            &[]
+        } else {
+            &["--metrics-listen", "off"]
+        };
         let mut child = Command::new(bin)
             .args(listen)
-            .args(["--metrics-listen", "off", "--data-dir"])
+            .args(metrics_off)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(args)
             .env("KVTIER_LOG", "info")
@@ -93,7 +101,12 @@ impl Proc {
             .find_map(|kv| kv.strip_prefix("grpc="))
             .ok_or_else(|| anyhow!("no grpc= in {line:?}"))?
             .parse()?;
+        let metrics = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("metrics="))
+            .and_then(|a| a.parse().ok());
         Ok(Ok(Self {
+            metrics,
             pid: child.id(),
             child: Some(child),
             grpc,
