@@ -188,7 +188,14 @@ pub fn run(args: Args) -> Result<()> {
     let jobs: Vec<Job> = (0..args.capacity.len())
         .flat_map(|c| args.policies.iter().map(move |&p| (c, p)))
         .collect();
-    let work = jobs.len() as u64 * n;
+    let passes = |p: PolicyName| {
+        if p == PolicyName::Belady && args.workers > 1 {
+            2
+        } else {
+            1
+        }
+    };
+    let work = jobs.iter().map(|&(_, p)| passes(p) * n).sum();
     bar.set_position(0);
     bar.set_length(work);
     bar.set_message("replaying");
