@@ -394,14 +394,24 @@ async fn agent_restart_leaves_the_servers_blocks_intact() -> anyhow::Result<()> 
     let mut a = AgentProcess::start(&log, server.grpc, &["--worker-id", "A"])?;
     let pool = shm.path().join("pool");
     assert_eq!(compute(&a.endpoint(), &pool, 11, 12)?, (12, 0));
-    let epoch = a
-        .client()
-        .await?
+    let mut client = a.client().await?;
+    let epoch = client
         .worker_stats(WorkerStatsRequest {})
         .await?
         .into_inner()
         .epoch;
+    // a router still subscribed does not hold the agent up: its stream ends
+    let mut events = client
+        .subscribe_worker_events(SubscribeWorkerEventsRequest { from_event_id: 1 })
+        .await?
+        .into_inner();
+    assert_eq!(next_event(&mut events).await?.event_id, 1);
     assert_eq!(a.terminate()?, 0, "SIGTERM must exit cleanly");
+    let end = tokio::time::timeout(Duration::from_secs(10), events.message()).await?;
+    assert!(
+        !matches!(end, Ok(Some(_))),
+        "the stream must end with the agent"
+    );
     drop(a);
 
     let a = AgentProcess::start(&log, server.grpc, &["--worker-id", "A"])?;
@@ -443,6 +453,10 @@ async fn killed_cache_server_makes_onboard_answer_not_loaded_quickly() -> anyhow
     let took = started.elapsed();
     assert_eq!((loaded, degraded), (0, 1), "a dead tier means: recompute");
     assert!(took < Duration::from_secs(5), "onboard took {took:?}");
+    // an offload fails fast (the engine keeps its blocks; nothing hangs)
+    let started = Instant::now();
+    assert!(compute(&a.endpoint(), &pool, 6, 4).is_err());
+    assert!(started.elapsed() < Duration::from_secs(5));
     // an engine that starts while the tier is down can still attach
     let (loaded, _, degraded) = onboard(&a.endpoint(), &shm.path().join("fresh"), 5, 8, 0)?;
     assert_eq!((loaded, degraded), (0, 1));

@@ -43,6 +43,8 @@ pub enum SeqCheck {
     },
     /// Already applied (a replay overlapping the live stream): skip.
     Stale,
+    /// Sequence 0 after a later one: the publisher restarted (its cache is empty).
+    Restarted,
 }
 
 impl Ingestor {
@@ -60,6 +62,7 @@ impl Ingestor {
     pub fn check(&self, seq: u64) -> SeqCheck {
         match self.last_seq {
             None => SeqCheck::Contiguous,
+            Some(last) if seq == 0 && last > 0 => SeqCheck::Restarted,
             Some(last) if seq <= last => SeqCheck::Stale,
             Some(last) if seq == last + 1 => SeqCheck::Contiguous,
             Some(last) => SeqCheck::Gap {
@@ -67,6 +70,13 @@ impl Ingestor {
                 got: seq,
             },
         }
+    }
+
+    /// The engine restarted: its cache is empty and its numbering starts again.
+    pub fn restart(&mut self) {
+        self.last_seq = None;
+        self.translator.clear();
+        self.log.record(crate::events::BlockChange::Cleared);
     }
 
     /// Applies one payload with sequence number `seq` (`None`: unnumbered).
@@ -188,6 +198,12 @@ async fn handle(settings: &ZmqSettings, ingestor: &mut Ingestor, message: ZmqMes
         match ingestor.check(seq) {
             SeqCheck::Stale => return,
             SeqCheck::Contiguous => {}
+            SeqCheck::Restarted => {
+                tracing::warn!(
+                    "vLLM event sequence restarted at 0: the engine restarted; clearing its blocks"
+                );
+                ingestor.restart();
+            }
             SeqCheck::Gap { expected, got } => {
                 Stats::add(&ingestor.stats.engine_seq_gaps, 1);
                 tracing::warn!(expected, got, "gap in vLLM event sequence");
@@ -245,4 +261,36 @@ async fn fetch_replay(endpoint: &str, start: u64) -> Result<Vec<(u64, Bytes)>, S
     tokio::time::timeout(REPLAY_TIMEOUT, work)
         .await
         .map_err(|_| format!("no replay answer within {REPLAY_TIMEOUT:?}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvtier_proto::hashing::{BlockHasher, DEFAULT_SEED};
+
+    #[test]
+    fn sequence_cursor() {
+        let log = EventLog::new("w", 16);
+        let mut ing = Ingestor::new(
+            Translator::new(BlockHasher::new(4, DEFAULT_SEED)),
+            log.clone(),
+            Arc::new(Stats::default()),
+        );
+        assert_eq!(ing.check(7), SeqCheck::Contiguous);
+        ing.apply(Some(7), b"\xc0"); // nil: not a batch, counted
+        assert_eq!(ing.check(8), SeqCheck::Contiguous);
+        assert_eq!(ing.check(7), SeqCheck::Stale);
+        assert_eq!(
+            ing.check(10),
+            SeqCheck::Gap {
+                expected: 8,
+                got: 10
+            }
+        );
+        assert_eq!(ing.check(0), SeqCheck::Restarted);
+        ing.restart();
+        assert_eq!(ing.check(0), SeqCheck::Contiguous);
+        assert_eq!(log.last_id(), 1, "a restart clears the worker's blocks");
+        assert_eq!(ing.stats.engine_errors().get("malformed_batch"), Some(&1));
+    }
 }

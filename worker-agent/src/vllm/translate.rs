@@ -82,6 +82,11 @@ impl Translator {
         }
     }
 
+    /// Forgets every engine block (the engine restarted or cleared its cache).
+    pub fn clear(&mut self) {
+        self.engine_to_kv.clear();
+    }
+
     /// Engine blocks currently tracked.
     pub fn tracked(&self) -> usize {
         self.engine_to_kv.len()
