@@ -401,6 +401,7 @@ async fn measure(
                 pool_id: attached.pool_id,
                 hashes: hashes.clone(),
                 block_ids: (0..n).collect(),
+                ..Default::default()
             })
             .await?
             .into_inner();

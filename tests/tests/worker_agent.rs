@@ -108,10 +108,49 @@ async fn cross_worker_sharing_bit_for_bit() -> anyhow::Result<()> {
     // The conversation grows by 4 blocks: write-once skips the 16 the tier holds.
     assert_eq!(compute(&a.endpoint(), &pool_a, 7, 20)?, (4, 16));
 
-    // Engine B onboards 24 blocks through agent B (Unix socket): the 20 that
-    // exist load, into pool blocks 100.., and match A's bytes bit for bit.
-    let (loaded, verified, degraded) = onboard(&b.endpoint(), &pool_b, 7, 24, 100)?;
-    assert_eq!((loaded, verified, degraded), (20, 20, 0));
+    // Engine B onboards 24 blocks through agent B (Unix socket) for a
+    // high-priority coding agent: the 20 that exist load, into pool blocks
+    // 100.., and match A's bytes bit for bit.
+    let mut client = server.client().await?;
+    let session = handshake(&mut client, "sim", sim_config()).await?;
+    client
+        .register_agent(RegisterAgentRequest {
+            session_id: session.clone(),
+            agent_id: "coder-1".into(),
+            priority: 4,
+            ..Default::default()
+        })
+        .await?;
+    let mut args = POOL.to_vec();
+    args.extend([
+        "onboard",
+        "--prompt-seed",
+        "7",
+        "--prompt-blocks",
+        "24",
+        "--first-block",
+        "100",
+        "--agent-id",
+        "coder-1",
+    ]);
+    let out = sim_engine(&b.endpoint(), &pool_b, &args)?;
+    assert_eq!(
+        (
+            num(&out, "loaded_prefix"),
+            num(&out, "verified"),
+            num(&out, "degraded")
+        ),
+        (20, 20, 0)
+    );
+    // the hits count under the agent's priority class on the server
+    assert_eq!(
+        metric_sum(
+            &server.metrics_text()?,
+            "kvtier_block_hits_total",
+            &[("op", "get"), ("priority", "high")]
+        ),
+        20.0
+    );
     let from_a = pool_blocks(&pool_a, 0, 20, BLOCK_BYTES)?;
     let on_b = pool_blocks(&pool_b, 100, 20, BLOCK_BYTES)?;
     assert!(
@@ -130,8 +169,6 @@ async fn cross_worker_sharing_bit_for_bit() -> anyhow::Result<()> {
 
     // The tier holds exactly those 20, as seen through B's agent and the server.
     let hashes = prompt_hashes(7, 24, BLOCK_TOKENS);
-    let mut client = server.client().await?;
-    let session = handshake(&mut client, "sim", sim_config()).await?;
     let lookup = client
         .lookup(LookupRequest {
             session_id: session,
@@ -427,7 +464,8 @@ async fn agent_restart_leaves_the_servers_blocks_intact() -> anyhow::Result<()> 
         stats.epoch, epoch,
         "a restarted agent starts a new event epoch"
     );
-    assert_eq!(stats.last_event_id, 0);
+    // ids start again at 1: the onboarded blocks, reported by the engine
+    assert_eq!(stats.last_event_id, 1);
     Ok(())
 }
 

@@ -181,10 +181,12 @@ impl AttachedPool {
 
     /// Loads the leading present blocks of `hashes` into `block_ids`.
     /// Never fails for the tier's sake: a dead or slow tier yields "not loaded".
+    /// `agent_id` (may be empty) is passed on to the server's Get.
     pub async fn onboard(
         &self,
         hashes: &[u64],
         block_ids: &[u64],
+        agent_id: &str,
         timeout: Duration,
         stats: &Stats,
     ) -> Result<OnboardOutcome> {
@@ -200,7 +202,7 @@ impl AttachedPool {
             geometry.block_offset(b)?;
         }
         let mut loaded = vec![false; hashes.len()];
-        let work = self.onboard_all(hashes, block_ids, &mut loaded, timeout);
+        let work = self.onboard_all(hashes, block_ids, agent_id, &mut loaded, timeout);
         let degraded_reason = match tokio::time::timeout(timeout, work).await {
             Ok(Ok(())) => None,
             Ok(Err(e @ AgentError::InvalidRequest(_))) => return Err(e),
@@ -227,12 +229,15 @@ impl AttachedPool {
         &self,
         hashes: &[u64],
         block_ids: &[u64],
+        agent_id: &str,
         loaded: &mut [bool],
         timeout: Duration,
     ) -> Result<()> {
         let block_bytes = self.memory.geometry().block_bytes;
         if self.streams_for(hashes.len(), block_bytes) < 2 {
-            return self.onboard_inner(0, hashes, block_ids, loaded).await;
+            return self
+                .onboard_inner(0, hashes, block_ids, agent_id, loaded)
+                .await;
         }
         let (present, _) = self.lookup(hashes, timeout).await?;
         let present = (present as usize).min(hashes.len());
@@ -246,7 +251,7 @@ impl AttachedPool {
             .zip(block_ids[..present].chunks(per))
             .zip(loaded[..present].chunks_mut(per))
             .enumerate()
-            .map(|(k, ((h, b), l))| self.onboard_inner(k, h, b, l));
+            .map(|(k, ((h, b), l))| self.onboard_inner(k, h, b, agent_id, l));
         // Every stream runs to its end; the first error is reported.
         let mut first_error = None;
         for r in futures::future::join_all(gets).await {
@@ -262,6 +267,7 @@ impl AttachedPool {
         stream: usize,
         hashes: &[u64],
         block_ids: &[u64],
+        agent_id: &str,
         loaded: &mut [bool],
     ) -> Result<()> {
         let block_bytes = self.memory.geometry().block_bytes;
@@ -269,6 +275,7 @@ impl AttachedPool {
             session_id: String::new(),
             hashes: hashes.to_vec(),
             stop_at_first_miss: true,
+            agent_id: agent_id.to_string(),
             ..Default::default()
         };
         // Opening the stream may renew the session; the body is read below.

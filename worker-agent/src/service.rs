@@ -283,6 +283,7 @@ impl WorkerService for Service {
             .onboard(
                 &req.hashes,
                 &req.block_ids,
+                &req.agent_id,
                 self.state.config.onboard_timeout,
                 &self.state.stats,
             )

@@ -294,11 +294,13 @@ impl SimEngine {
             .into_inner())
     }
 
-    /// Onboards `hashes` into `first_block..`.
+    /// Onboards `hashes` into `first_block..` on behalf of LLM agent
+    /// `agent_id` (empty: none).
     pub async fn onboard(
         &mut self,
         hashes: &[u64],
         first_block: u64,
+        agent_id: &str,
     ) -> Result<OnboardResponse, SimError> {
         Ok(self
             .client
@@ -306,6 +308,7 @@ impl SimEngine {
                 pool_id: self.pool_id,
                 hashes: hashes.to_vec(),
                 block_ids: (0..hashes.len() as u64).map(|i| first_block + i).collect(),
+                agent_id: agent_id.to_string(),
             })
             .await?
             .into_inner())

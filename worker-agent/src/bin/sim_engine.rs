@@ -80,6 +80,9 @@ struct Prompt {
     /// First pool block to use.
     #[arg(long, default_value_t = 0)]
     first_block: u64,
+    /// LLM agent the request serves (as registered with the cache server).
+    #[arg(long, default_value = "")]
+    agent_id: String,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -129,7 +132,17 @@ async fn main() -> anyhow::Result<()> {
             for i in 0..hashes.len() as u64 {
                 engine.clear_block(p.first_block + i)?;
             }
-            let out = engine.onboard(&hashes, p.first_block).await?;
+            let out = engine.onboard(&hashes, p.first_block, &p.agent_id).await?;
+            // Loaded blocks are now cached in this worker's pool, as a real
+            // engine would report them (vLLM emits BlockStored for them).
+            let prefix = &hashes[..out.loaded_prefix as usize];
+            engine
+                .report(
+                    kvtier_proto::v1::WorkerEventKind::Stored,
+                    prefix,
+                    p.first_block,
+                )
+                .await?;
             let mut verified = 0;
             for (i, &h) in hashes.iter().enumerate().take(out.loaded_prefix as usize) {
                 if engine.verify_block(p.first_block + i as u64, h)? {
