@@ -435,6 +435,21 @@ async fn per_client_limits_answer_resource_exhausted_with_retry_hint() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_stays_bounded_under_10x_overload() -> Result<()> {
+    // 10x the per-client limit: the excess is refused at once.
+    overload("--client-max-concurrent", true, 128).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_stays_bounded_under_10x_overload_of_the_server_limit() -> Result<()> {
+    // 10x the server-wide limit, no per-client limit: the excess waits up to
+    // 2 s for a slot, each waiting stream holding at most its HTTP/2 window
+    // (8 MiB per stream, 32 MiB per connection; 4 connections here).
+    overload("--max-concurrent-requests", false, 4 * 32 + 64).await
+}
+
+/// 40 concurrent Puts of 24 MiB against a limit of 4 set by `limit_flag`;
+/// RSS must stay within baseline + host capacity + `overhead_mib`.
+async fn overload(limit_flag: &str, expect_refusals: bool, overhead_mib: u64) -> Result<()> {
     const HOST_MIB: u64 = 64;
     const LIMIT: usize = 4;
     const PUTS: usize = 10 * LIMIT;
@@ -448,7 +463,7 @@ async fn memory_stays_bounded_under_10x_overload() -> Result<()> {
             &format!("{HOST_MIB}MiB"),
             "--disk-capacity",
             "0",
-            "--client-max-concurrent",
+            limit_flag,
             &LIMIT.to_string(),
         ],
     )?;
@@ -505,15 +520,18 @@ async fn memory_stays_bounded_under_10x_overload() -> Result<()> {
     let peak_kib = peak
         .load(Ordering::Relaxed)
         .max(server.status_kib("VmHWM")?);
-    let overhead_mib = 128;
     println!(
-        "overload: {PUTS} concurrent Puts vs limit {LIMIT}: {ok} ok, {exhausted} RESOURCE_EXHAUSTED; \
+        "overload ({limit_flag}): {PUTS} concurrent Puts vs limit {LIMIT}: {ok} ok, {exhausted} RESOURCE_EXHAUSTED; \
          RSS baseline {} MiB, peak {} MiB (host capacity {HOST_MIB} MiB, stated overhead {overhead_mib} MiB)",
         baseline / 1024,
         peak_kib / 1024
     );
     assert!(other.is_empty(), "unexpected failures: {other:?}");
-    assert!(ok >= 1 && exhausted >= 1, "ok {ok}, exhausted {exhausted}");
+    assert!(ok >= 1, "ok {ok}, exhausted {exhausted}");
+    assert!(
+        !expect_refusals || exhausted >= 1,
+        "no refusals at 10x the limit"
+    );
     assert!(
         peak_kib <= baseline + (HOST_MIB + overhead_mib) * 1024,
         "RSS peaked at {} MiB: over baseline {} MiB + host {HOST_MIB} MiB + {overhead_mib} MiB",
