@@ -770,3 +770,101 @@ async fn large_transfers_split_over_connections_stay_bit_exact() -> anyhow::Resu
     assert_eq!(stats.staging_free, 8, "every staging buffer came back");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_engine_requests_are_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let shm = shm_dir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let a = AgentProcess::start(
+        &dir.path().join("a.log"),
+        server.grpc,
+        &["--worker-id", "A"],
+    )?;
+    let mut agent = a.client().await?;
+    let onboard = |pool_id: u64, hashes: Vec<u64>, block_ids: Vec<u64>| OnboardRequest {
+        pool_id,
+        hashes,
+        block_ids,
+        agent_id: String::new(),
+    };
+    // nothing attached yet
+    let err = agent
+        .onboard(onboard(1, vec![1], vec![0]))
+        .await
+        .expect_err("no pool");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("AttachPool"), "{}", err.message());
+
+    // a pool file too small for its layout
+    let small = shm.path().join("small");
+    std::fs::write(&small, vec![0u8; 1024])?;
+    let err = agent
+        .attach_pool(AttachPoolRequest {
+            namespace: "sim".into(),
+            hashing: Some(sim_config()),
+            layout: Some(PoolLayout {
+                num_blocks: 4,
+                block_bytes: BLOCK_BYTES,
+                ..Default::default()
+            }),
+            memory: Some(attach_pool_request::Memory::SharedMemory(
+                SharedMemoryPool {
+                    path: small.display().to_string(),
+                    offset: 0,
+                },
+            )),
+            engine_name: "test".into(),
+        })
+        .await
+        .expect_err("too small");
+    assert!(err.message().contains("needs"), "{}", err.message());
+
+    let pool = attach(&mut agent, &shm.path().join("pool"), sim_config()).await?;
+    let id = pool.pool_id;
+    for (request, what) in [
+        (
+            onboard(id, vec![1, 2], vec![0]),
+            "2 hashes but 1 destination",
+        ),
+        (onboard(id, vec![1, 2], vec![3, 3]), "appears twice"),
+        (onboard(id, vec![1], vec![64]), "outside the pool"),
+        (onboard(id, vec![], vec![]), "0 blocks"),
+    ] {
+        let err = agent.onboard(request).await.expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}");
+        assert!(err.message().contains(what), "{}", err.message());
+    }
+    // an old attachment's id after a re-attach
+    let again = attach(&mut agent, &shm.path().join("pool"), sim_config()).await?;
+    assert_ne!(again.pool_id, id);
+    let err = agent
+        .offload(OffloadRequest {
+            pool_id: id,
+            blocks: vec![PoolBlock::default()],
+        })
+        .await
+        .expect_err("stale pool id");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    // a stored report whose blocks do not chain
+    let err = agent
+        .report_blocks(ReportBlocksRequest {
+            pool_id: again.pool_id,
+            kind: WorkerEventKind::Stored as i32,
+            blocks: vec![
+                PoolBlock {
+                    hash: 1,
+                    ..Default::default()
+                },
+                PoolBlock {
+                    hash: 2,
+                    parent_hash: Some(9),
+                    ..Default::default()
+                },
+            ],
+        })
+        .await
+        .expect_err("not a chain");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    Ok(())
+}

@@ -198,8 +198,15 @@ impl AttachedPool {
             )));
         }
         let geometry = self.memory.geometry();
+        // Distinct destinations: concurrent streams write them at once.
+        let mut seen = std::collections::HashSet::with_capacity(block_ids.len());
         for &b in block_ids {
             geometry.block_offset(b)?;
+            if !seen.insert(b) {
+                return Err(AgentError::InvalidRequest(format!(
+                    "destination block {b} appears twice"
+                )));
+            }
         }
         let mut loaded = vec![false; hashes.len()];
         let work = self.onboard_all(hashes, block_ids, agent_id, &mut loaded, timeout);
