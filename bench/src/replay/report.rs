@@ -116,8 +116,10 @@ impl Report {
             r#"<text x="{}" y="20" text-anchor="middle" font-size="13">{}</text>"#,
             (l + w - r) / 2.0,
             escape(&format!(
-                "hit rate vs capacity, W={}, S={}s",
-                self.workers, self.stagger_s
+                "{}: hit rate vs capacity, W={}, S={}s",
+                self.trace.split_whitespace().next().unwrap_or("trace"),
+                self.workers,
+                self.stagger_s
             ))
         );
         for pct in (0..=100).step_by(20) {

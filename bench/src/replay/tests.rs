@@ -194,3 +194,51 @@ fn mooncake_lines_are_read_in_timestamp_order() {
     let err = super::mooncake::load(&path).unwrap_err();
     assert!(format!("{err:#}").contains(":1:"), "{err:#}");
 }
+
+#[test]
+fn report_table_json_and_svg() {
+    use super::report::{Report, Row};
+    let report = Report {
+        trace: "kv-cache-tester dir".into(),
+        requests: 3,
+        blocks: 10,
+        unique_blocks: 5,
+        ideal: 50.0,
+        stagger_s: 0.0,
+        workers: 1,
+        rows: vec![
+            Row {
+                fraction: 0.01,
+                blocks: 1,
+                lru: Some(10.0),
+                kvtier: Some(15.0),
+                belady: Some(20.0),
+            },
+            Row {
+                fraction: 0.1,
+                blocks: 5,
+                lru: Some(40.0),
+                kvtier: None,
+                belady: Some(40.0),
+            },
+        ],
+        seconds: 1.0,
+    };
+    assert_eq!(report.rows[0].gap_closed(), Some(50.0));
+    assert_eq!(report.rows[1].gap_closed(), None);
+    let table = report.table();
+    assert!(
+        table.contains("| 0.01 | 1 | 10.00 | 15.00 | 20.00 | 50.0% |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| 0.1 | 5 | 40.00 | - | 40.00 | - |"),
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["rows"][0]["kvtier"], 15.0);
+    let svg = report.svg();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 3);
+    assert!(svg.contains("kv-cache-tester: hit rate vs capacity"));
+}
