@@ -512,15 +512,79 @@ async fn killed_cache_server_makes_onboard_answer_not_loaded_quickly() -> anyhow
     Ok(())
 }
 
-/// A vLLM-format publisher in Python (pyzmq + msgpack): the same wire format
-/// as vLLM's `ZmqEventPublisher` — multipart `[topic, seq (8-byte BE), payload]`,
-/// payloads as msgpack `KVEventBatch`es in both encodings vLLM has used.
+/// A vLLM-format publisher in Python: vLLM's own event classes (copied from
+/// `vllm/distributed/kv_events.py`, both the older `array_like` layout and the
+/// current map layout) encoded by `msgspec` exactly as vLLM encodes them, sent
+/// as vLLM's `ZmqEventPublisher` does — multipart `[topic, seq (8-byte BE),
+/// payload]` on PUB, and a ROUTER replay socket answering `[id, b"", start]`.
 const PUBLISHER: &str = r#"
-import sys, time, zmq, msgpack
+import sys, time, zmq, msgspec
+from typing import Any, Optional, Union
 port, replay_port, bs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+
+# older vLLM (array_like batches and events)
+class OldEventBatch(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
+    ts: float
+    events: list[Any]
+    data_parallel_rank: Optional[int] = None
+class OldKVCacheEvent(msgspec.Struct, array_like=True, omit_defaults=True, gc=False, tag=True):
+    pass
+class OldBlockStored(OldKVCacheEvent, tag="BlockStored"):
+    block_hashes: list[int]
+    parent_block_hash: Optional[int]
+    token_ids: list[int]
+    block_size: int
+    lora_id: Optional[int]
+    medium: Optional[str]
+class OldBlockRemoved(OldKVCacheEvent, tag="BlockRemoved"):
+    block_hashes: list[int]
+    medium: Optional[str]
+
+# current vLLM (map batches, "type"-tagged map events, bytes or int hashes)
+ExternalBlockHash = Union[bytes, int]
+class EventBatch(msgspec.Struct, omit_defaults=True, gc=False):
+    ts: float
+    events: list[Any]
+    data_parallel_rank: Optional[int] = None
+class KVCacheEvent(msgspec.Struct, omit_defaults=True, gc=False, tag=True):
+    pass
+class BlockStored(KVCacheEvent):
+    block_hashes: list[ExternalBlockHash]
+    parent_block_hash: Optional[ExternalBlockHash]
+    token_ids: list[int]
+    block_size: int
+    lora_id: Optional[int]
+    medium: Optional[str]
+    lora_name: Optional[str]
+    extra_keys: Optional[list[Optional[tuple[Any, ...]]]] = None
+    group_idx: Optional[int] = None
+    kv_cache_spec_kind: Optional[str] = None
+    kv_cache_spec_sliding_window: Optional[int] = None
+class BlockRemoved(KVCacheEvent):
+    block_hashes: list[ExternalBlockHash]
+    medium: Optional[str]
+    group_idx: Optional[int] = None
+class AllBlocksCleared(KVCacheEvent):
+    pass
+
 def tokens(seed, n):
     return [((i * 2654435761) + seed) & 0xFFFFFFFF for i in range(n * bs)]
 t = tokens(9, 4)
+B3 = b"\x03" * 32
+now = time.time()
+batches = [
+    (0, OldEventBatch(now, [OldBlockStored([1001, 1002], None, t[:2*bs], bs, None, "GPU")], 0)),
+    (1, EventBatch(now, [BlockStored([B3], 1002, t[2*bs:3*bs], bs, None, "GPU", None)], 0)),
+    # wrong block_size: a counted error
+    (2, OldEventBatch(now, [OldBlockStored([1004], 1002, t[:2*bs], 2*bs, None, "GPU")], 0)),
+    # lost on the PUB socket (a gap), served by the replay socket
+    (3, EventBatch(now, [BlockStored([1003], B3, t[3*bs:], bs, None, "GPU", None)], 0)),
+    (4, EventBatch(now, [BlockRemoved([B3], "GPU")])),
+    # unknown parent: a counted error; another medium: ignored and counted
+    (5, OldEventBatch(now, [OldBlockStored([1005], 4242, t[3*bs:], bs, None, "GPU"),
+                            OldBlockRemoved([1001], "CPU")], 0)),
+]
+
 ctx = zmq.Context()
 pub = ctx.socket(zmq.XPUB)
 pub.bind(f"tcp://127.0.0.1:{port}")
@@ -528,31 +592,13 @@ replay = ctx.socket(zmq.ROUTER)
 replay.bind(f"tcp://127.0.0.1:{replay_port}")
 pub.setsockopt(zmq.RCVTIMEO, 30000)
 pub.recv()  # wait for the agent's subscription
-B3 = b"\x03" * 32
-batches = [
-    # older vLLM: array_like batch, tagged-array events
-    (0, [time.time(), [["BlockStored", [1001, 1002], None, t[:2*bs], bs, None, "GPU"]], 0]),
-    # newer vLLM: map batch, map events with "type", bytes hashes
-    (1, {"ts": time.time(), "events": [{"type": "BlockStored", "block_hashes": [B3],
-        "parent_block_hash": 1002, "token_ids": t[2*bs:3*bs], "block_size": bs,
-        "lora_id": None, "medium": "GPU", "lora_name": None}], "data_parallel_rank": 0}),
-    # wrong block_size: counted error
-    (2, [time.time(), [["BlockStored", [1004], 1002, t[:2*bs], 2*bs, None, "GPU"]], 0]),
-    # lost on the PUB socket (a gap), served by the replay socket
-    (3, [time.time(), [["BlockStored", [1003], B3, t[3*bs:], bs, None, "GPU"]], 0]),
-    (4, {"ts": time.time(), "events": [{"type": "BlockRemoved", "block_hashes": [B3], "medium": "GPU"}]}),
-    # unknown parent: counted error; CPU medium: ignored and counted
-    (5, [time.time(), [["BlockStored", [1005], 4242, t[3*bs:], bs, None, "GPU"],
-                       ["BlockRemoved", [1001], "CPU"]], 0]),
-]
+encoder = msgspec.msgpack.Encoder()
 buffer = []
 for seq, batch in batches:
-    payload = msgpack.packb(batch, use_bin_type=True)
+    payload = encoder.encode(batch)
     buffer.append((seq, payload))
     if seq != 3:
-        pub.send_multipart([b"kv@test", seq.to_bytes(8, "big"), payload])
-# serve replay requests as vLLM's ZmqEventPublisher does: [id, b"", start_seq]
-# -> [id, b"", seq, payload]... then [id, b"", -1, b""]
+        pub.send_multipart((b"kv@test", seq.to_bytes(8, "big"), payload))
 deadline = time.time() + 2.0
 while time.time() < deadline:
     if replay.poll(100):
@@ -560,8 +606,8 @@ while time.time() < deadline:
         start = int.from_bytes(start, "big")
         for seq, payload in buffer:
             if seq >= start:
-                replay.send_multipart([ident, b"", seq.to_bytes(8, "big"), payload])
-        replay.send_multipart([ident, b"", (-1).to_bytes(8, "big", signed=True), b""])
+                replay.send_multipart((ident, b"", seq.to_bytes(8, "big"), payload))
+        replay.send_multipart((ident, b"", (-1).to_bytes(8, "big", signed=True), b""))
 pub.close(linger=1000)
 replay.close(linger=1000)
 ctx.term()
@@ -570,7 +616,7 @@ ctx.term()
 fn python_with_zmq() -> Option<PathBuf> {
     let ok = |py: &str| {
         std::process::Command::new(py)
-            .args(["-c", "import zmq, msgpack"])
+            .args(["-c", "import zmq, msgspec"])
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
@@ -580,7 +626,7 @@ fn python_with_zmq() -> Option<PathBuf> {
         return Some(PathBuf::from(py));
     }
     let installed = std::process::Command::new(py)
-        .args(["-m", "pip", "install", "--quiet", "pyzmq", "msgpack"])
+        .args(["-m", "pip", "install", "--quiet", "pyzmq", "msgspec"])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
@@ -590,7 +636,7 @@ fn python_with_zmq() -> Option<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vllm_zmq_events_are_ingested_with_kvtier_hashes() -> anyhow::Result<()> {
     let Some(python) = python_with_zmq() else {
-        println!("SKIPPED: python3 with pip is needed to install pyzmq + msgpack");
+        println!("SKIPPED: python3 with pip is needed to install pyzmq + msgspec");
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
