@@ -105,6 +105,9 @@ pub struct SecurityConfig {
     pub tokens_text: Option<String>,
     /// Serve plaintext on non-loopback addresses (logged as a warning). Default false.
     pub allow_plaintext: bool,
+    /// Serve `/metrics` without TLS even when gRPC has TLS (still subject to
+    /// the loopback rule). Default false: `/metrics` uses gRPC's certificate.
+    pub metrics_plaintext: bool,
     /// Per-client limits. Default unlimited.
     pub limits: kvtier_security::LimitConfig,
 }

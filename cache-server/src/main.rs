@@ -85,6 +85,9 @@ struct Args {
     /// Allow plaintext gRPC and /metrics on non-loopback addresses (a warning is logged).
     #[arg(long, env = "KVTIER_ALLOW_PLAINTEXT", default_value_t = false)]
     allow_plaintext: bool,
+    /// Serve /metrics without TLS even when gRPC uses TLS (off loopback this also needs --allow-plaintext).
+    #[arg(long, env = "KVTIER_METRICS_PLAINTEXT", default_value_t = false)]
+    metrics_plaintext: bool,
     /// Requests one client (token principal, or IP without tokens) may have in flight; 0: unlimited.
     #[arg(long, env = "KVTIER_CLIENT_MAX_CONCURRENT", default_value_t = 0)]
     client_max_concurrent: usize,
@@ -128,6 +131,7 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
             tokens_file: args.tokens_file,
             tokens_text: args.tokens,
             allow_plaintext: args.allow_plaintext,
+            metrics_plaintext: args.metrics_plaintext,
             limits: LimitConfig {
                 max_concurrent: args.client_max_concurrent,
                 bytes_per_sec: args.client_max_bytes_per_sec,

@@ -131,8 +131,14 @@ pub async fn run(
             None
         }
     };
-    // /metrics is served with the gRPC listener's certificate (and client CA).
-    let metrics_tls = match (&config.security.tls, &metrics_listener) {
+    // /metrics is served with the gRPC listener's certificate (and client CA)
+    // unless --metrics-plaintext.
+    let metrics_tls_files = config
+        .security
+        .tls
+        .as_ref()
+        .filter(|_| !config.security.metrics_plaintext);
+    let metrics_tls = match (metrics_tls_files, &metrics_listener) {
         (Some(files), Some(_)) => Some(kvtier_security::http_tls::rustls_config(files)?),
         (None, Some(listener)) => {
             kvtier_security::tls::check_plaintext(

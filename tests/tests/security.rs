@@ -95,6 +95,21 @@ async fn tls_and_mutual_tls_with_generated_certificates() -> Result<()> {
     );
     drop(server);
 
+    // --metrics-plaintext keeps /metrics plain (loopback) beside TLS gRPC.
+    let server = Proc::start_with(
+        &dir.path().join("d3"),
+        &["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"],
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--metrics-plaintext",
+        ],
+    )?;
+    kvtier_integration_tests::http_get(server.metrics.expect("metrics"), "/metrics")?;
+    drop(server);
+
     // mTLS: only clients with a certificate from the client CA get in.
     let server = Proc::start(
         &dir.path().join("d2"),
