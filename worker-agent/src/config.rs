@@ -63,6 +63,8 @@ pub struct AgentConfig {
     pub call_timeout: Duration,
     /// Events kept for replay to subscribers that reconnect. Default 4,096.
     pub event_buffer: usize,
+    /// Event subscriptions served at once; more get RESOURCE_EXHAUSTED. Default 256.
+    pub max_subscribers: usize,
     /// vLLM KV-event ZMQ PUB endpoint to subscribe to (e.g. `tcp://127.0.0.1:5557`). Default none.
     pub vllm_events: Option<String>,
     /// vLLM replay (ROUTER) endpoint asked for missed batches after a gap. Default none.
@@ -87,6 +89,7 @@ impl Default for AgentConfig {
             onboard_timeout: Duration::from_secs(2),
             call_timeout: Duration::from_secs(30),
             event_buffer: 4096,
+            max_subscribers: 256,
             vllm_events: None,
             vllm_replay: None,
             vllm_topic: String::new(),

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::Stream;
@@ -53,14 +54,43 @@ pub struct EventLog {
     inner: Mutex<Inner>,
     /// Bounded fan-out; a subscriber that falls behind is resynced from a snapshot.
     tx: broadcast::Sender<WorkerEvent>,
+    /// Live subscriptions, at most `max_subscribers`.
+    subscribers: Arc<AtomicUsize>,
+    max_subscribers: usize,
+}
+
+/// Refusal of a subscription beyond the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} event subscribers already: the limit is reached, retry later")]
+pub struct TooManySubscribers(pub usize);
+
+/// Decrements the subscriber count when a subscription ends.
+struct SubscriberGuard(Arc<AtomicUsize>);
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A stream of events for one subscriber.
 pub type EventStream = Pin<Box<dyn Stream<Item = WorkerEvent> + Send>>;
 
 impl EventLog {
+    /// Default limit of concurrent subscriptions.
+    pub const DEFAULT_MAX_SUBSCRIBERS: usize = 256;
+
     /// A log for `worker_id` keeping `capacity` events for replay.
     pub fn new(worker_id: impl Into<String>, capacity: usize) -> Arc<Self> {
+        Self::with_limits(worker_id, capacity, Self::DEFAULT_MAX_SUBSCRIBERS)
+    }
+
+    /// A log keeping `capacity` events and serving at most `max_subscribers` at once.
+    pub fn with_limits(
+        worker_id: impl Into<String>,
+        capacity: usize,
+        max_subscribers: usize,
+    ) -> Arc<Self> {
         let capacity = capacity.max(1);
         let (tx, _) = broadcast::channel(capacity.min(65_536));
         Arc::new(Self {
@@ -73,6 +103,8 @@ impl EventLog {
                 blocks: HashMap::new(),
             }),
             tx,
+            subscribers: Arc::new(AtomicUsize::new(0)),
+            max_subscribers: max_subscribers.max(1),
         })
     }
 
@@ -173,7 +205,12 @@ impl EventLog {
         self: &Arc<Self>,
         from_event_id: u64,
         shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> EventStream {
+    ) -> Result<EventStream, TooManySubscribers> {
+        let count = self.subscribers.fetch_add(1, Ordering::Relaxed);
+        let guard = SubscriberGuard(self.subscribers.clone());
+        if count >= self.max_subscribers {
+            return Err(TooManySubscribers(count));
+        }
         let (backlog, rx) = {
             let inner = self.inner.lock();
             let rx = self.tx.subscribe();
@@ -205,11 +242,20 @@ impl EventLog {
             rx,
             last_sent,
             shutdown,
+            _guard: guard,
         };
-        Box::pin(futures::stream::unfold(state, |mut st| async move {
-            let event = st.next().await?;
-            Some((event, st))
-        }))
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |mut st| async move {
+                let event = st.next().await?;
+                Some((event, st))
+            },
+        )))
+    }
+
+    /// Subscriptions open now.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
     }
 }
 
@@ -220,6 +266,7 @@ struct SubState {
     /// Id of the last event (or snapshot) delivered; older broadcasts are skipped.
     last_sent: u64,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    _guard: SubscriberGuard,
 }
 
 impl SubState {
@@ -283,7 +330,7 @@ mod tests {
         assert_eq!(log.record(BlockChange::Removed(vec![])), None);
         assert_eq!(log.last_id(), 6);
         // ids 3..=6 are buffered
-        let mut s = log.subscribe(4, rx.clone());
+        let mut s = log.subscribe(4, rx.clone()).expect("subscribe");
         let ids: Vec<u64> = (0..3).map(|_| 0).collect::<Vec<_>>();
         let mut got = Vec::new();
         for _ in ids {
@@ -293,10 +340,22 @@ mod tests {
         log.record(BlockChange::Removed(vec![100]));
         assert_eq!(s.next().await.expect("live").event_id, 7);
         // id 1 is gone: snapshot first
-        let mut old = log.subscribe(1, rx);
+        let mut old = log.subscribe(1, rx.clone()).expect("subscribe");
         let snap = old.next().await.expect("snapshot");
         assert_eq!(snap.kind, WorkerEventKind::Snapshot as i32);
         assert_eq!(snap.event_id, 7);
         assert_eq!(snap.hashes, vec![101, 102, 103, 104, 105]);
+    }
+
+    #[tokio::test]
+    async fn subscribers_are_bounded() {
+        let log = EventLog::with_limits("w", 4, 2);
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let a = log.subscribe(0, rx.clone()).expect("first");
+        let _b = log.subscribe(0, rx.clone()).expect("second");
+        assert!(log.subscribe(0, rx.clone()).is_err());
+        drop(a);
+        assert_eq!(log.subscribers(), 1);
+        assert!(log.subscribe(0, rx).is_ok());
     }
 }

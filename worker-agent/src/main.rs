@@ -64,6 +64,9 @@ struct Args {
     /// Events kept for subscribers that reconnect.
     #[arg(long, env = "KVTIER_EVENT_BUFFER", default_value_t = 4096)]
     event_buffer: usize,
+    /// Event subscriptions served at once.
+    #[arg(long, env = "KVTIER_MAX_SUBSCRIBERS", default_value_t = 256)]
+    max_subscribers: usize,
     /// vLLM KV-event ZMQ PUB endpoint to track (e.g. tcp://127.0.0.1:5557).
     #[arg(long, env = "KVTIER_VLLM_EVENTS")]
     vllm_events: Option<String>,
@@ -123,6 +126,7 @@ impl TryFrom<Args> for AgentConfig {
             call_timeout: Duration::from_millis(a.call_timeout_ms),
             connect_timeout: Duration::from_millis(a.connect_timeout_ms),
             event_buffer: a.event_buffer,
+            max_subscribers: a.max_subscribers,
             vllm_events: a.vllm_events,
             vllm_replay: a.vllm_replay,
             vllm_topic: a.vllm_topic,

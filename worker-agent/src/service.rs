@@ -54,7 +54,11 @@ impl AgentState {
             .map(|_| connect_lazy(&config.server, config.connect_timeout))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(Self {
-            events: EventLog::new(config.worker_id.clone(), config.event_buffer),
+            events: EventLog::with_limits(
+                config.worker_id.clone(),
+                config.event_buffer,
+                config.max_subscribers,
+            ),
             stats: Arc::new(Stats::default()),
             pool: RwLock::new(None),
             next_pool_id: AtomicU64::new(1),
@@ -360,7 +364,8 @@ impl WorkerService for Service {
         let stream = self
             .state
             .events
-            .subscribe(from, self.state.shutdown.clone());
+            .subscribe(from, self.state.shutdown.clone())
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         Ok(Response::new(Box::pin(futures::StreamExt::map(stream, Ok))))
     }
 
