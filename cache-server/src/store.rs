@@ -415,14 +415,7 @@ impl TieredStore {
                 .and_then(|block| self.make_room_then_write(inner, to, key, &block, now));
             match moved {
                 Ok(()) => {
-                    self.detach(inner, key, from);
-                    inner.index.insert(key, Entry { tier: to, ..entry });
-                    inner.used[to.index()] += entry.bytes;
-                    inner.blocks[to.index()] += 1;
-                    inner.policy.on_move(key, to, now);
-                    inner
-                        .events
-                        .publish(StoreEventKind::Moved, key, Some(to), entry.parent);
+                    self.relocate(inner, key, entry, to, now);
                     metrics::counter!(m::DEMOTIONS, "from" => from.as_str(), "to" => to.as_str())
                         .increment(1);
                     return;
@@ -582,7 +575,15 @@ impl TieredStore {
             return;
         }
         let from = entry.tier;
-        self.detach(inner, key, from);
+        self.relocate(inner, key, entry, to, now);
+        metrics::counter!(m::PROMOTIONS, "from" => from.as_str(), "to" => to.as_str()).increment(1);
+        self.publish_gauges(inner);
+    }
+
+    /// Bookkeeping of a block already written to `to`: leave its old tier,
+    /// account it in the new one, tell the policy and the subscribers.
+    fn relocate(&self, inner: &mut Inner, key: BlockKey, entry: Entry, to: Tier, now: u64) {
+        self.detach(inner, key, entry.tier);
         inner.index.insert(key, Entry { tier: to, ..entry });
         inner.used[to.index()] += entry.bytes;
         inner.blocks[to.index()] += 1;
@@ -590,8 +591,6 @@ impl TieredStore {
         inner
             .events
             .publish(StoreEventKind::Moved, key, Some(to), entry.parent);
-        metrics::counter!(m::PROMOTIONS, "from" => from.as_str(), "to" => to.as_str()).increment(1);
-        self.publish_gauges(inner);
     }
 
     /// Tier of each key (`None` when absent), without reading any payload.
