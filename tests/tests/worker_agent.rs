@@ -914,3 +914,99 @@ async fn malformed_engine_requests_are_refused() -> anyhow::Result<()> {
     assert_eq!(err.code(), Code::InvalidArgument);
     Ok(())
 }
+
+/// One vLLM run: publishes `n` batches (seq 0..n), each storing one more
+/// block of the prompt with token seed `seed`, then exits.
+const ONE_RUN: &str = r#"
+import sys, time, zmq, msgspec
+port, bs, seed, n = (int(a) for a in sys.argv[1:5])
+t = [((i * 2654435761) + seed) & 0xFFFFFFFF for i in range(n * bs)]
+ctx = zmq.Context()
+pub = ctx.socket(zmq.XPUB)
+pub.bind(f"tcp://127.0.0.1:{port}")
+pub.setsockopt(zmq.RCVTIMEO, 30000)
+pub.recv()
+enc = msgspec.msgpack.Encoder()
+for seq in range(n):
+    parent = None if seq == 0 else seed * 1000 + seq - 1
+    event = ["BlockStored", [seed * 1000 + seq], parent, t[seq*bs:(seq+1)*bs], bs, None, "GPU"]
+    pub.send_multipart((b"kv", seq.to_bytes(8, "big"), enc.encode([time.time(), [event], 0])))
+time.sleep(0.5)
+pub.close(linger=500)
+ctx.term()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_vllm_publisher_is_followed_and_clears_the_worker() -> anyhow::Result<()> {
+    let Some(python) = python_with_zmq() else {
+        println!("SKIPPED: python3 with pip is needed to install pyzmq + msgspec");
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let port = free_port()?;
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let a = AgentProcess::start(
+        &dir.path().join("a.log"),
+        server.grpc,
+        &[
+            "--vllm-events",
+            &endpoint,
+            "--vllm-idle-reconnect-ms",
+            "300",
+        ],
+    )?;
+    let script = dir.path().join("one_run.py");
+    std::fs::write(&script, ONE_RUN)?;
+    // vLLM runs twice on the same port: 3 blocks, then (restarted) 2 others
+    for (seed, n) in [(21u32, 3usize), (22, 2)] {
+        let (python, script) = (python.clone(), script.clone());
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(python)
+                .arg(script)
+                .args([port.to_string(), BLOCK_TOKENS.to_string()])
+                .args([seed.to_string(), n.to_string()])
+                .status()
+        })
+        .await??;
+        assert!(
+            status.success(),
+            "run {seed} failed: {status}; log:\n{}",
+            a.log()
+        );
+    }
+    let mut agent = a.client().await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent
+        .worker_stats(WorkerStatsRequest {})
+        .await?
+        .into_inner()
+        .engine_batches
+        < 5
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut events = agent
+        .subscribe_worker_events(SubscribeWorkerEventsRequest { from_event_id: 1 })
+        .await?
+        .into_inner();
+    let mut kinds = Vec::new();
+    for _ in 0..6 {
+        kinds.push(WorkerEventKind::try_from(
+            next_event(&mut events).await?.kind,
+        )?);
+    }
+    use WorkerEventKind::{Cleared, Stored};
+    assert_eq!(kinds, vec![Stored, Stored, Stored, Cleared, Stored, Stored]);
+    let snapshot = agent
+        .worker_snapshot(WorkerSnapshotRequest {})
+        .await?
+        .into_inner()
+        .snapshot
+        .ok_or_else(|| anyhow::anyhow!("no snapshot"))?;
+    let mut want = prompt_hashes(22, 2, BLOCK_TOKENS);
+    want.sort_unstable();
+    assert_eq!(snapshot.hashes, want, "only the second run's blocks remain");
+    Ok(())
+}

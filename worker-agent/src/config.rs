@@ -71,6 +71,9 @@ pub struct AgentConfig {
     pub vllm_replay: Option<String>,
     /// ZMQ topic prefix to subscribe to. Default empty (all topics).
     pub vllm_topic: String,
+    /// Silence on the vLLM event stream after which the agent resubscribes
+    /// (the ZMQ library does not report a publisher that went away). Default 5 s.
+    pub vllm_idle_reconnect: Duration,
 }
 
 impl Default for AgentConfig {
@@ -93,6 +96,7 @@ impl Default for AgentConfig {
             vllm_events: None,
             vllm_replay: None,
             vllm_topic: String::new(),
+            vllm_idle_reconnect: Duration::from_secs(5),
         }
     }
 }

@@ -73,6 +73,9 @@ struct Args {
     /// vLLM KV-event replay endpoint, asked for missed batches.
     #[arg(long, env = "KVTIER_VLLM_REPLAY")]
     vllm_replay: Option<String>,
+    /// Resubscribe to vLLM events after this much silence, in milliseconds.
+    #[arg(long, env = "KVTIER_VLLM_IDLE_RECONNECT_MS", default_value_t = 5000)]
+    vllm_idle_reconnect_ms: u64,
     /// ZMQ topic prefix to subscribe to.
     #[arg(long, env = "KVTIER_VLLM_TOPIC", default_value = "")]
     vllm_topic: String,
@@ -130,6 +133,7 @@ impl TryFrom<Args> for AgentConfig {
             vllm_events: a.vllm_events,
             vllm_replay: a.vllm_replay,
             vllm_topic: a.vllm_topic,
+            vllm_idle_reconnect: Duration::from_millis(a.vllm_idle_reconnect_ms.max(100)),
             ..AgentConfig::default()
         })
     }

@@ -120,6 +120,7 @@ pub async fn run(
             endpoint: endpoint.clone(),
             replay: config.vllm_replay.clone(),
             topic: config.vllm_topic.clone(),
+            idle_reconnect: config.vllm_idle_reconnect,
         };
         let stop = stop_rx.clone();
         tasks.spawn(async move {

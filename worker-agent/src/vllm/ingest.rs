@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 use super::decode::decode_batch;
@@ -125,6 +125,8 @@ pub struct ZmqSettings {
     pub replay: Option<String>,
     /// Topic prefix ("" for all).
     pub topic: String,
+    /// Silence after which the socket is replaced (see [`run`]).
+    pub idle_reconnect: Duration,
 }
 
 fn parse_seq(frame: Option<&Bytes>) -> Option<u64> {
@@ -132,7 +134,45 @@ fn parse_seq(frame: Option<&Bytes>) -> Option<u64> {
     Some(u64::from_be_bytes(bytes))
 }
 
-/// Runs the subscriber until `shutdown` turns true; reconnects on errors.
+/// Messages buffered between the socket reader and the ingest loop.
+const READER_QUEUE: usize = 1024;
+
+/// Connects, subscribes and forwards messages into `tx` until the channel
+/// closes. Runs as a task of its own so that a failure inside the ZMQ library
+/// (it panics on some unexpected frames) only costs a reconnect.
+async fn read_socket(settings: ZmqSettings, tx: mpsc::Sender<ZmqMessage>) {
+    let mut socket = SubSocket::new();
+    if let Err(e) = socket.connect(&settings.endpoint).await {
+        tracing::warn!(endpoint = %settings.endpoint, error = %e, "cannot connect to vLLM events");
+        return;
+    }
+    if let Err(e) = socket.subscribe(&settings.topic).await {
+        tracing::warn!(error = %e, "cannot subscribe to vLLM events");
+        return;
+    }
+    tracing::info!(endpoint = %settings.endpoint, "subscribed to vLLM KV events");
+    loop {
+        match socket.recv().await {
+            Ok(m) => {
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "vLLM event stream broke; reconnecting");
+                return;
+            }
+        }
+    }
+}
+
+/// Runs the subscriber until `shutdown` turns true.
+///
+/// A publisher that goes away is not reported by the ZMQ library, so after
+/// `settings.idle_reconnect` without a message the socket is replaced (cheap;
+/// batches missed meanwhile show up as a sequence gap and are replayed when a
+/// replay endpoint is configured). A restarted publisher starts again at
+/// sequence 0, which clears the worker's blocks.
 pub async fn run(
     settings: ZmqSettings,
     mut ingestor: Ingestor,
@@ -140,39 +180,47 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(100);
     while !*shutdown.borrow() {
-        let mut socket = SubSocket::new();
-        let connected = tokio::select! {
-            r = socket.connect(&settings.endpoint) => r,
-            _ = shutdown.changed() => break,
-        };
-        if let Err(e) = connected {
-            tracing::warn!(endpoint = %settings.endpoint, error = %e, "cannot connect to vLLM events");
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {},
-                _ = shutdown.changed() => break,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            continue;
-        }
-        if let Err(e) = socket.subscribe(&settings.topic).await {
-            tracing::warn!(error = %e, "cannot subscribe to vLLM events");
-            continue;
-        }
-        tracing::info!(endpoint = %settings.endpoint, "subscribed to vLLM KV events");
-        backoff = Duration::from_millis(100);
+        let (tx, mut rx) = mpsc::channel(READER_QUEUE);
+        let reader = tokio::spawn(read_socket(settings.clone(), tx));
+        let mut received = false;
         loop {
-            let message = tokio::select! {
-                m = socket.recv() => m,
-                _ = shutdown.changed() => return,
-            };
-            let message = match message {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "vLLM event stream broke; reconnecting");
+            let next = tokio::select! {
+                m = rx.recv() => m,
+                _ = tokio::time::sleep(settings.idle_reconnect) => {
+                    tracing::debug!("no vLLM events for a while; resubscribing");
+                    reader.abort();
                     break;
                 }
+                _ = shutdown.changed() => {
+                    reader.abort();
+                    return;
+                }
             };
-            handle(&settings, &mut ingestor, message).await;
+            match next {
+                Some(message) => {
+                    received = true;
+                    backoff = Duration::from_millis(100);
+                    handle(&settings, &mut ingestor, message).await;
+                }
+                None => {
+                    // the reader ended (error or panic): reconnect after a pause
+                    if let Err(e) = reader.await {
+                        if e.is_panic() {
+                            ingestor.stats.engine_error("reader_panicked");
+                            tracing::error!("vLLM event reader panicked; reconnecting");
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {},
+                        _ = shutdown.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    break;
+                }
+            }
+        }
+        if !received {
+            tracing::debug!("vLLM event publisher silent or unreachable");
         }
     }
 }
