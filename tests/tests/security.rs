@@ -445,6 +445,25 @@ async fn per_client_limits_answer_resource_exhausted_with_retry_hint() -> Result
     // Honouring the hint, greedy gets through.
     tokio::time::sleep(Duration::from_millis(wait + 50)).await;
     put_as(&mut c, "tok-g", &sg, &hashes[..1], block as usize).await?;
+
+    // Long-lived watches count against the client's slots too.
+    let watch = |c: &mut kvtier_proto::v1::cache_service_client::CacheServiceClient<_>| {
+        let mut c = c.clone();
+        async move {
+            c.watch_events(authed(
+                WatchEventsRequest {
+                    namespace: "shared/x".into(),
+                },
+                "tok-g",
+            ))
+            .await
+        }
+    };
+    let w1 = watch(&mut c).await?;
+    let w2 = watch(&mut c).await?;
+    let w3 = watch(&mut c).await.expect_err("third watch");
+    assert_eq!(w3.code(), Code::ResourceExhausted);
+    drop((w1, w2));
     Ok(())
 }
 
@@ -459,7 +478,7 @@ async fn memory_stays_bounded_under_10x_overload_of_the_server_limit() -> Result
     // 10x the server-wide limit, no per-client limit: the excess waits up to
     // 2 s for a slot, each waiting stream holding at most its HTTP/2 window
     // (8 MiB per stream, 32 MiB per connection; 4 connections here).
-    overload("--max-concurrent-requests", false, 4 * 32 + 64).await
+    overload("--max-concurrent-requests", false, 4 * 32 + 128).await
 }
 
 /// 40 concurrent Puts of 24 MiB against a limit of 4 set by `limit_flag`;

@@ -71,10 +71,14 @@ pub(super) fn handle(
                 .id,
         )
     };
+    // A watch is long-lived: it takes one of its client's request slots (not
+    // one of the server's) for as long as it streams.
+    let slot = state.limits.acquire(&client.id).map_err(Status::from)?;
     let mut events = state.store.subscribe();
     let (tx, rx) = mpsc::channel(1024);
     let state = Arc::clone(state);
     tokio::spawn(async move {
+        let _slot = slot;
         metrics::gauge!(m::WATCHERS).increment(1.0);
         let mut names: HashMap<u32, String> = HashMap::new();
         loop {
