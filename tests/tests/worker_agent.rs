@@ -613,24 +613,39 @@ replay.close(linger=1000)
 ctx.term()
 "#;
 
+/// `python3` with `pyzmq` and `msgspec` (vLLM's encoder), installed from PyPI
+/// when missing. `None` only when there is no `python3` with pip; a failed
+/// install with pip present fails the test. Done once per test binary.
 fn python_with_zmq() -> Option<PathBuf> {
-    let ok = |py: &str| {
-        std::process::Command::new(py)
-            .args(["-c", "import zmq, msgspec"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    let py = "python3";
-    if ok(py) {
-        return Some(PathBuf::from(py));
+    static PYTHON: std::sync::OnceLock<Result<Option<PathBuf>, String>> =
+        std::sync::OnceLock::new();
+    let found = PYTHON.get_or_init(|| {
+        let run = |args: &[&str]| {
+            std::process::Command::new("python3")
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        if run(&["-c", "import zmq, msgspec"]) {
+            return Ok(Some(PathBuf::from("python3")));
+        }
+        if !run(&["-m", "pip", "--version"]) {
+            return Ok(None);
+        }
+        if run(&["-m", "pip", "install", "--quiet", "pyzmq", "msgspec"])
+            && run(&["-c", "import zmq, msgspec"])
+        {
+            Ok(Some(PathBuf::from("python3")))
+        } else {
+            Err("pip is there but `pip install pyzmq msgspec` failed".into())
+        }
+    });
+    match found {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("{e}"),
     }
-    let installed = std::process::Command::new(py)
-        .args(["-m", "pip", "install", "--quiet", "pyzmq", "msgspec"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    (installed && ok(py)).then(|| PathBuf::from(py))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
