@@ -14,6 +14,7 @@
 //!   pinned under `cuda`) that bounds the blocks in flight.
 //! - [`tier`]: the cache-server client (handshake, session renewal, timeouts).
 //! - [`datapath`]: Offload / Onboard / Lookup on an attached pool.
+//! - [`stats`]: the agent's counters (WorkerStats, `/metrics`).
 //! - [`events`]: the worker's event log: monotonic ids, replay buffer, snapshot.
 //! - [`vllm`]: ingestion of vLLM's ZMQ KV-event stream into the event log.
 //! - [`service`]: the `kvtier.v1.WorkerService` gRPC handlers.
