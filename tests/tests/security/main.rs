@@ -1,0 +1,13 @@
+//! Security and hardening on the real `kvtier-server`: TLS and mTLS with
+//! certificates generated at test time, hashed bearer tokens reloaded on
+//! SIGHUP, tenant isolation with identical prompts, per-client limits,
+//! bounded memory under 10x overload, kill -9 during heavy writes (20
+//! rounds), a full disk, and stalled clients.
+//!
+//! Build the binaries first: `cargo build --release --workspace --bins`.
+
+mod auth;
+mod faults;
+mod limits;
+mod support;
+mod tls;
