@@ -10,6 +10,11 @@ use clap::Parser;
 use kvtier_worker_agent::config::{AgentConfig, ExpectedHashing};
 use kvtier_worker_agent::server;
 
+/// Same allocator as kvtier-server: every onboarded block arrives in a fresh
+/// block-sized buffer, which jemalloc recycles without a page-fault storm.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// kvtier worker agent: moves KV blocks between one inference worker's KV pool
 /// and the kvtier cache tier, and publishes the worker's KV events.
 #[derive(Debug, Parser)]
