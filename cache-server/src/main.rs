@@ -150,27 +150,26 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Installs the SIGTERM/SIGINT handlers now (before the server reports ready,
+/// so that a signal sent right after the ready line is never lost to the
+/// default action) and returns the future that completes on the first signal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install the SIGTERM handler")?;
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("install the SIGINT handler")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    tracing::info!("shutdown signal received");
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
+    })
 }
 
 #[tokio::main]
@@ -189,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
             config.listen, config.metrics_listen
         )
     })?;
-    server::run(config, grpc, metrics, shutdown_signal(), |addrs| {
+    server::run(config, grpc, metrics, shutdown_signal()?, |addrs| {
         // One machine-readable line on stdout, for scripts and tests.
         println!(
             "kvtier-server ready grpc={} metrics={}",
