@@ -17,6 +17,7 @@
 //! - [`stats`]: the agent's counters (WorkerStats, `/metrics`).
 //! - [`events`]: the worker's event log: monotonic ids, replay buffer, snapshot.
 //! - [`vllm`]: ingestion of vLLM's ZMQ KV-event stream into the event log.
+//! - [`state`]: the agent's shared state and AttachPool.
 //! - [`service`]: the `kvtier.v1.WorkerService` gRPC handlers.
 //! - [`metrics`]: `GET /metrics` (Prometheus text) from the agent's counters.
 //! - [`server`]: binds TCP / Unix socket, runs until shutdown, stops its tasks.
@@ -36,6 +37,7 @@ pub mod server;
 pub mod service;
 pub mod sim;
 pub mod staging;
+pub mod state;
 pub mod stats;
 pub mod tier;
 pub mod vllm;

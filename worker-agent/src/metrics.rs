@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::service::AgentState;
+use crate::state::AgentState;
 use crate::stats::Stats;
 
 /// Metric names, in one place for dashboards and tests.

@@ -14,7 +14,8 @@ use kvtier_proto::v1::worker_service_server::WorkerServiceServer;
 
 use crate::config::AgentConfig;
 use crate::error::{AgentError, Result};
-use crate::service::{AgentState, Service};
+use crate::service::Service;
+use crate::state::AgentState;
 use crate::tier::MAX_MESSAGE_BYTES;
 use crate::vllm::ingest::{self, Ingestor, ZmqSettings};
 use crate::vllm::translate::Translator;
