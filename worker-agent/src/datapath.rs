@@ -166,12 +166,11 @@ impl AttachedPool {
             response.stored += r.stored;
             response.already_present += r.already_present;
         }
-        let bytes = response.stored as u64 * geometry.block_bytes as u64;
+        // Every block not skipped by the Lookup was copied out of the pool
+        // (a concurrent writer may have stored some meanwhile: already_present).
+        let bytes = todo.len() as u64 * geometry.block_bytes as u64;
         Stats::add(&stats.offload_blocks, response.stored as u64);
-        Stats::add(
-            &stats.offload_bytes,
-            todo.len() as u64 * geometry.block_bytes as u64,
-        );
+        Stats::add(&stats.offload_bytes, bytes);
         Ok(OffloadOutcome {
             stored: response.stored,
             skipped: skipped + response.already_present,
