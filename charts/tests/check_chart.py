@@ -439,6 +439,19 @@ def check_sidecar(checks: Checks, agent_bin: str | None) -> None:
                      "sidecar: the subchart's cache StatefulSet has the name the sidecar points at")
         app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
         checks.check(a["image"].endswith(f":{app_version}"), f"sidecar: image tag defaults to the chart's appVersion ({a['image']})")
+        checks.check("readinessProbe" not in a and "livenessProbe" not in a,
+                     "sidecar: no probes while the agent listens on loopback (kubelet dials the pod IP)")
+        exposed = yaml.safe_load(PARENT_VALUES)
+        exposed["kvtier"]["workerAgent"]["listenHost"] = "0.0.0.0"
+        docs2, _ = render(parent, exposed)
+        dep2 = [d for d in docs2 if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm"]
+        a2 = [c for c in dep2[0]["spec"]["template"]["spec"]["containers"] if c["name"] == "kvtier-agent"][0] if dep2 else {}
+        probe = a2.get("readinessProbe", {}).get("grpc", {})
+        checks.check(probe.get("port") == 50061 and probe.get("service") == "kvtier.v1.WorkerService"
+                     and a2.get("livenessProbe", {}).get("grpc", {}).get("port") == 50061,
+                     f"sidecar: listening on 0.0.0.0 adds grpc.health.v1 probes on the agent port ({probe})")
+        if dep2:
+            validate_docs(checks, "sidecar-exposed", [dep2[0]])
         known = help_flags(agent_bin)
         if known is None:
             print("SKIP sidecar: kvtier-agent binary not built; its flags are not checked")

@@ -154,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = AgentConfig::try_from(Args::parse())?;
-    server::run(config, server::shutdown_signal(), |addrs| {
+    server::run(config, server::shutdown_signal()?, |addrs| {
         // One machine-readable line on stdout, for scripts and tests.
         println!(
             "kvtier-agent ready grpc={} uds={} metrics={}",

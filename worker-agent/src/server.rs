@@ -70,12 +70,20 @@ pub async fn run(
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
+    // grpc.health.v1 on both listeners, for probes (Kubernetes `grpc:` probes).
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<WorkerServiceServer<Service>>()
+        .await;
+
     let mut tasks = tokio::task::JoinSet::new();
     {
         let service = service.clone();
+        let health_service = health_service.clone();
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
+                .add_service(health_service)
                 .add_service(service)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -88,6 +96,7 @@ pub async fn run(
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             tonic::transport::Server::builder()
+                .add_service(health_service)
                 .add_service(service)
                 .serve_with_incoming_shutdown(UnixListenerStream::new(uds), async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -168,18 +177,17 @@ pub async fn run(
     }
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
-            }
+/// Installs the SIGTERM/SIGINT handlers now (before the agent reports ready,
+/// so that a signal sent right after the ready line is not lost to the default
+/// action) and returns the future that completes on the first signal.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
+    })
 }

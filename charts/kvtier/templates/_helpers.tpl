@@ -82,8 +82,9 @@ is a subchart of yours, .Values inside this chart). By default the container lis
 only; the engine reaches it at 127.0.0.1:<workerAgent.port>. Pair it with
 "kvtier.workerAgent.volumes" in the pod's `volumes:` (a memory-backed /dev/shm shared with the
 engine, for shared-memory KV pools), and mount `kvtier-shm` at /dev/shm in the engine too.
-The sidecar has no probes: kvtier-agent serves no grpc.health.v1 yet, and kubelet's gRPC probes
-dial the pod IP while the agent listens on loopback by default.
+kvtier-agent serves grpc.health.v1 ("kvtier.v1.WorkerService"). Kubelet's gRPC probes dial the
+pod IP, so the sidecar gets readiness and liveness probes only when workerAgent.listenHost is
+not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
 */}}
 {{- define "kvtier.workerAgent.container" -}}
 {{- $v := .values -}}
@@ -139,6 +140,19 @@ dial the pod IP while the agent listens on loopback by default.
     {{- with $a.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+  {{- if not (hasPrefix "127." (toString $a.listenHost)) }}
+  readinessProbe:
+    grpc:
+      port: {{ int $a.port }}
+      service: kvtier.v1.WorkerService
+    periodSeconds: 5
+  livenessProbe:
+    grpc:
+      port: {{ int $a.port }}
+      service: kvtier.v1.WorkerService
+    periodSeconds: 10
+    failureThreshold: 6
+  {{- end }}
   resources:
     {{- toYaml $a.resources | nindent 4 }}
   securityContext:
