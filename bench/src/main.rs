@@ -2,8 +2,9 @@
 //! subcommand's flags and work live in its own module.
 
 mod agent_bench;
-mod replay;
 mod throughput;
+
+use kvtier_bench::replay;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

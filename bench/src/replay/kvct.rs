@@ -50,7 +50,8 @@ struct Flat {
     think_s: Option<f64>,
 }
 
-struct Session {
+/// One session's requests, flattened (sub-agents at marker.t + inner.t), in time order.
+pub struct Session {
     requests: Vec<Flat>,
     /// Parent of each session-local agent (agent 0 is the main agent).
     parents: Vec<Option<u32>>,
@@ -107,8 +108,12 @@ fn read_session(path: &Path) -> Result<Session> {
     flate2::read::GzDecoder::new(BufReader::new(file))
         .read_to_end(&mut text)
         .with_context(|| format!("decompressing {}", path.display()))?;
-    let parsed: SessionFile =
-        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+    parse_session(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Parses one session file's JSON (already decompressed).
+pub fn parse_session(json: &[u8]) -> Result<Session> {
+    let parsed: SessionFile = serde_json::from_slice(json)?;
     let mut s = Session {
         requests: Vec::new(),
         parents: vec![None],
@@ -161,7 +166,9 @@ pub fn load(
     Ok(assemble(sessions, stagger_s, dir))
 }
 
-fn assemble(sessions: Vec<Session>, stagger_s: f64, dir: &Path) -> Trace {
+/// Orders the requests of `sessions` (session k starting at k·`stagger_s`)
+/// into one trace, renumbering ids per session.
+pub fn assemble(sessions: Vec<Session>, stagger_s: f64, dir: &Path) -> Trace {
     // (absolute time s, session, position) for the global order.
     let mut order: Vec<(f64, u32, u32)> = Vec::new();
     for (k, s) in sessions.iter().enumerate() {

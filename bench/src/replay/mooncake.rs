@@ -19,19 +19,24 @@ struct Line {
 /// Reads a Mooncake jsonl file; lines in timestamp order, ties in file order.
 pub fn load(path: &Path) -> Result<Trace> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    parse(std::io::BufReader::new(file), &path.display().to_string())
+}
+
+/// Parses Mooncake jsonl from `reader`; `name` labels errors and the trace.
+pub fn parse(reader: impl BufRead, name: &str) -> Result<Trace> {
     let mut lines = Vec::new();
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {name}"))?;
         if line.trim().is_empty() {
             continue;
         }
         let l: Line = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: not a Mooncake request", path.display(), n + 1))?;
+            .with_context(|| format!("{name}:{}: not a Mooncake request", n + 1))?;
         lines.push(l);
     }
     lines.sort_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
     let mut trace = Trace {
-        name: format!("mooncake {}", path.display()),
+        name: format!("mooncake {name}"),
         ..Trace::default()
     };
     let mut renumber = Renumber::default();
