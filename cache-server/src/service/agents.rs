@@ -12,6 +12,7 @@ use kvtier_proto::v1::{
 use super::session::Need;
 use super::{ServiceState, MAX_HASHES_PER_REQUEST};
 use crate::agents::{call_end, AgentRef};
+use crate::namespace::Namespace;
 use kvtier_security::Client;
 
 const MAX_AGENT_ID_BYTES: usize = 256;
@@ -40,17 +41,27 @@ fn lifecycle_status(agent: &str, err: LifecycleError) -> Status {
     }
 }
 
-pub(super) fn register(
+/// Resolves the session a lifecycle request names (read access to its
+/// namespace suffices) and hands back the request body.
+fn session_and_body<T>(
     state: &ServiceState,
-    request: Request<RegisterAgentRequest>,
-) -> Result<RegisterAgentResponse, Status> {
+    request: Request<T>,
+    session_id: fn(&T) -> &String,
+) -> Result<(Namespace, T), Status> {
     let ns = state.sessions.resolve(
-        &request.get_ref().session_id,
+        session_id(request.get_ref()),
         request.metadata(),
         &Client::of(&request),
         Need::Read,
     )?;
-    let r = request.into_inner();
+    Ok((ns, request.into_inner()))
+}
+
+pub(super) fn register(
+    state: &ServiceState,
+    request: Request<RegisterAgentRequest>,
+) -> Result<RegisterAgentResponse, Status> {
+    let (ns, r) = session_and_body(state, request, |r| &r.session_id)?;
     check_id("agent_id", &r.agent_id)?;
     if !r.parent_agent_id.is_empty() {
         check_id("parent_agent_id", &r.parent_agent_id)?;
@@ -79,13 +90,7 @@ pub(super) fn hint(
     state: &ServiceState,
     request: Request<HintRequest>,
 ) -> Result<HintResponse, Status> {
-    let ns = state.sessions.resolve(
-        &request.get_ref().session_id,
-        request.metadata(),
-        &Client::of(&request),
-        Need::Read,
-    )?;
-    let r = request.into_inner();
+    let (ns, r) = session_and_body(state, request, |r| &r.session_id)?;
     check_id("agent_id", &r.agent_id)?;
     if r.blocks.len() > MAX_HASHES_PER_REQUEST {
         return Err(Status::invalid_argument(format!(
@@ -138,13 +143,7 @@ pub(super) fn end(
     state: &ServiceState,
     request: Request<EndAgentRequest>,
 ) -> Result<EndAgentResponse, Status> {
-    let ns = state.sessions.resolve(
-        &request.get_ref().session_id,
-        request.metadata(),
-        &Client::of(&request),
-        Need::Read,
-    )?;
-    let r = request.into_inner();
+    let (ns, r) = session_and_body(state, request, |r| &r.session_id)?;
     check_id("agent_id", &r.agent_id)?;
     let who = AgentRef {
         namespace: ns.id,
