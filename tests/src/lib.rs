@@ -132,20 +132,7 @@ impl ServerProcess {
         let Some(mut child) = self.child.take() else {
             bail!("server already stopped");
         };
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM failed");
-        }
-        for _ in 0..300 {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        child.kill()?;
-        bail!("server did not exit within 30 s of SIGTERM")
+        terminate_child(&mut child, "server")
     }
 
     /// A gRPC client connected to this server.
