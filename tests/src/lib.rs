@@ -78,18 +78,7 @@ impl ServerProcess {
             .stderr(Stdio::from(stderr))
             .spawn()
             .context("spawn kvtier-server")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            // keep draining so the child never blocks on a full pipe
-            let mut sink = Vec::new();
-            let _ = reader.read_to_end(&mut sink);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        let line = match first_stdout_line(&mut child)? {
             Ok(line) if line.starts_with("kvtier-server ready") => line,
             other => {
                 let _ = child.kill();
@@ -158,6 +147,23 @@ impl Drop for ServerProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// The first line a child prints on its (piped) stdout, waiting up to 60 s
+/// (`Err(timeout)` inside); a thread keeps draining the pipe afterwards so the
+/// child never blocks on a full pipe.
+pub fn first_stdout_line(child: &mut Child) -> Result<Result<String, mpsc::RecvTimeoutError>> {
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = tx.send(line);
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink);
+    });
+    Ok(rx.recv_timeout(Duration::from_secs(60)))
 }
 
 /// A plain HTTP/1.1 GET returning the body (enough for `/metrics`).
@@ -335,17 +341,7 @@ fn spawn_ready(
         .stderr(Stdio::from(stderr))
         .spawn()
         .with_context(|| format!("spawn {}", bin.display()))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        let _ = tx.send(line);
-        let mut sink = Vec::new();
-        let _ = reader.read_to_end(&mut sink);
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
+    match first_stdout_line(&mut child)? {
         Ok(line) if line.starts_with(ready_prefix) => Ok((child, line)),
         other => {
             let _ = child.kill();
