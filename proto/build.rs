@@ -7,7 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".kvtier.v1")
         .compile_protos(
-            &["proto/kvtier/v1/cache.proto", "proto/kvtier/v1/agent.proto"],
+            &[
+                "proto/kvtier/v1/cache.proto",
+                "proto/kvtier/v1/agent.proto",
+                "proto/kvtier/v1/router.proto",
+            ],
             &["proto"],
         )?;
     Ok(())

@@ -1,0 +1,1 @@
+//! Event ingestion (see the crate docs).
