@@ -22,6 +22,7 @@
 //! - [`metrics`]: `GET /metrics` (Prometheus text) from the agent's counters.
 //! - [`server`]: binds TCP / Unix socket, runs until shutdown, stops its tasks.
 //! - [`sim`]: a simulated engine (shared-memory pool) for tests and benchmarks.
+//! - [`simworker`]: a simulated inference worker (HTTP model-call APIs) on that pool.
 
 // Messages of the shared wire contract gain optional fields over time; building
 // them with `..Default::default()` keeps this crate compiling when they do.
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod sim;
+pub mod simworker;
 pub mod staging;
 pub mod state;
 pub mod stats;

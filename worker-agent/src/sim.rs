@@ -59,6 +59,58 @@ pub async fn connect(agent: &str) -> Result<WorkerServiceClient<Channel>, SimErr
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
+/// Like [`connect`], but dials nothing until the first call (and redials a
+/// lost connection on the next call): calls fail with UNAVAILABLE while the
+/// agent is down instead of the constructor failing.
+pub fn connect_lazy(agent: &str) -> Result<WorkerServiceClient<Channel>, SimError> {
+    let endpoint = |uri: String| {
+        Endpoint::from_shared(uri)
+            .map(|e| e.connect_timeout(std::time::Duration::from_secs(1)))
+            .map_err(|e| SimError::Connect(format!("{agent}: {e}")))
+    };
+    let channel = if let Some(path) = agent.strip_prefix("unix:") {
+        let path = PathBuf::from(path);
+        endpoint("http://[::1]:1".into())?.connect_with_connector_lazy(tower::service_fn(
+            move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            },
+        ))
+    } else {
+        endpoint(agent.to_string())?.connect_lazy()
+    };
+    Ok(WorkerServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// The AttachPool request describing `spec`'s pool (its file must exist:
+/// the path is sent canonicalised).
+pub fn attach_request(spec: &SimPoolSpec) -> Result<AttachPoolRequest, SimError> {
+    let path = std::fs::canonicalize(&spec.path)?;
+    Ok(AttachPoolRequest {
+        namespace: spec.namespace.clone(),
+        hashing: Some(spec.hashing.clone()),
+        layout: Some(PoolLayout {
+            num_blocks: spec.num_blocks,
+            block_bytes: spec.hashing.block_bytes,
+            block_stride_bytes: 0,
+            num_layers: 0,
+            dtype: "u8".into(),
+        }),
+        memory: Some(attach_pool_request::Memory::SharedMemory(
+            SharedMemoryPool {
+                path: path.display().to_string(),
+                offset: 0,
+            },
+        )),
+        engine_name: spec.engine_name.clone(),
+    })
+}
+
 /// Creates (or grows) a pool file of `num_blocks × block_bytes` bytes.
 pub fn create_pool_file(path: &Path, num_blocks: u64, block_bytes: u64) -> std::io::Result<()> {
     let file = OpenOptions::new()
@@ -122,6 +174,47 @@ pub struct SimEngine {
 }
 
 impl SimEngine {
+    /// Creates the pool file if needed and maps it, with a lazily connected
+    /// client to `agent` (nothing is dialled until the first call, and a lost
+    /// connection is redialled on the next one), without attaching: the
+    /// caller attaches with [`attach_request`] on [`SimEngine::client`] and
+    /// keeps the pool id itself. A worker that must keep serving while its
+    /// agent is down starts this way.
+    pub fn open(agent: &str, spec: &SimPoolSpec) -> Result<Self, SimError> {
+        let block_bytes = spec.hashing.block_bytes;
+        if block_bytes == 0 || spec.num_blocks == 0 || spec.hashing.block_tokens == 0 {
+            return Err(SimError::Invalid(
+                "block_bytes, num_blocks and block_tokens must be > 0".into(),
+            ));
+        }
+        create_pool_file(&spec.path, spec.num_blocks, block_bytes)?;
+        let file = OpenOptions::new().read(true).write(true).open(&spec.path)?;
+        let map = MmapOptions::new()
+            .len((spec.num_blocks * block_bytes) as usize)
+            .map_raw(&file)?;
+        let seed = effective_seed(
+            if spec.hashing.seed == 0 {
+                kvtier_proto::hashing::DEFAULT_SEED
+            } else {
+                spec.hashing.seed
+            },
+            &spec.hashing.salt,
+        );
+        Ok(Self {
+            client: connect_lazy(agent)?,
+            pool_id: 0,
+            map,
+            block_bytes: block_bytes as usize,
+            num_blocks: spec.num_blocks,
+            hasher: BlockHasher::new(spec.hashing.block_tokens as usize, seed),
+        })
+    }
+
+    /// Blocks in the pool.
+    pub fn num_blocks(&self) -> u64 {
+        self.num_blocks
+    }
+
     /// Creates the pool file if needed, maps it, and attaches it to the agent.
     pub async fn attach(agent: &str, spec: SimPoolSpec) -> Result<Self, SimError> {
         let block_bytes = spec.hashing.block_bytes;

@@ -1,0 +1,162 @@
+//! `kvtier-sim-worker`: a simulated inference worker serving
+//! `POST /v1/chat/completions`, `/v1/responses` and `/v1/messages` (streamed
+//! and not) from a shared-memory KV pool attached to a `kvtier-agent`, so the
+//! kvtier router can be tested and benchmarked end to end without GPUs.
+//!
+//! Prints `kvtier-sim-worker ready http=<addr> worker_id=<id> agent=<state>`
+//! on stdout once listening (and attached, when the agent answers); exits 0
+//! on SIGTERM / SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use kvtier_proto::v1::HashingConfig;
+use kvtier_worker_agent::sim::SimPoolSpec;
+use kvtier_worker_agent::simworker::{http, SimWorker, SimWorkerConfig};
+
+/// Longest the worker waits for open responses to end after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Simulated inference worker for the kvtier router (no GPU needed).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// HTTP listen address (port 0 picks a free port; the bound address is printed).
+    #[arg(long, env = "KVTIER_SIM_WORKER_LISTEN", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Worker id (empty: the agent's worker id, which its KV events carry).
+    #[arg(long, env = "KVTIER_WORKER_ID", default_value = "")]
+    worker_id: String,
+    /// kvtier-agent endpoint: http://host:port or unix:/path; "off" runs without one.
+    #[arg(long, env = "KVTIER_AGENT", default_value = "http://127.0.0.1:50061")]
+    agent: String,
+    /// Pool file (e.g. /dev/shm/kvtier-sim-worker-0); created if absent.
+    #[arg(long, env = "KVTIER_SIM_POOL")]
+    pool: PathBuf,
+    /// Pool capacity in blocks (the worker's bounded prefix cache).
+    #[arg(long, env = "KVTIER_SIM_POOL_BLOCKS", default_value_t = 1024)]
+    pool_blocks: u64,
+    /// Bytes per block.
+    #[arg(long, env = "KVTIER_SIM_BLOCK_BYTES", default_value_t = 65_536)]
+    block_bytes: u64,
+    /// Tokens per block.
+    #[arg(long, env = "KVTIER_BLOCK_TOKENS", default_value_t = 16)]
+    block_tokens: u32,
+    /// Base XXH3 seed.
+    #[arg(long, env = "KVTIER_SEED", default_value_t = kvtier_proto::hashing::DEFAULT_SEED)]
+    seed: u64,
+    /// Namespace salt.
+    #[arg(long, env = "KVTIER_SALT", default_value = "")]
+    salt: String,
+    /// Model served (requests naming another get 404).
+    #[arg(long, env = "KVTIER_MODEL", default_value = "sim-model")]
+    model: String,
+    /// KV layout descriptor.
+    #[arg(long, env = "KVTIER_KV_LAYOUT", default_value = "sim:layers=1,kv=2")]
+    kv_layout: String,
+    /// Cache-server namespace (as the agent's other engines use it).
+    #[arg(long, env = "KVTIER_NAMESPACE", default_value = "sim")]
+    namespace: String,
+    /// The model's tokenizer.json.
+    #[arg(long, env = "KVTIER_TOKENIZER")]
+    tokenizer: PathBuf,
+    /// Chat template (Jinja file, or tokenizer_config.json); default ChatML.
+    #[arg(long, env = "KVTIER_CHAT_TEMPLATE")]
+    chat_template: Option<PathBuf>,
+    /// Prefill throughput of the worker's one GPU, tokens/s (prefills queue).
+    #[arg(long, env = "KVTIER_SIM_PREFILL_TPS", default_value_t = 20_000.0)]
+    prefill_tokens_per_s: f64,
+    /// Decode speed per stream, tokens/s.
+    #[arg(long, env = "KVTIER_SIM_DECODE_TPS", default_value_t = 200.0)]
+    decode_tokens_per_s: f64,
+    /// Output tokens when the request gives neither an osl hint nor max_tokens.
+    #[arg(long, env = "KVTIER_SIM_DEFAULT_OSL", default_value_t = 16)]
+    default_osl: u32,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<SimWorkerConfig> {
+        if !(self.prefill_tokens_per_s >= 0.0 && self.decode_tokens_per_s >= 0.0) {
+            anyhow::bail!("--prefill-tokens-per-s and --decode-tokens-per-s must be >= 0");
+        }
+        let agent = match self.agent.as_str() {
+            "" | "off" => None,
+            a => Some(a.to_string()),
+        };
+        Ok(SimWorkerConfig {
+            worker_id: self.worker_id.clone(),
+            agent,
+            pool: SimPoolSpec {
+                path: self.pool,
+                num_blocks: self.pool_blocks,
+                namespace: self.namespace,
+                hashing: HashingConfig {
+                    block_tokens: self.block_tokens,
+                    seed: self.seed,
+                    salt: self.salt,
+                    block_bytes: self.block_bytes,
+                    kv_layout: self.kv_layout,
+                    model: self.model,
+                },
+                engine_name: if self.worker_id.is_empty() {
+                    "kvtier-sim-worker".into()
+                } else {
+                    format!("kvtier-sim-worker/{}", self.worker_id)
+                },
+            },
+            tokenizer: self.tokenizer,
+            chat_template: self.chat_template,
+            prefill_tokens_per_s: self.prefill_tokens_per_s,
+            decode_tokens_per_s: self.decode_tokens_per_s,
+            default_osl: self.default_osl,
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KVTIER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let listen = args.listen;
+    let config = args.into_config()?;
+    let shutdown =
+        kvtier_worker_agent::server::shutdown_signal().context("install the signal handlers")?;
+    let worker = SimWorker::start(config).await.context("start the worker")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("bind {listen}"))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "kvtier-sim-worker ready http={addr} worker_id={} agent={}",
+        worker.worker_id(),
+        if worker.attached() {
+            "attached"
+        } else {
+            "detached"
+        }
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, http::router(worker)).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    });
+    tokio::select! {
+        r = server => r.context("HTTP server")?,
+        _ = async {
+            let _ = stop_rx.await;
+            tokio::time::sleep(DRAIN).await;
+        } => tracing::warn!("responses still open {DRAIN:?} after shutdown: exiting"),
+    }
+    tracing::info!("kvtier-sim-worker stopped");
+    Ok(())
+}
