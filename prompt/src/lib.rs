@@ -12,8 +12,6 @@
 //! - [`stream`]: SSE events and final bodies of each API's responses (used by
 //!   the simulated worker to answer, and by tests to parse).
 
-use std::path::Path;
-
 /// Which API a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Api {
@@ -95,23 +93,160 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// The JSON body of this error in `api`'s shape (OpenAI:
-    /// `{"error":{"message","type","param","code"}}`; Anthropic:
-    /// `{"type":"error","error":{"type","message"}}`).
-    pub fn body(&self, _api: Api) -> serde_json::Value {
-        todo!()
+    /// An error with an explicit status, kind and message.
+    pub fn new(status: u16, kind: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind: kind.into(),
+            message: message.into(),
+        }
+    }
+
+    /// 400 `invalid_request_error`: the request is malformed. Start the message
+    /// with the field path (`"messages[2].content: expected ..."`): OpenAI bodies
+    /// report that path as `param`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request_error", message)
+    }
+
+    /// 404 `not_found_error`: no namespace / worker pool serves `model`.
+    pub fn not_found_model(model: &str) -> Self {
+        Self::new(
+            404,
+            "not_found_error",
+            format!(
+                "model: `{model}` is not served here; list the served models with GET /v1/models"
+            ),
+        )
+    }
+
+    /// 503 `overloaded_error`: the model is known but no worker can take the call now.
+    pub fn no_worker(model: &str) -> Self {
+        Self::new(
+            503,
+            "overloaded_error",
+            format!("no worker is available for model `{model}` right now; retry later"),
+        )
+    }
+
+    /// 500 `api_error`: a fault on our side.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "api_error", message)
+    }
+
+    /// The field path this error is about, when its message starts with one
+    /// (`"messages[2].content: expected ..."` -> `messages[2].content`).
+    pub fn param(&self) -> Option<&str> {
+        let (head, _) = self.message.split_once(": ")?;
+        let is_path = !head.is_empty()
+            && head
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'));
+        is_path.then_some(head)
+    }
+
+    /// The JSON body of this error in `api`'s shape.
+    ///
+    /// - OpenAI (chat completions, Responses):
+    ///   `{"error":{"message","type","param","code"}}`; `type` is `kind`, except
+    ///   that a 404 model error is `invalid_request_error` with code
+    ///   `model_not_found` (as OpenAI answers) and 5xx kinds other than
+    ///   `invalid_request_error` are `server_error`. `param` is [`ApiError::param`].
+    /// - Anthropic: `{"type":"error","error":{"type","message"}}`; `type` follows
+    ///   the status as Anthropic uses it (400 `invalid_request_error`, 401
+    ///   `authentication_error`, 403 `permission_error`, 404 `not_found_error`,
+    ///   413 `request_too_large`, 429 `rate_limit_error`, 503/529
+    ///   `overloaded_error`, other 5xx `api_error`).
+    pub fn body(&self, api: Api) -> serde_json::Value {
+        match api {
+            Api::ChatCompletions | Api::Responses => {
+                let (kind, code) = match (self.status, self.kind.as_str()) {
+                    (404, "not_found_error") => ("invalid_request_error", Some("model_not_found")),
+                    (500..=599, "overloaded_error") => {
+                        ("server_error", Some("no_worker_available"))
+                    }
+                    (500..=599, "api_error") => ("server_error", None),
+                    (_, kind) => (kind, None),
+                };
+                serde_json::json!({
+                    "error": {
+                        "message": self.message,
+                        "type": kind,
+                        "param": self.param(),
+                        "code": code,
+                    }
+                })
+            }
+            Api::Messages => {
+                let kind = match self.status {
+                    400 => "invalid_request_error",
+                    401 => "authentication_error",
+                    403 => "permission_error",
+                    404 => "not_found_error",
+                    413 => "request_too_large",
+                    429 => "rate_limit_error",
+                    503 | 529 => "overloaded_error",
+                    _ if self.status >= 500 => "api_error",
+                    _ => self.kind.as_str(),
+                };
+                serde_json::json!({
+                    "type": "error",
+                    "error": { "type": kind, "message": self.message },
+                })
+            }
+        }
     }
 }
 
 /// Header names a caller may use instead of body fields (lower case).
+///
+/// Body fields win over headers; see [`parse_request`] for the precedence.
 pub mod headers {
     /// Agent / session id.
     pub const AGENT_ID: &str = "x-kvtier-agent-id";
+    /// Session id (common in agent harnesses); used when no agent id is given.
+    pub const SESSION_ID: &str = "x-session-id";
+    /// Parent agent id (sub-agents).
+    pub const PARENT_AGENT_ID: &str = "x-kvtier-parent-agent-id";
+    /// Priority, an integer in -8..=8.
+    pub const PRIORITY: &str = "x-kvtier-priority";
+    /// Latency sensitivity, a number in 0..=1.
+    pub const LATENCY_SENSITIVITY: &str = "x-kvtier-latency-sensitivity";
+    /// Expected output tokens.
+    pub const OSL: &str = "x-kvtier-osl";
+    /// Explicit keep-warm TTL in milliseconds.
+    pub const KEEP_WARM_MS: &str = "x-kvtier-keep-warm-ms";
 }
 
 /// Parses a request body of `api`; `headers` are the request's (name lower-case, value).
-pub fn parse_request(_api: Api, _body: &[u8], _headers: &[(String, String)]) -> Result<ModelCall, ApiError> {
-    todo!()
+///
+/// Unknown fields are ignored. Errors are 400 `invalid_request_error` naming
+/// the field and what was expected.
+///
+/// Agent hints (all three APIs):
+/// - `nvext.agent_hints.{priority (-8..=8), latency_sensitivity (0..=1), osl,
+///   agent_id, parent_agent_id, keep_warm_ms}`; out-of-range values are a 400.
+/// - agent id, first present (non-empty) of: `nvext.agent_hints.agent_id`,
+///   `nvext.agent_id`, `nvext.session_id`, header `x-kvtier-agent-id`, header
+///   `x-session-id`, and for Anthropic last `metadata.user_id`.
+/// - parent: `nvext.agent_hints.parent_agent_id`, then header `x-kvtier-parent-agent-id`.
+/// - priority / latency sensitivity / osl / keep-warm: the body's value, else the
+///   header's (`x-kvtier-priority`, `x-kvtier-latency-sensitivity`, `x-kvtier-osl`,
+///   `x-kvtier-keep-warm-ms`).
+/// - `cache_control: {"type":"ephemeral","ttl":"5m"|"1h"}` on the top level,
+///   system blocks, message content blocks (and tool_result contents) and tools:
+///   keep-warm = the largest TTL (5 minutes when no ttl), and at least the
+///   explicit hint.
+///
+/// The Responses API's `previous_response_id` / `conversation` are refused
+/// (400): the router is stateless and cannot see earlier responses; send the
+/// whole conversation in `input` instead.
+pub fn parse_request(
+    api: Api,
+    body: &[u8],
+    headers: &[(String, String)],
+) -> Result<ModelCall, ApiError> {
+    parse::parse_request(api, body, headers)
 }
 
 /// Errors loading a model's prompt assets.
@@ -130,85 +265,16 @@ pub enum PromptError {
     Invalid(String),
 }
 
-/// Chat template + tokenizer + block hasher of one model.
-pub struct PromptModel {}
+mod model;
+mod parse;
+pub mod testing;
 
-impl PromptModel {
-    /// Loads `tokenizer.json`, and the chat template from a file (a Jinja
-    /// template, or a `tokenizer_config.json` with a `chat_template` field);
-    /// None uses the built-in ChatML template. `block_tokens` and
-    /// `effective_seed` are the namespace's hashing.
-    pub fn load(
-        _tokenizer_json: &Path,
-        _chat_template: Option<&Path>,
-        _block_tokens: usize,
-        _effective_seed: u64,
-    ) -> Result<Self, PromptError> {
-        todo!()
-    }
-    /// The rendered prompt text of a call.
-    pub fn render(&self, _call: &ModelCall) -> Result<String, ApiError> {
-        todo!()
-    }
-    /// Token ids of the rendered prompt.
-    pub fn prompt_tokens(&self, _call: &ModelCall) -> Result<Vec<u32>, ApiError> {
-        todo!()
-    }
-    /// Sequence hashes of the full blocks of `tokens`.
-    pub fn block_hashes(&self, _tokens: &[u32]) -> Vec<u64> {
-        todo!()
-    }
-    /// Tokens per block.
-    pub fn block_tokens(&self) -> usize {
-        todo!()
-    }
-    /// Token ids of a text (no template), e.g. to count output tokens.
-    pub fn encode(&self, _text: &str) -> Result<Vec<u32>, ApiError> {
-        todo!()
-    }
-}
+#[cfg(test)]
+mod model_tests;
+#[cfg(test)]
+mod parse_tests;
+
+pub use model::{PromptModel, DEFAULT_CHAT_TEMPLATE};
 
 /// Response bodies and SSE events of each API.
-pub mod stream {
-    use super::Api;
-
-    /// Usage figures of a response.
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-    pub struct Usage {
-        /// Prompt tokens.
-        pub prompt_tokens: u32,
-        /// Of which served from cache (OpenAI `prompt_tokens_details.cached_tokens`,
-        /// Anthropic `cache_read_input_tokens`).
-        pub cached_tokens: u32,
-        /// Output tokens.
-        pub completion_tokens: u32,
-    }
-
-    /// Builds the SSE events of one streamed response, in the API's format.
-    pub struct StreamWriter {}
-
-    impl StreamWriter {
-        /// Starts a response (`id` unique, `model` echoed).
-        pub fn new(_api: Api, _id: &str, _model: &str) -> Self {
-            todo!()
-        }
-        /// The events that open the stream (may be empty), each a complete
-        /// `event: ...\ndata: ...\n\n` / `data: ...\n\n` frame.
-        pub fn start(&mut self, _usage: Usage) -> Vec<String> {
-            todo!()
-        }
-        /// The frames carrying one piece of output text.
-        pub fn delta(&mut self, _text: &str) -> Vec<String> {
-            todo!()
-        }
-        /// The frames that end the stream (stop reason, usage, `[DONE]` for chat completions).
-        pub fn finish(&mut self, _usage: Usage) -> Vec<String> {
-            todo!()
-        }
-    }
-
-    /// The non-streamed response body of `api` with `text` as the output.
-    pub fn full_response(_api: Api, _id: &str, _model: &str, _text: &str, _usage: Usage) -> serde_json::Value {
-        todo!()
-    }
-}
+pub mod stream;
