@@ -2,6 +2,7 @@
 //! subcommand's flags and work live in its own module.
 
 mod agent_bench;
+mod index_bench;
 mod throughput;
 
 use kvtier_bench::replay;
@@ -30,6 +31,8 @@ enum Command {
     Throughput(throughput::Args),
     /// Offload/onboard through kvtier-agent + kvtier-server vs memcpy and plain TCP.
     Agent(agent_bench::Args),
+    /// Router block-locality index: find_matches latency with and without a concurrent writer.
+    Index(index_bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -38,5 +41,6 @@ fn main() -> Result<()> {
         Command::PolicySpeed(args) => replay::speed::run(args),
         Command::Throughput(args) => throughput::run(args),
         Command::Agent(args) => agent_bench::run_blocking(args),
+        Command::Index(args) => index_bench::run(args),
     }
 }

@@ -1,0 +1,476 @@
+//! `kvtier-bench index`: the router's block-locality index under a realistic
+//! agentic shape, against a per-block walk and (optionally) Dynamo's RadixTree.
+//!
+//! Shape: `--workers` workers; a shared root chain of `--root-blocks` blocks (a
+//! system prompt and tool definitions) held by every worker; sessions, each a
+//! chain that extends the root to a depth drawn uniformly from
+//! `--min-depth..=--max-depth`, pinned to one worker (sticky routing); one in
+//! four sessions forks from another session's chain at a random depth (a
+//! sub-agent or a retried turn) and shares that prefix. Sessions are added
+//! until the workers hold `--entries` (block, worker) entries. The cache
+//! server holds every session's chain up to a random depth, blocks shallower
+//! than `--host-depth` in host memory and deeper ones on disk (prefix-closed,
+//! host before disk: the index's bisection path; `--cache-inversions` demotes
+//! random shallow blocks to disk instead, which sends the host/disk split to
+//! the walk path).
+//!
+//! Queries: `--query-blocks` sequence hashes: a random session's first `k`
+//! blocks (`k` uniform in `0..=query-blocks`) followed by blocks nobody holds,
+//! so hits land at every depth and every worker answers (root-only, partial,
+//! full).
+//!
+//! Writer: a second thread grows chains of its own sessions by stored events
+//! of `--event-blocks` blocks and removes the same number of blocks from the
+//! tail of another (the index size stays flat), taking the write lock per event.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use kvtier_proto::v1::Tier;
+use kvtier_router::index::{LocalityIndex, SharedIndex, WorkerSlot};
+
+/// Flags of `kvtier-bench index`.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Workers.
+    #[arg(long, default_value_t = 64)]
+    workers: u32,
+    /// (block, worker) entries to index before measuring.
+    #[arg(long, default_value_t = 1_000_000)]
+    entries: u64,
+    /// Blocks of the root chain every session shares.
+    #[arg(long, default_value_t = 64)]
+    root_blocks: usize,
+    /// Shallowest session chain (blocks, root included).
+    #[arg(long, default_value_t = 256)]
+    min_depth: usize,
+    /// Deepest session chain (blocks, root included).
+    #[arg(long, default_value_t = 2_600)]
+    max_depth: usize,
+    /// Cached blocks shallower than this are in host memory, deeper ones on disk.
+    #[arg(long, default_value_t = 1_024)]
+    host_depth: usize,
+    /// Also demote this many random cached host blocks to disk (host under disk: walk path).
+    #[arg(long, default_value_t = 0)]
+    cache_inversions: usize,
+    /// Blocks per query.
+    #[arg(long, default_value_t = 2_050)]
+    query_blocks: usize,
+    /// Queries per measurement.
+    #[arg(long, default_value_t = 20_000)]
+    queries: usize,
+    /// Blocks per stored / removed event of the writer thread.
+    #[arg(long, default_value_t = 16)]
+    event_blocks: usize,
+    /// Also run bench/scripts/dynamo_radix_bench.py (Dynamo's RadixTree) and print the ratio.
+    #[arg(long)]
+    dynamo: bool,
+    /// (block, worker) entries for the Dynamo run (Python is slow to fill).
+    #[arg(long, default_value_t = 200_000)]
+    dynamo_entries: u64,
+    /// RNG seed.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound.max(1) as u64) as usize
+    }
+}
+
+/// A session: its chain of sequence hashes and its worker.
+struct Session {
+    chain: Vec<u64>,
+    slot: WorkerSlot,
+}
+
+/// The generated workload.
+struct Shape {
+    sessions: Vec<Session>,
+}
+
+fn build_shape(args: &Args, rng: &mut Rng) -> Shape {
+    let root: Vec<u64> = (0..args.root_blocks).map(|_| rng.next()).collect();
+    let mut entries = u64::from(args.workers) * root.len() as u64;
+    let mut sessions: Vec<Session> = Vec::new();
+    while entries < args.entries {
+        let depth = args.min_depth + rng.below(args.max_depth - args.min_depth + 1);
+        let slot = rng.below(args.workers as usize) as WorkerSlot;
+        let mut chain = if !sessions.is_empty() && rng.below(4) == 0 {
+            let from = &sessions[rng.below(sessions.len())].chain;
+            from[..root.len() + rng.below(from.len() - root.len())].to_vec()
+        } else {
+            root.clone()
+        };
+        let shared = chain.len();
+        while chain.len() < depth.max(shared + 1) {
+            chain.push(rng.next());
+        }
+        entries += (chain.len() - root.len()) as u64;
+        sessions.push(Session { chain, slot });
+    }
+    Shape { sessions }
+}
+
+/// Resident set size of this process, bytes (Linux; 0 elsewhere).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn fill(index: &mut LocalityIndex, args: &Args, shape: &Shape, rng: &mut Rng) -> Duration {
+    for w in 0..args.workers {
+        index.add_worker(&format!("worker-{w}"));
+    }
+    let started = Instant::now();
+    for session in &shape.sessions {
+        // Stored events as an engine sends them: chunks chained to their parent.
+        let mut parent = None;
+        for chunk in session.chain.chunks(args.event_blocks) {
+            index.worker_stored(session.slot, parent, chunk);
+            parent = chunk.last().copied();
+        }
+    }
+    let elapsed = started.elapsed();
+    for session in &shape.sessions {
+        let cached = rng.below(session.chain.len() + 1);
+        let mut parent = None;
+        for (i, &hash) in session.chain[..cached].iter().enumerate() {
+            let tier = if i < args.host_depth {
+                Tier::Host
+            } else {
+                Tier::Disk
+            };
+            index.cache_set(hash, parent, tier);
+            parent = Some(hash);
+        }
+    }
+    for _ in 0..args.cache_inversions {
+        let session = &shape.sessions[rng.below(shape.sessions.len())];
+        let position = rng.below(session.chain.len().min(args.host_depth));
+        index.cache_set(session.chain[position], None, Tier::Disk);
+    }
+    elapsed
+}
+
+fn make_queries(args: &Args, shape: &Shape, rng: &mut Rng) -> Vec<Vec<u64>> {
+    (0..args.queries.min(4_096))
+        .map(|_| {
+            let session = &shape.sessions[rng.below(shape.sessions.len())];
+            let hits = rng.below(args.query_blocks + 1).min(session.chain.len());
+            let mut query = session.chain[..hits].to_vec();
+            while query.len() < args.query_blocks {
+                query.push(rng.next());
+            }
+            query
+        })
+        .collect()
+}
+
+/// Latency percentiles, nanoseconds.
+#[derive(Debug, Clone, Copy)]
+struct Percentiles {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    mean: f64,
+}
+
+fn percentiles(mut samples: Vec<u64>) -> Percentiles {
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize] as f64;
+    Percentiles {
+        p50: at(0.5),
+        p99: at(0.99),
+        p999: at(0.999),
+        mean: samples.iter().sum::<u64>() as f64 / samples.len() as f64,
+    }
+}
+
+fn measure(
+    queries: &[Vec<u64>],
+    count: usize,
+    mut query: impl FnMut(&[u64]) -> u64,
+) -> Percentiles {
+    let mut samples = Vec::with_capacity(count);
+    let mut sink = 0u64;
+    for i in 0..count {
+        let q = &queries[i % queries.len()];
+        let started = Instant::now();
+        sink = sink.wrapping_add(query(q));
+        samples.push(started.elapsed().as_nanos() as u64);
+    }
+    std::hint::black_box(sink);
+    percentiles(samples)
+}
+
+/// The per-block walk the index avoids: block -> holder mask, one lookup per
+/// position until no worker (and not the cache) still matches.
+struct WalkBaseline {
+    holders: HashMap<u64, u64>,
+}
+
+impl WalkBaseline {
+    fn build(shape: &Shape) -> Self {
+        let mut holders: HashMap<u64, u64> = HashMap::new();
+        for session in &shape.sessions {
+            for &hash in &session.chain {
+                *holders.entry(hash).or_default() |= 1u64 << (session.slot % 64);
+            }
+        }
+        Self { holders }
+    }
+    fn depth_sum(&self, query: &[u64]) -> u64 {
+        let mut running = u64::MAX;
+        let mut sum = 0u64;
+        for hash in query {
+            running &= self.holders.get(hash).copied().unwrap_or(0);
+            if running == 0 {
+                break;
+            }
+            sum += u64::from(running.count_ones());
+        }
+        sum
+    }
+}
+
+fn spawn_writer(
+    index: SharedIndex,
+    args: &Args,
+    stop: Arc<AtomicBool>,
+    applied_blocks: Arc<AtomicU64>,
+    seed: u64,
+) -> std::thread::JoinHandle<()> {
+    let workers = args.workers;
+    let event_blocks = args.event_blocks;
+    std::thread::spawn(move || {
+        let mut rng = Rng(seed | 1);
+        // The writer's own sessions: chains it grows at the head and trims at the tail.
+        let mut chains: Vec<(WorkerSlot, Vec<u64>)> =
+            (0..256).map(|i| (i % workers, Vec::new())).collect();
+        let mut applied = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let grow = rng.below(chains.len());
+            let (slot, chain) = &mut chains[grow];
+            let parent = chain.last().copied();
+            let blocks: Vec<u64> = (0..event_blocks).map(|_| rng.next()).collect();
+            index.write().worker_stored(*slot, parent, &blocks);
+            chain.extend_from_slice(&blocks);
+            applied += blocks.len() as u64;
+            let trim = rng.below(chains.len());
+            let (slot, chain) = &mut chains[trim];
+            let keep = chain.len().saturating_sub(event_blocks);
+            if keep < chain.len() {
+                index.write().worker_removed(*slot, &chain[keep..]);
+                applied += (chain.len() - keep) as u64;
+                chain.truncate(keep);
+            }
+            applied_blocks.store(applied, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Dynamo's numbers, from the script's last line.
+#[derive(Debug, Clone, Copy)]
+struct DynamoResult {
+    p50_ns: f64,
+    p99_ns: f64,
+    entries: u64,
+}
+
+fn run_dynamo(args: &Args) -> Result<DynamoResult> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dynamo_radix_bench.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--workers", &args.workers.to_string()])
+        .args(["--entries", &args.dynamo_entries.to_string()])
+        .args(["--root-blocks", &args.root_blocks.to_string()])
+        .args(["--min-depth", &args.min_depth.to_string()])
+        .args(["--max-depth", &args.max_depth.to_string()])
+        .args(["--query-blocks", &args.query_blocks.to_string()])
+        .output()
+        .context("running dynamo_radix_bench.py")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    print!("{stdout}");
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("RESULT "))
+        .context("dynamo_radix_bench.py printed no RESULT line")?;
+    let field = |name: &str| -> Result<f64> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+            .context("field missing in RESULT line")?
+            .parse::<f64>()
+            .context("bad number in RESULT line")
+    };
+    Ok(DynamoResult {
+        p50_ns: field("p50_ns")?,
+        p99_ns: field("p99_ns")?,
+        entries: field("entries")? as u64,
+    })
+}
+
+/// Runs the benchmark and prints the table.
+pub fn run(args: Args) -> Result<()> {
+    anyhow::ensure!(args.workers > 0, "--workers must be positive");
+    anyhow::ensure!(
+        args.root_blocks < args.min_depth && args.min_depth <= args.max_depth,
+        "need --root-blocks < --min-depth <= --max-depth"
+    );
+    anyhow::ensure!(
+        args.queries > 0 && args.event_blocks > 0,
+        "--queries and --event-blocks must be positive"
+    );
+    let mut rng = Rng(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let shape = build_shape(&args, &mut rng);
+
+    let rss_before = rss_bytes();
+    let mut index = LocalityIndex::with_capacity(0);
+    let fill_time = fill(&mut index, &args, &shape, &mut rng);
+    let rss_after = rss_bytes();
+    let stats = index.stats();
+    let heap = index.heap_bytes() as f64;
+    let per_entry = heap / (stats.worker_entries + stats.cache_blocks) as f64;
+    let rss_per_entry = rss_after.saturating_sub(rss_before) as f64
+        / (stats.worker_entries + stats.cache_blocks) as f64;
+    let apply_rate = stats.worker_entries as f64 / fill_time.as_secs_f64();
+
+    println!(
+        "shape: {} workers, {} sessions (root {} blocks, depth {}..={}), {} (block, worker) entries, {} distinct blocks, {} cached (host+disk)",
+        args.workers, shape.sessions.len(), args.root_blocks, args.min_depth, args.max_depth,
+        stats.worker_entries, stats.blocks, stats.cache_blocks
+    );
+    println!(
+        "index paths: {} workers not prefix-closed, {} detached cached blocks, {} host-under-disk cached blocks",
+        stats.workers_detached, stats.cache_detached, stats.cache_tier_inversions
+    );
+    println!(
+        "apply (one thread, stored events of {} blocks, empty index): {:.2} M blocks/s",
+        args.event_blocks,
+        apply_rate / 1e6
+    );
+    println!(
+        "memory: {:.1} MiB counted from capacities = {:.1} B per entry ((block, worker) + cached block); RSS growth {:.1} B per entry",
+        heap / (1 << 20) as f64,
+        per_entry,
+        rss_per_entry
+    );
+
+    let queries = make_queries(&args, &shape, &mut rng);
+    let walk = WalkBaseline::build(&shape);
+    let shared: SharedIndex = Arc::new(parking_lot::RwLock::new(index));
+
+    // Warm up, then single-threaded.
+    let _ = measure(&queries, queries.len(), |q| {
+        shared.read().find_matches(q).cache_prefix_blocks.into()
+    });
+    let alone = measure(&queries, args.queries, |q| {
+        u64::from(shared.read().find_matches(q).cache_prefix_blocks)
+    });
+    let walk_alone = measure(&queries, args.queries, |q| walk.depth_sum(q));
+
+    // With a writer thread.
+    let stop = Arc::new(AtomicBool::new(false));
+    let applied = Arc::new(AtomicU64::new(0));
+    let writer = spawn_writer(
+        shared.clone(),
+        &args,
+        stop.clone(),
+        applied.clone(),
+        args.seed,
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let start_applied = applied.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let contended = measure(&queries, args.queries, |q| {
+        u64::from(shared.read().find_matches(q).cache_prefix_blocks)
+    });
+    let window = started.elapsed();
+    let end_applied = applied.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
+    let event_rate = end_applied.saturating_sub(start_applied) as f64 / window.as_secs_f64();
+
+    let dynamo = if args.dynamo {
+        Some(run_dynamo(&args)?)
+    } else {
+        None
+    };
+
+    println!();
+    println!(
+        "find_matches, {}-block queries, {} queries per row, µs",
+        args.query_blocks, args.queries
+    );
+    println!("| run | p50 | p99 | p99.9 | mean | p50 vs walk | p99 vs walk |");
+    println!("|---|---|---|---|---|---|---|");
+    let us = |ns: f64| ns / 1000.0;
+    let row = |name: &str, p: Percentiles, base: Option<Percentiles>| {
+        let ratio =
+            |a: f64, b: Option<f64>| b.map_or("–".to_owned(), |b| format!("{:.2}×", b / a));
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            us(p.p50),
+            us(p.p99),
+            us(p.p999),
+            us(p.mean),
+            ratio(p.p50, base.map(|b| b.p50)),
+            ratio(p.p99, base.map(|b| b.p99))
+        );
+    };
+    row("index, one thread", alone, Some(walk_alone));
+    row(
+        &format!("index, writer applying {:.2} M blocks/s", event_rate / 1e6),
+        contended,
+        Some(walk_alone),
+    );
+    row(
+        "per-block walk (hash map of holder masks, early exit)",
+        walk_alone,
+        None,
+    );
+    if let Some(d) = dynamo {
+        println!(
+            "| Dynamo RadixTree ({} entries, net of call overhead) | {:.2} | {:.2} | – | – | – | – |",
+            d.entries, us(d.p50_ns), us(d.p99_ns)
+        );
+        println!();
+        println!(
+            "Dynamo / kvtier (one thread): p50 {:.1}×, p99 {:.1}×",
+            d.p50_ns / alone.p50,
+            d.p99_ns / alone.p99
+        );
+    }
+    println!();
+    println!(
+        "(\"vs walk\": how many times faster than the per-block walk; writer: stored/removed events of {} blocks, write lock per event)",
+        args.event_blocks
+    );
+    Ok(())
+}
