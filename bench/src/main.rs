@@ -2,6 +2,7 @@
 //! subcommand's flags and work live in its own module.
 
 mod agent_bench;
+mod router_service_bench;
 mod index_bench;
 mod throughput;
 
@@ -33,6 +34,8 @@ enum Command {
     Agent(agent_bench::Args),
     /// Router block-locality index: find_matches latency with and without a concurrent writer.
     Index(index_bench::Args),
+    /// gRPC FindMatches of kvtier-router vs Dynamo's standalone indexer, fed the same vLLM events.
+    RouterService(router_service_bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -41,6 +44,7 @@ fn main() -> Result<()> {
         Command::PolicySpeed(args) => replay::speed::run(args),
         Command::Throughput(args) => throughput::run(args),
         Command::Agent(args) => agent_bench::run_blocking(args),
+        Command::RouterService(args) => router_service_bench::run_blocking(args),
         Command::Index(args) => index_bench::run(args),
     }
 }
