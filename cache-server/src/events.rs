@@ -82,6 +82,14 @@ impl EventBus {
         self.sender.subscribe()
     }
 
+    /// Id of the last event of every namespace that had one.
+    pub fn last_ids(&self) -> HashMap<u32, u64> {
+        self.next_id
+            .iter()
+            .map(|(&namespace, &next)| (namespace, next - 1))
+            .collect()
+    }
+
     /// Id the next event of `namespace` will get.
     pub fn next_id(&self, namespace: u32) -> u64 {
         self.next_id.get(&namespace).copied().unwrap_or(1)

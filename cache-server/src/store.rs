@@ -59,6 +59,29 @@ pub struct Hit {
     pub tier: Tier,
 }
 
+/// A block resident in the store, as listed by a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResidentBlock {
+    /// Which block.
+    pub key: BlockKey,
+    /// Tier it is in.
+    pub tier: Tier,
+    /// Parent sequence hash, when known.
+    pub parent: Option<u64>,
+}
+
+/// A watcher's consistent starting point (see [`TieredStore::subscribe_with_snapshot`]).
+#[derive(Debug)]
+pub struct StoreSnapshot {
+    /// Events after the snapshot, starting with the next one.
+    pub events: broadcast::Receiver<StoreEvent>,
+    /// Blocks resident when the snapshot was taken, in no particular order.
+    pub blocks: Vec<ResidentBlock>,
+    /// Id of the last event each namespace had published by then (namespaces
+    /// that never published one are absent: their last id is 0).
+    pub last_ids: HashMap<u32, u64>,
+}
+
 /// Occupancy of one tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TierUsage {
@@ -300,6 +323,32 @@ impl TieredStore {
     /// Subscribes to block events (starting with the next one).
     pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.inner.lock().events.subscribe()
+    }
+
+    /// Subscribes to block events and, under the same lock (so that no event
+    /// falls between the two), lists the resident blocks of `namespace` (of
+    /// every namespace when `None`) and the last event id of each namespace:
+    /// the snapshot reflects exactly the events up to those ids, and the
+    /// subscription delivers the later ones. Holds the store's lock for one
+    /// pass over its index.
+    pub fn subscribe_with_snapshot(&self, namespace: Option<u32>) -> StoreSnapshot {
+        let inner = self.inner.lock();
+        let events = inner.events.subscribe();
+        let blocks = inner
+            .index
+            .iter()
+            .filter(|(key, _)| namespace.is_none_or(|ns| ns == key.namespace))
+            .map(|(&key, entry)| ResidentBlock {
+                key,
+                tier: entry.tier,
+                parent: entry.parent,
+            })
+            .collect();
+        StoreSnapshot {
+            events,
+            blocks,
+            last_ids: inner.events.last_ids(),
+        }
     }
 
     /// Stores `block` under `key` unless already present (write-once).

@@ -233,6 +233,7 @@ async fn malformed_requests_get_clear_errors() -> anyhow::Result<()> {
     let err = client
         .watch_events(WatchEventsRequest {
             namespace: "nope".into(),
+            snapshot: false,
         })
         .await
         .expect_err("unknown namespace");
@@ -449,6 +450,7 @@ async fn watch_events_stream_stored_moved_removed_with_gap_free_ids() -> anyhow:
     let mut events = client
         .watch_events(WatchEventsRequest {
             namespace: "ns".into(),
+            snapshot: false,
         })
         .await?
         .into_inner();

@@ -149,3 +149,47 @@ fn events_have_monotonic_ids() {
     assert_eq!(c.kind, StoreEventKind::Stored);
     assert_eq!((b.id, c.id), (a.id + 1, a.id + 2));
 }
+
+#[test]
+fn snapshot_lists_resident_blocks_consistent_with_event_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // host holds one 1000-byte block: the second put demotes the first to disk
+    let store = open(&config(dir.path(), 1_500, 1 << 20));
+    store
+        .put(BlockKey::new(1, 10), block(10, 1000))
+        .expect("put");
+    store
+        .put(BlockKey::new(1, 11), block(11, 1000))
+        .expect("put");
+    store
+        .put(BlockKey::new(2, 20), block(20, 400))
+        .expect("put");
+    let mut snap = store.subscribe_with_snapshot(Some(1));
+    let mut blocks = snap.blocks.clone();
+    blocks.sort_by_key(|b| b.key.hash);
+    assert_eq!(
+        blocks
+            .iter()
+            .map(|b| (b.key, b.tier, b.parent))
+            .collect::<Vec<_>>(),
+        vec![
+            (BlockKey::new(1, 10), Tier::Disk, Some(9)),
+            (BlockKey::new(1, 11), Tier::Host, Some(10)),
+        ]
+    );
+    // namespace 1: stored 10, moved 10, stored 11; namespace 2 counts apart
+    assert_eq!(snap.last_ids.get(&1), Some(&3));
+    assert!(snap.last_ids.get(&2).is_some_and(|&id| id >= 1));
+    // the subscription starts right after the snapshot: the next event of
+    // namespace 1 has the next id, nothing older is delivered
+    store.put(BlockKey::new(1, 12), block(12, 10)).expect("put");
+    let mut next_ns1 = None;
+    while let Ok(e) = snap.events.try_recv() {
+        if e.key.namespace == 1 && next_ns1.is_none() {
+            next_ns1 = Some(e.id);
+        }
+    }
+    assert_eq!(next_ns1, Some(4));
+    // every namespace when unfiltered
+    assert_eq!(store.subscribe_with_snapshot(None).blocks.len(), 4);
+}

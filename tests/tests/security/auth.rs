@@ -170,6 +170,7 @@ async fn tenants_with_identical_prompts_share_nothing_and_learn_nothing() -> Res
             .watch_events(authed(
                 WatchEventsRequest {
                     namespace: ns.into(),
+                    snapshot: false,
                 },
                 "tok-b",
             ))

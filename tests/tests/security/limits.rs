@@ -106,6 +106,7 @@ async fn per_client_limits_answer_resource_exhausted_with_retry_hint() -> Result
             c.watch_events(authed(
                 WatchEventsRequest {
                     namespace: "shared/x".into(),
+                    snapshot: false,
                 },
                 "tok-g",
             ))
