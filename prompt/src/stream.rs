@@ -1,3 +1,26 @@
+//! Response bodies and SSE events of each API.
+//!
+//! Framing, as the official SDKs parse it:
+//! - chat completions: `data: {chunk}\n\n` frames (`object: "chat.completion.chunk"`):
+//!   a first chunk with `delta.role`, content chunks, a last chunk with
+//!   `finish_reason: "stop"`, a usage chunk (`choices: []`), then `data: [DONE]`;
+//! - Responses: `event: X\ndata: {"type":"X","sequence_number":n,...}\n\n` frames:
+//!   response.created, response.in_progress, response.output_item.added,
+//!   response.content_part.added, response.output_text.delta*,
+//!   response.output_text.done, response.content_part.done,
+//!   response.output_item.done, response.completed (with usage);
+//! - Anthropic: `event: X\ndata: {"type":"X",...}\n\n` frames: message_start
+//!   (usage), content_block_start, ping, content_block_delta (text_delta)*,
+//!   content_block_stop, message_delta (stop_reason end_turn, usage), message_stop.
+//!
+//! Usage mapping: Anthropic's `input_tokens` excludes cached tokens
+//! (`input_tokens = prompt_tokens - cached_tokens`, `cache_read_input_tokens =
+//! cached_tokens`, `cache_creation_input_tokens = 0`); OpenAI's
+//! `prompt_tokens` / `input_tokens` include them
+//! (`prompt_tokens_details.cached_tokens` / `input_tokens_details.cached_tokens`).
+
+use serde_json::{json, Value};
+
 use super::Api;
 
 /// Usage figures of a response.
@@ -12,36 +35,775 @@ pub struct Usage {
     pub completion_tokens: u32,
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn chat_usage(u: Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": u.cached_tokens, "audio_tokens": 0 },
+        "completion_tokens_details": { "reasoning_tokens": 0, "audio_tokens": 0,
+            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0 },
+    })
+}
+
+fn responses_usage(u: Usage) -> Value {
+    json!({
+        "input_tokens": u.prompt_tokens,
+        "input_tokens_details": { "cached_tokens": u.cached_tokens },
+        "output_tokens": u.completion_tokens,
+        "output_tokens_details": { "reasoning_tokens": 0 },
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    })
+}
+
+fn anthropic_usage(u: Usage) -> Value {
+    json!({
+        "input_tokens": u.prompt_tokens.saturating_sub(u.cached_tokens),
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": u.cached_tokens,
+        "output_tokens": u.completion_tokens,
+    })
+}
+
+/// The Responses API output message item.
+fn responses_message(msg_id: &str, text: &str, done: bool) -> Value {
+    let status = if done { "completed" } else { "in_progress" };
+    let content = if done {
+        json!([{ "type": "output_text", "text": text, "annotations": [], "logprobs": [] }])
+    } else {
+        json!([])
+    };
+    json!({ "id": msg_id, "type": "message", "status": status, "role": "assistant", "content": content })
+}
+
+/// The Responses API response object.
+fn responses_object(
+    id: &str,
+    model: &str,
+    created: u64,
+    output: Value,
+    usage: Option<Usage>,
+) -> Value {
+    let done = usage.is_some();
+    json!({
+        "id": id,
+        "object": "response",
+        "created_at": created,
+        "status": if done { "completed" } else { "in_progress" },
+        "error": null,
+        "incomplete_details": null,
+        "instructions": null,
+        "max_output_tokens": null,
+        "model": model,
+        "output": output,
+        "parallel_tool_calls": true,
+        "previous_response_id": null,
+        "reasoning": { "effort": null, "summary": null },
+        "store": false,
+        "temperature": 1.0,
+        "text": { "format": { "type": "text" } },
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": usage.map(responses_usage),
+        "metadata": {},
+    })
+}
+
+fn message_item_id(id: &str) -> String {
+    format!("msg_{}", id.strip_prefix("resp_").unwrap_or(id))
+}
+
 /// Builds the SSE events of one streamed response, in the API's format.
-pub struct StreamWriter {}
+///
+/// Call [`start`](Self::start), then [`delta`](Self::delta) per piece of
+/// text, then [`finish`](Self::finish); `delta` / `finish` start the stream
+/// first (with zero usage) if `start` was not called, and `finish` is
+/// idempotent (a second call returns no frames).
+#[derive(Debug, Clone)]
+pub struct StreamWriter {
+    api: Api,
+    id: String,
+    model: String,
+    created: u64,
+    sequence: u64,
+    text: String,
+    started: bool,
+    finished: bool,
+}
 
 impl StreamWriter {
     /// Starts a response (`id` unique, `model` echoed).
-    pub fn new(_api: Api, _id: &str, _model: &str) -> Self {
-        todo!()
+    pub fn new(api: Api, id: &str, model: &str) -> Self {
+        Self {
+            api,
+            id: id.to_string(),
+            model: model.to_string(),
+            created: now_secs(),
+            sequence: 0,
+            text: String::new(),
+            started: false,
+            finished: false,
+        }
     }
+
+    /// The output text so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    fn data(value: &Value) -> String {
+        format!("data: {value}\n\n")
+    }
+
+    /// An `event: kind` frame; Responses frames get the next `sequence_number`.
+    fn event(&mut self, kind: &str, mut value: Value) -> String {
+        if let Value::Object(map) = &mut value {
+            map.insert("type".into(), json!(kind));
+            if self.api == Api::Responses {
+                map.insert("sequence_number".into(), json!(self.sequence));
+                self.sequence += 1;
+            }
+        }
+        format!("event: {kind}\ndata: {value}\n\n")
+    }
+
+    fn chat_chunk(&self, delta: Value, finish_reason: Option<&str>) -> String {
+        Self::data(&json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }],
+        }))
+    }
+
     /// The events that open the stream (may be empty), each a complete
     /// `event: ...\ndata: ...\n\n` / `data: ...\n\n` frame.
-    pub fn start(&mut self, _usage: Usage) -> Vec<String> {
-        todo!()
+    pub fn start(&mut self, usage: Usage) -> Vec<String> {
+        if self.started {
+            return Vec::new();
+        }
+        self.started = true;
+        match self.api {
+            Api::ChatCompletions => {
+                vec![self.chat_chunk(json!({ "role": "assistant", "content": "" }), None)]
+            }
+            Api::Responses => {
+                let msg_id = message_item_id(&self.id);
+                let response =
+                    responses_object(&self.id, &self.model, self.created, json!([]), None);
+                vec![
+                    self.event("response.created", json!({ "response": response })),
+                    self.event("response.in_progress", json!({ "response": response })),
+                    self.event(
+                        "response.output_item.added",
+                        json!({ "output_index": 0, "item": responses_message(&msg_id, "", false) }),
+                    ),
+                    self.event(
+                        "response.content_part.added",
+                        json!({ "item_id": msg_id, "output_index": 0, "content_index": 0,
+                                "part": { "type": "output_text", "text": "", "annotations": [] } }),
+                    ),
+                ]
+            }
+            Api::Messages => {
+                let mut start_usage = anthropic_usage(usage);
+                start_usage["output_tokens"] = json!(1);
+                let message = json!({
+                    "id": self.id, "type": "message", "role": "assistant", "content": [],
+                    "model": self.model, "stop_reason": null, "stop_sequence": null, "usage": start_usage,
+                });
+                vec![
+                    self.event("message_start", json!({ "message": message })),
+                    self.event(
+                        "content_block_start",
+                        json!({ "index": 0, "content_block": { "type": "text", "text": "" } }),
+                    ),
+                    self.event("ping", json!({})),
+                ]
+            }
+        }
     }
-    /// The frames carrying one piece of output text.
-    pub fn delta(&mut self, _text: &str) -> Vec<String> {
-        todo!()
+
+    /// The frames carrying one piece of output text (none for empty text).
+    pub fn delta(&mut self, text: &str) -> Vec<String> {
+        let mut frames = self.start(Usage::default());
+        if text.is_empty() || self.finished {
+            return frames;
+        }
+        self.text.push_str(text);
+        frames.push(match self.api {
+            Api::ChatCompletions => self.chat_chunk(json!({ "content": text }), None),
+            Api::Responses => {
+                let msg_id = message_item_id(&self.id);
+                self.event(
+                    "response.output_text.delta",
+                    json!({ "item_id": msg_id, "output_index": 0, "content_index": 0, "delta": text, "logprobs": [] }),
+                )
+            }
+            Api::Messages => self.event(
+                "content_block_delta",
+                json!({ "index": 0, "delta": { "type": "text_delta", "text": text } }),
+            ),
+        });
+        frames
     }
+
     /// The frames that end the stream (stop reason, usage, `[DONE]` for chat completions).
-    pub fn finish(&mut self, _usage: Usage) -> Vec<String> {
-        todo!()
+    pub fn finish(&mut self, usage: Usage) -> Vec<String> {
+        let mut frames = self.start(usage);
+        if self.finished {
+            return frames;
+        }
+        self.finished = true;
+        match self.api {
+            Api::ChatCompletions => {
+                frames.push(self.chat_chunk(json!({}), Some("stop")));
+                frames.push(Self::data(&json!({
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "system_fingerprint": null,
+                    "choices": [],
+                    "usage": chat_usage(usage),
+                })));
+                frames.push("data: [DONE]\n\n".to_string());
+            }
+            Api::Responses => {
+                let msg_id = message_item_id(&self.id);
+                let text = self.text.clone();
+                let part = json!({ "type": "output_text", "text": text, "annotations": [], "logprobs": [] });
+                let item = responses_message(&msg_id, &text, true);
+                let response = responses_object(
+                    &self.id,
+                    &self.model,
+                    self.created,
+                    json!([item.clone()]),
+                    Some(usage),
+                );
+                frames.push(self.event(
+                    "response.output_text.done",
+                    json!({ "item_id": msg_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": [] }),
+                ));
+                frames.push(self.event(
+                    "response.content_part.done",
+                    json!({ "item_id": msg_id, "output_index": 0, "content_index": 0, "part": part }),
+                ));
+                frames.push(self.event(
+                    "response.output_item.done",
+                    json!({ "output_index": 0, "item": item }),
+                ));
+                frames.push(self.event("response.completed", json!({ "response": response })));
+            }
+            Api::Messages => {
+                frames.push(self.event("content_block_stop", json!({ "index": 0 })));
+                frames.push(self.event(
+                    "message_delta",
+                    json!({ "delta": { "stop_reason": "end_turn", "stop_sequence": null },
+                            "usage": anthropic_usage(usage) }),
+                ));
+                frames.push(self.event("message_stop", json!({})));
+            }
+        }
+        frames
     }
 }
 
 /// The non-streamed response body of `api` with `text` as the output.
-pub fn full_response(
-    _api: Api,
-    _id: &str,
-    _model: &str,
-    _text: &str,
-    _usage: Usage,
-) -> serde_json::Value {
-    todo!()
+pub fn full_response(api: Api, id: &str, model: &str, text: &str, usage: Usage) -> Value {
+    match api {
+        Api::ChatCompletions => json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": now_secs(),
+            "model": model,
+            "system_fingerprint": null,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": text, "refusal": null },
+                "logprobs": null,
+                "finish_reason": "stop",
+            }],
+            "usage": chat_usage(usage),
+        }),
+        Api::Responses => responses_object(
+            id,
+            model,
+            now_secs(),
+            json!([responses_message(&message_item_id(id), text, true)]),
+            Some(usage),
+        ),
+        Api::Messages => json!({
+            "id": id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{ "type": "text", "text": text }],
+            "stop_reason": "end_turn",
+            "stop_sequence": null,
+            "usage": anthropic_usage(usage),
+        }),
+    }
+}
+
+fn u32_at(v: &Value, pointer: &str) -> u32 {
+    v.pointer(pointer)
+        .and_then(Value::as_u64)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+fn usage_of(api: Api, u: &Value) -> Usage {
+    match api {
+        Api::ChatCompletions => Usage {
+            prompt_tokens: u32_at(u, "/prompt_tokens"),
+            cached_tokens: u32_at(u, "/prompt_tokens_details/cached_tokens"),
+            completion_tokens: u32_at(u, "/completion_tokens"),
+        },
+        Api::Responses => Usage {
+            prompt_tokens: u32_at(u, "/input_tokens"),
+            cached_tokens: u32_at(u, "/input_tokens_details/cached_tokens"),
+            completion_tokens: u32_at(u, "/output_tokens"),
+        },
+        Api::Messages => {
+            let cached = u32_at(u, "/cache_read_input_tokens");
+            Usage {
+                prompt_tokens: u32_at(u, "/input_tokens")
+                    + u32_at(u, "/cache_creation_input_tokens")
+                    + cached,
+                cached_tokens: cached,
+                completion_tokens: u32_at(u, "/output_tokens"),
+            }
+        }
+    }
+}
+
+/// Text and usage of a non-streamed response body of `api` (the inverse of
+/// [`full_response`], for tests and clients).
+pub fn full_text(api: Api, body: &Value) -> Result<(String, Option<Usage>), String> {
+    let text = match api {
+        Api::ChatCompletions => body
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+            .ok_or("no choices[0].message.content")?
+            .to_string(),
+        Api::Responses | Api::Messages => {
+            let parts: Vec<&Value> = if api == Api::Responses {
+                body.get("output")
+                    .and_then(Value::as_array)
+                    .ok_or("no output array")?
+                    .iter()
+                    .filter_map(|item| item.get("content").and_then(Value::as_array))
+                    .flatten()
+                    .collect()
+            } else {
+                body.get("content")
+                    .and_then(Value::as_array)
+                    .ok_or("no content array")?
+                    .iter()
+                    .collect()
+            };
+            parts
+                .into_iter()
+                .filter(|p| {
+                    matches!(
+                        p.get("type").and_then(Value::as_str),
+                        Some("output_text" | "text")
+                    )
+                })
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect()
+        }
+    };
+    Ok((
+        text,
+        body.get("usage")
+            .filter(|u| u.is_object())
+            .map(|u| usage_of(api, u)),
+    ))
+}
+
+/// Reassembles the text and usage of an SSE stream of `api` (for tests).
+///
+/// Checks the framing: every frame has a `data:` line; for Responses and
+/// Anthropic every frame's `event:` equals its data's `type`, and Responses
+/// sequence numbers count up from 0; the stream must end properly (`[DONE]`,
+/// `response.completed`, `message_stop`). An `error` event is an error.
+pub fn collect_text(api: Api, sse: &str) -> Result<(String, Option<Usage>), String> {
+    let mut text = String::new();
+    let mut usage: Option<Usage> = None;
+    let mut ended = false;
+    let mut next_sequence = 0u64;
+    let normalized = sse.replace("\r\n", "\n");
+    for (n, frame) in normalized.split("\n\n").enumerate() {
+        if frame.trim().is_empty() {
+            continue;
+        }
+        if ended {
+            return Err(format!("frame {n} after the end of the stream: {frame:?}"));
+        }
+        let mut event = None;
+        let mut data: Vec<&str> = Vec::new();
+        for line in frame.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event = Some(v.trim());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push(v.strip_prefix(' ').unwrap_or(v));
+            } else if line.starts_with(':') || line.is_empty() {
+            } else {
+                return Err(format!("frame {n}: unexpected line {line:?}"));
+            }
+        }
+        if data.is_empty() {
+            return Err(format!("frame {n} has no data line: {frame:?}"));
+        }
+        let data = data.join("\n");
+        if api == Api::ChatCompletions && data == "[DONE]" {
+            ended = true;
+            continue;
+        }
+        let value: Value = serde_json::from_str(&data)
+            .map_err(|e| format!("frame {n}: data is not JSON ({e})"))?;
+        let kind = value.get("type").and_then(Value::as_str);
+        if kind == Some("error") || (api == Api::ChatCompletions && value.get("error").is_some()) {
+            return Err(format!("error event: {data}"));
+        }
+        match api {
+            Api::ChatCompletions => {
+                if event.is_some() {
+                    return Err(format!(
+                        "frame {n}: chat completions frames have no event line"
+                    ));
+                }
+                if value.get("object").and_then(Value::as_str) != Some("chat.completion.chunk") {
+                    return Err(format!("frame {n}: not a chat.completion.chunk"));
+                }
+                if let Some(t) = value
+                    .pointer("/choices/0/delta/content")
+                    .and_then(Value::as_str)
+                {
+                    text.push_str(t);
+                }
+                if let Some(u) = value.get("usage").filter(|u| u.is_object()) {
+                    usage = Some(usage_of(api, u));
+                }
+            }
+            Api::Responses | Api::Messages => {
+                let kind = kind.ok_or_else(|| format!("frame {n}: data has no type"))?;
+                if event != Some(kind) {
+                    return Err(format!("frame {n}: event {event:?} but data type {kind:?}"));
+                }
+                if api == Api::Responses {
+                    let seq = value.get("sequence_number").and_then(Value::as_u64);
+                    if seq != Some(next_sequence) {
+                        return Err(format!(
+                            "frame {n}: sequence_number {seq:?}, expected {next_sequence}"
+                        ));
+                    }
+                    next_sequence += 1;
+                }
+                match kind {
+                    "response.output_text.delta" => text.push_str(
+                        value
+                            .get("delta")
+                            .and_then(Value::as_str)
+                            .ok_or("delta without text")?,
+                    ),
+                    "response.output_text.done" => {
+                        let done = value
+                            .get("text")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        if done != text {
+                            return Err(format!(
+                                "response.output_text.done text {done:?} != deltas {text:?}"
+                            ));
+                        }
+                    }
+                    "response.completed" => {
+                        usage = value
+                            .pointer("/response/usage")
+                            .filter(|u| u.is_object())
+                            .map(|u| usage_of(api, u));
+                        ended = true;
+                    }
+                    "message_start" => {
+                        usage = value.pointer("/message/usage").map(|u| usage_of(api, u));
+                    }
+                    "content_block_delta" => {
+                        if let Some(t) = value.pointer("/delta/text").and_then(Value::as_str) {
+                            text.push_str(t);
+                        }
+                    }
+                    "message_delta" => {
+                        if let Some(u) = value.get("usage") {
+                            // message_delta's usage is cumulative; fields it lacks keep message_start's.
+                            let mut merged = usage.unwrap_or_default();
+                            let new = usage_of(api, u);
+                            if u.get("input_tokens").is_some() {
+                                merged.prompt_tokens = new.prompt_tokens;
+                                merged.cached_tokens = new.cached_tokens;
+                            }
+                            merged.completion_tokens = new.completion_tokens;
+                            usage = Some(merged);
+                        }
+                    }
+                    "message_stop" => ended = true,
+                    _ => {}
+                }
+            }
+        }
+    }
+    if !ended {
+        return Err("the stream ended without its final event".into());
+    }
+    Ok((text, usage))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const USAGE: Usage = Usage {
+        prompt_tokens: 100,
+        cached_tokens: 64,
+        completion_tokens: 3,
+    };
+
+    fn run(api: Api) -> Vec<String> {
+        let mut w = StreamWriter::new(api, "id1", "m");
+        let mut frames = w.start(USAGE);
+        frames.extend(w.delta("Hel"));
+        frames.extend(w.delta(""));
+        frames.extend(w.delta("lo\n\"x\""));
+        frames.extend(w.finish(USAGE));
+        assert!(w.finish(USAGE).is_empty(), "finish is idempotent");
+        assert_eq!(w.text(), "Hello\n\"x\"");
+        frames
+    }
+
+    fn data(frame: &str) -> Value {
+        let line = frame
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap();
+        serde_json::from_str(line).unwrap()
+    }
+
+    #[test]
+    fn every_frame_is_one_sse_event() {
+        for api in [Api::ChatCompletions, Api::Responses, Api::Messages] {
+            for frame in run(api) {
+                assert!(frame.ends_with("\n\n"), "{frame:?}");
+                assert_eq!(frame.matches("\n\n").count(), 1, "{frame:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn chat_completions_frames() {
+        let frames = run(Api::ChatCompletions);
+        assert_eq!(frames.len(), 6);
+        let first = data(&frames[0]);
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(first["id"], "id1");
+        assert_eq!(first["model"], "m");
+        assert_eq!(
+            first["choices"][0]["delta"],
+            json!({"role":"assistant","content":""})
+        );
+        assert_eq!(first["choices"][0]["finish_reason"], Value::Null);
+        assert_eq!(data(&frames[1])["choices"][0]["delta"]["content"], "Hel");
+        assert_eq!(data(&frames[3])["choices"][0]["finish_reason"], "stop");
+        let usage = data(&frames[4]);
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["prompt_tokens"], 100);
+        assert_eq!(usage["usage"]["total_tokens"], 103);
+        assert_eq!(usage["usage"]["prompt_tokens_details"]["cached_tokens"], 64);
+        assert_eq!(frames[5], "data: [DONE]\n\n");
+        assert_eq!(
+            collect_text(Api::ChatCompletions, &frames.concat()).unwrap(),
+            ("Hello\n\"x\"".into(), Some(USAGE))
+        );
+    }
+
+    #[test]
+    fn responses_frames() {
+        let frames = run(Api::Responses);
+        let kinds: Vec<String> = frames
+            .iter()
+            .map(|f| {
+                f.lines()
+                    .next()
+                    .unwrap()
+                    .strip_prefix("event: ")
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        for (n, f) in frames.iter().enumerate() {
+            let d = data(f);
+            assert_eq!(d["type"], kinds[n]);
+            assert_eq!(d["sequence_number"], n);
+        }
+        let done = data(&frames[9]);
+        assert_eq!(done["response"]["status"], "completed");
+        assert_eq!(done["response"]["usage"]["input_tokens"], 100);
+        assert_eq!(
+            done["response"]["usage"]["input_tokens_details"]["cached_tokens"],
+            64
+        );
+        assert_eq!(
+            done["response"]["output"][0]["content"][0]["text"],
+            "Hello\n\"x\""
+        );
+        assert_eq!(data(&frames[6])["text"], "Hello\n\"x\"");
+        assert_eq!(
+            collect_text(Api::Responses, &frames.concat()).unwrap(),
+            ("Hello\n\"x\"".into(), Some(USAGE))
+        );
+    }
+
+    #[test]
+    fn anthropic_frames() {
+        let frames = run(Api::Messages);
+        let kinds: Vec<&str> = frames
+            .iter()
+            .map(|f| f.lines().next().unwrap().strip_prefix("event: ").unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "message_start",
+                "content_block_start",
+                "ping",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        let start = data(&frames[0]);
+        assert_eq!(start["message"]["usage"]["input_tokens"], 36);
+        assert_eq!(start["message"]["usage"]["cache_read_input_tokens"], 64);
+        assert_eq!(
+            data(&frames[3])["delta"],
+            json!({"type":"text_delta","text":"Hel"})
+        );
+        let delta = data(&frames[6]);
+        assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+        assert_eq!(delta["usage"]["output_tokens"], 3);
+        assert_eq!(
+            collect_text(Api::Messages, &frames.concat()).unwrap(),
+            ("Hello\n\"x\"".into(), Some(USAGE))
+        );
+    }
+
+    #[test]
+    fn full_responses_round_trip() {
+        for api in [Api::ChatCompletions, Api::Responses, Api::Messages] {
+            let body = full_response(api, "resp_1", "m", "hi there", USAGE);
+            assert_eq!(
+                full_text(api, &body).unwrap(),
+                ("hi there".into(), Some(USAGE)),
+                "{api:?}"
+            );
+        }
+        let chat = full_response(Api::ChatCompletions, "c", "m", "x", USAGE);
+        assert_eq!(chat["object"], "chat.completion");
+        assert_eq!(chat["usage"]["prompt_tokens_details"]["cached_tokens"], 64);
+        let msg = full_response(Api::Messages, "msg_1", "m", "x", USAGE);
+        assert_eq!(msg["usage"]["cache_read_input_tokens"], 64);
+        assert_eq!(msg["stop_reason"], "end_turn");
+        let resp = full_response(Api::Responses, "resp_1", "m", "x", USAGE);
+        assert_eq!(resp["output"][0]["id"], "msg_1");
+        assert!(full_text(Api::Messages, &json!({})).is_err());
+    }
+
+    #[test]
+    fn writer_starts_itself_and_handles_empty_output() {
+        for api in [Api::ChatCompletions, Api::Responses, Api::Messages] {
+            let mut w = StreamWriter::new(api, "i", "m");
+            let frames = w.finish(USAGE);
+            assert_eq!(
+                collect_text(api, &frames.concat()).unwrap(),
+                (String::new(), Some(USAGE)),
+                "{api:?}"
+            );
+            let mut w = StreamWriter::new(api, "i", "m");
+            let mut frames = w.delta("a");
+            frames.extend(w.finish(USAGE));
+            assert_eq!(collect_text(api, &frames.concat()).unwrap().0, "a");
+        }
+    }
+
+    #[test]
+    fn collect_text_rejects_broken_streams() {
+        let chat = run(Api::ChatCompletions);
+        assert!(collect_text(Api::ChatCompletions, &chat[..5].concat())
+            .unwrap_err()
+            .contains("without its final"));
+        assert!(collect_text(Api::ChatCompletions, "data: {nope\n\n")
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(collect_text(Api::ChatCompletions, "hello\n\n")
+            .unwrap_err()
+            .contains("unexpected line"));
+        assert!(collect_text(
+            Api::ChatCompletions,
+            "data: {\"error\":{\"message\":\"x\"}}\n\n"
+        )
+        .is_err());
+        let mut responses = run(Api::Responses);
+        responses.swap(4, 5);
+        assert!(collect_text(Api::Responses, &responses.concat())
+            .unwrap_err()
+            .contains("sequence_number"));
+        let anthropic = run(Api::Messages);
+        let renamed = anthropic[3].replacen("event: content_block_delta", "event: ping", 1);
+        let stream = [&anthropic[..3], &[renamed], &anthropic[4..]]
+            .concat()
+            .concat();
+        assert!(collect_text(Api::Messages, &stream)
+            .unwrap_err()
+            .contains("but data type"));
+        let err = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"x\"}}\n\n";
+        assert!(collect_text(Api::Messages, err)
+            .unwrap_err()
+            .contains("error event"));
+        // CRLF framing is accepted
+        let crlf = anthropic.concat().replace('\n', "\r\n");
+        assert_eq!(collect_text(Api::Messages, &crlf).unwrap().1, Some(USAGE));
+        let after = [anthropic.concat(), anthropic[2].clone()].concat();
+        assert!(collect_text(Api::Messages, &after)
+            .unwrap_err()
+            .contains("after the end"));
+    }
 }
