@@ -7,6 +7,22 @@
 //! - [`sources`]: event ingestion: each worker agent's `SubscribeWorkerEvents`
 //!   and the cache server's `WatchEvents`, with gap/epoch resync and worker
 //!   availability.
+//! - [`cost`]: the cost model and the choice among workers. Pure.
+//! - [`load`]: worker load (booked calls, reports) and agent affinity.
+//! - [`routing`]: one model's placement: index + load + health + cost.
+//! - [`lifecycle`]: the cache-server session for agent lifecycles and hints.
+//! - [`app`]: the models served, shared by the services.
+//! - [`service`]: the `kvtier.v1.RouterService` gRPC shell.
+//! - [`http`]: the OpenAI/Anthropic-compatible HTTP front (routes and proxies).
+//! - [`metrics`]: metric names and the Prometheus recorder.
 
+pub mod app;
+pub mod cost;
+pub mod http;
 pub mod index;
+pub mod lifecycle;
+pub mod load;
+pub mod metrics;
+pub mod routing;
+pub mod service;
 pub mod sources;

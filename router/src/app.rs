@@ -1,0 +1,48 @@
+//! What the router's services share: the models it serves.
+
+use std::sync::Arc;
+
+use kvtier_prompt::PromptModel;
+
+use crate::lifecycle::CacheLifecycle;
+use crate::routing::ModelRouter;
+
+/// One model the router serves.
+pub struct ModelState {
+    /// Placement.
+    pub router: ModelRouter,
+    /// Template and tokenizer (the HTTP front and token-id queries need them;
+    /// hash queries do not).
+    pub prompt: Option<PromptModel>,
+    /// The cache server's lifecycle API for the model's namespace (None when
+    /// the router runs without a cache server).
+    pub lifecycle: Option<Arc<CacheLifecycle>>,
+}
+
+/// The models served.
+#[derive(Clone, Default)]
+pub struct Models {
+    models: Vec<Arc<ModelState>>,
+}
+
+impl Models {
+    /// Adds a model.
+    pub fn push(&mut self, model: ModelState) {
+        self.models.push(Arc::new(model));
+    }
+
+    /// The model named `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<ModelState>> {
+        self.models.iter().find(|m| m.router.model() == name)
+    }
+
+    /// All models.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ModelState>> {
+        self.models.iter()
+    }
+
+    /// Names of the models, for error messages.
+    pub fn names(&self) -> Vec<&str> {
+        self.models.iter().map(|m| m.router.model()).collect()
+    }
+}

@@ -1,0 +1,262 @@
+//! Worker load as the router sees it, and agent-to-worker affinity.
+//!
+//! The router books every call it sends (prefill tokens queued until the
+//! first byte of the answer comes back, then decode blocks until the answer
+//! ends); workers or custom routers may also report their load
+//! (`ReportLoad`). A fresh report covers calls the router did not send, so
+//! the larger of the two counts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// Load figures of one worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Prefill tokens queued or running.
+    pub queued_prefill_tokens: u64,
+    /// KV blocks of requests in decode.
+    pub active_decode_blocks: u64,
+    /// Requests running.
+    pub running_requests: u32,
+}
+
+impl Load {
+    fn max(self, other: Load) -> Load {
+        Load {
+            queued_prefill_tokens: self.queued_prefill_tokens.max(other.queued_prefill_tokens),
+            active_decode_blocks: self.active_decode_blocks.max(other.active_decode_blocks),
+            running_requests: self.running_requests.max(other.running_requests),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct WorkerLoad {
+    booked: Load,
+    reported: Option<(Load, Instant)>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    workers: HashMap<String, WorkerLoad>,
+    report_ttl: Duration,
+}
+
+/// Per-worker load: calls booked by the router plus fresh reports.
+#[derive(Debug, Clone)]
+pub struct LoadBook {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl LoadBook {
+    /// A book in which a report counts for `report_ttl` after it arrives.
+    pub fn new(report_ttl: Duration) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                workers: HashMap::new(),
+                report_ttl,
+            })),
+        }
+    }
+
+    /// The load of `worker` now.
+    pub fn load(&self, worker: &str) -> Load {
+        let inner = self.inner.lock();
+        let ttl = inner.report_ttl;
+        inner
+            .workers
+            .get(worker)
+            .map(|w| match w.reported {
+                Some((reported, at)) if at.elapsed() <= ttl => w.booked.max(reported),
+                _ => w.booked,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Records a report from the worker (or a custom router).
+    pub fn report(&self, worker: &str, load: Load) {
+        let mut inner = self.inner.lock();
+        inner
+            .workers
+            .entry(worker.to_string())
+            .or_default()
+            .reported = Some((load, Instant::now()));
+    }
+
+    /// Books a call: `prefill_tokens` to compute, `blocks` of KV once it decodes.
+    /// The booking ends when the returned ticket is dropped.
+    pub fn book(&self, worker: &str, prefill_tokens: u64, blocks: u64) -> CallTicket {
+        {
+            let mut inner = self.inner.lock();
+            let booked = &mut inner.workers.entry(worker.to_string()).or_default().booked;
+            booked.queued_prefill_tokens += prefill_tokens;
+            booked.running_requests += 1;
+        }
+        CallTicket {
+            book: self.clone(),
+            worker: worker.to_string(),
+            prefill_tokens,
+            blocks,
+            decoding: false,
+        }
+    }
+
+    fn update(&self, worker: &str, f: impl FnOnce(&mut Load)) {
+        let mut inner = self.inner.lock();
+        if let Some(w) = inner.workers.get_mut(worker) {
+            f(&mut w.booked);
+        }
+    }
+}
+
+/// One booked call; dropping it ends the booking.
+#[derive(Debug)]
+pub struct CallTicket {
+    book: LoadBook,
+    worker: String,
+    prefill_tokens: u64,
+    blocks: u64,
+    decoding: bool,
+}
+
+impl CallTicket {
+    /// The worker answered its first byte: prefill is done, decode begins.
+    pub fn prefill_done(&mut self) {
+        if self.decoding {
+            return;
+        }
+        self.decoding = true;
+        let (prefill, blocks) = (self.prefill_tokens, self.blocks);
+        self.book.update(&self.worker, |l| {
+            l.queued_prefill_tokens = l.queued_prefill_tokens.saturating_sub(prefill);
+            l.active_decode_blocks += blocks;
+        });
+    }
+
+    /// The worker the call went to.
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+}
+
+impl Drop for CallTicket {
+    fn drop(&mut self) {
+        let (prefill, blocks, decoding) = (self.prefill_tokens, self.blocks, self.decoding);
+        self.book.update(&self.worker, |l| {
+            if decoding {
+                l.active_decode_blocks = l.active_decode_blocks.saturating_sub(blocks);
+            } else {
+                l.queued_prefill_tokens = l.queued_prefill_tokens.saturating_sub(prefill);
+            }
+            l.running_requests = l.running_requests.saturating_sub(1);
+        });
+    }
+}
+
+/// Which worker each agent's last call went to, bounded: when the current
+/// generation fills up it becomes the previous one and the oldest is dropped
+/// (two-generation LRU approximation, O(1) per call).
+#[derive(Debug)]
+pub struct AffinityMap {
+    capacity: usize,
+    current: HashMap<String, String>,
+    previous: HashMap<String, String>,
+}
+
+impl AffinityMap {
+    /// A map that remembers roughly the last `capacity` to `2 × capacity` agents.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            current: HashMap::new(),
+            previous: HashMap::new(),
+        }
+    }
+
+    /// The agent's last worker.
+    pub fn get(&self, agent: &str) -> Option<&str> {
+        self.current
+            .get(agent)
+            .or_else(|| self.previous.get(agent))
+            .map(String::as_str)
+    }
+
+    /// Records the agent's latest worker.
+    pub fn set(&mut self, agent: &str, worker: &str) {
+        if self.current.len() >= self.capacity && !self.current.contains_key(agent) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.previous.remove(agent);
+        self.current.insert(agent.to_string(), worker.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_moves_from_prefill_to_decode_and_is_released_on_drop() {
+        let book = LoadBook::new(Duration::from_secs(1));
+        let mut t = book.book("w0", 1_000, 64);
+        let _other = book.book("w0", 500, 32);
+        assert_eq!(
+            book.load("w0"),
+            Load {
+                queued_prefill_tokens: 1_500,
+                active_decode_blocks: 0,
+                running_requests: 2
+            }
+        );
+        t.prefill_done();
+        t.prefill_done();
+        assert_eq!(book.load("w0").queued_prefill_tokens, 500);
+        assert_eq!(book.load("w0").active_decode_blocks, 64);
+        drop(t);
+        assert_eq!(
+            book.load("w0"),
+            Load {
+                queued_prefill_tokens: 500,
+                active_decode_blocks: 0,
+                running_requests: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_fresh_report_counts_and_a_stale_one_does_not() {
+        let book = LoadBook::new(Duration::from_millis(50));
+        let _t = book.book("w0", 100, 1);
+        book.report(
+            "w0",
+            Load {
+                queued_prefill_tokens: 5_000,
+                active_decode_blocks: 0,
+                running_requests: 9,
+            },
+        );
+        assert_eq!(book.load("w0").queued_prefill_tokens, 5_000);
+        assert_eq!(book.load("w0").running_requests, 9);
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(book.load("w0").queued_prefill_tokens, 100);
+        assert_eq!(book.load("unknown"), Load::default());
+    }
+
+    #[test]
+    fn affinity_is_bounded_and_keeps_recent_agents() {
+        let mut map = AffinityMap::new(2);
+        map.set("a", "w0");
+        map.set("b", "w1");
+        map.set("c", "w2"); // a, b become the previous generation
+        assert_eq!(map.get("a"), Some("w0"));
+        map.set("a", "w3"); // refreshed into the current generation
+        map.set("d", "w4"); // current {c, a} full: b is forgotten
+        assert_eq!(map.get("b"), None);
+        assert_eq!(map.get("a"), Some("w3"));
+        assert_eq!(map.get("c"), Some("w2"));
+        assert_eq!(map.get("d"), Some("w4"));
+    }
+}

@@ -1,0 +1,54 @@
+//! The router's metric names (one place, so dashboards and tests rely on
+//! them) and its Prometheus recorder.
+//!
+//! The predicted hit rate is block-weighted:
+//! `sum(rate(kvtier_router_predicted_blocks_total{tier!="compute"}[5m])) /
+//! sum(rate(kvtier_router_predicted_blocks_total[5m]))`.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// HTTP calls answered, labels `api` (`chat_completions`, `responses`,
+/// `messages`) and `code` (HTTP status).
+pub const REQUESTS: &str = "kvtier_router_requests_total";
+/// Routing decisions, labels `source` (`http`, `grpc`) and `reason`
+/// (`best_cost`, `hot_spot_shed`, `all_overloaded`).
+pub const DECISIONS: &str = "kvtier_router_decisions_total";
+/// Calls sent to each worker, label `worker`.
+pub const ROUTED: &str = "kvtier_router_routed_total";
+/// Time to choose a worker (index query + cost model), seconds.
+pub const DECISION_SECONDS: &str = "kvtier_router_decision_seconds";
+/// Time from receiving a call to sending it upstream (parse, template,
+/// tokenize, hash, route), seconds.
+pub const OVERHEAD_SECONDS: &str = "kvtier_router_overhead_seconds";
+/// Prompt blocks of routed calls by where the chosen worker finds them,
+/// label `tier` (`hbm`, `host`, `disk`, `compute`).
+pub const PREDICTED_BLOCKS: &str = "kvtier_router_predicted_blocks_total";
+/// Upstream failures, labels `worker`, `kind` (`connect`, `stream`).
+pub const UPSTREAM_ERRORS: &str = "kvtier_router_upstream_errors_total";
+/// Calls whose client went away before the answer ended (the upstream
+/// request is cancelled).
+pub const CANCELLED: &str = "kvtier_router_cancelled_total";
+/// Hints sent to the cache server, labels `kind` (`call`, `ending`) and
+/// `result` (`ok`, `error`).
+pub const HINTS: &str = "kvtier_router_hints_total";
+/// Available workers, label `model`.
+pub const WORKERS_AVAILABLE: &str = "kvtier_router_workers_available";
+/// Blocks indexed per worker's HBM, label `worker`.
+pub const INDEXED_BLOCKS: &str = "kvtier_router_indexed_blocks";
+/// gRPC handler latency, labels `method`, `code`.
+pub const GRPC_SECONDS: &str = "kvtier_router_grpc_seconds";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Installs the global Prometheus recorder.
+pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let mut builder = PrometheusBuilder::new();
+    for name in [DECISION_SECONDS, OVERHEAD_SECONDS, GRPC_SECONDS] {
+        builder =
+            builder.set_buckets_for_metric(Matcher::Full(name.to_string()), LATENCY_BUCKETS)?;
+    }
+    builder.install_recorder()
+}

@@ -1,0 +1,345 @@
+//! One model's placement: the index's answer, the workers' load and health,
+//! the agent's affinity, and the cost model, put together.
+//!
+//! This is the part the gRPC `Route` and the HTTP front share; it does no I/O.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use kvtier_proto::hashing::BlockHasher;
+
+use crate::cost::{self, CallProfile, CostBreakdown, CostWeights, Decision, WorkerView};
+use crate::index::{PrefixMatches, SharedIndex, WorkerOverlap, WorkerSlot};
+use crate::load::{AffinityMap, CallTicket, Load, LoadBook};
+
+/// Largest prefix a query may name, in blocks (as the cache server's RPCs).
+pub const MAX_QUERY_BLOCKS: usize = 65_536;
+
+/// Whether a worker takes traffic; implemented by the event sources (a
+/// worker whose event stream is down is unavailable) and told by the HTTP
+/// proxy when a worker's endpoint refuses connections.
+pub trait WorkerHealth: Send + Sync + 'static {
+    /// The worker takes traffic now.
+    fn is_available(&self, worker_id: &str) -> bool;
+    /// The worker's endpoint failed (connection refused, reset before any byte).
+    fn mark_unreachable(&self, worker_id: &str, reason: &str);
+    /// Last event id applied from the worker's agent (0: none yet).
+    fn last_event_id(&self, _worker_id: &str) -> u64 {
+        0
+    }
+}
+
+/// A worker of the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerEndpoint {
+    /// Its id, as its agent names it in events.
+    pub worker_id: String,
+    /// Base URL of its OpenAI/Anthropic-compatible HTTP server.
+    pub http_base: String,
+    /// Its kvtier-agent's gRPC URL.
+    pub agent_url: String,
+}
+
+/// Hints of one call as the router uses them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteHints {
+    /// LLM agent making the call.
+    pub agent_id: Option<String>,
+    /// -8..=8.
+    pub priority: i32,
+    /// 0.0..=1.0.
+    pub latency_sensitivity: f32,
+    /// Expected output tokens.
+    pub osl: Option<u32>,
+}
+
+/// Errors of routing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No worker of the model takes traffic.
+    #[error(
+        "no worker of model {model:?} is available ({workers} configured, all down or unreachable)"
+    )]
+    NoWorker {
+        /// The model.
+        model: String,
+        /// Workers configured.
+        workers: usize,
+    },
+    /// The prefix is too long.
+    #[error("the prefix has {0} blocks; at most {MAX_QUERY_BLOCKS} are accepted")]
+    TooLong(usize),
+}
+
+/// One worker's part of a decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerChoice {
+    /// Index of the worker in [`ModelRouter::workers`].
+    pub worker: usize,
+    /// Its overlap with the prefix.
+    pub overlap: WorkerOverlap,
+    /// Its cost.
+    pub cost: CostBreakdown,
+    /// Over the bounded-load limit.
+    pub overloaded: bool,
+}
+
+/// A routing decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed {
+    /// Index of the chosen worker in [`ModelRouter::workers`].
+    pub worker: usize,
+    /// Why (a [`cost::ChoiceReason`] label).
+    pub reason: &'static str,
+    /// Every available worker, cheapest first.
+    pub ranked: Vec<WorkerChoice>,
+    /// The index's answer.
+    pub matches: PrefixMatches,
+}
+
+impl Routed {
+    /// The chosen worker's evaluation.
+    pub fn chosen(&self) -> &WorkerChoice {
+        // `ranked` always holds the chosen worker (choose() picks from it).
+        self.ranked
+            .iter()
+            .find(|c| c.worker == self.worker)
+            .unwrap_or(&self.ranked[0])
+    }
+}
+
+/// Placement state of one model.
+pub struct ModelRouter {
+    model: String,
+    hasher: BlockHasher,
+    index: SharedIndex,
+    workers: Vec<(WorkerEndpoint, WorkerSlot)>,
+    health: Arc<dyn WorkerHealth>,
+    load: LoadBook,
+    affinity: Mutex<AffinityMap>,
+    weights: CostWeights,
+}
+
+impl std::fmt::Debug for ModelRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelRouter")
+            .field("model", &self.model)
+            .field("workers", &self.workers)
+            .field("weights", &self.weights)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelRouter {
+    /// A router for `model` over `workers`, registering them in `index`.
+    pub fn new(
+        model: &str,
+        hasher: BlockHasher,
+        index: SharedIndex,
+        workers: Vec<WorkerEndpoint>,
+        health: Arc<dyn WorkerHealth>,
+        load: LoadBook,
+        weights: CostWeights,
+    ) -> Self {
+        let workers = {
+            let mut guard = index.write();
+            workers
+                .into_iter()
+                .map(|w| {
+                    let slot = guard.add_worker(&w.worker_id);
+                    (w, slot)
+                })
+                .collect()
+        };
+        Self {
+            model: model.to_string(),
+            hasher,
+            index,
+            workers,
+            health,
+            load,
+            affinity: Mutex::new(AffinityMap::new(100_000)),
+            weights,
+        }
+    }
+
+    /// The model served.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The model's block hasher (namespace seed folded in).
+    pub fn hasher(&self) -> &BlockHasher {
+        &self.hasher
+    }
+
+    /// The workers, in configuration order.
+    pub fn workers(&self) -> impl Iterator<Item = &WorkerEndpoint> {
+        self.workers.iter().map(|(w, _)| w)
+    }
+
+    /// Worker `i`.
+    pub fn worker(&self, i: usize) -> &WorkerEndpoint {
+        &self.workers[i].0
+    }
+
+    /// The index.
+    pub fn index(&self) -> &SharedIndex {
+        &self.index
+    }
+
+    /// Health of the workers.
+    pub fn health(&self) -> &Arc<dyn WorkerHealth> {
+        &self.health
+    }
+
+    /// The load book.
+    pub fn load_book(&self) -> &LoadBook {
+        &self.load
+    }
+
+    /// The load of worker `i`.
+    pub fn load(&self, i: usize) -> Load {
+        self.load.load(&self.workers[i].0.worker_id)
+    }
+
+    /// The index's answer for a prefix, one overlap per worker in
+    /// configuration order.
+    pub fn matches(
+        &self,
+        hashes: &[u64],
+    ) -> Result<(PrefixMatches, Vec<WorkerOverlap>), RouteError> {
+        if hashes.len() > MAX_QUERY_BLOCKS {
+            return Err(RouteError::TooLong(hashes.len()));
+        }
+        let matches = self.index.read().find_matches(hashes);
+        let per_worker = self
+            .workers
+            .iter()
+            .map(|(_, slot)| {
+                matches
+                    .workers
+                    .iter()
+                    .find(|o| o.slot == *slot)
+                    .copied()
+                    .unwrap_or(WorkerOverlap {
+                        slot: *slot,
+                        ..WorkerOverlap::default()
+                    })
+            })
+            .collect();
+        Ok((matches, per_worker))
+    }
+
+    /// Chooses a worker for a call whose full blocks hash to `hashes` and
+    /// whose prompt has `prompt_tokens` tokens.
+    pub fn route(
+        &self,
+        hashes: &[u64],
+        prompt_tokens: u64,
+        hints: &RouteHints,
+    ) -> Result<Routed, RouteError> {
+        let (matches, overlaps) = self.matches(hashes)?;
+        let sticky = hints
+            .agent_id
+            .as_deref()
+            .and_then(|a| self.affinity.lock().get(a).map(str::to_string));
+        let views: Vec<WorkerView> = self
+            .workers
+            .iter()
+            .zip(&overlaps)
+            .map(|((w, _), o)| {
+                let load = self.load.load(&w.worker_id);
+                WorkerView {
+                    hbm_blocks: o.hbm_blocks,
+                    host_blocks: o.host_blocks,
+                    disk_blocks: o.disk_blocks,
+                    queued_prefill_tokens: load.queued_prefill_tokens,
+                    active_decode_blocks: load.active_decode_blocks,
+                    running_requests: load.running_requests,
+                    sticky: sticky.as_deref() == Some(w.worker_id.as_str()),
+                    available: self.health.is_available(&w.worker_id),
+                }
+            })
+            .collect();
+        let call = CallProfile {
+            prompt_tokens: prompt_tokens.max(hashes.len() as u64 * self.block_tokens()),
+            block_tokens: self.block_tokens(),
+            priority: hints.priority,
+            latency_sensitivity: hints.latency_sensitivity,
+        };
+        let Some(Decision {
+            chosen,
+            reason,
+            ranked,
+        }) = cost::choose(&self.weights, &call, &views)
+        else {
+            return Err(RouteError::NoWorker {
+                model: self.model.clone(),
+                workers: self.workers.len(),
+            });
+        };
+        Ok(Routed {
+            worker: chosen,
+            reason: reason.as_str(),
+            ranked: ranked
+                .into_iter()
+                .map(|c| WorkerChoice {
+                    worker: c.index,
+                    overlap: overlaps[c.index],
+                    cost: c.cost,
+                    overloaded: c.overloaded,
+                })
+                .collect(),
+            matches,
+        })
+    }
+
+    /// Books a routed call on its worker and remembers the agent's worker;
+    /// the booking lasts as long as the ticket.
+    pub fn commit(&self, routed: &Routed, hints: &RouteHints, prompt_tokens: u64) -> CallTicket {
+        let worker = &self.workers[routed.worker].0.worker_id;
+        if let Some(agent) = &hints.agent_id {
+            self.affinity.lock().set(agent, worker);
+        }
+        let block_tokens = self.block_tokens();
+        let output = u64::from(hints.osl.unwrap_or(0));
+        let blocks = (prompt_tokens + output).div_ceil(block_tokens);
+        let prefill = routed.chosen().cost.prefill_tokens as u64;
+        self.load.book(worker, prefill, blocks)
+    }
+
+    /// Remembers that the agent's call went to worker `i` (gRPC `Route` with `commit`).
+    pub fn remember_affinity(&self, agent: &str, i: usize) {
+        self.affinity
+            .lock()
+            .set(agent, &self.workers[i].0.worker_id);
+    }
+
+    /// Moves an agent's affinity (e.g. after a failed worker).
+    pub fn forget_affinity(&self, agent: &str, worker: &str) {
+        let mut map = self.affinity.lock();
+        if map.get(agent) == Some(worker) {
+            map.set(agent, "");
+        }
+    }
+
+    fn block_tokens(&self) -> u64 {
+        self.hasher.block_tokens() as u64
+    }
+}
+
+impl WorkerHealth for crate::sources::WorkerStates {
+    fn is_available(&self, worker_id: &str) -> bool {
+        crate::sources::WorkerStates::is_available(self, worker_id)
+    }
+
+    fn mark_unreachable(&self, worker_id: &str, reason: &str) {
+        crate::sources::WorkerStates::mark_unreachable(self, worker_id, reason);
+    }
+
+    fn last_event_id(&self, worker_id: &str) -> u64 {
+        self.get(worker_id).map_or(0, |s| s.last_event_id)
+    }
+}
