@@ -5,12 +5,27 @@
 //! agent hints, renders the model's chat template, tokenizes with the model's
 //! `tokenizer.json`, and hashes full blocks exactly as the workers do.
 //!
-//! API CONTRACT (implementation in progress; signatures are fixed, more may be added):
-//! - [`Api`], [`ModelCall`], [`CallHints`], [`parse_request`]: the three request shapes.
-//! - [`ApiError`]: an error in the shape of the endpoint's own API.
+//! API:
+//! - [`Api`], [`ModelCall`], [`CallHints`], [`parse_request`]: the three request
+//!   shapes, normalised (see [`parse_request`] for hints and their precedence).
+//! - [`ApiError`]: an error in the shape of the endpoint's own API
+//!   ([`ApiError::invalid`], [`ApiError::not_found_model`], [`ApiError::no_worker`],
+//!   [`ApiError::internal`], [`ApiError::body`]).
 //! - [`PromptModel`]: chat template + tokenizer + block hasher of one model.
 //! - [`stream`]: SSE events and final bodies of each API's responses (used by
-//!   the simulated worker to answer, and by tests to parse).
+//!   the simulated worker to answer, and by tests to parse: [`stream::collect_text`]).
+//! - [`testing`]: a tiny self-made tokenizer for tests and benchmarks.
+//!
+//! The prefix property (tested for all three APIs with the built-in template):
+//! when a call re-sends the previous call's conversation plus the assistant's
+//! reply and a new user turn, its rendered text extends the previous rendered
+//! text (the previous generation prompt `<|im_start|>assistant\n` is the start
+//! of the replied assistant turn), its tokens extend the previous tokens (the
+//! template's markers are special tokens, which split pre-tokenization), and
+//! so every block hash of the previous call is a prefix of the new call's.
+//! Templates that rewrite earlier turns (e.g. ones that drop past reasoning)
+//! or whose generation prompt is not the start of the rendered assistant turn
+//! break this at the first changed token; blocks before it are still shared.
 
 /// Which API a request came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

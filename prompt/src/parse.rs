@@ -164,6 +164,11 @@ pub(crate) fn parse_request(
                     "max_tokens: required field is missing (expected a positive integer)",
                 )
             })?;
+            if max == 0 {
+                return Err(ApiError::invalid(
+                    "max_tokens: expected a positive integer, got 0",
+                ));
+            }
             (messages, Some(max))
         }
     };

@@ -525,6 +525,10 @@ fn anthropic_errors() {
         json!({"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: required field is missing (expected a positive integer)"}})
     );
     assert_eq!(
+        err(api, json!({"model":"m","max_tokens":0,"messages":m})),
+        "max_tokens: expected a positive integer, got 0"
+    );
+    assert_eq!(
         err(api, json!({"model":"m","max_tokens":1})),
         "messages: required field is missing (expected a non-empty array of messages)"
     );
