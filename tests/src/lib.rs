@@ -551,3 +551,94 @@ pub fn pool_blocks(pool: &Path, block: u64, n: u64, block_bytes: u64) -> Result<
     file.read_exact(&mut out)?;
     Ok(out)
 }
+
+// ---------------------------------------------------------------------------
+// Simulated inference worker (`kvtier-sim-worker`).
+// ---------------------------------------------------------------------------
+
+/// A running `kvtier-sim-worker`. Killed (SIGKILL) on drop.
+pub struct SimWorkerProcess {
+    child: Option<Child>,
+    /// HTTP address (`/v1/...`, `/load`, `/metrics`, `/health`).
+    pub http: SocketAddr,
+    /// The worker id it reported (the agent's, unless `--worker-id` was given).
+    pub worker_id: String,
+    /// Whether it attached to its agent before reporting ready.
+    pub attached: bool,
+    log: PathBuf,
+}
+
+impl SimWorkerProcess {
+    /// Starts a worker on a free loopback port with agent endpoint `agent`
+    /// (`"off"`: none), pool file `pool` and `tokenizer` (a `tokenizer.json`);
+    /// `log` receives its stderr; `extra_args` are appended (e.g.
+    /// `--pool-blocks 64`, `--model m`).
+    pub fn start(
+        log: &Path,
+        agent: &str,
+        pool: &Path,
+        tokenizer: &Path,
+        extra_args: &[&str],
+    ) -> Result<Self> {
+        let bin = binary("kvtier-sim-worker", "KVTIER_SIM_WORKER_BIN")?;
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--agent".into(),
+            agent.into(),
+            "--pool".into(),
+            pool.display().to_string(),
+            "--tokenizer".into(),
+            tokenizer.display().to_string(),
+        ];
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        let (child, line) = spawn_ready(&bin, &args, log, "kvtier-sim-worker ready")?;
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name))
+                .map(str::to_string)
+        };
+        Ok(Self {
+            http: field("http=")
+                .ok_or_else(|| anyhow!("no http= in {line:?}"))?
+                .parse()?,
+            worker_id: field("worker_id=").ok_or_else(|| anyhow!("no worker_id= in {line:?}"))?,
+            attached: field("agent=").as_deref() == Some("attached"),
+            child: Some(child),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The worker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The text of `GET /metrics`.
+    pub fn metrics_text(&self) -> Result<String> {
+        http_get(self.http, "/metrics")
+    }
+
+    /// The body of `GET /load` (JSON).
+    pub fn load_text(&self) -> Result<String> {
+        http_get(self.http, "/load")
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Result<i32> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("sim worker already stopped"))?;
+        terminate_child(&mut child, "kvtier-sim-worker")
+    }
+}
+
+impl Drop for SimWorkerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

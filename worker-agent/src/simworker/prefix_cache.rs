@@ -18,7 +18,6 @@ use parking_lot::Mutex;
 struct Entry {
     block: u64,
     parent: Option<u64>,
-    depth: u32,
     refs: u32,
     /// Position in the LRU order (meaningful when `refs == 0`).
     tick: u64,
@@ -179,18 +178,12 @@ impl PrefixCache {
         self.free.extend(blocks.iter().rev());
     }
 
-    /// Makes `hash` (child of `parent`, `depth` blocks deep) resident in the
+    /// Makes `hash` (child of `parent`) resident in the
     /// reserved block `block`, with one reference taken. When `hash` is
     /// already resident (another request made it so meanwhile), `block` goes
     /// back to the free list and the existing block is referenced instead.
     /// Returns the block holding `hash` and whether it is new.
-    pub fn insert(
-        &mut self,
-        hash: u64,
-        parent: Option<u64>,
-        depth: u32,
-        block: u64,
-    ) -> (u64, bool) {
+    pub fn insert(&mut self, hash: u64, parent: Option<u64>, block: u64) -> (u64, bool) {
         self.reserved = self.reserved.saturating_sub(1);
         if let Some(existing) = self.take_ref(hash) {
             self.free.push(block);
@@ -201,7 +194,6 @@ impl PrefixCache {
             Entry {
                 block,
                 parent,
-                depth,
                 refs: 1,
                 tick: 0,
             },
@@ -209,25 +201,34 @@ impl PrefixCache {
         (block, true)
     }
 
-    /// Every resident block, parents before children (to re-report the whole
-    /// set as STORED chains after the agent restarts).
+    /// Every resident block, parents before children, depth first (so that
+    /// consecutive entries chain: one STORED report per branch when the
+    /// whole set is re-reported after the agent restarts).
     pub fn residents(&self) -> Vec<Resident> {
-        let mut all: Vec<(u32, Resident)> = self
-            .entries
-            .iter()
-            .map(|(&hash, e)| {
-                (
-                    e.depth,
-                    Resident {
-                        hash,
-                        parent: e.parent,
-                        block: e.block,
-                    },
-                )
-            })
-            .collect();
-        all.sort_by_key(|(d, r)| (*d, r.hash));
-        all.into_iter().map(|(_, r)| r).collect()
+        let mut children: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut roots = Vec::new();
+        for (&hash, e) in &self.entries {
+            match e.parent.filter(|p| self.entries.contains_key(p)) {
+                Some(p) => children.entry(p).or_default().push(hash),
+                None => roots.push(hash),
+            }
+        }
+        roots.sort_unstable();
+        let mut out = Vec::with_capacity(self.entries.len());
+        let mut stack: Vec<u64> = roots.into_iter().rev().collect();
+        while let Some(hash) = stack.pop() {
+            let e = &self.entries[&hash];
+            out.push(Resident {
+                hash,
+                parent: e.parent,
+                block: e.block,
+            });
+            if let Some(kids) = children.get_mut(&hash) {
+                kids.sort_unstable();
+                stack.extend(kids.iter().rev());
+            }
+        }
+        out
     }
 }
 
@@ -292,16 +293,10 @@ impl Held {
 
     /// [`PrefixCache::insert`] of a block this request reserved (the
     /// reference is held). None when `block` is not reserved by this request.
-    pub fn commit(
-        &mut self,
-        hash: u64,
-        parent: Option<u64>,
-        depth: u32,
-        block: u64,
-    ) -> Option<(u64, bool)> {
+    pub fn commit(&mut self, hash: u64, parent: Option<u64>, block: u64) -> Option<(u64, bool)> {
         let i = self.reserved.iter().position(|&b| b == block)?;
         self.reserved.swap_remove(i);
-        let out = self.cache.lock().insert(hash, parent, depth, block);
+        let out = self.cache.lock().insert(hash, parent, block);
         self.pinned.push(hash);
         Some(out)
     }
@@ -330,7 +325,7 @@ mod tests {
         let mut out = Vec::new();
         for (i, (&h, &b)) in hashes.iter().zip(&a.blocks).enumerate() {
             let parent = i.checked_sub(1).map(|p| hashes[p]);
-            out.push(cache.insert(h, parent, i as u32, b).0);
+            out.push(cache.insert(h, parent, b).0);
         }
         out
     }
@@ -394,7 +389,7 @@ mod tests {
         let mut c = PrefixCache::new(4);
         let first = fill(&mut c, &[5]);
         let a = c.allocate(1);
-        let (block, new) = c.insert(5, None, 0, a.blocks[0]);
+        let (block, new) = c.insert(5, None, a.blocks[0]);
         assert!(!new);
         assert_eq!(block, first[0]);
         assert_eq!(c.refs(5), 2);
@@ -403,16 +398,29 @@ mod tests {
     }
 
     #[test]
-    fn residents_list_parents_before_children() {
+    fn residents_list_parents_before_children_branch_by_branch() {
         let mut c = PrefixCache::new(8);
         fill(&mut c, &[30, 20, 10]);
+        // A second branch off 30.
+        let a = c.allocate(1);
+        c.insert(25, Some(30), a.blocks[0]);
         let r = c.residents();
         assert_eq!(
             r.iter().map(|r| r.hash).collect::<Vec<_>>(),
-            vec![30, 20, 10]
+            vec![30, 20, 10, 25]
         );
-        assert_eq!(r[1].parent, Some(30));
         assert_eq!(r[0].parent, None);
+        assert_eq!(r[1].parent, Some(30));
+        assert_eq!(r[3].parent, Some(30));
+        // Orphans (their parent evicted) start branches of their own.
+        c.unpin(&[30]);
+        assert_eq!(c.allocate(5).evicted, vec![30]);
+        let r = c.residents();
+        assert_eq!(
+            r.iter().map(|r| r.hash).collect::<Vec<_>>(),
+            vec![20, 10, 25]
+        );
+        assert_eq!(r[0].parent, Some(30));
     }
 
     #[test]
@@ -422,9 +430,9 @@ mod tests {
             let mut held = Held::new(cache.clone());
             let a = held.allocate(3);
             assert_eq!(a.blocks.len(), 3);
-            held.commit(1, None, 0, a.blocks[0]).unwrap();
-            held.commit(2, Some(1), 1, a.blocks[1]).unwrap();
-            assert!(held.commit(3, Some(2), 2, 99).is_none(), "not reserved");
+            held.commit(1, None, a.blocks[0]).unwrap();
+            held.commit(2, Some(1), a.blocks[1]).unwrap();
+            assert!(held.commit(3, Some(2), 99).is_none(), "not reserved");
             assert_eq!(cache.lock().referenced(), 2);
             assert_eq!(cache.lock().reserved(), 1);
         }

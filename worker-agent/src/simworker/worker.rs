@@ -268,6 +268,7 @@ impl SimWorker {
                 Ok(r) => {
                     let r = r.into_inner();
                     link.pool_id.store(r.pool_id, Ordering::Relaxed);
+                    worker.announce(r.pool_id).await;
                     if worker.worker_id.is_empty() {
                         worker.worker_id = r.worker_id;
                     } else if worker.worker_id != r.worker_id {
@@ -351,19 +352,7 @@ impl SimWorker {
                 let id = r.into_inner().pool_id;
                 link.pool_id.store(id, Ordering::Relaxed);
                 tracing::info!(pool_id = id, "pool attached to the agent");
-                // The agent (maybe restarted) learns what the pool holds.
-                let residents = self.cache.lock().residents();
-                if !residents.is_empty() {
-                    let blocks = residents
-                        .into_iter()
-                        .map(|r| PoolBlock {
-                            block_id: r.block,
-                            hash: r.hash,
-                            parent_hash: r.parent,
-                        })
-                        .collect();
-                    self.report_chains(id, blocks).await;
-                }
+                self.announce(id).await;
                 Some(id)
             }
             Err(e) => {
@@ -372,6 +361,26 @@ impl SimWorker {
                 None
             }
         }
+    }
+
+    /// After an attach: the agent (new, restarted, or one that missed
+    /// reports while the worker was detached) learns exactly what the pool
+    /// holds: CLEARED, then every resident block as STORED chains.
+    async fn announce(&self, pool_id: u64) {
+        self.report(pool_id, WorkerEventKind::Cleared, Vec::new())
+            .await;
+        let blocks: Vec<PoolBlock> = self
+            .cache
+            .lock()
+            .residents()
+            .into_iter()
+            .map(|r| PoolBlock {
+                block_id: r.block,
+                hash: r.hash,
+                parent_hash: r.parent,
+            })
+            .collect();
+        self.report_chains(pool_id, blocks).await;
     }
 
     fn agent_failed(&self, op: AgentOp, pool_id: u64, e: &tonic::Status) {
@@ -406,7 +415,7 @@ impl SimWorker {
     }
 
     async fn report(&self, pool_id: u64, kind: WorkerEventKind, blocks: Vec<PoolBlock>) {
-        if blocks.is_empty() {
+        if blocks.is_empty() && kind != WorkerEventKind::Cleared {
             return;
         }
         let Some(mut client) = self.client() else {
@@ -594,10 +603,7 @@ impl SimWorker {
         for (i, &block) in blocks[..resident].iter().enumerate() {
             let depth = hbm + i;
             let parent = depth.checked_sub(1).map(|p| hashes[p]);
-            if let Some((b, _new)) = guard
-                .held()
-                .commit(hashes[depth], parent, depth as u32, block)
-            {
+            if let Some((b, _new)) = guard.held().commit(hashes[depth], parent, block) {
                 stored.push(b);
             }
         }
