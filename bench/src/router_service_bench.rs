@@ -32,9 +32,11 @@
 //! answers of a sample are checked against each other and the ground truth.
 //!
 //! Clients: a tonic client for `FindMatches`, a hyper HTTP/1.1 client for
-//! Dynamo's JSON API; one connection per in-flight slot on both sides; request
-//! bodies are prepared before timing; response bodies are read in full (and
-//! decoded by tonic on the gRPC side; the JSON is not parsed while timing).
+//! Dynamo's JSON API; one connection per in-flight slot on both sides. While
+//! timing, both send request bodies encoded beforehand (protobuf bytes through
+//! a pass-through tonic codec; JSON bytes) and read each answer in full without
+//! decoding it, so the client does the same work for both services (it shares
+//! the machine with them). The cross-check decodes both answers.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -45,7 +47,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes};
 use clap::{Parser, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -53,8 +55,11 @@ use hyper_util::rt::TokioIo;
 use kvtier_proto::hashing::{BlockHasher, DEFAULT_SEED};
 use kvtier_proto::v1::router_service_client::RouterServiceClient;
 use kvtier_proto::v1::{FindMatchesRequest, ListWorkersRequest, PrefixQuery};
+use prost::Message;
 use serde::{Deserialize, Serialize};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
+use tonic::Status;
 
 const PUBLISHER_PY: &str = include_str!("../scripts/vllm_event_publisher.py");
 const DYNAMO_PY: &str = include_str!("../scripts/dynamo_indexer_peer.py");
@@ -111,12 +116,17 @@ pub struct Args {
     /// Requests in flight (one connection each), on both sides.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Measured seconds per service and mode.
-    #[arg(long, default_value_t = 8.0)]
+    /// Measured seconds per service, mode and round.
+    #[arg(long, default_value_t = 4.0)]
     duration_s: f64,
     /// Unmeasured warm-up seconds before each measurement.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 0.5)]
     warmup_s: f64,
+    /// Rounds; each measures both services back to back (alternating which
+    /// goes first), so that both see the same noise. Rates are medians over
+    /// rounds, the ratio the median of the per-round ratios.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Query by token ids, by hashes, or both.
     #[arg(long, value_enum, default_value_t = Mode::Both)]
     mode: Mode,
@@ -683,6 +693,55 @@ async fn kv_client(addr: &str) -> Result<RouterServiceClient<Channel>> {
         .max_encoding_message_size(64 << 20))
 }
 
+/// A gRPC codec that sends pre-encoded protobuf bytes and hands back the
+/// response's bytes undecoded: the timed gRPC client does what the timed HTTP
+/// client does (send a prepared body, read the whole answer).
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+#[derive(Debug)]
+struct RawEncoder;
+
+#[derive(Debug)]
+struct RawDecoder;
+
+impl Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        let n = src.remaining();
+        Ok(Some(src.copy_to_bytes(n)))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+const FIND_MATCHES_PATH: &str = "/kvtier.v1.RouterService/FindMatches";
+
 struct Http {
     sender: SendRequest<Full<Bytes>>,
     host: String,
@@ -778,7 +837,22 @@ struct Measured {
     errors: usize,
 }
 
-fn summarize(mut lat_us: Vec<u32>, secs: f64, errors: usize) -> Measured {
+/// One timed measurement.
+struct Round {
+    qps: f64,
+    /// Latencies in microseconds.
+    lat: Vec<u32>,
+    errors: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Median rate over rounds; percentiles over every latency of every round.
+fn summarize(rounds: &[Round]) -> Measured {
+    let mut lat_us: Vec<u32> = rounds.iter().flat_map(|r| r.lat.iter().copied()).collect();
     lat_us.sort_unstable();
     let pct = |p: f64| {
         if lat_us.is_empty() {
@@ -788,17 +862,17 @@ fn summarize(mut lat_us: Vec<u32>, secs: f64, errors: usize) -> Measured {
         lat_us[i] as f64 / 1000.0
     };
     Measured {
-        qps: lat_us.len() as f64 / secs,
+        qps: median(rounds.iter().map(|r| r.qps).collect()),
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         queries: lat_us.len(),
-        errors,
+        errors: rounds.iter().map(|r| r.errors).sum(),
     }
 }
 
 /// Runs `concurrency` closed loops for warm-up + duration; returns the
 /// latencies of the calls started after the warm-up and finished before the end.
-async fn closed_loops<S, F, Fut>(args: &Args, slots: Vec<S>, call: F) -> Result<Measured>
+async fn closed_loops<S, F, Fut>(args: &Args, slots: Vec<S>, call: F) -> Result<Round>
 where
     S: Send + 'static,
     F: Fn(S, usize) -> Fut + Send + Sync + Clone + 'static,
@@ -841,26 +915,46 @@ where
         lat.extend(l);
         errors += e;
     }
-    Ok(summarize(lat, args.duration_s, errors))
+    Ok(Round {
+        qps: lat.len() as f64 / args.duration_s,
+        lat,
+        errors,
+    })
 }
 
-async fn measure_kv(args: &Args, addr: &str, queries: &[Query], mode: Mode) -> Result<Measured> {
-    let reqs: Arc<Vec<FindMatchesRequest>> =
-        Arc::new(queries.iter().map(|q| kv_request(q, mode)).collect());
+async fn measure_kv(args: &Args, addr: &str, queries: &[Query], mode: Mode) -> Result<Round> {
+    let reqs: Arc<Vec<Bytes>> = Arc::new(
+        queries
+            .iter()
+            .map(|q| Bytes::from(kv_request(q, mode).encode_to_vec()))
+            .collect(),
+    );
     let mut slots = Vec::new();
     for _ in 0..args.concurrency {
-        slots.push(kv_client(addr).await?);
+        let channel = Channel::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        slots.push(tonic::client::Grpc::new(channel));
     }
-    closed_loops(args, slots, move |mut client, i| {
+    closed_loops(args, slots, move |mut grpc, i| {
         let reqs = reqs.clone();
         async move {
-            let req = reqs[i % reqs.len()].clone();
-            let r = client
-                .find_matches(req)
-                .await
-                .map(|_| ())
-                .map_err(Into::into);
-            (client, r)
+            let body = reqs[i % reqs.len()].clone();
+            let r = async {
+                grpc.ready()
+                    .await
+                    .map_err(|e| anyhow!("gRPC channel: {e}"))?;
+                grpc.unary(
+                    tonic::Request::new(body),
+                    tonic::codegen::http::uri::PathAndQuery::from_static(FIND_MATCHES_PATH),
+                    RawCodec,
+                )
+                .await?;
+                anyhow::Ok(())
+            }
+            .await;
+            (grpc, r)
         }
     })
     .await
@@ -871,7 +965,7 @@ async fn measure_dyn(
     addr: SocketAddr,
     queries: &[Query],
     mode: Mode,
-) -> Result<Measured> {
+) -> Result<Round> {
     let reqs: Arc<Vec<(&'static str, Bytes)>> = Arc::new(
         queries
             .iter()
@@ -1011,6 +1105,7 @@ struct ModeResult {
     kvtier: Measured,
     dynamo: Measured,
     qps_ratio: f64,
+    round_ratios: Vec<f64>,
     check: Check,
 }
 
@@ -1244,15 +1339,32 @@ pub async fn run(args: Args) -> Result<()> {
         for e in &check.examples {
             eprintln!("  {e}");
         }
-        let kvm = measure_kv(&args, &router, &queries, mode).await?;
-        eprintln!("{}: kvtier {kvm:?}", mode_name(mode));
-        let dym = measure_dyn(&args, dyn_addr, &queries, mode).await?;
-        eprintln!("{}: Dynamo {dym:?}", mode_name(mode));
+        let (mut kv_rounds, mut dyn_rounds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..args.rounds.max(1) {
+            let (k, d) = if round % 2 == 0 {
+                let k = measure_kv(&args, &router, &queries, mode).await?;
+                (k, measure_dyn(&args, dyn_addr, &queries, mode).await?)
+            } else {
+                let d = measure_dyn(&args, dyn_addr, &queries, mode).await?;
+                (measure_kv(&args, &router, &queries, mode).await?, d)
+            };
+            eprintln!(
+                "{} round {round}: kvtier {:.0} q/s, Dynamo {:.0} q/s, ratio {:.2}",
+                mode_name(mode),
+                k.qps,
+                d.qps,
+                k.qps / d.qps
+            );
+            ratios.push(k.qps / d.qps);
+            kv_rounds.push(k);
+            dyn_rounds.push(d);
+        }
         results.push(ModeResult {
             mode: mode_name(mode),
-            qps_ratio: kvm.qps / dym.qps,
-            kvtier: kvm,
-            dynamo: dym,
+            qps_ratio: median(ratios.clone()),
+            round_ratios: ratios,
+            kvtier: summarize(&kv_rounds),
+            dynamo: summarize(&dyn_rounds),
             check,
         });
     }
@@ -1261,8 +1373,10 @@ pub async fn run(args: Args) -> Result<()> {
         "router as a service on loopback: {} workers (kvtier-agent --vllm-events / Dynamo ZMQ \
          listener on the same vLLM-format PUB sockets), block size {}, {} sessions ({} events, \
          {} blocks resident); {} distinct queries of {:.0} blocks on average (max {}), {} in \
-         flight, {:.0} s each after {:.0} s warm-up; kvtier FindMatches (gRPC) vs Dynamo's \
-         standalone indexer ({}) /query or /query_by_hash (HTTP JSON)\n\n\
+         flight, {} rounds of {:.0} s per service (after {:.1} s warm-up each), both services \
+         back to back in every round; kvtier FindMatches (gRPC) vs Dynamo's standalone indexer \
+         ({}) /query or /query_by_hash (HTTP JSON). q/s: median over rounds; ratio: median of \
+         the per-round ratios (min–max); latencies over all rounds\n\n\
          | query by | kvtier q/s | Dynamo q/s | kvtier/Dynamo | kvtier p50 ms | Dynamo p50 ms \
          | kvtier p99 ms | Dynamo p99 ms | errors kv/dyn | answers ≠ (kv/dyn/each other, of n) |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
@@ -1275,17 +1389,20 @@ pub async fn run(args: Args) -> Result<()> {
         q_avg,
         q_max,
         args.concurrency,
+        args.rounds.max(1),
         args.duration_s,
         args.warmup_s,
         versions
     );
     for r in &results {
         s.push_str(&format!(
-            "| {} | {:.0} | {:.0} | **{:.2}×** | {:.2} | {:.2} | {:.2} | {:.2} | {}/{} | {}/{}/{} of {} |\n",
+            "| {} | {:.0} | {:.0} | **{:.2}×** ({:.2}–{:.2}) | {:.2} | {:.2} | {:.2} | {:.2} | {}/{} | {}/{}/{} of {} |\n",
             r.mode,
             r.kvtier.qps,
             r.dynamo.qps,
             r.qps_ratio,
+            r.round_ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            r.round_ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             r.kvtier.p50_ms,
             r.dynamo.p50_ms,
             r.kvtier.p99_ms,
@@ -1318,6 +1435,7 @@ pub async fn run(args: Args) -> Result<()> {
                 "query_blocks_max": q_max,
                 "concurrency": args.concurrency,
                 "duration_s": args.duration_s,
+                "rounds": args.rounds.max(1),
                 "dynamo": versions,
                 "catch_up_s": {"kvtier": kv_lag, "dynamo": dyn_lag},
                 "results": results,
