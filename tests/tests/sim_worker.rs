@@ -86,9 +86,10 @@ impl Cluster {
             MODEL,
             "--namespace",
             "sim-test",
-            "--prefill-tokens-per-s",
-            "200000",
         ];
+        if !extra.contains(&"--prefill-tokens-per-s") {
+            args.extend(["--prefill-tokens-per-s", "200000"]);
+        }
         if !extra.contains(&"--decode-tokens-per-s") {
             args.extend(["--decode-tokens-per-s", "2000"]);
         }
@@ -609,5 +610,47 @@ async fn without_a_reachable_agent_the_worker_still_serves() -> Result<()> {
     let again = post(w.http, api, &request(api, &turns, 4, false)).await?;
     assert!(again.prefill("hbm") > 0, "its own pool still works");
     assert!(metric(&w, "kvtier_sim_worker_agent_errors_total", &[]) >= 1.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefills_queue_on_the_one_gpu() -> Result<()> {
+    let c = Cluster::start()?;
+    let agent = c.agent("sim-a")?;
+    // ~1,000 tokens/s: each prompt (~100+ tokens) takes ~0.1 s of prefill.
+    let w = c.worker("a", &agent.endpoint(), &["--prefill-tokens-per-s", "1000"])?;
+    let api = Api::ChatCompletions;
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            // Distinct first blocks: nothing is shared between the three.
+            let body = json!({
+                "model": MODEL,
+                "messages": [{"role": "user", "content": format!("{i} {i} {i}: {SYSTEM}")}],
+                "max_tokens": 1,
+            });
+            tokio::spawn(async move { post(w.http, api, &body).await })
+        })
+        .collect();
+    let mut peak = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(150) {
+        let load: Value = serde_json::from_str(&w.load_text()?)?;
+        peak = peak.max(load["queued_prefill_tokens"].as_u64().unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut queued = Vec::new();
+    for call in calls {
+        let r = call.await??;
+        assert_eq!(r.status, 200, "{}", r.text());
+        queued.push(r.prefill("queue_ms"));
+    }
+    queued.sort_unstable();
+    assert!(peak > 100, "queued prefill tokens build up (peak {peak})");
+    assert!(
+        queued[2] >= 150,
+        "the last prefill waited for the two before it: {queued:?}"
+    );
+    let load: Value = serde_json::from_str(&w.load_text()?)?;
+    assert_eq!(load["queued_prefill_tokens"], 0);
     Ok(())
 }
