@@ -23,7 +23,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 
 /// Simulated inference worker for the kvtier router (no GPU needed).
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// HTTP listen address (port 0 picks a free port; the bound address is printed).
     #[arg(long, env = "KVTIER_SIM_WORKER_LISTEN", default_value = "127.0.0.1:0")]
