@@ -19,6 +19,10 @@ use kvtier_proto::v1::cache_service_client::CacheServiceClient;
 use kvtier_proto::v1::*;
 use tonic::transport::Channel;
 
+pub mod model_api;
+pub mod router;
+pub use router::RouterProcess;
+
 /// Path of a workspace binary built in the same profile as the tests.
 pub fn binary(name: &str, env_override: &str) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(env_override) {
@@ -324,7 +328,7 @@ pub fn free_port() -> Result<u16> {
 
 /// Spawns `bin` with `args`, stderr to `log`, and waits for a stdout line
 /// starting with `ready_prefix`; returns the child and that line.
-fn spawn_ready(
+pub(crate) fn spawn_ready(
     bin: &Path,
     args: &[String],
     log: &Path,
@@ -356,7 +360,7 @@ fn spawn_ready(
 }
 
 /// SIGTERM, then wait up to 30 s for the exit code.
-fn terminate_child(child: &mut Child, what: &str) -> Result<i32> {
+pub(crate) fn terminate_child(child: &mut Child, what: &str) -> Result<i32> {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()?;
@@ -485,6 +489,15 @@ impl AgentProcess {
                 .ok_or_else(|| anyhow!("agent metrics are off"))?,
             "/metrics",
         )
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
     }
 
     /// SIGTERM, then wait for a clean exit; returns the exit code.
@@ -622,6 +635,15 @@ impl SimWorkerProcess {
     /// The body of `GET /load` (JSON).
     pub fn load_text(&self) -> Result<String> {
         http_get(self.http, "/load")
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
     }
 
     /// SIGTERM, then wait for a clean exit; returns the exit code.

@@ -1,0 +1,795 @@
+//! The router end to end: a real `kvtier-server`, `kvtier-agent`s,
+//! `kvtier-sim-worker`s and the `kvtier-router`, separate processes on
+//! loopback, driven over HTTP (the three model APIs) and gRPC
+//! (`RouterService`) as a harness or a custom router would.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use tonic::Code;
+
+use kvtier_integration_tests::model_api::*;
+use kvtier_integration_tests::*;
+use kvtier_prompt::Api;
+use kvtier_proto::v1::router_service_client::RouterServiceClient;
+use kvtier_proto::v1::*;
+
+const BLOCK_BYTES: u64 = 8192;
+const NAMESPACE: &str = "router-test";
+
+/// A fleet: one cache server, `n` workers (agent + simulated engine each)
+/// and a router over them.
+struct Fleet {
+    dir: tempfile::TempDir,
+    _shm: tempfile::TempDir,
+    tokenizer: PathBuf,
+    server: ServerProcess,
+    agents: Vec<Option<AgentProcess>>,
+    workers: Vec<Option<SimWorkerProcess>>,
+    router: RouterProcess,
+}
+
+impl Fleet {
+    /// Starts `n` workers ("w0".."wn") and a router with `router_args`
+    /// appended; `worker_args` are appended to every worker's flags.
+    fn start(n: usize, worker_args: &[&str], router_args: &[&str]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let shm = shm_dir()?;
+        let tokenizer = kvtier_prompt::testing::write_tiny_tokenizer(&dir.path().join("model"))?;
+        let server = ServerProcess::start(&dir.path().join("server"), &[])?;
+        let mut agents = Vec::new();
+        let mut workers = Vec::new();
+        let mut specs = Vec::new();
+        for i in 0..n {
+            let id = format!("w{i}");
+            let agent = AgentProcess::start(
+                &dir.path().join(format!("agent-{id}.log")),
+                server.grpc,
+                &["--worker-id", &id],
+            )?;
+            let bytes = BLOCK_BYTES.to_string();
+            let mut args = vec![
+                "--pool-blocks",
+                "512",
+                "--block-bytes",
+                &bytes,
+                "--model",
+                MODEL,
+                "--namespace",
+                NAMESPACE,
+                "--prefill-tokens-per-s",
+                "100000",
+            ];
+            if !worker_args.contains(&"--decode-tokens-per-s") {
+                args.extend(["--decode-tokens-per-s", "2000"]);
+            }
+            args.extend_from_slice(worker_args);
+            let worker = SimWorkerProcess::start(
+                &dir.path().join(format!("worker-{id}.log")),
+                &agent.endpoint(),
+                &shm.path().join(format!("pool-{id}")),
+                &tokenizer,
+                &args,
+            )?;
+            if !worker.attached {
+                bail!("worker {id} did not attach to its agent");
+            }
+            specs.push(format!("{id}=http://{}@{}", worker.http, agent.endpoint()));
+            agents.push(Some(agent));
+            workers.push(Some(worker));
+        }
+        let server_url = format!("http://{}", server.grpc);
+        let tokenizer_arg = tokenizer.display().to_string();
+        let bytes = BLOCK_BYTES.to_string();
+        let mut args: Vec<&str> = vec![
+            "--cache-server",
+            &server_url,
+            "--namespace",
+            NAMESPACE,
+            "--model",
+            MODEL,
+            "--block-bytes",
+            &bytes,
+            "--tokenizer",
+            &tokenizer_arg,
+            "--expire-ms",
+            "1500",
+        ];
+        for spec in &specs {
+            args.extend(["--worker", spec.as_str()]);
+        }
+        args.extend_from_slice(router_args);
+        let router = RouterProcess::start(&dir.path().join("router.log"), &args)?;
+        Ok(Self {
+            dir,
+            _shm: shm,
+            tokenizer,
+            server,
+            agents,
+            workers,
+            router,
+        })
+    }
+
+    async fn grpc(&self) -> Result<RouterServiceClient<tonic::transport::Channel>> {
+        Ok(RouterServiceClient::connect(format!("http://{}", self.router.grpc)).await?)
+    }
+
+    /// Waits until the router sees every live worker available.
+    async fn wait_available(&self, expected: usize) -> Result<()> {
+        let mut client = self.grpc().await?;
+        let start = Instant::now();
+        loop {
+            let workers = client
+                .list_workers(ListWorkersRequest::default())
+                .await?
+                .into_inner()
+                .workers;
+            let up = workers.iter().filter(|w| w.available).count();
+            if up == expected {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("{up} of {expected} workers available after 10 s: {workers:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = format!("--- router\n{}\n", self.router.log());
+        for w in self.workers.iter().flatten() {
+            out.push_str(&format!("--- worker {}\n{}\n", w.worker_id, w.log()));
+        }
+        out
+    }
+}
+
+fn chat(agent: Option<&str>, turns: &[(&str, &str)], max_tokens: u32, stream: bool) -> Value {
+    let mut body = request(Api::ChatCompletions, turns, max_tokens, stream);
+    if let Some(agent) = agent {
+        body["nvext"] = json!({"agent_hints": {"agent_id": agent}});
+    }
+    body
+}
+
+/// A conversation long enough to fill many blocks, unique per `seed`.
+fn task(seed: u32) -> String {
+    let mut s = format!("Task {seed}: ");
+    for i in 0..40 {
+        s.push_str(&format!(
+            "step {seed}-{i} edit module_{} and rerun its tests; ",
+            seed * 7 + i
+        ));
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sessions_calls_go_to_the_worker_that_holds_its_prefix() -> Result<()> {
+    let fleet = Fleet::start(3, &[], &[])?;
+    fleet.wait_available(3).await?;
+    for session in 0..3u32 {
+        let question = task(session);
+        let first_turns = [("user", question.as_str())];
+        let first = post(
+            fleet.router.http,
+            Api::ChatCompletions,
+            &chat(None, &first_turns, 8, false),
+        )
+        .await?;
+        assert_eq!(first.status, 200, "{}\n{}", first.text(), fleet.logs());
+        let home = first.header("x-kvtier-routed-worker");
+        assert_eq!(
+            home,
+            first.header("x-kvtier-worker"),
+            "the router says where it sent the call"
+        );
+        let answer = output_text(Api::ChatCompletions, &first.json()?).unwrap_or_default();
+        // Let the worker's STORED events reach the router.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second_turns = [
+            ("user", question.as_str()),
+            ("assistant", answer.as_str()),
+            ("user", "Now run the whole suite."),
+        ];
+        // No agent id: only the index can send it home.
+        let second = post(
+            fleet.router.http,
+            Api::ChatCompletions,
+            &chat(None, &second_turns, 4, false),
+        )
+        .await?;
+        assert_eq!(second.status, 200, "{}", second.text());
+        assert_eq!(
+            second.header("x-kvtier-routed-worker"),
+            home,
+            "session {session}: the extension goes where the prefix is ({})",
+            second.header("x-kvtier-prefill")
+        );
+        assert!(
+            second.prefill("hbm") > 0,
+            "{}",
+            second.header("x-kvtier-prefill")
+        );
+        assert_eq!(second.prefill("onboarded"), 0);
+    }
+    // The router's view agrees: FindMatches by token ids of a known prefix.
+    let text = fleet.router.metrics_text()?;
+    assert!(
+        metric_sum(
+            &text,
+            "kvtier_router_predicted_blocks_total",
+            &[("tier", "hbm")]
+        ) > 0.0
+    );
+    assert_eq!(
+        metric_sum(&text, "kvtier_router_requests_total", &[("code", "200")]),
+        6.0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn find_matches_and_route_answer_over_grpc_with_clear_errors() -> Result<()> {
+    let fleet = Fleet::start(2, &[], &[])?;
+    fleet.wait_available(2).await?;
+    let question = task(42);
+    let turns = [("user", question.as_str())];
+    let reply = post(
+        fleet.router.http,
+        Api::ChatCompletions,
+        &chat(None, &turns, 4, false),
+    )
+    .await?;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let home = reply.header("x-kvtier-routed-worker");
+
+    // The same prompt's tokens, as a custom router would compute them.
+    let prompt = prompt_model(&fleet.tokenizer)?;
+    let call = kvtier_prompt::parse_request(
+        Api::ChatCompletions,
+        chat(None, &turns, 4, false).to_string().as_bytes(),
+        &[],
+    )?;
+    let tokens = prompt.prompt_tokens(&call)?;
+    let hashes = prompt.block_hashes(&tokens);
+    let mut client = fleet.grpc().await?;
+    let start = Instant::now();
+    let by_tokens = loop {
+        let answer = client
+            .find_matches(FindMatchesRequest {
+                prefix: Some(PrefixQuery {
+                    model: MODEL.into(),
+                    token_ids: tokens.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner();
+        let full = answer
+            .workers
+            .iter()
+            .any(|w| w.worker_id == home && w.hbm_blocks as usize == hashes.len());
+        if full && answer.cache_prefix_blocks as usize == hashes.len() {
+            break answer;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            bail!(
+                "the index never showed {home} holding all {} blocks: {answer:?}",
+                hashes.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(by_tokens.query_blocks as usize, hashes.len());
+    for w in &by_tokens.workers {
+        assert!(w.available);
+        if w.worker_id != home {
+            assert_eq!(w.hbm_blocks, 0, "{w:?}");
+            // The other worker could fetch the whole prefix from the tier.
+            assert_eq!(w.host_blocks + w.disk_blocks, hashes.len() as u32, "{w:?}");
+        }
+    }
+    let by_hashes = client
+        .find_matches(FindMatchesRequest {
+            prefix: Some(PrefixQuery {
+                model: MODEL.into(),
+                hashes: hashes.clone(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        by_hashes, by_tokens,
+        "hashes and token ids name the same prefix"
+    );
+
+    let routed = client
+        .route(RouteRequest {
+            prefix: Some(PrefixQuery {
+                model: MODEL.into(),
+                hashes: hashes.clone(),
+                ..Default::default()
+            }),
+            hints: Some(CallHints::default()),
+            prompt_tokens: tokens.len() as u32,
+            commit: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(routed.worker_id, home);
+    assert_eq!(routed.costs.len(), 2);
+    assert!(routed.costs[0].total <= routed.costs[1].total);
+    assert!(routed.endpoint.starts_with("http://"));
+
+    // Errors a person can act on.
+    let unknown = client
+        .find_matches(FindMatchesRequest {
+            prefix: Some(PrefixQuery {
+                model: "nope".into(),
+                hashes: vec![1],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("unknown model");
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(unknown.message().contains(MODEL), "{}", unknown.message());
+    let both = client
+        .find_matches(FindMatchesRequest {
+            prefix: Some(PrefixQuery {
+                model: MODEL.into(),
+                hashes: vec![1],
+                token_ids: vec![1, 2],
+            }),
+        })
+        .await
+        .expect_err("both forms");
+    assert_eq!(both.code(), Code::InvalidArgument);
+    let bad_priority = client
+        .route(RouteRequest {
+            prefix: Some(PrefixQuery {
+                model: MODEL.into(),
+                hashes: vec![1],
+                ..Default::default()
+            }),
+            hints: Some(CallHints {
+                priority: 99,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("priority out of range");
+    assert_eq!(bad_priority.code(), Code::InvalidArgument);
+    assert!(bad_priority.message().contains("-8..=8"));
+    let unknown_worker = client
+        .report_load(ReportLoadRequest {
+            model: MODEL.into(),
+            worker_id: "w9".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown worker");
+    assert_eq!(unknown_worker.code(), Code::NotFound);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_latency_sensitive_high_priority_call_avoids_a_long_queue() -> Result<()> {
+    // Fetching from the tier costs as much as recomputing here, so only HBM
+    // locality and queues decide.
+    let fleet = Fleet::start(
+        2,
+        &[],
+        &["--host-fetch-weight", "1", "--disk-fetch-weight", "1"],
+    )?;
+    fleet.wait_available(2).await?;
+    let question = task(7);
+    let turns = [("user", question.as_str())];
+    let first = post(
+        fleet.router.http,
+        Api::ChatCompletions,
+        &chat(None, &turns, 4, false),
+    )
+    .await?;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let home = first.header("x-kvtier-routed-worker");
+    let other = if home == "w0" { "w1" } else { "w0" };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let prompt_tokens = first.json()?["usage"]["prompt_tokens"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(prompt_tokens > 300, "a long prompt: {prompt_tokens}");
+
+    // The home worker reports a queue of a third of the prompt: a neutral
+    // call still goes home (waiting costs less than recomputing), an urgent
+    // one (priority 4, latency sensitivity 1: 8× the queue weight) does not.
+    let mut client = fleet.grpc().await?;
+    let queue = prompt_tokens / 3;
+    let report = |c: &mut RouterServiceClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        let home = home.clone();
+        async move {
+            c.report_load(ReportLoadRequest {
+                model: MODEL.into(),
+                worker_id: home,
+                queued_prefill_tokens: queue,
+                running_requests: 1,
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    report(&mut client).await?;
+    let neutral = post(
+        fleet.router.http,
+        Api::ChatCompletions,
+        &chat(None, &turns, 4, false),
+    )
+    .await?;
+    assert_eq!(
+        neutral.header("x-kvtier-routed-worker"),
+        home,
+        "neutral call waits for its prefix"
+    );
+
+    report(&mut client).await?;
+    let mut urgent_body = chat(None, &turns, 4, false);
+    urgent_body["nvext"] = json!({"agent_hints": {"priority": 4, "latency_sensitivity": 1.0}});
+    let urgent = post(fleet.router.http, Api::ChatCompletions, &urgent_body).await?;
+    assert_eq!(urgent.status, 200, "{}", urgent.text());
+    assert_eq!(
+        urgent.header("x-kvtier-routed-worker"),
+        other,
+        "the urgent call avoids the queue"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_worker_sheds_load() -> Result<()> {
+    // Slow decode keeps calls running; every call shares one long prefix.
+    let fleet = Fleet::start(3, &["--decode-tokens-per-s", "40"], &[])?;
+    fleet.wait_available(3).await?;
+    let question = task(3);
+    let turns = [("user", question.as_str())];
+    let warm = post(
+        fleet.router.http,
+        Api::ChatCompletions,
+        &chat(None, &turns, 1, false),
+    )
+    .await?;
+    assert_eq!(warm.status, 200, "{}", warm.text());
+    let hot = warm.header("x-kvtier-routed-worker");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut calls = Vec::new();
+    for _ in 0..6 {
+        let addr = fleet.router.http;
+        let body = chat(None, &turns, 20, false);
+        calls.push(tokio::spawn(async move {
+            post(addr, Api::ChatCompletions, &body).await
+        }));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let mut on_hot = 0;
+    for call in calls {
+        let reply = call.await??;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        if reply.header("x-kvtier-routed-worker") == hot {
+            on_hot += 1;
+        }
+    }
+    // Bounded load: at most ⌈1.25 × 6 / 3⌉ = 3 of 6 concurrent calls on one worker.
+    assert!(on_hot >= 1, "the prefix holder still gets its share");
+    assert!(
+        on_hot <= 3,
+        "{on_hot} of 6 concurrent calls went to the hot worker"
+    );
+    let text = fleet.router.metrics_text()?;
+    assert!(
+        metric_sum(
+            &text,
+            "kvtier_router_decisions_total",
+            &[("reason", "hot_spot_shed")]
+        ) >= 1.0,
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_three_apis_stream_through_the_router_and_hints_reach_the_cache_server() -> Result<()> {
+    let fleet = Fleet::start(2, &[], &[])?;
+    fleet.wait_available(2).await?;
+    for (i, api) in [Api::ChatCompletions, Api::Responses, Api::Messages]
+        .into_iter()
+        .enumerate()
+    {
+        let agent = format!("agent-{i}");
+        let turns = [("user", "Summarise the failing test output.")];
+        let mut body = request(api, &turns, 6, true);
+        body["nvext"] = json!({"agent_hints": {"agent_id": agent, "priority": 2, "latency_sensitivity": 0.5, "osl": 6}});
+        if api == Api::Messages {
+            body["system"] = json!([{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]);
+        }
+        let reply = post(fleet.router.http, api, &body).await?;
+        assert_eq!(reply.status, 200, "{api:?}: {}", reply.text());
+        assert!(reply
+            .header("content-type")
+            .starts_with("text/event-stream"));
+        let (text, deltas) = streamed_text(api, &reply.text());
+        assert_eq!(deltas, 6, "{api:?}: {}", reply.text());
+        assert_eq!(text.split_whitespace().count(), 6);
+    }
+    // Each call registered its agent and sent two hints (arrival, ending).
+    let start = Instant::now();
+    loop {
+        let text = fleet.server.metrics_text()?;
+        let live = metric_sum(&text, "kvtier_agents_live", &[]);
+        let endings = metric_sum(
+            &text,
+            "kvtier_agent_hints_total",
+            &[("ending", "end_of_turn")],
+        );
+        if live >= 3.0 && endings >= 3.0 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            bail!("hints did not reach the server: live {live}, end_of_turn {endings}\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = fleet.router.metrics_text()?;
+    assert_eq!(
+        metric_sum(&text, "kvtier_router_hints_total", &[("result", "error")]),
+        0.0
+    );
+    assert!(
+        metric_sum(
+            &text,
+            "kvtier_router_hints_total",
+            &[("kind", "ending"), ("result", "ok")]
+        ) >= 3.0
+    );
+
+    // The lifecycle over gRPC: end an agent through the router.
+    let mut client = fleet.grpc().await?;
+    let ended = client
+        .end_agent(RouterEndAgentRequest {
+            model: MODEL.into(),
+            agent_id: "agent-0".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(ended.ended, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_official_sdks_stream_through_the_router() -> Result<()> {
+    let Some(python) = sdk_python()? else {
+        eprintln!("SKIPPED: python3 with the openai and anthropic SDKs is not available");
+        return Ok(());
+    };
+    let fleet = Fleet::start(1, &[], &[])?;
+    fleet.wait_available(1).await?;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../prompt/tests/sdk_check.py");
+    let output = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(format!("http://{}", fleet.router.http))
+        .arg(MODEL)
+        .output()
+        .context("run sdk_check.py")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "sdk_check.py failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        fleet.logs()
+    );
+    let cases: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(cases.len() >= 5, "{stdout}");
+    for case in &cases {
+        let text = case["text"].as_str().unwrap_or_default();
+        assert!(!text.is_empty(), "{case}");
+        if case["case"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("_error")
+        {
+            // Errors reach the SDKs as their own exception types.
+            assert!(text.contains("invalid_request_error"), "{case}");
+        } else {
+            assert!(
+                case["usage"]["prompt_tokens"].as_u64().unwrap_or(0) > 0,
+                "{case}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_bodies_and_unknown_models_get_the_apis_own_errors() -> Result<()> {
+    let fleet = Fleet::start(1, &[], &[])?;
+    fleet.wait_available(1).await?;
+    for api in [Api::ChatCompletions, Api::Responses, Api::Messages] {
+        let bad = post_raw(fleet.router.http, api.path(), b"{\"model\": ".to_vec()).await?;
+        assert_eq!(bad.status, 400, "{api:?}");
+        assert!(
+            error_shape(api, &bad.json()?, "invalid_request_error"),
+            "{api:?}: {}",
+            bad.text()
+        );
+
+        let mut body = request(api, &[("user", "hi")], 4, false);
+        body["model"] = json!("no-such-model");
+        let unknown = post(fleet.router.http, api, &body).await?;
+        assert_eq!(unknown.status, 404, "{api:?}: {}", unknown.text());
+        let shape = unknown.json()?;
+        match api {
+            // OpenAI answers an unknown model with code model_not_found.
+            Api::ChatCompletions | Api::Responses => {
+                assert_eq!(shape["error"]["code"], "model_not_found", "{shape}")
+            }
+            Api::Messages => assert!(error_shape(api, &shape, "not_found_error"), "{shape}"),
+        }
+        assert!(
+            unknown.text().contains(MODEL),
+            "the message lists the served models"
+        );
+    }
+    let text = fleet.router.metrics_text()?;
+    assert_eq!(
+        metric_sum(&text, "kvtier_router_requests_total", &[("code", "400")]),
+        3.0
+    );
+    assert_eq!(
+        metric_sum(&text, "kvtier_router_requests_total", &[("code", "404")]),
+        3.0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_worker_stops_receiving_traffic_and_clients_cancel_upstream() -> Result<()> {
+    let mut fleet = Fleet::start(2, &["--decode-tokens-per-s", "50"], &[])?;
+    fleet.wait_available(2).await?;
+
+    // A client that hangs up mid-stream cancels the worker's request.
+    let body = chat(None, &[("user", "Write a long report.")], 200, true);
+    let (response, connection) = send(
+        fleet.router.http,
+        Api::ChatCompletions.path(),
+        body.to_string().into_bytes(),
+    )
+    .await?;
+    assert_eq!(response.status(), 200);
+    let worker_id = response
+        .headers()
+        .get("x-kvtier-routed-worker")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let mut body = response.into_body();
+    use http_body_util::BodyExt;
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame()).await?;
+    assert!(first.is_some(), "a first chunk arrives");
+    drop(body);
+    connection.abort();
+    let worker = fleet
+        .workers
+        .iter()
+        .flatten()
+        .find(|w| w.worker_id == worker_id)
+        .context("routed worker")?;
+    let start = Instant::now();
+    while metric_sum(
+        &worker.metrics_text()?,
+        "kvtier_sim_worker_cancelled_total",
+        &[],
+    ) < 1.0
+    {
+        if start.elapsed() > Duration::from_secs(5) {
+            bail!("the worker never saw the cancellation\n{}", fleet.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric_sum(
+            &fleet.router.metrics_text()?,
+            "kvtier_router_cancelled_total",
+            &[]
+        ),
+        1.0
+    );
+
+    // Kill w0's engine (its agent lives on): calls keep succeeding, none
+    // lands on w0 from the first call after the kill.
+    if let Some(mut w0) = fleet.workers[0].take() {
+        w0.kill9()?;
+    }
+    let killed_at = Instant::now();
+    for i in 0..6 {
+        let reply = post(
+            fleet.router.http,
+            Api::ChatCompletions,
+            &chat(
+                None,
+                &[("user", &format!("call {i} after the kill"))],
+                2,
+                false,
+            ),
+        )
+        .await?;
+        assert_eq!(reply.status, 200, "call {i}: {}", reply.text());
+        assert_eq!(reply.header("x-kvtier-routed-worker"), "w1");
+    }
+    assert!(killed_at.elapsed() < Duration::from_secs(10));
+
+    // Kill w1's agent: its event stream dies, it is marked unavailable within
+    // 2 s, and with no worker left calls get a 503.
+    if let Some(mut agent) = fleet.agents[1].take() {
+        agent.kill9()?;
+    }
+    let start = Instant::now();
+    let mut client = fleet.grpc().await?;
+    loop {
+        let workers = client
+            .list_workers(ListWorkersRequest::default())
+            .await?
+            .into_inner()
+            .workers;
+        if workers.iter().all(|w| w.worker_id != "w1" || !w.available) {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(2) {
+            bail!("w1 still available 2 s after its agent died: {workers:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // w0's agent still streams events, but its endpoint refused: unavailable
+    // for the cool-down, so no worker is left.
+    let none = post(
+        fleet.router.http,
+        Api::Messages,
+        &request(Api::Messages, &[("user", "anyone?")], 2, false),
+    )
+    .await?;
+    assert_eq!(none.status, 503, "{}", none.text());
+    assert!(
+        error_shape(Api::Messages, &none.json()?, "overloaded_error"),
+        "{}",
+        none.text()
+    );
+    // Its index entries expire (--expire-ms 1500).
+    let start = Instant::now();
+    loop {
+        let workers = client
+            .list_workers(ListWorkersRequest::default())
+            .await?
+            .into_inner()
+            .workers;
+        let w1 = workers
+            .iter()
+            .find(|w| w.worker_id == "w1")
+            .context("w1 listed")?;
+        if w1.indexed_blocks == 0 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            bail!("w1's entries did not expire: {w1:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(fleet.dir);
+    Ok(())
+}
