@@ -177,6 +177,8 @@ pub enum ChoiceReason {
     HotSpotShed,
     /// Every available worker was over the bound: the cheapest of all.
     AllOverloaded,
+    /// Round-robin mode: the next worker in turn, whatever its cost.
+    RoundRobin,
 }
 
 impl ChoiceReason {
@@ -186,6 +188,7 @@ impl ChoiceReason {
             ChoiceReason::BestCost => "best_cost",
             ChoiceReason::HotSpotShed => "hot_spot_shed",
             ChoiceReason::AllOverloaded => "all_overloaded",
+            ChoiceReason::RoundRobin => "round_robin",
         }
     }
 }

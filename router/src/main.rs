@@ -19,7 +19,7 @@ use kvtier_router::http::{self, HttpFront};
 use kvtier_router::index::{LocalityIndex, SharedIndex};
 use kvtier_router::lifecycle::CacheLifecycle;
 use kvtier_router::load::LoadBook;
-use kvtier_router::routing::{ModelRouter, WorkerEndpoint};
+use kvtier_router::routing::{ModelRouter, RoutingMode, WorkerEndpoint};
 use kvtier_router::service::RouterGrpc;
 use kvtier_router::sources;
 
@@ -84,6 +84,10 @@ struct Args {
     /// (unless its agent's events show it alive again sooner).
     #[arg(long, env = "KVTIER_ROUTER_UNREACHABLE_MS", default_value_t = 5_000)]
     unreachable_ms: u64,
+    /// How workers are picked: `cost` (the cost model) or `round-robin` (a
+    /// cache-unaware baseline, for benchmarks).
+    #[arg(long, env = "KVTIER_ROUTER_ROUTING", default_value = "cost", value_parser = ["cost", "round-robin"])]
+    routing: String,
     /// Cost of onboarding a token from the cache's host tier, relative to computing it.
     #[arg(long, env = "KVTIER_ROUTER_HOST_FETCH_WEIGHT", default_value_t = CostWeights::default().host_fetch_weight)]
     host_fetch_weight: f64,
@@ -288,7 +292,12 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(states),
         LoadBook::new(Duration::from_secs(2)),
         weights,
-    );
+    )
+    .with_mode(if args.routing == "round-robin" {
+        RoutingMode::RoundRobin
+    } else {
+        RoutingMode::Cost
+    });
     let mut models = Models::default();
     models.push(ModelState {
         router,

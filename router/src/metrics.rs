@@ -11,7 +11,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 /// `messages`) and `code` (HTTP status).
 pub const REQUESTS: &str = "kvtier_router_requests_total";
 /// Routing decisions, labels `source` (`http`, `grpc`) and `reason`
-/// (`best_cost`, `hot_spot_shed`, `all_overloaded`).
+/// (`best_cost`, `hot_spot_shed`, `all_overloaded`, `round_robin`).
 pub const DECISIONS: &str = "kvtier_router_decisions_total";
 /// Calls sent to each worker, label `worker`.
 pub const ROUTED: &str = "kvtier_router_routed_total";

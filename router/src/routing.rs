@@ -41,6 +41,17 @@ pub struct WorkerEndpoint {
     pub agent_url: String,
 }
 
+/// How the router picks a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoutingMode {
+    /// The cost model over the index, load and hints (the default).
+    #[default]
+    Cost,
+    /// The next available worker in turn, ignoring locality and load: the
+    /// baseline a cache-unaware balancer gives.
+    RoundRobin,
+}
+
 /// Hints of one call as the router uses them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteHints {
@@ -119,6 +130,8 @@ pub struct ModelRouter {
     load: LoadBook,
     affinity: Mutex<AffinityMap>,
     weights: CostWeights,
+    mode: RoutingMode,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for ModelRouter {
@@ -161,7 +174,15 @@ impl ModelRouter {
             load,
             affinity: Mutex::new(AffinityMap::new(100_000)),
             weights,
+            mode: RoutingMode::Cost,
+            next: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Picks workers by `mode` instead of the cost model.
+    pub fn with_mode(mut self, mode: RoutingMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// The model served.
@@ -269,11 +290,15 @@ impl ModelRouter {
             priority: hints.priority,
             latency_sensitivity: hints.latency_sensitivity,
         };
+        let decision = match self.mode {
+            RoutingMode::Cost => cost::choose(&self.weights, &call, &views),
+            RoutingMode::RoundRobin => self.round_robin(&call, &views),
+        };
         let Some(Decision {
             chosen,
             reason,
             ranked,
-        }) = cost::choose(&self.weights, &call, &views)
+        }) = decision
         else {
             return Err(RouteError::NoWorker {
                 model: self.model.clone(),
@@ -325,6 +350,20 @@ impl ModelRouter {
         }
     }
 
+    /// The next available worker in turn; `ranked` still carries every
+    /// available worker's cost, for the response and the metrics.
+    fn round_robin(&self, call: &CallProfile, views: &[WorkerView]) -> Option<Decision> {
+        let mut decision = cost::choose(&self.weights, call, views)?;
+        let n = views.len();
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let chosen = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| views[i].available)?;
+        decision.chosen = chosen;
+        decision.reason = cost::ChoiceReason::RoundRobin;
+        Some(decision)
+    }
+
     fn block_tokens(&self) -> u64 {
         self.hasher.block_tokens() as u64
     }
@@ -341,5 +380,97 @@ impl WorkerHealth for crate::sources::WorkerStates {
 
     fn last_event_id(&self, worker_id: &str) -> u64 {
         self.get(worker_id).map_or(0, |s| s.last_event_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::LocalityIndex;
+
+    struct AllUp(Vec<&'static str>);
+
+    impl WorkerHealth for AllUp {
+        fn is_available(&self, worker_id: &str) -> bool {
+            !self.0.contains(&worker_id)
+        }
+        fn mark_unreachable(&self, _: &str, _: &str) {}
+    }
+
+    fn router(down: Vec<&'static str>, mode: RoutingMode) -> ModelRouter {
+        let index: SharedIndex = Arc::new(parking_lot::RwLock::new(LocalityIndex::new()));
+        let workers = (0..3)
+            .map(|i| WorkerEndpoint {
+                worker_id: format!("w{i}"),
+                http_base: format!("http://127.0.0.1:{}", 9000 + i),
+                agent_url: String::new(),
+            })
+            .collect();
+        ModelRouter::new(
+            "m",
+            BlockHasher::new(16, 1337),
+            index,
+            workers,
+            Arc::new(AllUp(down)),
+            LoadBook::new(std::time::Duration::from_secs(1)),
+            CostWeights::default(),
+        )
+        .with_mode(mode)
+    }
+
+    #[test]
+    fn the_cost_mode_follows_the_index() {
+        let r = router(vec![], RoutingMode::Cost);
+        let hashes = r.hasher().sequence_hashes(&(0..160).collect::<Vec<u32>>());
+        let slot = r.index().read().worker_slot("w2").expect("registered");
+        r.index().write().worker_stored(slot, None, &hashes);
+        for _ in 0..3 {
+            let routed = r
+                .route(&hashes, 160, &RouteHints::default())
+                .expect("routed");
+            assert_eq!(r.worker(routed.worker).worker_id, "w2");
+            assert_eq!(routed.chosen().overlap.hbm_blocks, 10);
+            assert_eq!(routed.reason, "best_cost");
+        }
+    }
+
+    #[test]
+    fn round_robin_skips_unavailable_workers_and_ignores_locality() {
+        let r = router(vec!["w1"], RoutingMode::RoundRobin);
+        let hashes = r.hasher().sequence_hashes(&(0..160).collect::<Vec<u32>>());
+        let slot = r.index().read().worker_slot("w2").expect("registered");
+        r.index().write().worker_stored(slot, None, &hashes);
+        let picks: Vec<String> = (0..4)
+            .map(|_| {
+                let routed = r
+                    .route(&hashes, 160, &RouteHints::default())
+                    .expect("routed");
+                assert_eq!(routed.reason, "round_robin");
+                r.worker(routed.worker).worker_id.clone()
+            })
+            .collect();
+        assert_eq!(picks, ["w0", "w2", "w2", "w0"]);
+    }
+
+    #[test]
+    fn the_agents_previous_worker_is_sticky_and_no_worker_is_an_error() {
+        let r = router(vec![], RoutingMode::Cost);
+        let hints = RouteHints {
+            agent_id: Some("a".into()),
+            ..RouteHints::default()
+        };
+        let hashes = r.hasher().sequence_hashes(&(0..64).collect::<Vec<u32>>());
+        let first = r.route(&hashes, 64, &hints).expect("routed");
+        drop(r.commit(&first, &hints, 64));
+        for _ in 0..3 {
+            let next = r.route(&hashes, 64, &hints).expect("routed");
+            assert_eq!(next.worker, first.worker);
+            assert!(next.chosen().cost.affinity < 0.0);
+        }
+        let none = router(vec!["w0", "w1", "w2"], RoutingMode::Cost);
+        assert!(matches!(
+            none.route(&hashes, 64, &hints),
+            Err(RouteError::NoWorker { workers: 3, .. })
+        ));
     }
 }
