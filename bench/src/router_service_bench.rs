@@ -831,6 +831,10 @@ async fn dyn_answer(
 #[derive(Debug, Clone, Serialize)]
 struct Measured {
     qps: f64,
+    /// CPU time of the service process per answered query, in µs.
+    cpu_us_per_query: f64,
+    /// CPU time of the benchmark's client per answered query, in µs.
+    client_cpu_us_per_query: f64,
     p50_ms: f64,
     p99_ms: f64,
     queries: usize,
@@ -843,6 +847,31 @@ struct Round {
     /// Latencies in microseconds.
     lat: Vec<u32>,
     errors: usize,
+    /// Calls answered, warm-up included.
+    calls: usize,
+    /// CPU seconds the service process used meanwhile.
+    cpu_s: Option<f64>,
+    /// CPU seconds this (client) process used meanwhile.
+    client_cpu_s: Option<f64>,
+}
+
+/// CPU seconds (user + system) of process `pid` so far, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / ticks)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -861,7 +890,11 @@ fn summarize(rounds: &[Round]) -> Measured {
         let i = ((lat_us.len() as f64 * p).ceil() as usize).clamp(1, lat_us.len()) - 1;
         lat_us[i] as f64 / 1000.0
     };
+    let calls: usize = rounds.iter().map(|r| r.calls).sum();
+    let per_query = |cpu: Option<f64>| cpu.map_or(f64::NAN, |c| c * 1e6 / calls.max(1) as f64);
     Measured {
+        cpu_us_per_query: per_query(rounds.iter().map(|r| r.cpu_s).sum()),
+        client_cpu_us_per_query: per_query(rounds.iter().map(|r| r.client_cpu_s).sum()),
         qps: median(rounds.iter().map(|r| r.qps).collect()),
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
@@ -887,7 +920,7 @@ where
         let call = call.clone();
         tasks.push(tokio::spawn(async move {
             let mut slot = Some(slot);
-            let (mut lat, mut errors) = (Vec::new(), 0usize);
+            let (mut lat, mut errors, mut calls) = (Vec::new(), 0usize, 0usize);
             let mut i = k;
             loop {
                 let t0 = Instant::now();
@@ -899,30 +932,41 @@ where
                 let t1 = Instant::now();
                 match r {
                     Ok(()) if t0 >= warm_end && t1 <= end => {
+                        calls += 1;
                         lat.push((t1 - t0).as_micros().min(u32::MAX as u128) as u32)
                     }
-                    Ok(()) => {}
+                    Ok(()) => calls += 1,
                     Err(_) => errors += 1,
                 }
                 i += n;
             }
-            (lat, errors)
+            (lat, errors, calls)
         }));
     }
-    let (mut lat, mut errors) = (Vec::new(), 0);
+    let (mut lat, mut errors, mut calls) = (Vec::new(), 0, 0);
     for t in tasks {
-        let (l, e) = t.await?;
+        let (l, e, c) = t.await?;
         lat.extend(l);
         errors += e;
+        calls += c;
     }
     Ok(Round {
         qps: lat.len() as f64 / args.duration_s,
         lat,
         errors,
+        calls,
+        cpu_s: None,
+        client_cpu_s: None,
     })
 }
 
-async fn measure_kv(args: &Args, addr: &str, queries: &[Query], mode: Mode) -> Result<Round> {
+async fn measure_kv(
+    args: &Args,
+    addr: &str,
+    pid: u32,
+    queries: &[Query],
+    mode: Mode,
+) -> Result<Round> {
     let reqs: Arc<Vec<Bytes>> = Arc::new(
         queries
             .iter()
@@ -937,7 +981,8 @@ async fn measure_kv(args: &Args, addr: &str, queries: &[Query], mode: Mode) -> R
             .await?;
         slots.push(tonic::client::Grpc::new(channel));
     }
-    closed_loops(args, slots, move |mut grpc, i| {
+    let (cpu0, me0) = (cpu_seconds(pid), cpu_seconds(std::process::id()));
+    let mut round = closed_loops(args, slots, move |mut grpc, i| {
         let reqs = reqs.clone();
         async move {
             let body = reqs[i % reqs.len()].clone();
@@ -957,12 +1002,16 @@ async fn measure_kv(args: &Args, addr: &str, queries: &[Query], mode: Mode) -> R
             (grpc, r)
         }
     })
-    .await
+    .await?;
+    round.cpu_s = cpu0.zip(cpu_seconds(pid)).map(|(a, b)| b - a);
+    round.client_cpu_s = me0.zip(cpu_seconds(std::process::id())).map(|(a, b)| b - a);
+    Ok(round)
 }
 
 async fn measure_dyn(
     args: &Args,
     addr: SocketAddr,
+    pid: u32,
     queries: &[Query],
     mode: Mode,
 ) -> Result<Round> {
@@ -976,7 +1025,8 @@ async fn measure_dyn(
     for _ in 0..args.concurrency {
         slots.push(Http::connect(addr).await?);
     }
-    closed_loops(args, slots, move |mut http, i| {
+    let (cpu0, me0) = (cpu_seconds(pid), cpu_seconds(std::process::id()));
+    let mut round = closed_loops(args, slots, move |mut http, i| {
         let reqs = reqs.clone();
         async move {
             let (path, body) = reqs[i % reqs.len()].clone();
@@ -990,7 +1040,10 @@ async fn measure_dyn(
             (http, r)
         }
     })
-    .await
+    .await?;
+    round.cpu_s = cpu0.zip(cpu_seconds(pid)).map(|(a, b)| b - a);
+    round.client_cpu_s = me0.zip(cpu_seconds(std::process::id())).map(|(a, b)| b - a);
+    Ok(round)
 }
 
 // -------------------------------------------------------------- cross-check
@@ -1257,6 +1310,7 @@ pub async fn run(args: Args) -> Result<()> {
         false,
     )?;
     let router = field(&line, "grpc=")?;
+    let router_pid = _router.child.id();
     let dyn_port = free_port()?;
     let dyn_workers = ports
         .iter()
@@ -1279,6 +1333,7 @@ pub async fn run(args: Args) -> Result<()> {
         .stderr(Stdio::from(std::fs::File::create(&dyn_log)?))
         .spawn()
         .context("spawn Dynamo's indexer")?;
+    let dyn_pid = dyn_child.id();
     let _dynamo = Proc {
         child: dyn_child,
         stdin: None,
@@ -1342,11 +1397,17 @@ pub async fn run(args: Args) -> Result<()> {
         let (mut kv_rounds, mut dyn_rounds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..args.rounds.max(1) {
             let (k, d) = if round % 2 == 0 {
-                let k = measure_kv(&args, &router, &queries, mode).await?;
-                (k, measure_dyn(&args, dyn_addr, &queries, mode).await?)
+                let k = measure_kv(&args, &router, router_pid, &queries, mode).await?;
+                (
+                    k,
+                    measure_dyn(&args, dyn_addr, dyn_pid, &queries, mode).await?,
+                )
             } else {
-                let d = measure_dyn(&args, dyn_addr, &queries, mode).await?;
-                (measure_kv(&args, &router, &queries, mode).await?, d)
+                let d = measure_dyn(&args, dyn_addr, dyn_pid, &queries, mode).await?;
+                (
+                    measure_kv(&args, &router, router_pid, &queries, mode).await?,
+                    d,
+                )
             };
             eprintln!(
                 "{} round {round}: kvtier {:.0} q/s, Dynamo {:.0} q/s, ratio {:.2}",
@@ -1376,10 +1437,12 @@ pub async fn run(args: Args) -> Result<()> {
          flight, {} rounds of {:.0} s per service (after {:.1} s warm-up each), both services \
          back to back in every round; kvtier FindMatches (gRPC) vs Dynamo's standalone indexer \
          ({}) /query or /query_by_hash (HTTP JSON). q/s: median over rounds; ratio: median of \
-         the per-round ratios (min–max); latencies over all rounds\n\n\
+         the per-round ratios (min–max); latencies over all rounds; CPU: CPU time per answered \
+         query of the service process (and of the benchmark's client)\n\n\
          | query by | kvtier q/s | Dynamo q/s | kvtier/Dynamo | kvtier p50 ms | Dynamo p50 ms \
-         | kvtier p99 ms | Dynamo p99 ms | errors kv/dyn | answers ≠ (kv/dyn/each other, of n) |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | kvtier p99 ms | Dynamo p99 ms | kvtier CPU µs/q | Dynamo CPU µs/q | errors kv/dyn \
+         | answers ≠ (kv/dyn/each other, of n) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         args.workers,
         args.block_tokens,
         wl.sessions.len(),
@@ -1396,7 +1459,7 @@ pub async fn run(args: Args) -> Result<()> {
     );
     for r in &results {
         s.push_str(&format!(
-            "| {} | {:.0} | {:.0} | **{:.2}×** ({:.2}–{:.2}) | {:.2} | {:.2} | {:.2} | {:.2} | {}/{} | {}/{}/{} of {} |\n",
+            "| {} | {:.0} | {:.0} | **{:.2}×** ({:.2}–{:.2}) | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} ({:.0}) | {:.0} ({:.0}) | {}/{} | {}/{}/{} of {} |\n",
             r.mode,
             r.kvtier.qps,
             r.dynamo.qps,
@@ -1407,6 +1470,10 @@ pub async fn run(args: Args) -> Result<()> {
             r.dynamo.p50_ms,
             r.kvtier.p99_ms,
             r.dynamo.p99_ms,
+            r.kvtier.cpu_us_per_query,
+            r.kvtier.client_cpu_us_per_query,
+            r.dynamo.cpu_us_per_query,
+            r.dynamo.client_cpu_us_per_query,
             r.kvtier.errors,
             r.dynamo.errors,
             r.check.kv_vs_truth,
