@@ -16,7 +16,8 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 # The official OpenAI and Anthropic Python SDKs, which the tests drive the
-# router's and the prompt crate's HTTP shapes with (pinned versions).
+# router's and the prompt crate's HTTP shapes with, and grpcio for a Python
+# client of RouterService (pinned versions).
 SDK_VENV="${KVTIER_SDK_VENV:-$HOME/.cache/kvtier-sdk-venv}"
 if command -v python3 >/dev/null 2>&1; then
   here="$(cd "$(dirname "$0")" && pwd)"
@@ -24,7 +25,7 @@ if command -v python3 >/dev/null 2>&1; then
     python3 -m venv "$SDK_VENV" || echo "setup: cannot create $SDK_VENV (python3-venv missing?); SDK tests will try again" >&2
   fi
   if [ -x "$SDK_VENV/bin/pip" ] && ! cmp -s "$here/sdk-requirements.txt" "$SDK_VENV/.kvtier-requirements.txt"; then
-    echo "setup: installing the openai/anthropic SDKs into $SDK_VENV" >&2
+    echo "setup: installing the openai/anthropic SDKs and grpcio into $SDK_VENV" >&2
     "$SDK_VENV/bin/pip" install -q --disable-pip-version-check -r "$here/sdk-requirements.txt" \
       && cp "$here/sdk-requirements.txt" "$SDK_VENV/.kvtier-requirements.txt"
   fi

@@ -238,9 +238,9 @@ pub fn prompt_model(tokenizer: &std::path::Path) -> Result<kvtier_prompt::Prompt
     Ok(kvtier_prompt::PromptModel::load(tokenizer, None, 16, seed)?)
 }
 
-/// A Python with the official `openai` and `anthropic` SDKs: `KVTIER_SDK_PYTHON`,
-/// else the venv `scripts/sdk-venv.sh` makes (`~/.cache/kvtier-sdk-venv`);
-/// None when neither is there.
+/// A Python with the official `openai` and `anthropic` SDKs and `grpcio`:
+/// `KVTIER_SDK_PYTHON`, else the venv `scripts/setup.sh` makes
+/// (`~/.cache/kvtier-sdk-venv`); None when neither is there.
 pub fn sdk_python() -> Result<Option<std::path::PathBuf>> {
     let candidates = std::env::var_os("KVTIER_SDK_PYTHON")
         .map(std::path::PathBuf::from)
@@ -251,7 +251,7 @@ pub fn sdk_python() -> Result<Option<std::path::PathBuf>> {
         );
     for python in candidates {
         let ok = std::process::Command::new(&python)
-            .args(["-c", "import openai, anthropic"])
+            .args(["-c", "import openai, anthropic, grpc, grpc_tools"])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false);

@@ -618,6 +618,62 @@ async fn the_official_sdks_stream_through_the_router() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_python_grpc_client_drives_the_router_service() -> Result<()> {
+    let Some(python) = sdk_python()? else {
+        eprintln!("SKIPPED: python3 with grpcio is not available (scripts/setup.sh installs it)");
+        return Ok(());
+    };
+    let fleet = Fleet::start(2, &[], &[])?;
+    fleet.wait_available(2).await?;
+    let question = task(11);
+    let turns = [("user", question.as_str())];
+    let reply = post(
+        fleet.router.http,
+        Api::ChatCompletions,
+        &chat(None, &turns, 4, false),
+    )
+    .await?;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let home = reply.header("x-kvtier-routed-worker");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let prompt = prompt_model(&fleet.tokenizer)?;
+    let call = kvtier_prompt::parse_request(
+        Api::ChatCompletions,
+        chat(None, &turns, 4, false).to_string().as_bytes(),
+        &[],
+    )?;
+    let tokens = prompt.prompt_tokens(&call)?;
+    let blocks = tokens.len() / 16;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let output = std::process::Command::new(&python)
+        .arg(root.join("python/router_client.py"))
+        .arg(root.join("../proto/proto"))
+        .arg(fleet.router.grpc.to_string())
+        .arg(MODEL)
+        .arg(serde_json::to_string(&tokens)?)
+        .output()
+        .context("run router_client.py")?;
+    assert!(
+        output.status.success(),
+        "router_client.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(
+        answer["workers"].as_array().map(Vec::len),
+        Some(2),
+        "{answer}"
+    );
+    assert_eq!(answer["query_blocks"], blocks, "{answer}");
+    assert_eq!(answer["matches"][&home][0], blocks, "{answer}");
+    assert_eq!(answer["route"]["worker"], home.as_str(), "{answer}");
+    assert_eq!(answer["route"]["costs"], 2, "{answer}");
+    assert_eq!(answer["error"]["code"], "NOT_FOUND", "{answer}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_bodies_and_unknown_models_get_the_apis_own_errors() -> Result<()> {
     let fleet = Fleet::start(1, &[], &[])?;
     fleet.wait_available(1).await?;
