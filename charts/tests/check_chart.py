@@ -4,23 +4,31 @@
 No `helm` binary is needed: helm-python-sdk binds Helm v4's Go SDK (libhelm_c, shipped in the
 wheel), so `lint` and `render` below are Helm's own code, run offline.
 
-For each values set (defaults, ci/gpu-values.yaml, ci/full-values.yaml, ci/tls-values.yaml):
+For each values set (defaults, ci/gpu-values.yaml, ci/full-values.yaml, ci/tls-values.yaml,
+ci/router-values.yaml):
   * `helm lint --strict` (kube versions 1.27, the chart's minimum, and the newest schemas): no
     errors, no warnings (values.schema.json included; it must also refuse bad values);
   * render, then validate every manifest against the Kubernetes JSON schemas of
     kubernetes-validate (strict: unknown fields are errors) for Kubernetes 1.27 and the newest
-    version it ships; the ServiceMonitor (a Prometheus Operator CRD, not in those schemas) against
-    a subset of its CRD schema kept here;
+    version it ships; the ServiceMonitor and PodMonitor (Prometheus Operator CRDs, not in those
+    schemas) against a subset of their CRD schemas kept here;
   * check what a platform team relies on: StatefulSet + PVC, capacities as flags, gRPC health
     probes, resource requests, GPU limit and flags, router only when enabled, ServiceMonitor and
     dashboards ConfigMap (byte-identical to charts/kvtier/dashboards/*.json) only when enabled;
   * every flag passed to kvtier-server is one `kvtier-server --help` lists, and kvtier-server
-    actually starts with the rendered arguments (addresses and data dir moved to loopback/temp).
+    actually starts with the rendered arguments (addresses and data dir moved to loopback/temp);
+  * the router: flags from values (one --worker ID=HTTP_BASE@AGENT_URL per worker, hashing,
+    cost weights, tokenizer where its volume is mounted), gRPC startup/liveness and HTTP /health
+    readiness probes, every flag one `kvtier-router --help` lists, and kvtier-router starts with
+    the rendered arguments (listen addresses moved to loopback, --cache-server to a real
+    kvtier-server on loopback, the tokenizer and chat template to generated stand-ins), answers
+    /health, /metrics and the grpc.health.v1 check its startup probe makes, and stops on SIGTERM.
 The worker-agent sidecar snippet is checked by rendering a throwaway parent chart that includes
 kvtier as a subchart and the named templates in its own Deployment; its flags are checked against
 `kvtier-agent --help`.
 
-Usage: check_chart.py [--server-bin PATH] [--agent-bin PATH]   (or KVTIER_SERVER_BIN / KVTIER_AGENT_BIN;
+Usage: check_chart.py [--server-bin PATH] [--agent-bin PATH] [--router-bin PATH]
+       (or KVTIER_SERVER_BIN / KVTIER_AGENT_BIN / KVTIER_ROUTER_BIN;
        default: $CARGO_TARGET_DIR/release, then ~/.cache/kvtier-target/release, then target/release)
 Prints "chart: N passed, M failed" last; exits non-zero on any failure.
 """
@@ -93,6 +101,14 @@ SERVICEMONITOR_SCHEMA = {
     },
 }
 
+_INTERVAL = SERVICEMONITOR_SCHEMA["properties"]["spec"]["properties"]["endpoints"]["items"]["properties"]["interval"]
+PODMONITOR_SCHEMA = copy.deepcopy(SERVICEMONITOR_SCHEMA)
+PODMONITOR_SCHEMA["properties"]["kind"] = {"const": "PodMonitor"}
+_pm_spec = PODMONITOR_SCHEMA["properties"]["spec"]
+_pm_spec["required"] = ["selector", "podMetricsEndpoints"]
+_pm_spec["properties"]["podMetricsEndpoints"] = _pm_spec["properties"].pop("endpoints")
+CRD_SCHEMAS = {"ServiceMonitor": SERVICEMONITOR_SCHEMA, "PodMonitor": PODMONITOR_SCHEMA}
+
 
 class Checks:
     def __init__(self) -> None:
@@ -134,9 +150,13 @@ def validate_docs(checks: Checks, label: str, docs: list[dict]) -> None:
         src = doc.pop("_source")
         kn = f"{doc['kind']}/{doc['metadata']['name']}"
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            schema = CRD_SCHEMAS.get(doc["kind"])
+            if schema is None:
+                checks.check(False, f"{label}: {kn} ({src}): no CRD schema subset kept for {doc['kind']}")
+                continue
             try:
-                jsonschema.validate(doc, SERVICEMONITOR_SCHEMA)
-                checks.check(True, f"{label}: {kn} matches the ServiceMonitor CRD schema subset")
+                jsonschema.validate(doc, schema)
+                checks.check(True, f"{label}: {kn} matches the {doc['kind']} CRD schema subset")
             except jsonschema.ValidationError as e:
                 checks.check(False, f"{label}: {kn} ({src}): {e.message} at {list(e.path)}")
             continue
@@ -178,7 +198,7 @@ def help_flags(binary: str | None) -> set[str] | None:
 
 
 def find_bin(name: str, arg: str | None) -> str | None:
-    env = {"kvtier-server": "KVTIER_SERVER_BIN", "kvtier-agent": "KVTIER_AGENT_BIN"}[name]
+    env = {"kvtier-server": "KVTIER_SERVER_BIN", "kvtier-agent": "KVTIER_AGENT_BIN", "kvtier-router": "KVTIER_ROUTER_BIN"}[name]
     cands = [arg, os.environ.get(env)]
     target = os.environ.get("CARGO_TARGET_DIR")
     if target:
@@ -228,7 +248,198 @@ def start_with_args(binary: str, args: list[str], tmp: Path) -> tuple[bool, str]
     return ok and p.returncode == 0, detail
 
 
-def check_values_set(checks: Checks, label: str, values_file: str | None, server_bin: str | None, server_flags: set[str] | None) -> None:
+ROUTER_HEALTH_SERVICE = "kvtier.v1.RouterService"
+CHATML_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def spawn_ready(argv: list[str], prefix: str, log: Path, timeout: float = 30) -> tuple[subprocess.Popen, str | None]:
+    """Starts argv (stderr to log) and waits for a stdout line starting with prefix."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True,
+                         env={**os.environ, "RUST_LOG": "warn", "KVTIER_LOG": "warn"})
+    ready: list[str] = []
+
+    def read() -> None:
+        for line in p.stdout:  # type: ignore[union-attr]
+            if not ready and line.startswith(prefix):
+                ready.append(line.strip())
+        # keep draining so the child never blocks on a full pipe
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not ready and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return p, (ready[0] if ready else None)
+
+
+def stop(p: subprocess.Popen, timeout: float = 20) -> int:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+    try:
+        return p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        return -9
+
+
+def grpc_health(addr: str, service: str) -> str:
+    """grpc.health.v1.Health/Check as kubelet's gRPC probe makes it (plaintext); returns the
+    status name or the error. The messages are encoded by hand: no generated stubs needed."""
+    import grpc  # type: ignore
+
+    svc = service.encode()
+    request = (b"\x0a" + bytes([len(svc)]) + svc) if svc else b""
+    with grpc.insecure_channel(addr) as channel:
+        check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                    request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        try:
+            resp = check(request, timeout=5)
+        except grpc.RpcError as e:
+            return f"error {e.code().name}: {e.details()}"
+    status = resp[1] if len(resp) >= 2 and resp[0] == 0x08 else 0
+    return {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}.get(status, str(status))
+
+
+def start_router_with_args(router_bin: str, server_bin: str | None, args: list[str], tmp: Path) -> tuple[bool, str]:
+    """Starts kvtier-router with the chart's arguments: listen addresses on loopback, the cache
+    server a real kvtier-server on loopback (when the chart names one), the tokenizer and chat
+    template generated stand-ins at the paths the chart mounts. Waits for its ready line, then
+    asks /health, /metrics and grpc.health.v1 (the startup probe's service and ""), then SIGTERM."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_tokenizer import write_tiny_tokenizer  # noqa: E402
+
+    args = list(args)
+    for flag in ("--http-listen", "--grpc-listen"):
+        args[args.index(flag) + 1] = "127.0.0.1:0"
+    server = None
+    notes = []
+    try:
+        if "--tokenizer" in args:
+            i = args.index("--tokenizer")
+            args[i + 1] = str(write_tiny_tokenizer(tmp / "model"))
+        if "--chat-template" in args:
+            i = args.index("--chat-template")
+            cfg = tmp / "model" / "tokenizer_config.json"
+            cfg.write_text(json.dumps({"bos_token": "<|endoftext|>", "eos_token": {"content": "<|im_end|>", "special": True},
+                                       "chat_template": CHATML_TEMPLATE}))
+            args[i + 1] = str(cfg)
+        i = args.index("--cache-server")
+        if args[i + 1]:
+            if not server_bin:
+                return False, "kvtier-server binary not built (the router's --cache-server stand-in)"
+            server, line = spawn_ready([server_bin, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+                                        "--data-dir", str(tmp / "server-data")], "kvtier-server ready", tmp / "server.log")
+            m = re.match(r"kvtier-server ready grpc=(\S+)", line or "")
+            if not m:
+                return False, f"the stand-in kvtier-server did not start: {line}"
+            args[i + 1] = f"http://{m.group(1)}"
+            notes.append("cache server: a real kvtier-server")
+        p, line = spawn_ready([router_bin, *args], "kvtier-router ready", tmp / "router.log")
+        m = re.match(r"kvtier-router ready http=(\S+) grpc=(\S+)", line or "")
+        ok = bool(m)
+        if m:
+            http, grpc_addr = m.group(1), m.group(2)
+            import urllib.request
+            with urllib.request.urlopen(f"http://{http}/health", timeout=5) as r:
+                health = r.status
+            with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as r:
+                metrics = r.read().decode()
+            probe = grpc_health(grpc_addr, ROUTER_HEALTH_SERVICE)
+            whole = grpc_health(grpc_addr, "")
+            has_metrics = "kvtier_router_workers_available" in metrics
+            ok = health == 200 and has_metrics and probe == "SERVING" and whole == "SERVING"
+            notes.append(f"/health {health}, /metrics {'has' if has_metrics else 'lacks'} kvtier_router_workers_available, "
+                         f"grpc.health {ROUTER_HEALTH_SERVICE}: {probe}, '': {whole}")
+        code = stop(p)
+        notes.append(f"exit {code}")
+        ok = ok and code == 0
+        if not ok:
+            notes.append("log: " + re.sub(r"\x1b\[[0-9;]*m", "", (tmp / "router.log").read_text(errors="replace"))[-800:])
+        return ok, (line or "no ready line") + "; " + "; ".join(notes)
+    finally:
+        if server is not None:
+            stop(server)
+
+
+def check_router(checks: Checks, label: str, docs: list[dict], merged: dict, server_bin: str | None,
+                 router_bin: str | None, router_flags: set[str] | None) -> None:
+    r = merged["router"]
+    router = [d for d in docs if d["metadata"]["name"] == f"{RELEASE}-kvtier-router"]
+    dep = [d for d in router if d["kind"] == "Deployment"]
+    svc = [d for d in router if d["kind"] == "Service"]
+    if not checks.check(len(dep) == 1 and len(svc) == 1, f"{label}: router Deployment and Service rendered"):
+        return
+    pod = dep[0]["spec"]["template"]["spec"]
+    rc = pod["containers"][0]
+    args = rc["args"]
+    flags = flag_values(args)
+    checks.check(dep[0]["spec"]["replicas"] == r["replicas"], f"{label}: router replicas = {r['replicas']}")
+    checks.check(flags.get("--http-listen") == [f"0.0.0.0:{r['httpPort']}"] and flags.get("--grpc-listen") == [f"0.0.0.0:{r['grpcPort']}"],
+                 f"{label}: router HTTP front and gRPC listen on all pod interfaces ({flags.get('--http-listen')}, {flags.get('--grpc-listen')})")
+    want_workers = [f"{w['id']}={w['httpBase']}@{w['agentUrl']}" for w in r["workers"]]
+    checks.check(flags.get("--worker") == want_workers and bool(want_workers),
+                 f"{label}: one --worker ID=HTTP_BASE@AGENT_URL per router.workers entry ({flags.get('--worker')})")
+    cache = r["cacheEndpoint"]
+    want_cache = "" if cache == "-" else (cache or f"http://{RELEASE}-kvtier-cache.{NAMESPACE}.svc:{merged['cache']['grpcPort']}")
+    checks.check(flags.get("--cache-server") == [want_cache], f"{label}: router --cache-server {flags.get('--cache-server')} (want {want_cache!r})")
+    h = r["hashing"]
+    want = {"--model": r["model"], "--namespace": r["namespace"], "--block-tokens": str(h["blockTokens"]),
+            "--block-bytes": str(h["blockBytes"]), "--kv-layout": h["kvLayout"], "--routing": r["routing"]}
+    if h["seed"]:
+        want["--seed"] = str(h["seed"])
+    if h["salt"]:
+        want["--salt"] = h["salt"]
+    names = {"hostFetchWeight": "--host-fetch-weight", "diskFetchWeight": "--disk-fetch-weight", "queueWeight": "--queue-weight",
+             "latencyQueueBoost": "--latency-queue-boost", "priorityDoubling": "--priority-doubling", "decodeWeight": "--decode-weight",
+             "affinityFraction": "--affinity-fraction", "loadFactor": "--load-factor"}
+    for key, flag in names.items():
+        v = (r.get("costWeights") or {}).get(key)
+        if v is not None:
+            want[flag] = f"{v:g}" if isinstance(v, float) else str(v)
+    got = {k: (flags.get(k) or [None])[0] for k in want}
+    checks.check(got == want, f"{label}: router values -> flags {got if got != want else ''}".rstrip() + ("" if got == want else f" (want {want})"))
+    unset = [flag for key, flag in names.items() if (r.get("costWeights") or {}).get(key) is None and flag in flags]
+    checks.check(not unset, f"{label}: cost weights left empty pass no flag {unset or ''}")
+    tok = r["tokenizer"]
+    mounts = {m["mountPath"]: m for m in rc.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    if tok["configMapName"] or tok["volume"]:
+        mount = mounts.get(tok["mountPath"])
+        vol = vols.get(mount["name"]) if mount else None
+        source_ok = bool(vol) and ((vol.get("configMap", {}).get("name") == tok["configMapName"]) if tok["configMapName"]
+                                   else all(vol.get(k) == v for k, v in tok["volume"].items()))
+        want_tok = f"{tok['mountPath'].rstrip('/')}/{tok['file']}"
+        checks.check(bool(mount) and mount.get("readOnly") and source_ok and flags.get("--tokenizer") == [want_tok]
+                     and (mount.get("subPath") or "") == tok["subPath"],
+                     f"{label}: router --tokenizer {flags.get('--tokenizer')} inside its read-only volume ({'ConfigMap ' + tok['configMapName'] if tok['configMapName'] else list(tok['volume'])})")
+        if tok["chatTemplate"]:
+            checks.check(flags.get("--chat-template") == [f"{tok['mountPath'].rstrip('/')}/{tok['chatTemplate']}"],
+                         f"{label}: router --chat-template {flags.get('--chat-template')} in the tokenizer volume")
+    else:
+        checks.check("--tokenizer" not in flags and not rc.get("volumeMounts"), f"{label}: no tokenizer configured -> no --tokenizer, no volume")
+    startup, ready, live = rc.get("startupProbe", {}), rc.get("readinessProbe", {}), rc.get("livenessProbe", {})
+    checks.check(startup.get("grpc", {}).get("port") == r["grpcPort"] and startup["grpc"].get("service") == ROUTER_HEALTH_SERVICE
+                 and live.get("grpc", {}).get("port") == r["grpcPort"]
+                 and ready.get("httpGet", {}).get("path") == "/health" and ready["httpGet"].get("port") == "http",
+                 f"{label}: router startup/liveness are gRPC health probes ({ROUTER_HEALTH_SERVICE} / \"\"), readiness GET /health on the HTTP port")
+    ports = {p["name"]: p for p in svc[0]["spec"]["ports"]}
+    cports = {p["name"]: p["containerPort"] for p in rc["ports"]}
+    checks.check(set(ports) == {"http", "grpc"} and ports["http"]["port"] == r["httpPort"] and ports["grpc"]["port"] == r["grpcPort"]
+                 and cports == {"http": r["httpPort"], "grpc": r["grpcPort"]},
+                 f"{label}: router Service exposes http ({r['httpPort']}, model APIs and /metrics) and grpc ({r['grpcPort']})")
+    if router_flags is None:
+        print(f"SKIP {label}: kvtier-router binary not built; router flags and start-up not checked")
+        return
+    unknown = sorted(f for f in flags if f not in router_flags)
+    checks.check(not unknown, f"{label}: every flag the chart passes is one kvtier-router --help lists {unknown or ''}")
+    with tempfile.TemporaryDirectory() as tmp:
+        ok, detail = start_router_with_args(router_bin, server_bin, rc["command"][1:] + args, Path(tmp))  # type: ignore[arg-type]
+        checks.check(ok, f"{label}: kvtier-router starts with the chart's arguments, serves its probes and stops cleanly on SIGTERM ({detail[:400]})")
+
+
+def check_values_set(checks: Checks, label: str, values_file: str | None, server_bin: str | None, server_flags: set[str] | None,
+                     router_bin: str | None = None, router_flags: set[str] | None = None) -> None:
     values = load_values(values_file)
     merged_path = str(CHART)
     for kube in ("v1.27.0", f"v{kv_utils.latest_version()}"):
@@ -333,14 +544,7 @@ def check_values_set(checks: Checks, label: str, values_file: str | None, server
     router = [d for d in docs if d["metadata"]["name"] == f"{RELEASE}-kvtier-router"]
     r_enabled = merged["router"]["enabled"]
     if r_enabled:
-        dep = [d for d in router if d["kind"] == "Deployment"]
-        checks.check(len(dep) == 1 and len([d for d in router if d["kind"] == "Service"]) == 1, f"{label}: router Deployment and Service rendered")
-        if dep:
-            rc = dep[0]["spec"]["template"]["spec"]["containers"][0]
-            rflags = flag_values(rc["args"])
-            checks.check(len(rflags.get("--cache-server", [])) == c["replicas"] and rc.get("readinessProbe", {}).get("grpc"),
-                         f"{label}: router gets one --cache-server per cache replica ({rflags.get('--cache-server')}) and gRPC probes")
-        print(f"SKIP {label}: router flags not checked against a binary: kvtier-router does not exist yet")
+        check_router(checks, label, docs, merged, server_bin, router_bin, router_flags)
     else:
         checks.check(not router, f"{label}: no router objects while router.enabled is false")
 
@@ -355,6 +559,20 @@ def check_values_set(checks: Checks, label: str, values_file: str | None, server
         names = sorted(s["metadata"]["name"] for s in matched)
         expect = sorted([f"{RELEASE}-kvtier-cache"] + ([f"{RELEASE}-kvtier-router"] if r_enabled else []))
         checks.check(names == expect, f"{label}: ServiceMonitor selects {names} (each pod once: not the headless Service)")
+        # Each selected Service is scraped by exactly one endpoint (an endpoint's port name
+        # must be one of the Service's ports), on its /metrics.
+        eps = sm[0]["spec"]["endpoints"]
+        scraped = {s["metadata"]["name"]: [e["port"] for e in eps if e["port"] in {p["name"] for p in s["spec"]["ports"]}] for s in matched}
+        want_ports = {f"{RELEASE}-kvtier-cache": ["metrics"], **({f"{RELEASE}-kvtier-router": ["http"]} if r_enabled else {})}
+        checks.check(scraped == want_ports and all(e.get("path") == "/metrics" for e in eps),
+                     f"{label}: ServiceMonitor scrapes each Service's /metrics port once ({scraped})")
+    pm = by_kind(docs, "PodMonitor")
+    pm_enabled = sm_enabled and merged["serviceMonitor"]["workerAgents"]["enabled"]
+    checks.check(len(pm) == (1 if pm_enabled else 0), f"{label}: worker-agent PodMonitor {'rendered' if pm_enabled else 'absent'}")
+    if pm:
+        checks.check(pm[0]["spec"]["selector"] == merged["serviceMonitor"]["workerAgents"]["selector"]
+                     and [e["port"] for e in pm[0]["spec"]["podMetricsEndpoints"]] == ["kvtier-metrics"],
+                     f"{label}: PodMonitor selects the inference pods given and scrapes the sidecar's kvtier-metrics port")
 
     cms = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboards")]
     d_enabled = merged["dashboards"]["enabled"]
@@ -432,6 +650,8 @@ def check_sidecar(checks: Checks, agent_bin: str | None) -> None:
         checks.check(flags.get("--server") == [expect_server], f"sidecar: --server defaults to the release's cache Service ({flags.get('--server')})")
         checks.check(flags.get("--salt") == ["llama-8b"] and flags.get("--listen") == ["127.0.0.1:50061"] and flags.get("--worker-id") == ["$(POD_NAME)"],
                      f"sidecar: values -> flags (--salt {flags.get('--salt')}, --listen {flags.get('--listen')}, --worker-id {flags.get('--worker-id')})")
+        checks.check(flags.get("--metrics-listen") == ["0.0.0.0:9465"] and [p.get("name") for p in a.get("ports", [])] == ["kvtier-metrics"],
+                     f"sidecar: /metrics on the pod network for Prometheus (--metrics-listen {flags.get('--metrics-listen')}, port {a.get('ports')})")
         checks.check(any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod.get("volumes", [])),
                      "sidecar: memory-backed /dev/shm volume shared with the engine")
         sts = [d for d in docs if d["kind"] == "StatefulSet"]
@@ -460,12 +680,22 @@ def check_sidecar(checks: Checks, agent_bin: str | None) -> None:
             checks.check(not unknown, f"sidecar: every flag is one kvtier-agent --help lists {unknown or ''}")
 
 
+WORKER = {"id": "w0", "httpBase": "http://w0.inference.svc:8000", "agentUrl": "http://w0.inference.svc:50061"}
+
+
 def check_render_refuses(checks: Checks) -> None:
     """Combinations kvtier-server would refuse at start-up fail at render time instead."""
     bad = {
         "plaintext gRPC on the pod address without cache.allowPlaintext": {"cache": {"allowPlaintext": False}},
         "cache.tls.enabled without a Secret": {"cache": {"tls": {"enabled": True}}},
         "a ServiceMonitor for a loopback-only /metrics": {"cache": {"allowPlaintext": False, "tls": {"enabled": True, "secretName": "s"}}, "serviceMonitor": {"enabled": True}},
+        "a router without workers (kvtier-router needs a --worker)": {"router": {"enabled": True}},
+        "a router tokenizer from both a ConfigMap and a volume": {"router": {"enabled": True, "workers": [WORKER], "tokenizer": {
+            "configMapName": "tok", "volume": {"emptyDir": {}}}}},
+        "a router chat template without a tokenizer volume": {"router": {"enabled": True, "workers": [WORKER], "tokenizer": {"chatTemplate": "t.jinja"}}},
+        "a worker-agent PodMonitor without a pod selector": {"serviceMonitor": {"enabled": True, "workerAgents": {"enabled": True}}},
+        "a worker-agent PodMonitor for a loopback-only agent /metrics": {"serviceMonitor": {"enabled": True, "workerAgents": {
+            "enabled": True, "selector": {"matchLabels": {"app": "vllm"}}}}, "workerAgent": {"metricsHost": "127.0.0.1"}},
     }
     for what, values in bad.items():
         try:
@@ -488,17 +718,24 @@ def check_schema_rejects(checks: Checks) -> None:
         "a size kvtier-server cannot parse (cache.diskCapacity: lots)": {"cache": {"diskCapacity": "lots"}},
         "a size kvtier-agent cannot parse (workerAgent.stagingBytes: 1TB)": {"workerAgent": {"stagingBytes": "1TB"}},
         "a GPU count of 0": {"cache": {"gpu": {"enabled": True, "count": 0}}},
+        "a router worker without agentUrl": {"router": {"workers": [{"id": "w0", "httpBase": "http://w0:8000"}]}},
+        "a router worker whose httpBase is not a URL": {"router": {"workers": [{**WORKER, "httpBase": "w0:8000"}]}},
+        "an unknown routing mode (router.routing: fastest)": {"router": {"routing": "fastest"}},
+        "a negative cost weight": {"router": {"costWeights": {"queueWeight": -1}}},
+        "a load factor below 1 (other than 0)": {"router": {"costWeights": {"loadFactor": 0.5}}},
+        "a misspelt cost weight (router.costWeights.queueWieght)": {"router": {"costWeights": {"queueWieght": 1}}},
     }
     for what, values in bad.items():
         report = helm.lint(str(CHART), values, strict=True)
         errors = [m["error"] for m in report.get("messages", []) if m.get("severity", 0) >= 3]
-        checks.check(bool(errors), f"schema: helm lint refuses {what}: {errors[0][:160] if errors else 'accepted'}")
+        checks.check(bool(errors), f"schema: helm lint refuses {what}: {' '.join(errors[0].split())[:160] if errors else 'accepted'}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--server-bin")
     ap.add_argument("--agent-bin")
+    ap.add_argument("--router-bin")
     args = ap.parse_args()
     started = time.monotonic()
     checks = Checks()
@@ -508,8 +745,13 @@ def main() -> int:
     server_flags = help_flags(server_bin)
     if server_bin is None:
         print("SKIP flags and start-up checks: kvtier-server binary not built")
-    for label, vf in (("default", None), ("gpu", "ci/gpu-values.yaml"), ("full", "ci/full-values.yaml"), ("tls", "ci/tls-values.yaml")):
-        check_values_set(checks, label, vf, server_bin, server_flags)
+    router_bin = find_bin("kvtier-router", args.router_bin)
+    router_flags = help_flags(router_bin)
+    if router_bin is None:
+        print("SKIP router flags and start-up checks: kvtier-router binary not built")
+    for label, vf in (("default", None), ("gpu", "ci/gpu-values.yaml"), ("full", "ci/full-values.yaml"), ("tls", "ci/tls-values.yaml"),
+                      ("router", "ci/router-values.yaml")):
+        check_values_set(checks, label, vf, server_bin, server_flags, router_bin, router_flags)
     check_schema_rejects(checks)
     check_render_refuses(checks)
     check_sidecar(checks, agent_bin)

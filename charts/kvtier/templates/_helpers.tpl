@@ -82,7 +82,10 @@ is a subchart of yours, .Values inside this chart). By default the container lis
 only; the engine reaches it at 127.0.0.1:<workerAgent.port>. Pair it with
 "kvtier.workerAgent.volumes" in the pod's `volumes:` (a memory-backed /dev/shm shared with the
 engine, for shared-memory KV pools), and mount `kvtier-shm` at /dev/shm in the engine too.
-kvtier-agent serves grpc.health.v1 ("kvtier.v1.WorkerService"). Kubelet's gRPC probes dial the
+kvtier-agent serves grpc.health.v1 ("kvtier.v1.WorkerService"), and /metrics on
+workerAgent.metricsHost:metricsPort (container port `kvtier-metrics` when not on loopback).
+For the router to reach the agent (it subscribes to the agent's events), listenHost must not be
+loopback either. Kubelet's gRPC probes dial the
 pod IP, so the sidecar gets readiness and liveness probes only when workerAgent.listenHost is
 not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
 */}}
@@ -109,6 +112,8 @@ not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
     - --uds
     - {{ . | quote }}
     {{- end }}
+    - --metrics-listen
+    - {{ ternary (printf "%s:%d" $a.metricsHost (int $a.metricsPort)) "off" (ne (toString $a.metricsHost) "") | quote }}
     - --server
     - {{ $endpoint | quote }}
     - --worker-id
@@ -140,6 +145,12 @@ not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
     {{- with $a.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+  {{- if and $a.metricsHost (not (hasPrefix "127." (toString $a.metricsHost))) }}
+  ports:
+    - name: kvtier-metrics
+      containerPort: {{ int $a.metricsPort }}
+      protocol: TCP
+  {{- end }}
   {{- if not (hasPrefix "127." (toString $a.listenHost)) }}
   readinessProbe:
     grpc:
