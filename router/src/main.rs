@@ -319,7 +319,11 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(HttpFront::new(models.clone(), Some(metrics)).context("build the HTTP client")?);
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
-        axum::serve(http_listener, http::app(front))
+        // Small SSE frames must leave at once (no Nagle delay).
+        let listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, http::app(front))
             .with_graceful_shutdown(async move {
                 let _ = http_stop.wait_for(|s| *s).await;
             })
@@ -332,10 +336,22 @@ async fn main() -> anyhow::Result<()> {
     let mut grpc_stop = stop_rx.clone();
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
+            // Token-id queries exceed HTTP/2's default 64 KiB window: larger
+            // windows, and no Nagle delay on replies.
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
             .add_service(health_service)
             .add_service(RouterServiceServer::new(RouterGrpc::new(models)))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    |stream| {
+                        if let Ok(tcp) = &stream {
+                            let _ = tcp.set_nodelay(true);
+                        }
+                        stream
+                    },
+                ),
                 async move {
                     let _ = grpc_stop.wait_for(|s| *s).await;
                 },
