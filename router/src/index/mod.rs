@@ -265,6 +265,14 @@ impl LocalityIndex {
     pub fn find_matches(&self, hashes: &[u64]) -> PrefixMatches {
         query::find_matches(self, hashes)
     }
+    /// Whether a query now walks position by position for some source (a
+    /// worker whose set is not prefix-closed, detached cache blocks, or a
+    /// host block under a disk block: the exact-walk fallback) instead of
+    /// only bisecting.
+    pub fn walks(&self) -> bool {
+        self.cache.blocks > 0 && (self.cache.detached > 0 || self.cache.inversions > 0)
+            || self.workers.iter().any(|w| w.blocks > 0 && w.detached > 0)
+    }
     /// Counters describing the index.
     pub fn stats(&self) -> IndexStats {
         IndexStats {
