@@ -138,6 +138,27 @@ impl Fleet {
         }
     }
 
+    /// Sends the first call of session `seed` (not streamed); returns the
+    /// worker it went to and the prompt's token ids, computed as a custom
+    /// router would.
+    async fn first_call(&self, seed: u32) -> Result<(String, Vec<u32>)> {
+        let question = task(seed);
+        let turns = [("user", question.as_str())];
+        let body = chat(None, &turns, 4, false);
+        let reply = post(self.router.http, Api::ChatCompletions, &body).await?;
+        if reply.status != 200 {
+            bail!(
+                "first call of session {seed}: {}\n{}",
+                reply.text(),
+                self.logs()
+            );
+        }
+        let call =
+            kvtier_prompt::parse_request(Api::ChatCompletions, body.to_string().as_bytes(), &[])?;
+        let tokens = prompt_model(&self.tokenizer)?.prompt_tokens(&call)?;
+        Ok((reply.header("x-kvtier-routed-worker"), tokens))
+    }
+
     fn logs(&self) -> String {
         let mut out = format!("--- router\n{}\n", self.router.log());
         for w in self.workers.iter().flatten() {
@@ -236,25 +257,8 @@ async fn a_sessions_calls_go_to_the_worker_that_holds_its_prefix() -> Result<()>
 async fn find_matches_and_route_answer_over_grpc_with_clear_errors() -> Result<()> {
     let fleet = Fleet::start(2, &[], &[])?;
     fleet.wait_available(2).await?;
-    let question = task(42);
-    let turns = [("user", question.as_str())];
-    let reply = post(
-        fleet.router.http,
-        Api::ChatCompletions,
-        &chat(None, &turns, 4, false),
-    )
-    .await?;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let home = reply.header("x-kvtier-routed-worker");
-
-    // The same prompt's tokens, as a custom router would compute them.
+    let (home, tokens) = fleet.first_call(42).await?;
     let prompt = prompt_model(&fleet.tokenizer)?;
-    let call = kvtier_prompt::parse_request(
-        Api::ChatCompletions,
-        chat(None, &turns, 4, false).to_string().as_bytes(),
-        &[],
-    )?;
-    let tokens = prompt.prompt_tokens(&call)?;
     let hashes = prompt.block_hashes(&tokens);
     let mut client = fleet.grpc().await?;
     let start = Instant::now();
@@ -625,24 +629,8 @@ async fn a_python_grpc_client_drives_the_router_service() -> Result<()> {
     };
     let fleet = Fleet::start(2, &[], &[])?;
     fleet.wait_available(2).await?;
-    let question = task(11);
-    let turns = [("user", question.as_str())];
-    let reply = post(
-        fleet.router.http,
-        Api::ChatCompletions,
-        &chat(None, &turns, 4, false),
-    )
-    .await?;
-    assert_eq!(reply.status, 200, "{}", reply.text());
-    let home = reply.header("x-kvtier-routed-worker");
+    let (home, tokens) = fleet.first_call(11).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let prompt = prompt_model(&fleet.tokenizer)?;
-    let call = kvtier_prompt::parse_request(
-        Api::ChatCompletions,
-        chat(None, &turns, 4, false).to_string().as_bytes(),
-        &[],
-    )?;
-    let tokens = prompt.prompt_tokens(&call)?;
     let blocks = tokens.len() / 16;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let output = std::process::Command::new(&python)
