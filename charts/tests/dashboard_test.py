@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Every Grafana panel query, evaluated by a real Prometheus scraping a real kvtier-server.
+"""Every Grafana panel query, evaluated by a real Prometheus scraping a real kvtier fleet.
 
 1. Starts `kvtier-server` on loopback (ports 0, temp data dir, tiny host and disk tiers so that a
-   short workload demotes, promotes and evicts) and Debian's `prometheus` (free loopback port,
-   temp storage, 1 s scrape interval) scraping it.
+   short workload demotes, promotes and evicts), a worker (`kvtier-agent` + `kvtier-sim-worker`,
+   a simulated engine with a small pool, the tiny byte-level tokenizer of tiny_tokenizer.py),
+   `kvtier-router` in front of it, and Debian's `prometheus` (free loopback port, temp storage,
+   1 s scrape interval) scraping the server, the agent, the worker and the router.
 2. Drives a deterministic workload over gRPC from Python (stubs generated from
    proto/proto/kvtier/v1/cache.proto: this also proves the wire contract from Python): handshakes
    (one mismatch), Puts, Gets, Lookups, a WatchEvents subscriber, and one request refused for
@@ -17,10 +19,17 @@
    evaluated at a scrape taken after the measured phase, where W reaches back exactly to a scrape
    taken between warm-up and measured phase (so Prometheus neither extrapolates nor misses a
    counter's first increment).
+5. Then (the cache server's window closed, so worker onboards do not touch its Get counts) drives
+   model calls through the router's HTTP front from urllib: the three APIs, streamed and not, a
+   shared prefix (HBM hits), documents that overflow the worker's pool (offloads, onboards from
+   the cache's tiers), agent hints, a client that hangs up mid-stream, and, after the measured
+   window, a call to a stopped worker (upstream error). The router's predicted-hit-rate panels
+   must equal the ratio of its own counters read from its /metrics before and after the window.
 
 Usage: dashboard_test.py [--server-bin PATH] [--prometheus-bin PATH] [--keep]
-       (or KVTIER_SERVER_BIN; default: $CARGO_TARGET_DIR/release, ~/.cache/kvtier-target/release,
-       target/release)
+       (or KVTIER_SERVER_BIN; kvtier-agent, kvtier-sim-worker and kvtier-router from
+       KVTIER_AGENT_BIN / KVTIER_SIM_WORKER_BIN / KVTIER_ROUTER_BIN or the same places;
+       default: $CARGO_TARGET_DIR/release, ~/.cache/kvtier-target/release, target/release)
 Exits 0 when every check passed; prints "dashboard: N passed, M failed" last.
 """
 
@@ -48,7 +57,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "charts" / "kvtier" / "dashboards"
 PROTO_ROOT = REPO / "proto" / "proto"
-METRICS_RS = REPO / "cache-server" / "src" / "metrics.rs"
+# Where each scraped binary declares its metric names (Prometheus job -> metrics.rs).
+METRICS_RS = {
+    "kvtier-server": REPO / "cache-server" / "src" / "metrics.rs",
+    "kvtier-router": REPO / "router" / "src" / "metrics.rs",
+    "kvtier-agent": REPO / "worker-agent" / "src" / "metrics.rs",
+}
 
 DEADLINE_S = 110  # the whole test, hard bound
 BLOCK_BYTES = 4096
@@ -61,13 +75,10 @@ AGENTS = {("agent-a", "planner"): "high", ("agent-b", "batch-eval"): "low"}
 AGENT_PRIORITY = {"high": 4, "normal": 0, "low": -4}
 # Counters that legitimately have no series after a short healthy run: their panels must use an
 # `or vector(0)` fallback, and only their names are checked against the exporter.
-MAY_BE_ABSENT = {"kvtier_checksum_failures_total", "kvtier_events_dropped_total"}
-# Binaries with no /metrics yet: no panel may use metrics of theirs until they export some and
-# this test scrapes them.
-PENDING_BINARIES = {
-    "kvtier-router": "the router binary does not exist yet",
-    "kvtier-agent": "kvtier_agent_* metrics exist but have no panels yet (see charts/README.md)",
-}
+MAY_BE_ABSENT = {"kvtier_checksum_failures_total", "kvtier_events_dropped_total", "kvtier_agent_engine_event_errors_total"}
+# The router fleet: the model, the cache-server namespace its worker attaches, bytes per block
+# (= the cache workload's, so both fill the server's tiny tiers alike), the worker's pool.
+FLEET_MODEL, FLEET_NAMESPACE, FLEET_BLOCK_BYTES, FLEET_POOL_BLOCKS = "sim-model", "fleet", 4096, 48
 
 TOL = 1e-6
 
@@ -94,13 +105,14 @@ class Checks:
 # Exported metric names
 
 
-def exported_metrics() -> set[str]:
-    """Metric names kvtier-server exports, from the constants in metrics.rs (histograms also as
+def exported_metrics(binary: str) -> set[str]:
+    """Metric names a binary exports, from the constants in its metrics.rs (histograms also as
     their _bucket/_sum/_count series)."""
-    src = METRICS_RS.read_text()
+    path = METRICS_RS[binary]
+    src = path.read_text()
     names = set(re.findall(r'pub const \w+: &str = "(kvtier_[a-z0-9_]+)";', src))
     if not names:
-        raise SystemExit(f"no metric names found in {METRICS_RS}")
+        raise SystemExit(f"no metric names found in {path}")
     histograms = {n for n in names if n.endswith("_seconds") or n.endswith("_bytes_histogram")}
     out = set(names)
     for h in histograms:
@@ -201,7 +213,101 @@ def start_server(procs: Procs, binary: str, tmp: Path) -> tuple[str, str, subpro
     return m.group(1), m.group(2), p
 
 
-def start_prometheus(procs: Procs, binary: str, tmp: Path, metrics_addr: str) -> str:
+def start_ready(procs: Procs, name: str, argv: list[str], tmp: Path, timeout: float = 30) -> str:
+    """Starts a kvtier binary (stderr to tmp/<name>.log) and returns its `<name> ready ...` line."""
+    log = open(tmp / f"{name}.log", "wb")
+    p = procs.start(name, argv, stdout=subprocess.PIPE, stderr=log, env={**os.environ, "RUST_LOG": "warn", "KVTIER_LOG": "warn"})
+    ready: list[str] = []
+
+    def read() -> None:
+        for raw in p.stdout:  # type: ignore[union-attr]
+            line = raw.decode(errors="replace").strip()
+            if not ready and line.startswith(f"{name} ready"):
+                ready.append(line)
+        # (keeps draining so the child never blocks on a full pipe)
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not ready:
+        if p.poll() is not None:
+            raise SystemExit(f"{name} exited with {p.returncode}; log: {(tmp / f'{name}.log').read_bytes()[-1500:].decode(errors='replace')}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name} printed no ready line within {timeout} s")
+        time.sleep(0.05)
+    return ready[0]
+
+
+def field(line: str, key: str) -> str:
+    m = re.search(rf"\b{key}=(\S+)", line)
+    if not m:
+        raise SystemExit(f"no {key}= in ready line {line!r}")
+    return m.group(1)
+
+
+class Fleet:
+    """One worker (kvtier-agent + kvtier-sim-worker) and kvtier-router in front of it, all
+    attached to the test's kvtier-server, on loopback."""
+
+    def __init__(self, procs: Procs, bins: dict[str, str], tmp: Path, server_grpc: str) -> None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from tiny_tokenizer import write_tiny_tokenizer
+
+        self.procs = procs
+        tokenizer = str(write_tiny_tokenizer(tmp / "model"))
+        line = start_ready(procs, "kvtier-agent", [
+            bins["kvtier-agent"], "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+            "--server", f"http://{server_grpc}", "--worker-id", "w0", "--staging-bytes", "8MiB"], tmp)
+        self.agent_grpc, self.agent_metrics = field(line, "grpc"), field(line, "metrics")
+        shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else tmp
+        self.pool = shm / f"kvtier-dash-pool-{os.getpid()}"
+        line = start_ready(procs, "kvtier-sim-worker", [
+            bins["kvtier-sim-worker"], "--listen", "127.0.0.1:0", "--agent", f"http://{self.agent_grpc}",
+            "--pool", str(self.pool), "--pool-blocks", str(FLEET_POOL_BLOCKS), "--block-bytes", str(FLEET_BLOCK_BYTES),
+            "--namespace", FLEET_NAMESPACE, "--model", FLEET_MODEL, "--tokenizer", tokenizer,
+            "--prefill-tokens-per-s", "1000000", "--decode-tokens-per-s", "400"], tmp)
+        self.worker_http = field(line, "http")
+        if field(line, "agent") != "attached":
+            raise SystemExit(f"kvtier-sim-worker did not attach to its agent: {line}")
+        self.worker = procs.procs[-1][1]
+        line = start_ready(procs, "kvtier-router", [
+            bins["kvtier-router"], "--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
+            "--cache-server", f"http://{server_grpc}", "--namespace", FLEET_NAMESPACE, "--model", FLEET_MODEL,
+            "--block-bytes", str(FLEET_BLOCK_BYTES), "--tokenizer", tokenizer, "--expire-ms", "3000", "--unreachable-ms", "1000",
+            "--worker", f"w0=http://{self.worker_http}@http://{self.agent_grpc}"], tmp)
+        self.router_http = field(line, "http")
+        self.router_grpc = field(line, "grpc")
+
+    def list_workers(self) -> list:
+        """RouterService.ListWorkers over gRPC (stubs from router.proto), as a custom router asks."""
+        import grpc  # type: ignore
+        from kvtier.v1 import router_pb2, router_pb2_grpc  # type: ignore
+
+        with grpc.insecure_channel(self.router_grpc) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            return list(stub.ListWorkers(router_pb2.ListWorkersRequest(), timeout=10).workers)
+
+    def find_matches(self, blocks: int = 4) -> int:
+        """RouterService.FindMatches for a prefix given as token ids; returns its block count."""
+        import grpc  # type: ignore
+        from kvtier.v1 import router_pb2, router_pb2_grpc  # type: ignore
+
+        with grpc.insecure_channel(self.router_grpc) as channel:
+            stub = router_pb2_grpc.RouterServiceStub(channel)
+            query = router_pb2.PrefixQuery(model=FLEET_MODEL, token_ids=list(range(16 * blocks)))
+            return stub.FindMatches(router_pb2.FindMatchesRequest(prefix=query), timeout=10).query_blocks
+
+    def targets(self) -> dict[str, str]:
+        return {"kvtier-agent": self.agent_metrics, "kvtier-sim-worker": self.worker_http, "kvtier-router": self.router_http}
+
+    def cleanup(self) -> None:
+        try:
+            self.pool.unlink()
+        except OSError:
+            pass
+
+
+def start_prometheus(procs: Procs, binary: str, tmp: Path, targets: dict[str, str]) -> str:
+    """Prometheus scraping each job's target (job name: the binary)."""
     port = free_port()
     cfg = tmp / "prometheus.yml"
     cfg.write_text(
@@ -210,9 +316,7 @@ def start_prometheus(procs: Procs, binary: str, tmp: Path, metrics_addr: str) ->
         "  scrape_timeout: 1s\n"
         "  evaluation_interval: 1s\n"
         "scrape_configs:\n"
-        "  - job_name: kvtier-server\n"
-        "    static_configs:\n"
-        f"      - targets: ['{metrics_addr}']\n"
+        + "".join(f"  - job_name: {job}\n    static_configs:\n      - targets: ['{addr}']\n" for job, addr in targets.items())
     )
     log = open(tmp / "prometheus.log", "wb")
     procs.start(
@@ -281,15 +385,15 @@ class Prom:
                 raise SystemExit(f"timed out waiting for {what}: {expr} = {v}")
             time.sleep(0.2)
 
-    def scrape_after(self, wall_ms: int) -> int:
-        """Timestamp (ms) of the first scrape of kvtier-server that started after wall_ms."""
+    def scrape_after(self, wall_ms: int, job: str = "kvtier-server") -> int:
+        """Timestamp (ms) of the first scrape of job that started after wall_ms."""
         deadline = time.monotonic() + 20
         while True:
-            v = self.scalar('max(timestamp(up{job="kvtier-server"}))')
+            v = self.scalar(f'max(timestamp(up{{job="{job}"}}))')
             if v is not None and round(v * 1000) > wall_ms:
                 return round(v * 1000)
             if time.monotonic() > deadline:
-                raise SystemExit(f"no fresh scrape of kvtier-server within 20 s (last {v}, wanted > {wall_ms / 1000:.3f})")
+                raise SystemExit(f"no fresh scrape of {job} within 20 s (last {v}, wanted > {wall_ms / 1000:.3f})")
             time.sleep(0.2)
 
 
@@ -308,9 +412,10 @@ def load_stubs(tmp: Path):
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         "kvtier/v1/cache.proto",
+        "kvtier/v1/router.proto",
     ]
     if protoc.main(args) != 0:
-        raise SystemExit("grpc_tools.protoc failed on cache.proto")
+        raise SystemExit("grpc_tools.protoc failed on cache.proto / router.proto")
     sys.path.insert(0, str(out))
     from kvtier.v1 import cache_pb2, cache_pb2_grpc  # type: ignore
 
@@ -536,6 +641,181 @@ class Workload:
 
 
 # ---------------------------------------------------------------------------------------------
+# Model calls through the router
+
+
+def metric_samples(addr: str, name: str) -> dict[str, float]:
+    """Samples of one metric from a /metrics page, keyed by their label text ("" without)."""
+    code, body = http_get(f"http://{addr}/metrics")
+    if code != 200:
+        raise SystemExit(f"GET http://{addr}/metrics: HTTP {code}")
+    out = {}
+    for m in re.finditer(rf"^{name}(?:{{([^}}]*)}})?\s+(\S+)$", body.decode(), re.M):
+        out[m.group(1) or ""] = float(m.group(2))
+    return out
+
+
+def label_value(labels: str, key: str) -> str:
+    m = re.search(rf'\b{key}="([^"]*)"', labels)
+    return m.group(1) if m else ""
+
+
+# A shared system prompt (several blocks): calls that repeat it hit the worker's HBM.
+SYSTEM = ("You are the planner of a coding agent. Read the repository, find the tests that fail, "
+          "fix them one at a time, run the checks after each change and report what you changed. ") * 2
+
+
+def document(i: int, words: int = 70) -> str:
+    """A long distinct prompt: a few of them overflow the worker's pool (offloads, then onboards)."""
+    return f"document {i}: " + " ".join(f"w{i}x{j}" for j in range(words))
+
+
+class RouterWorkload:
+    """Model calls over the router's HTTP front (urllib / http.client, as any client would)."""
+
+    def __init__(self, http_addr: str) -> None:
+        self.addr = http_addr
+        self.codes: dict[int, int] = {}
+
+    def post(self, path: str, body: dict, headers: dict | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"http://{self.addr}{path}", data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                code, data = r.status, r.read()  # a streamed answer is read to its end
+        except urllib.error.HTTPError as e:
+            code, data = e.code, e.read()
+        self.codes[code] = self.codes.get(code, 0) + 1
+        return code, data
+
+    def chat(self, user: str, stream: bool = False, agent: str | None = None, system: str = SYSTEM) -> tuple[int, bytes]:
+        body = {"model": FLEET_MODEL, "max_tokens": 4, "stream": stream,
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+        return self.post("/v1/chat/completions", body, {"x-kvtier-agent-id": agent} if agent else None)
+
+    def responses(self, text: str, stream: bool = False) -> tuple[int, bytes]:
+        return self.post("/v1/responses", {"model": FLEET_MODEL, "input": text, "instructions": SYSTEM,
+                                           "max_output_tokens": 4, "stream": stream})
+
+    def messages(self, text: str, stream: bool = False, agent: str | None = None) -> tuple[int, bytes]:
+        body = {"model": FLEET_MODEL, "max_tokens": 4, "stream": stream, "system": SYSTEM,
+                "messages": [{"role": "user", "content": text}]}
+        return self.post("/v1/messages", body, {"x-kvtier-agent-id": agent} if agent else None)
+
+    def hang_up_mid_stream(self) -> bool:
+        """Starts a long streamed answer, reads its first bytes and closes the connection."""
+        import http.client
+
+        host, port = self.addr.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        body = {"model": FLEET_MODEL, "max_tokens": 2000, "stream": True,
+                "messages": [{"role": "user", "content": "tell me a long story"}]}
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"content-type": "application/json"})
+        resp = conn.getresponse()
+        first = resp.readline()
+        try:
+            conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+        except OSError:
+            pass
+        conn.close()
+        return resp.status == 200 and bool(first)
+
+    def warm_up(self, checks: Checks) -> None:
+        """Every API, streamed and not; documents that overflow the pool (offloads to the cache,
+        then an onboard of the first one); hints (agent ids); a client hanging up mid-stream."""
+        results = [
+            self.chat("question 0", agent="planner"),
+            self.chat("question 1", stream=True, agent="planner"),
+            self.responses("question 2"),
+            self.responses("question 3", stream=True),
+            self.messages("question 4", agent="reviewer"),
+            self.messages("question 5", stream=True),
+        ]
+        for i in range(4):
+            results.append(self.chat(document(i), system="Summarise the document."))
+        results.append(self.chat(document(0), system="Summarise the document."))
+        bad = [(c, d[:160]) for c, d in results if c != 200]
+        checks.check(not bad, f"router: {len(results)} warm-up calls over the three APIs (streamed and not) answered 200 {bad or ''}")
+        self.hang_up(checks, 1)
+
+    def hang_up(self, checks: Checks, n: int) -> None:
+        """A client hangs up mid-stream; waits until the router counted n cancellations."""
+        checks.check(self.hang_up_mid_stream(), f"router: a streamed answer started, then the client hung up (#{n})")
+        deadline = time.monotonic() + 10
+        while sum(metric_samples(self.addr, "kvtier_router_cancelled_total").values()) < n:
+            if time.monotonic() > deadline:
+                checks.fail(f"router: kvtier_router_cancelled_total did not reach {n} within 10 s")
+                break
+            time.sleep(0.1)
+
+    def measured(self, checks: Checks) -> None:
+        """Repeated prefixes (HBM), evicted documents (cache tiers) and new ones (compute)."""
+        results = [
+            self.chat("question 6", agent="planner"),
+            self.chat("question 7", stream=True, agent="planner"),
+            self.messages("question 8", agent="reviewer"),
+            self.responses("question 9"),
+            self.chat(document(1), system="Summarise the document."),
+            self.chat(document(3), system="Summarise the document."),
+            self.chat(document(5), system="Summarise the document."),
+            self.chat(document(2), system="Summarise the document.", stream=True),
+        ]
+        bad = [(c, d[:160]) for c, d in results if c != 200]
+        checks.check(not bad, f"router: {len(results)} measured calls answered 200 {bad or ''}")
+        # The cancellation counter is born at its first increment, which rate() cannot see:
+        # a second hang-up makes the panel show one.
+        self.hang_up(checks, 2)
+
+
+def check_router_hit_rate(checks: Checks, prom: Prom, dashboards, before: dict[str, float], after: dict[str, float],
+                          t_start_ms: int, t_end_ms: int) -> None:
+    """The predicted-hit-rate panels against the router's own counters (kvtier_router_predicted_blocks_total
+    read from its /metrics before and after the window)."""
+    window = f"{t_end_ms - t_start_ms}ms"
+    at = t_end_ms / 1000
+    delta: dict[str, float] = {}
+    for labels, v in after.items():
+        tier = label_value(labels, "tier")
+        delta[tier] = delta.get(tier, 0.0) + v - before.get(labels, 0.0)
+    total = sum(delta.values())
+    if not checks.check(total > 0 and sum(v for t, v in delta.items() if t != "compute") > 0,
+                        f"router hit rate: the measured calls routed {total:g} blocks, {json.dumps(delta)}"):
+        return
+    expected = {None: {"": sum(v for t, v in delta.items() if t != "compute") / total},
+                "tier": {t: v / total for t, v in delta.items() if t != "compute"}}
+    print(f"router counters (measured window): predicted blocks by tier {json.dumps(delta)}; predicted hit rate "
+          f"{expected[None]['']:.6f}; by tier {json.dumps({k: round(v, 6) for k, v in expected['tier'].items()})}", flush=True)
+    err, res = prom.query(f"kvtier_router_predicted_blocks_total @ {t_start_ms / 1000:.3f}", at)
+    checks.check(not err and len(res) == len(after), f"router hit rate: every predicted-blocks series existed at the window start ({len(res)} of {len(after)})")
+    found = 0
+    for fname, dash in dashboards:
+        for p in panels_of(dash):
+            for t in p.get("targets", []) if p.get("type") != "row" else []:
+                e = t["expr"]
+                if "kvtier_router_predicted_blocks_total" not in e or "/" not in e:
+                    continue
+                found += 1
+                m = re.match(r"\s*sum by \((\w+)\)", e)
+                by = m.group(1) if m else None
+                what = f"router hit rate: {fname} '{p['title']}' {t['refId']} equals the router's own counters"
+                expr = substitute(e.replace("rate(", "increase("), variable_bindings(dash)[0], window)
+                err, res = prom.query(expr, at)
+                if err or not res:
+                    checks.fail(f"{what}: query {'error ' + err if err else 'returned no series'}: {expr}")
+                    continue
+                want = expected.get(by)
+                if want is None:
+                    checks.fail(f"{what}: panel groups by '{by}', which the test does not know how to check")
+                    continue
+                got = {(r["metric"].get(by, "") if by else ""): float(r["value"][1]) for r in res}
+                diffs = {k: (got.get(k, 0.0), want.get(k, 0.0)) for k in set(got) | set(want)}
+                bad = {k: v for k, v in diffs.items() if not abs(v[0] - v[1]) <= TOL}
+                detail = ", ".join(f"{k or 'all'}: panel {v[0]:.6f} router {v[1]:.6f}" for k, v in sorted(diffs.items()))
+                checks.check(not bad, f"{what} ({detail})")
+    checks.check(found >= 2, f"router hit rate: {found} predicted-hit-rate targets found (overall, by tier)")
+
+
+# ---------------------------------------------------------------------------------------------
 # Dashboards
 
 
@@ -622,7 +902,7 @@ def evaluate_panels(checks: Checks, prom: Prom, dashboards, exported: set[str], 
                     names = metric_names_in(t["expr"])
                     unknown = sorted(n for n in names if n not in exported)
                     if unknown:
-                        checks.fail(f"{what}: names metrics kvtier-server does not export: {unknown}")
+                        checks.fail(f"{what}: names metrics no scraped binary declares: {unknown}")
                         continue
                     missing = sorted(n for n in names if n not in live and n not in MAY_BE_ABSENT)
                     if missing:
@@ -714,16 +994,20 @@ def check_hit_rate(checks: Checks, prom: Prom, dashboards, tally: Tally, t_start
 # ---------------------------------------------------------------------------------------------
 
 
-def find_server(arg: str | None) -> str:
-    cands = [arg, os.environ.get("KVTIER_SERVER_BIN")]
+BIN_ENV = {"kvtier-server": "KVTIER_SERVER_BIN", "kvtier-agent": "KVTIER_AGENT_BIN",
+           "kvtier-sim-worker": "KVTIER_SIM_WORKER_BIN", "kvtier-router": "KVTIER_ROUTER_BIN"}
+
+
+def find_bin(name: str, arg: str | None = None) -> str:
+    cands = [arg, os.environ.get(BIN_ENV[name])]
     target = os.environ.get("CARGO_TARGET_DIR")
     if target:
-        cands.append(str(Path(target) / "release" / "kvtier-server"))
-    cands += [str(Path.home() / ".cache" / "kvtier-target" / "release" / "kvtier-server"), str(REPO / "target" / "release" / "kvtier-server")]
+        cands.append(str(Path(target) / "release" / name))
+    cands += [str(Path.home() / ".cache" / "kvtier-target" / "release" / name), str(REPO / "target" / "release" / name)]
     for c in cands:
         if c and os.access(c, os.X_OK):
             return c
-    raise SystemExit("kvtier-server binary not found; build it (cargo build --release --workspace --bins) or pass --server-bin")
+    raise SystemExit(f"{name} binary not found; build it (cargo build --release --workspace --bins) or set {BIN_ENV[name]}")
 
 
 def main() -> int:
@@ -741,27 +1025,35 @@ def main() -> int:
     signal.alarm(DEADLINE_S)
 
     checks = Checks()
-    exported = exported_metrics()
+    declared = {b: exported_metrics(b) for b in METRICS_RS}
+    exported = set().union(*declared.values())
     dashboards = load_dashboards()
-    print(f"dashboards: {', '.join(f for f, _ in dashboards)}; kvtier-server exports {len(exported)} series names", flush=True)
-    for b, why in PENDING_BINARIES.items():
-        print(f"SKIP panels for {b}: {why}, so the dashboards have none (see charts/README.md)", flush=True)
+    print(f"dashboards: {', '.join(f for f, _ in dashboards)}; declared series names: "
+          f"{', '.join(f'{b} {len(n)}' for b, n in declared.items())}", flush=True)
 
-    server_bin = find_server(args.server_bin)
+    bins = {"kvtier-server": find_bin("kvtier-server", args.server_bin)}
+    for name in ("kvtier-agent", "kvtier-sim-worker", "kvtier-router"):
+        bins[name] = find_bin(name)
     tmp = Path(tempfile.mkdtemp(prefix="kvtier-dash-"))
     procs = Procs()
     stop_watch = threading.Event()
+    fleet: Fleet | None = None
     try:
         pb, pb_grpc = load_stubs(tmp)
-        grpc_addr, metrics_addr, server = start_server(procs, server_bin, tmp)
+        grpc_addr, metrics_addr, server = start_server(procs, bins["kvtier-server"], tmp)
         checks.check(grpc_addr.startswith("127.0.0.1:") and metrics_addr.startswith("127.0.0.1:"), f"kvtier-server on loopback: grpc={grpc_addr} metrics={metrics_addr}")
-        prom = Prom(start_prometheus(procs, args.prometheus_bin, tmp, metrics_addr))
-        prom.wait('up{job="kvtier-server"}', lambda v: v == 1, "Prometheus to scrape kvtier-server")
-        checks.ok("Prometheus scrapes kvtier-server (up == 1)")
+        fleet = Fleet(procs, bins, tmp, grpc_addr)
+        targets = {"kvtier-server": metrics_addr, **fleet.targets()}
+        checks.ok(f"fleet on loopback: agent metrics={fleet.agent_metrics}, sim worker http={fleet.worker_http}, router http={fleet.router_http}")
+        prom = Prom(start_prometheus(procs, args.prometheus_bin, tmp, targets))
+        for job in targets:
+            prom.wait(f'up{{job="{job}"}}', lambda v: v == 1, f"Prometheus to scrape {job}")
+        checks.ok(f"Prometheus scrapes {', '.join(targets)} (up == 1)")
 
         for fname, dash in dashboards:
             check_dashboard_json(checks, fname, dash)
 
+        # Phase 1: the cache server, driven over gRPC (the fleet idles: no Gets of its own).
         wl = Workload(grpc_addr, pb, pb_grpc)
         wl.watch(stop_watch)
         wl.warm_up(checks)
@@ -775,29 +1067,79 @@ def main() -> int:
         t_end = prom.scrape_after(end)
         checks.check(wl.watch_events > 0, f"workload: the WatchEvents subscriber received {wl.watch_events} events")
 
-        _, res = prom.query('count by (__name__) ({job="kvtier-server", __name__=~"kvtier_.*"})')
+        # Phase 2: model calls through the router (its worker onboards from the cache server now).
+        rw = RouterWorkload(fleet.router_http)
+        rw.warm_up(checks)
+        workers = fleet.list_workers()
+        checks.check([w.worker_id for w in workers] == ["w0"] and workers[0].available,
+                     f"router: RouterService.ListWorkers over gRPC lists w0 available ({[(w.worker_id, w.available) for w in workers]})")
+        checks.check(fleet.find_matches(4) == 4, "router: RouterService.FindMatches over gRPC hashes 64 token ids into 4 blocks")
+        pred = "kvtier_router_predicted_blocks_total"
+        before = metric_samples(fleet.router_http, pred)
+        r_warm_end = time.time_ns() // 1_000_000
+        prom.wait(f"sum({pred})", lambda v: v == sum(before.values()), "the router's warm-up decisions in a scrape")
+        r_start = prom.scrape_after(r_warm_end, "kvtier-router")
+        rw.measured(checks)
+        after = metric_samples(fleet.router_http, pred)
+        r_end_wall = time.time_ns() // 1_000_000
+        prom.wait(f"sum({pred})", lambda v: v == sum(after.values()), "the router's measured decisions in a scrape")
+        r_end = prom.scrape_after(r_end_wall, "kvtier-router")
+        fleet.find_matches(2)  # a second call: the gRPC histogram is born at the first
+        # After the window: the worker stops; a call to it is an upstream (connect) error.
+        fleet.worker.send_signal(signal.SIGTERM)
+        fleet.worker.wait(timeout=15)
+        code, body = rw.chat("question 10")
+        errors = metric_samples(fleet.router_http, "kvtier_router_upstream_errors_total")
+        checks.check(code == 503 and sum(errors.values()) >= 1,
+                     f"router: a call to a stopped worker is an upstream connect error, answered {code} ({errors})")
+        time.sleep(1.2)  # past --unreachable-ms and a scrape with the error counter born, so that a second error shows in rate()
+        code2, _ = rw.chat("question 11")
+        errors2 = metric_samples(fleet.router_http, "kvtier_router_upstream_errors_total")
+        print(f"router: a second call to the stopped worker answered {code2}; upstream errors {errors2}", flush=True)
+        onboard = metric_samples(fleet.agent_metrics, "kvtier_agent_onboard_blocks_total")
+        offload = metric_samples(fleet.agent_metrics, "kvtier_agent_offload_blocks_total")
+        checks.check(sum(v for k, v in onboard.items() if 'result="loaded"' in k) > 0 and sum(offload.values()) > 0,
+                     f"agent: the worker offloaded blocks and onboarded some back from the cache tier (offload {sum(offload.values()):g}, onboard {onboard})")
+        print(f"router answers by HTTP status: {rw.codes}", flush=True)
+        time.sleep(1.5)  # one more scrape of the router and the agent after the error
+
+        _, res = prom.query('count by (__name__) ({__name__=~"kvtier_.*"})')
         live = {r["metric"]["__name__"] for r in res}
-        code, body = http_get(f"http://{metrics_addr}/metrics")
-        text_names = set(re.findall(r"^(kvtier_[a-z0-9_]+)", body.decode(), re.M))
-        unexported = sorted(text_names - exported)
-        checks.check(not unexported, f"every metric on /metrics is declared in metrics.rs {unexported or ''}")
+        for binary, addr in (("kvtier-server", metrics_addr), ("kvtier-router", fleet.router_http), ("kvtier-agent", fleet.agent_metrics)):
+            code, body = http_get(f"http://{addr}/metrics")
+            text_names = set(re.findall(r"^(kvtier_[a-z0-9_]+)", body.decode(), re.M))
+            unexported = sorted(text_names - declared[binary])
+            checks.check(code == 200 and not unexported, f"every metric on {binary}'s /metrics is declared in {METRICS_RS[binary].relative_to(REPO)} {unexported or ''}")
         unused = sorted(n for n in exported if not n.endswith(("_bucket", "_sum")) and not any(n in t["expr"] for _, d in dashboards for p in panels_of(d) for t in p.get("targets", [])))
         if unused:
             print(f"NOTE exported but on no panel: {unused}", flush=True)
 
         check_hit_rate(checks, prom, dashboards, tally, t_start, t_end)
+        check_router_hit_rate(checks, prom, dashboards, before, after, r_start, r_end)
 
         # Every panel, at "now", over a window that covers the whole run.
         rate_interval = f"{int(time.monotonic() - started) + 10}s"
         evaluate_panels(checks, prom, dashboards, exported, live, rate_interval)
+        # The error panels must show the errors the workload caused (not just their 0 fallback).
+        for fname, dash in dashboards:
+            for p in panels_of(dash):
+                if p.get("title") in ("Cancelled calls", "Upstream errors"):
+                    expr = substitute(p["targets"][0]["expr"], variable_bindings(dash)[0], rate_interval)
+                    _, res = prom.query(expr)
+                    top = max((float(r["value"][1]) for r in res), default=0.0)
+                    checks.check(top > 0 and len(res) == 1, f"{fname} '{p['title']}' shows the workload's errors ({len(res)} series, max {top:.4g}/s)")
         checks.check(server.poll() is None, "kvtier-server still running after the workload")
+        alive = {name: p.poll() is None for name, p in procs.procs if name in ("kvtier-agent", "kvtier-router")}
+        checks.check(all(alive.values()), f"kvtier-agent and kvtier-router still running after the workload {alive}")
     except (SystemExit, TimeoutError, AssertionError) as e:
         checks.fail(f"test aborted: {type(e).__name__}: {e}")
     finally:
         signal.alarm(0)
         stop_watch.set()
         procs.stop_all()
-        for name in ("kvtier-server.log", "prometheus.log"):
+        if fleet is not None:
+            fleet.cleanup()
+        for name in ("kvtier-server.log", "kvtier-agent.log", "kvtier-sim-worker.log", "kvtier-router.log", "prometheus.log"):
             log = tmp / name
             if checks.failed and log.exists():
                 print(f"--- {name} (last 2000 bytes)\n{log.read_bytes()[-2000:].decode(errors='replace')}")

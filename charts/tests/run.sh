@@ -3,13 +3,15 @@
 # with the pinned packages of requirements.txt; Debian's prometheus package), builds the
 # binaries they start if needed, then runs:
 #   check_chart.py      helm lint/render (Helm's library) + Kubernetes schema validation
-#   dashboard_test.py   every Grafana panel query against a real Prometheus scraping kvtier-server
+#   dashboard_test.py   every Grafana panel query against a real Prometheus scraping kvtier-server,
+#                       a kvtier-agent, a kvtier-sim-worker and kvtier-router
 # Usage: charts/tests/run.sh            (both)
 #        charts/tests/run.sh chart      (only the chart checks)
 #        charts/tests/run.sh dashboard  (only the dashboard test)
 # Env: KVTIER_CHARTS_VENV (default ~/.cache/kvtier-charts-venv), CARGO_TARGET_DIR
 #      (default ~/.cache/kvtier-target), PYTHON (default python3, >= 3.10), KVTIER_SERVER_BIN /
-#      KVTIER_AGENT_BIN (test these binaries instead of the ones in CARGO_TARGET_DIR).
+#      KVTIER_AGENT_BIN / KVTIER_ROUTER_BIN / KVTIER_SIM_WORKER_BIN (test these binaries instead
+#      of the ones in CARGO_TARGET_DIR; with KVTIER_SERVER_BIN set nothing is built).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 what="${1:-all}"
@@ -43,7 +45,7 @@ fi
 # KVTIER_SERVER_BIN names the server binary to test.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kvtier-target}"
 if [ -z "${KVTIER_SERVER_BIN:-}" ]; then
-  cargo build --release -q -p kvtier-cache-server -p kvtier-worker-agent --bins
+  cargo build --release -q -p kvtier-cache-server -p kvtier-worker-agent -p kvtier-router --bins
 fi
 
 py="$VENV/bin/python"
