@@ -206,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
     if workers.is_empty() {
         bail!("no --worker given: the router needs at least one worker");
     }
+    kvtier_router::metrics::register_zeroes(workers.iter().map(|w| w.worker_id.as_str()));
     let config = HashingConfig {
         block_tokens: args.block_tokens,
         seed: args.seed,

@@ -52,3 +52,34 @@ pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheu
     }
     builder.install_recorder()
 }
+
+/// Creates the router's counters at zero, so that `rate()` sees their first
+/// increment (a counter born at 1 looks like no change to Prometheus).
+pub fn register_zeroes<'a>(workers: impl IntoIterator<Item = &'a str>) {
+    use metrics::counter;
+    counter!(CANCELLED).increment(0);
+    for kind in ["call", "ending"] {
+        for result in ["ok", "error"] {
+            counter!(HINTS, "kind" => kind, "result" => result).increment(0);
+        }
+    }
+    for source in ["http", "grpc"] {
+        for reason in [
+            "best_cost",
+            "hot_spot_shed",
+            "all_overloaded",
+            "round_robin",
+        ] {
+            counter!(DECISIONS, "source" => source, "reason" => reason).increment(0);
+        }
+    }
+    for tier in ["hbm", "host", "disk", "compute"] {
+        counter!(PREDICTED_BLOCKS, "tier" => tier).increment(0);
+    }
+    for worker in workers {
+        counter!(ROUTED, "worker" => worker.to_string()).increment(0);
+        for kind in ["connect", "stream"] {
+            counter!(UPSTREAM_ERRORS, "worker" => worker.to_string(), "kind" => kind).increment(0);
+        }
+    }
+}
