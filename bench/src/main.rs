@@ -2,8 +2,9 @@
 //! subcommand's flags and work live in its own module.
 
 mod agent_bench;
-mod router_service_bench;
 mod index_bench;
+mod router_service_bench;
+mod system;
 mod throughput;
 
 use kvtier_bench::replay;
@@ -36,6 +37,9 @@ enum Command {
     Index(index_bench::Args),
     /// gRPC FindMatches of kvtier-router vs Dynamo's standalone indexer, fed the same vLLM events.
     RouterService(router_service_bench::Args),
+    /// System replay: a trace through kvtier-router, simulated workers, agents and
+    /// kvtier-server, against round-robin and prefix-affinity baselines.
+    System(system::Args),
 }
 
 fn main() -> Result<()> {
@@ -46,5 +50,6 @@ fn main() -> Result<()> {
         Command::Agent(args) => agent_bench::run_blocking(args),
         Command::RouterService(args) => router_service_bench::run_blocking(args),
         Command::Index(args) => index_bench::run(args),
+        Command::System(args) => system::run(args),
     }
 }

@@ -76,6 +76,12 @@ struct Args {
     /// Output tokens when the request gives neither an osl hint nor max_tokens.
     #[arg(long, env = "KVTIER_SIM_DEFAULT_OSL", default_value_t = 16)]
     default_osl: u32,
+    /// Cache-tier I/O: `on` onboards from and offloads to the tier through the
+    /// agent; `off` keeps reporting blocks to the agent (the router still gets
+    /// KV events) but never onboards or offloads: a worker with only its own
+    /// LRU prefix cache (benchmark baseline).
+    #[arg(long, env = "KVTIER_SIM_TIER_IO", default_value = "on", value_parser = ["on", "off"])]
+    tier_io: String,
 }
 
 impl Args {
@@ -113,6 +119,7 @@ impl Args {
             prefill_tokens_per_s: self.prefill_tokens_per_s,
             decode_tokens_per_s: self.decode_tokens_per_s,
             default_osl: self.default_osl,
+            tier_io: self.tier_io == "on",
         })
     }
 }

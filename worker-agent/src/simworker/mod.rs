@@ -40,6 +40,11 @@ pub struct SimWorkerConfig {
     pub decode_tokens_per_s: f64,
     /// Output tokens when the call names none.
     pub default_osl: u32,
+    /// Onboard from and offload to the cache tier through the agent. Off:
+    /// the worker still reports its blocks to the agent (so routers get its
+    /// KV events) but serves from its own pool only, like an engine with a
+    /// local prefix cache and no tier (a benchmark baseline).
+    pub tier_io: bool,
 }
 
 /// Errors starting a simulated worker.

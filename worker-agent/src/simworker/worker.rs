@@ -564,7 +564,7 @@ impl SimWorker {
 
         // 3. Onboard what the tier holds.
         let agent_id = call.hints.agent_id.clone().unwrap_or_default();
-        let onboarded = if rest.is_empty() {
+        let onboarded = if rest.is_empty() || !self.config.tier_io {
             0
         } else {
             self.onboard(rest, &blocks, &agent_id).await
@@ -614,7 +614,7 @@ impl SimWorker {
             self.report(pool_id, WorkerEventKind::Stored, stored_chain)
                 .await;
         }
-        if !to_offload.is_empty() && self.agent.is_some() {
+        if !to_offload.is_empty() && self.agent.is_some() && self.config.tier_io {
             let mut held = Held::new(self.cache.clone());
             let offload_hashes: Vec<u64> = to_offload.iter().map(|b| b.hash).collect();
             let pinned = held.pin_each(&offload_hashes);
