@@ -151,6 +151,20 @@ async fn cross_worker_sharing_bit_for_bit() -> anyhow::Result<()> {
         ),
         20.0
     );
+    // Each agent counts its calls: A two offloads, B one onboard.
+    let a_metrics = a.metrics_text()?;
+    assert_eq!(
+        metric_sum(&a_metrics, "kvtier_agent_calls_total", &[("op", "offload")]),
+        2.0
+    );
+    assert_eq!(
+        metric_sum(
+            &b.metrics_text()?,
+            "kvtier_agent_calls_total",
+            &[("op", "onboard")]
+        ),
+        1.0
+    );
     let from_a = pool_blocks(&pool_a, 0, 20, BLOCK_BYTES)?;
     let on_b = pool_blocks(&pool_b, 100, 20, BLOCK_BYTES)?;
     assert!(

@@ -43,13 +43,17 @@ impl WorkerService for Service {
         let req = request.into_inner();
         self.state.check_count(req.blocks.len())?;
         let pool = self.state.pool(req.pool_id)?;
+        let started = std::time::Instant::now();
         let out = pool
             .offload(
                 &req.blocks,
                 self.state.config.call_timeout,
                 &self.state.stats,
             )
-            .await?;
+            .await;
+        let s = &self.state.stats;
+        Stats::timed(&s.offload_calls, &s.offload_nanos, started.elapsed());
+        let out = out?;
         Ok(Response::new(OffloadResponse {
             stored: out.stored,
             skipped: out.skipped,
