@@ -1,8 +1,9 @@
 //! `kvtier-bench throughput`: put/get of large blocks through a real
-//! `kvtier-server` on loopback, side by side with a plain TCP copy of the same
-//! bytes over the same number of connections (and Redis 7 SET/GET when
-//! `redis-server` is installed), all measured in one run; plus warm-restart
-//! time of the server with the data set on disk, against a cold start.
+//! `kvtier-server` on loopback, over gRPC and over its binary data plane,
+//! side by side with a plain TCP copy of the same bytes over the same number
+//! of connections (and Redis 7 SET/GET when `redis-server` is installed), all
+//! measured in one run; plus warm-restart time of the server with the data
+//! set on disk, against a cold start.
 //!
 //! Figures are printed as ratios to the TCP baseline: the machines are shared
 //! and noisy, bare times are not comparable between runs.
@@ -68,6 +69,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
 struct Server {
     child: Child,
     grpc: SocketAddr,
+    /// Binary data plane (`data=` in the ready line), when served.
+    data: Option<SocketAddr>,
 }
 
 impl Server {
@@ -97,7 +100,11 @@ impl Server {
             .find_map(|kv| kv.strip_prefix("grpc="))
             .ok_or_else(|| anyhow!("server did not report ready: {line:?}"))?
             .parse()?;
-        Ok((Self { child, grpc }, ready))
+        let data = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("data="))
+            .and_then(|a| a.parse().ok());
+        Ok((Self { child, grpc, data }, ready))
     }
 
     /// Resident set size of the server process, in bytes (Linux).
@@ -322,6 +329,7 @@ fn tcp_copy(connections: usize, bytes_each: u64, chunk: usize) -> Result<Duratio
     Ok(elapsed)
 }
 
+mod data_plane;
 mod redis;
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -346,8 +354,9 @@ async fn run_async(args: Args) -> Result<()> {
     let block = args.block_size as usize;
     let total = args.block_size * args.blocks as u64;
     let dir = tempfile::tempdir()?;
-    // Room for every round: the measurement must not depend on eviction.
-    let host_capacity = format!("{}", total * (args.rounds as u64 + 1));
+    // Room for every round of both paths: the measurement must not depend
+    // on eviction.
+    let host_capacity = format!("{}", total * (2 * args.rounds as u64 + 1));
     let (server, _) = Server::start(
         &bin,
         &dir.path().join("tput"),
@@ -360,12 +369,18 @@ async fn run_async(args: Args) -> Result<()> {
         clients.push((c, s));
     }
     let data = payload(block);
+    let sessions: Vec<String> = clients.iter().map(|(_, s)| s.clone()).collect();
+    let mut dp_clients = match server.data {
+        Some(addr) => Some(data_plane::connect(addr, &sessions).await?),
+        None => None,
+    };
     let redis = if args.no_redis {
         None
     } else {
         redis::RedisServer::start().ok()
     };
     let (mut put, mut get, mut tcp, mut rset, mut rget) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut dput, mut dget) = (vec![], vec![]);
     for round in 0..args.rounds {
         let hashes: Vec<u64> = (0..args.blocks as u64)
             .map(|i| (round as u64) << 40 | i)
@@ -377,6 +392,15 @@ async fn run_async(args: Args) -> Result<()> {
         )?);
         put.push(grpc_put(&clients, &hashes, &data).await?);
         get.push(grpc_get(&clients, &hashes, block).await?);
+        if let Some(dp) = dp_clients.take() {
+            // Other hashes than gRPC's: every put stores a new block.
+            let hashes: Vec<u64> = hashes.iter().map(|h| h | 1 << 39).collect();
+            let (d, dp) = data_plane::put(dp, &hashes, &data).await?;
+            dput.push(d);
+            let (d, dp) = data_plane::get(dp, &hashes, block).await?;
+            dget.push(d);
+            dp_clients = Some(dp);
+        }
         if let Some(r) = &redis {
             let (s, g) = r.set_get(args.connections, args.blocks, &data, round)?;
             rset.push(s);
@@ -385,6 +409,7 @@ async fn run_async(args: Args) -> Result<()> {
     }
     let rss = server.rss_bytes();
     drop(clients);
+    drop(dp_clients);
     server.terminate()?;
     let tcp = median(tcp);
     let row = |name: &str, d: Duration| {
@@ -404,8 +429,15 @@ async fn run_async(args: Args) -> Result<()> {
     row("plain loopback TCP", tcp);
     row("kvtier put (host tier)", median(put.clone()));
     row("kvtier get (host tier)", median(get.clone()));
+    if !dput.is_empty() {
+        row("kvtier data-plane put", median(dput.clone()));
+        row("kvtier data-plane get", median(dget.clone()));
+    } else {
+        println!("(data plane skipped: the server did not report a data= address)");
+    }
     if let Some(rss) = rss {
-        let held = total * args.rounds as u64;
+        let paths = if dput.is_empty() { 1 } else { 2 };
+        let held = total * args.rounds as u64 * paths;
         println!(
             "server RSS {:.0} MiB holding {:.0} MiB of blocks ({:.2}x)",
             rss as f64 / (1 << 20) as f64,
@@ -422,6 +454,13 @@ async fn run_async(args: Args) -> Result<()> {
             rs.as_secs_f64() / median(put).as_secs_f64(),
             rg.as_secs_f64() / median(get).as_secs_f64()
         );
+        if !dput.is_empty() {
+            println!(
+                "kvtier data plane/redis: put {:.2}x, get {:.2}x",
+                rs.as_secs_f64() / median(dput.clone()).as_secs_f64(),
+                rg.as_secs_f64() / median(dget.clone()).as_secs_f64()
+            );
+        }
     } else {
         println!("(redis baseline skipped: redis-server not installed or --no-redis)");
     }

@@ -112,6 +112,63 @@ pub struct SecurityConfig {
     pub limits: kvtier_security::LimitConfig,
 }
 
+/// Where the binary data plane listens (see [`crate::dataplane`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataListen {
+    /// No data plane.
+    Off,
+    /// TCP. `explicit`: the operator asked for this address; when false (the
+    /// embedded default) a failure to bind it, or TLS on gRPC, turns the
+    /// data plane off with a log line instead of stopping the server.
+    Tcp {
+        /// Address to bind (port 0 picks a free port).
+        addr: SocketAddr,
+        /// Whether the operator configured it.
+        explicit: bool,
+    },
+    /// A Unix-domain socket at this path (a stale socket file is replaced).
+    Unix(PathBuf),
+}
+
+impl DataListen {
+    /// The default: 127.0.0.1:50052, or a free port when gRPC listens on
+    /// port 0 (so that servers started side by side, as tests do, never
+    /// fight over one port).
+    pub fn default_for(grpc: SocketAddr) -> Self {
+        let port = if grpc.port() == 0 { 0 } else { 50052 };
+        Self::Tcp {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            explicit: false,
+        }
+    }
+
+    /// Parses `--data-listen`: `off`, `unix:<path>` or `<ip>:<port>`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.is_empty() || t.eq_ignore_ascii_case("off") {
+            return Ok(Self::Off);
+        }
+        if let Some(path) = t.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(
+                    "--data-listen unix: needs a path, e.g. unix:/run/kvtier/data.sock".into(),
+                );
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        t.parse()
+            .map(|addr| Self::Tcp {
+                addr,
+                explicit: true,
+            })
+            .map_err(|_| {
+                format!(
+                    "--data-listen {text:?} is not an address (e.g. 127.0.0.1:50052), \"unix:<path>\" or \"off\""
+                )
+            })
+    }
+}
+
 /// Network-facing settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -119,6 +176,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Prometheus `/metrics` listen address; `None` disables it. Default `127.0.0.1:9464`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Binary data plane (PUT/GET of block payloads without protobuf).
+    /// Default `127.0.0.1:50052` (see [`DataListen::default_for`]).
+    pub data_listen: DataListen,
     /// Largest payload accepted for one block, in bytes. Default 64 MiB.
     pub max_block_bytes: u64,
     /// Requests served at once; more wait in line up to `max_queued_requests`. Default 256.
@@ -140,6 +200,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            data_listen: DataListen::default_for(SocketAddr::from(([127, 0, 0, 1], 50051))),
             max_block_bytes: 64 << 20,
             max_concurrent_requests: 256,
             allowed_namespaces: Vec::new(),

@@ -13,6 +13,8 @@
 //! - [`agents`] — agent lifecycles: validated by the pure registry, forwarded
 //!   to the store's policy.
 //! - [`metrics`] — metric names and the Prometheus exporter.
+//! - [`dataplane`] — the binary data plane: PUT/GET of payloads over TCP or a
+//!   Unix socket without protobuf copies, sessions from gRPC Handshake.
 //! - [`service`] — thin gRPC handlers over the library (one file per handler group).
 //! - [`server`] — wires everything and runs until a shutdown future completes.
 //! - [`config`] — server configuration with embedded defaults and byte-size parsing.
@@ -23,6 +25,7 @@
 pub mod agents;
 pub mod block;
 pub mod config;
+pub mod dataplane;
 pub mod events;
 pub mod metrics;
 pub mod namespace;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use kvtier_cache_server::config::{
-    parse_byte_size, PolicyKind, SecurityConfig, ServerConfig, StoreConfig,
+    parse_byte_size, DataListen, PolicyKind, SecurityConfig, ServerConfig, StoreConfig,
 };
 use kvtier_cache_server::server;
 use kvtier_security::tls::ServerTlsFiles;
@@ -30,6 +30,13 @@ struct Args {
     /// Prometheus /metrics listen address; "off" disables it.
     #[arg(long, env = "KVTIER_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     metrics_listen: String,
+    /// Binary data-plane listen address for block payloads (`<ip>:<port>`,
+    /// `unix:<path>`, or "off"); gRPC stays the control plane. Default
+    /// 127.0.0.1:50052 (a free port when --listen uses port 0). Plaintext: with
+    /// --tls-cert it must be "off" (the default then turns it off); with tokens,
+    /// clients present the same bearer token in their HELLO frame.
+    #[arg(long, env = "KVTIER_DATA_LISTEN")]
+    data_listen: Option<String>,
     /// Directory of the RocksDB disk tier.
     #[arg(long, env = "KVTIER_DATA_DIR", default_value = "./kvtier-data")]
     data_dir: PathBuf,
@@ -107,9 +114,14 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
                 format!("--metrics-listen {text:?} is not an address or \"off\"")
             })?),
         };
+    let data_listen = match &args.data_listen {
+        None => DataListen::default_for(args.listen),
+        Some(text) => DataListen::parse(text).map_err(anyhow::Error::msg)?,
+    };
     Ok(ServerConfig {
         listen: args.listen,
         metrics_listen,
+        data_listen,
         max_block_bytes: args.max_block_bytes,
         max_concurrent_requests: args.max_concurrent_requests,
         policy: args.policy,
@@ -191,10 +203,15 @@ async fn main() -> anyhow::Result<()> {
     server::run(config, grpc, metrics, shutdown_signal()?, |addrs| {
         // One machine-readable line on stdout, for scripts and tests.
         println!(
-            "kvtier-server ready grpc={} metrics={}",
+            "kvtier-server ready grpc={} metrics={} data={}",
             addrs.grpc,
             addrs
                 .metrics
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into()),
+            addrs
+                .data
+                .as_ref()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "off".into())
         );

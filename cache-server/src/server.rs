@@ -17,7 +17,8 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::agents::AgentBook;
 use crate::block::BlockKey;
-use crate::config::{PolicyKind, ServerConfig};
+use crate::config::{DataListen, PolicyKind, ServerConfig};
+use crate::dataplane::{DataAddr, DataListener};
 use crate::metrics as m;
 use crate::namespace::NamespaceRegistry;
 use crate::service::session::Sessions;
@@ -48,6 +49,66 @@ pub enum ServerError {
     /// TLS, tokens or the plaintext rule.
     #[error("{0}")]
     Security(#[from] kvtier_security::SecurityError),
+    /// The data plane cannot be served as configured.
+    #[error("data plane: {0}")]
+    DataPlane(String),
+}
+
+/// Binds the data plane as configured (see [`DataListen`]). The data plane
+/// is plaintext: with TLS on gRPC an explicit address is refused, and the
+/// embedded default turns it off.
+async fn bind_data(
+    config: &ServerConfig,
+    tls_on: bool,
+) -> Result<Option<DataListener>, ServerError> {
+    let explicit = match &config.data_listen {
+        DataListen::Off => return Ok(None),
+        DataListen::Tcp { explicit, .. } => *explicit,
+        DataListen::Unix(_) => true,
+    };
+    if tls_on {
+        if explicit {
+            return Err(ServerError::DataPlane(
+                "the binary data plane is plaintext and gRPC is configured with TLS \
+                 (--tls-cert): refusing to serve block payloads unencrypted. Use \
+                 --data-listen off (payloads then go over gRPC with TLS)"
+                    .into(),
+            ));
+        }
+        tracing::info!("data plane off: gRPC uses TLS and the data plane is plaintext");
+        return Ok(None);
+    }
+    match &config.data_listen {
+        DataListen::Off => Ok(None),
+        DataListen::Tcp { addr, explicit } => match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                kvtier_security::tls::check_plaintext(
+                    "data plane",
+                    listener.local_addr()?,
+                    config.security.allow_plaintext,
+                )?;
+                Ok(Some(DataListener::Tcp(listener)))
+            }
+            Err(e) if !explicit => {
+                tracing::warn!(%addr, error = %e, "data plane off: cannot bind its default address; set --data-listen to serve it");
+                Ok(None)
+            }
+            Err(e) => Err(ServerError::DataPlane(format!(
+                "cannot bind --data-listen {addr}: {e}"
+            ))),
+        },
+        #[cfg(unix)]
+        DataListen::Unix(path) => DataListener::bind_unix(path).map(Some).map_err(|e| {
+            ServerError::DataPlane(format!(
+                "cannot bind --data-listen unix:{}: {e}",
+                path.display()
+            ))
+        }),
+        #[cfg(not(unix))]
+        DataListen::Unix(_) => Err(ServerError::DataPlane(
+            "Unix-domain sockets need a Unix system".into(),
+        )),
+    }
 }
 
 /// The authenticator the configuration asks for (file first, then inline text).
@@ -68,12 +129,14 @@ fn authenticator(config: &ServerConfig) -> Result<Arc<Authenticator>, ServerErro
 }
 
 /// Addresses the server actually bound (useful with port 0).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BoundAddrs {
     /// gRPC.
     pub grpc: SocketAddr,
     /// `/metrics`, when enabled.
     pub metrics: Option<SocketAddr>,
+    /// The binary data plane, when served.
+    pub data: Option<DataAddr>,
 }
 
 /// Binds the configured listeners.
@@ -157,6 +220,7 @@ pub async fn run(
     } else {
         None
     };
+    let data_listener = bind_data(&config, tls.is_some()).await?;
     let state = Arc::new(ServiceState {
         store: Arc::clone(&store),
         namespaces,
@@ -220,6 +284,18 @@ pub async fn run(
         }
     }
 
+    let data_addr = match &data_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let data_task = data_listener.map(|listener| {
+        tokio::spawn(crate::dataplane::serve(
+            listener,
+            Arc::clone(&state),
+            stop_rx.clone(),
+        ))
+    });
+
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<CacheServiceServer<CacheServiceImpl>>()
@@ -229,11 +305,16 @@ pub async fn run(
         .max_encoding_message_size(max_message_bytes as usize);
     let service = InterceptedService::new(service, auth.interceptor());
 
+    let data_display = data_addr
+        .as_ref()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "off".into());
     on_ready(BoundAddrs {
         grpc: grpc_addr,
         metrics: metrics_addr,
+        data: data_addr,
     });
-    tracing::info!(%grpc_addr, ?metrics_addr, tls = tls.is_some(), "kvtier-server serving");
+    tracing::info!(%grpc_addr, ?metrics_addr, data = %data_display, tls = tls.is_some(), "kvtier-server serving");
 
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
@@ -254,6 +335,9 @@ pub async fn run(
         .await?;
 
     let _ = lease_task.await;
+    if let Some(task) = data_task {
+        let _ = task.await;
+    }
     #[cfg(unix)]
     if let Some(task) = reload_task {
         task.abort();

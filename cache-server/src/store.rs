@@ -353,6 +353,25 @@ impl TieredStore {
 
     /// Stores `block` under `key` unless already present (write-once).
     pub fn put(&self, key: BlockKey, block: Block) -> Result<PutOutcome, StoreError> {
+        self.put_inner(key, block, false)
+    }
+
+    /// Like [`TieredStore::put`], for a payload that is an allocation of
+    /// exactly its length which the caller gives up (the data plane reads
+    /// each payload into one): the host tier keeps it as it is instead of
+    /// copying it (unless its memory is pinned). A payload that is a view into
+    /// a larger buffer must go through [`TieredStore::put`], or the host
+    /// tier's byte budget would undercount what the process holds.
+    pub fn put_owned(&self, key: BlockKey, block: Block) -> Result<PutOutcome, StoreError> {
+        self.put_inner(key, block, true)
+    }
+
+    fn put_inner(
+        &self,
+        key: BlockKey,
+        block: Block,
+        owned: bool,
+    ) -> Result<PutOutcome, StoreError> {
         let now = self.now_ms();
         let bytes = block.len();
         let mut inner = self.inner.lock();
@@ -377,7 +396,13 @@ impl TieredStore {
                 continue;
             }
             let Some(t) = self.tier(tier) else { continue };
-            match t.put(key, &block) {
+            let written = if owned {
+                // (A cheap clone: the payload is reference-counted.)
+                t.put_owned(key, block.clone())
+            } else {
+                t.put(key, &block)
+            };
+            match written {
                 Ok(()) => {
                     self.admit(&mut inner, key, tier, bytes, block.parent, now);
                     metrics::counter!(m::BLOCKS_STORED, "tier" => tier.as_str()).increment(1);

@@ -16,6 +16,12 @@ use crate::block::{Block, BlockKey};
 pub trait HostMemory: Send + Sync + std::fmt::Debug {
     /// A copy of `payload` in this memory.
     fn copy_in(&self, payload: &[u8]) -> Result<Bytes, TierError>;
+    /// `payload`, which the caller hands over as an allocation of exactly its
+    /// length (not a view into a larger buffer), kept as it is when this
+    /// memory can hold it directly, else copied in (the default).
+    fn adopt(&self, payload: Bytes) -> Result<Bytes, TierError> {
+        self.copy_in(&payload)
+    }
     /// Short name for logs.
     fn name(&self) -> &'static str;
 }
@@ -27,6 +33,11 @@ pub struct HeapMemory;
 impl HostMemory for HeapMemory {
     fn copy_in(&self, payload: &[u8]) -> Result<Bytes, TierError> {
         Ok(Bytes::copy_from_slice(payload))
+    }
+
+    /// Heap memory holds an exactly sized allocation as it is: no copy.
+    fn adopt(&self, payload: Bytes) -> Result<Bytes, TierError> {
+        Ok(payload)
     }
 
     fn name(&self) -> &'static str {
@@ -77,6 +88,15 @@ impl BlockTier for HostTier {
         let owned = Block {
             parent: block.parent,
             payload: self.memory.copy_in(&block.payload)?,
+        };
+        self.blocks.write().insert(key, owned);
+        Ok(())
+    }
+
+    fn put_owned(&self, key: BlockKey, block: Block) -> Result<(), TierError> {
+        let owned = Block {
+            parent: block.parent,
+            payload: self.memory.adopt(block.payload)?,
         };
         self.blocks.write().insert(key, owned);
         Ok(())

@@ -51,6 +51,13 @@ pub trait BlockTier: Send + Sync {
     fn level(&self) -> Tier;
     /// Stores a block (overwriting any previous copy).
     fn put(&self, key: BlockKey, block: &Block) -> Result<(), TierError>;
+    /// Stores a block whose payload the caller hands over as an allocation
+    /// of exactly its length (see [`crate::store::TieredStore::put_owned`]):
+    /// a tier that keeps payloads in ordinary memory may keep it without
+    /// copying. Default: [`BlockTier::put`].
+    fn put_owned(&self, key: BlockKey, block: Block) -> Result<(), TierError> {
+        self.put(key, &block)
+    }
     /// Reads and verifies a block.
     fn get(&self, key: BlockKey) -> Result<ReadOutcome, TierError>;
     /// Removes a block; removing an absent block is not an error.
