@@ -34,6 +34,9 @@ use crate::load::CallTicket;
 use crate::metrics as m;
 use crate::routing::{RouteError, RouteHints, Routed};
 
+/// Default largest request body accepted (a larger one is a 413).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+
 /// Workers tried for one call before giving up.
 pub const MAX_ATTEMPTS: usize = 3;
 
@@ -42,6 +45,7 @@ pub struct HttpFront {
     models: Models,
     client: reqwest::Client,
     metrics: Option<PrometheusHandle>,
+    max_body_bytes: usize,
 }
 
 impl HttpFront {
@@ -56,12 +60,20 @@ impl HttpFront {
             models,
             client,
             metrics,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         })
+    }
+
+    /// Accepts request bodies up to `bytes` (larger: 413 in the API's shape).
+    pub fn with_max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
     }
 }
 
 /// The axum application.
 pub fn app(front: Arc<HttpFront>) -> axum::Router {
+    let max_body_bytes = front.max_body_bytes;
     axum::Router::new()
         .route(
             Api::ChatCompletions.path(),
@@ -78,6 +90,9 @@ pub fn app(front: Arc<HttpFront>) -> axum::Router {
         .route("/v1/models", get(list_models))
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(render_metrics))
+        // Agentic contexts are large (a 200k-token conversation with tool
+        // output is several MB of JSON); axum's default limit is 2 MB.
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(front)
 }
 
@@ -106,9 +121,21 @@ async fn serve(
     State(front): State<Arc<HttpFront>>,
     api: Api,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let response = match call(&front, api, &headers, body).await {
+    let result = match body {
+        Ok(body) => call(&front, api, &headers, body).await,
+        Err(rejection) => Err(api_error(
+            rejection.status().as_u16(),
+            "invalid_request_error",
+            format!(
+                "{} (this router accepts bodies up to {} bytes: --max-body-bytes)",
+                rejection.body_text(),
+                front.max_body_bytes
+            ),
+        )),
+    };
+    let response = match result {
         Ok(response) => response,
         Err(error) => error_response(api, &error),
     };

@@ -84,6 +84,9 @@ struct Args {
     /// (unless its agent's events show it alive again sooner).
     #[arg(long, env = "KVTIER_ROUTER_UNREACHABLE_MS", default_value_t = 5_000)]
     unreachable_ms: u64,
+    /// Largest request body accepted by the HTTP front (larger: 413).
+    #[arg(long, env = "KVTIER_ROUTER_MAX_BODY_BYTES", default_value_t = http::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
     /// How workers are picked: `cost` (the cost model) or `round-robin` (a
     /// cache-unaware baseline, for benchmarks).
     #[arg(long, env = "KVTIER_ROUTER_ROUTING", default_value = "cost", value_parser = ["cost", "round-robin"])]
@@ -316,8 +319,11 @@ async fn main() -> anyhow::Result<()> {
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
 
-    let front =
-        Arc::new(HttpFront::new(models.clone(), Some(metrics)).context("build the HTTP client")?);
+    let front = Arc::new(
+        HttpFront::new(models.clone(), Some(metrics))
+            .context("build the HTTP client")?
+            .with_max_body_bytes(args.max_body_bytes),
+    );
     let mut http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
         // Small SSE frames must leave at once (no Nagle delay).

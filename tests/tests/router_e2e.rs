@@ -663,7 +663,7 @@ async fn a_python_grpc_client_drives_the_router_service() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_bodies_and_unknown_models_get_the_apis_own_errors() -> Result<()> {
-    let fleet = Fleet::start(1, &[], &[])?;
+    let fleet = Fleet::start(1, &[], &["--max-body-bytes", "65536"])?;
     fleet.wait_available(1).await?;
     for api in [Api::ChatCompletions, Api::Responses, Api::Messages] {
         let bad = post_raw(fleet.router.http, api.path(), b"{\"model\": ".to_vec()).await?;
@@ -691,6 +691,13 @@ async fn bad_bodies_and_unknown_models_get_the_apis_own_errors() -> Result<()> {
             "the message lists the served models"
         );
     }
+    // A body over --max-body-bytes: 413 in the API's shape, saying the limit.
+    let mut huge = request(Api::Messages, &[("user", &"x".repeat(70_000))], 4, false);
+    huge["model"] = json!(MODEL);
+    let too_big = post(fleet.router.http, Api::Messages, &huge).await?;
+    assert_eq!(too_big.status, 413, "{}", too_big.text());
+    assert_eq!(too_big.json()?["type"], "error", "{}", too_big.text());
+    assert!(too_big.text().contains("65536"), "{}", too_big.text());
     let text = fleet.router.metrics_text()?;
     assert_eq!(
         metric_sum(&text, "kvtier_router_requests_total", &[("code", "400")]),
