@@ -271,7 +271,12 @@ async fn grpc_get(
 
 /// Plain loopback TCP: each connection sends `bytes_each` in `chunk`-sized
 /// writes to a reader thread that discards them into a reusable buffer.
-fn tcp_copy(connections: usize, bytes_each: u64, chunk: usize) -> Result<Duration> {
+///
+/// With `keep`, the reader instead reads each `chunk` into a fresh buffer of
+/// its own and keeps them all until the end, as a store must: the ceiling
+/// for any server that holds what it receives (fresh pages are faulted in
+/// and the bytes land in cold memory).
+fn tcp_copy(connections: usize, bytes_each: u64, chunk: usize, keep: bool) -> Result<Duration> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let readers = std::thread::spawn(move || -> Result<()> {
@@ -279,8 +284,23 @@ fn tcp_copy(connections: usize, bytes_each: u64, chunk: usize) -> Result<Duratio
         for _ in 0..connections {
             let (mut sock, _) = listener.accept()?;
             handles.push(std::thread::spawn(move || -> Result<()> {
-                let mut buf = vec![0u8; 1 << 20];
                 let mut total = 0u64;
+                if keep {
+                    let mut kept: Vec<Vec<u8>> = Vec::new();
+                    loop {
+                        let mut buf = Vec::with_capacity(chunk);
+                        let n = (&mut sock).take(chunk as u64).read_to_end(&mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        total += n as u64;
+                        kept.push(buf);
+                    }
+                    sock.write_all(&total.to_le_bytes())?;
+                    drop(kept);
+                    return Ok(());
+                }
+                let mut buf = vec![0u8; 1 << 20];
                 loop {
                     let n = sock.read(&mut buf)?;
                     if n == 0 {
@@ -380,7 +400,7 @@ async fn run_async(args: Args) -> Result<()> {
         redis::RedisServer::start().ok()
     };
     let (mut put, mut get, mut tcp, mut rset, mut rget) = (vec![], vec![], vec![], vec![], vec![]);
-    let (mut dput, mut dget) = (vec![], vec![]);
+    let (mut dput, mut dget, mut tcp_keep) = (vec![], vec![], vec![]);
     for round in 0..args.rounds {
         let hashes: Vec<u64> = (0..args.blocks as u64)
             .map(|i| (round as u64) << 40 | i)
@@ -389,17 +409,29 @@ async fn run_async(args: Args) -> Result<()> {
             args.connections,
             total / args.connections as u64,
             block,
+            false,
         )?);
-        put.push(grpc_put(&clients, &hashes, &data).await?);
-        get.push(grpc_get(&clients, &hashes, block).await?);
-        if let Some(dp) = dp_clients.take() {
-            // Other hashes than gRPC's: every put stores a new block.
-            let hashes: Vec<u64> = hashes.iter().map(|h| h | 1 << 39).collect();
-            let (d, dp) = data_plane::put(dp, &hashes, &data).await?;
-            dput.push(d);
-            let (d, dp) = data_plane::get(dp, &hashes, block).await?;
-            dget.push(d);
-            dp_clients = Some(dp);
+        tcp_keep.push(tcp_copy(
+            args.connections,
+            total / args.connections as u64,
+            block,
+            true,
+        )?);
+        // gRPC and the data plane take turns going first: both allocate
+        // fresh server memory, which gets dearer as the machine fills up.
+        for path in [round % 2, 1 - round % 2] {
+            if path == 0 {
+                put.push(grpc_put(&clients, &hashes, &data).await?);
+                get.push(grpc_get(&clients, &hashes, block).await?);
+            } else if let Some(dp) = dp_clients.take() {
+                // Other hashes than gRPC's: every put stores a new block.
+                let hashes: Vec<u64> = hashes.iter().map(|h| h | 1 << 39).collect();
+                let (d, dp) = data_plane::put(dp, &hashes, &data).await?;
+                dput.push(d);
+                let (d, dp) = data_plane::get(dp, &hashes, block).await?;
+                dget.push(d);
+                dp_clients = Some(dp);
+            }
         }
         if let Some(r) = &redis {
             let (s, g) = r.set_get(args.connections, args.blocks, &data, round)?;
@@ -427,6 +459,7 @@ async fn run_async(args: Args) -> Result<()> {
         args.rounds
     );
     row("plain loopback TCP", tcp);
+    row("TCP into kept fresh buffers", median(tcp_keep));
     row("kvtier put (host tier)", median(put.clone()));
     row("kvtier get (host tier)", median(get.clone()));
     if !dput.is_empty() {
@@ -446,7 +479,7 @@ async fn run_async(args: Args) -> Result<()> {
         );
     }
     if !rset.is_empty() {
-        let (rs, rg) = (median(rset), median(rget));
+        let (rs, rg) = (median(rset.clone()), median(rget.clone()));
         row("redis 7 SET", rs);
         row("redis 7 GET", rg);
         println!(
