@@ -214,7 +214,28 @@ impl Default for ServerConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_byte_size;
+    use super::{parse_byte_size, DataListen};
+
+    #[test]
+    fn parses_data_listen() {
+        assert_eq!(DataListen::parse("off"), Ok(DataListen::Off));
+        assert_eq!(
+            DataListen::parse("127.0.0.1:7000"),
+            Ok(DataListen::Tcp {
+                addr: "127.0.0.1:7000".parse().expect("addr"),
+                explicit: true
+            })
+        );
+        assert_eq!(
+            DataListen::parse("unix:/tmp/kv.sock"),
+            Ok(DataListen::Unix("/tmp/kv.sock".into()))
+        );
+        assert!(DataListen::parse("unix:").is_err());
+        assert!(DataListen::parse("nowhere").is_err());
+        // port 0 for gRPC: the default data plane takes a free port too
+        let d = DataListen::default_for("127.0.0.1:0".parse().expect("addr"));
+        assert!(matches!(d, DataListen::Tcp { addr, explicit: false } if addr.port() == 0));
+    }
 
     #[test]
     fn parses_sizes() {
