@@ -393,3 +393,20 @@ async fn with_tokens_the_data_plane_needs_the_same_bearer_token() -> anyhow::Res
     assert_eq!(status, Status::Denied);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_round_trip() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let sock = dir.path().join("data.sock");
+    let listen = format!("unix:{}", sock.display());
+    let server = ServerProcess::start(&dir.path().join("data"), &["--data-listen", &listen])?;
+    let mut grpc = server.client().await?;
+    let session = handshake(&mut grpc, "ns", config(16, 4096)).await?;
+    let mut dp = DataClient::connect_unix(&sock, &session, "", "").await?;
+    let ack = dp.put(5, Some(4), &payload_for(5, 4096)).await?;
+    assert_eq!(ack.tier, TIER_HOST);
+    let got = dp.get(5).await?;
+    assert_eq!(got.payload, Some(payload_for(5, 4096)));
+    assert_eq!(got.parent, Some(4));
+    Ok(())
+}
