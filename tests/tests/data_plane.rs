@@ -1,17 +1,9 @@
 //! The real `kvtier-server` binary's binary data plane (`--data-listen`):
 //! sessions from gRPC Handshake, pipelined PUT/GET frames, validation,
 //! checksums, authentication, and acknowledged blocks surviving `kill -9`.
-//!
-//! The client and the frame definitions are the server crate's own files,
-//! included by path (this crate does not depend on the server crate).
+//! The client and the frames are the server crate's own.
 
-#[allow(dead_code)]
-#[path = "../../cache-server/src/dataplane/wire.rs"]
-mod wire;
-
-#[allow(dead_code)]
-#[path = "../../cache-server/src/dataplane/client.rs"]
-mod client;
+use kvtier_cache_server::dataplane::{client, wire};
 
 use std::net::SocketAddr;
 use std::time::Duration;

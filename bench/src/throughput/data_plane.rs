@@ -1,14 +1,7 @@
-//! The cache server's data-plane client (frames and pipelined PUT/GET),
-//! included by path so that the benchmark drives the exact code the server
-//! ships without depending on the server crate.
+//! The cache server's data-plane client (frames and pipelined PUT/GET), as
+//! the server crate ships it.
 
-#[allow(dead_code)]
-#[path = "../../../cache-server/src/dataplane/wire.rs"]
-pub mod wire;
-
-#[allow(dead_code)]
-#[path = "../../../cache-server/src/dataplane/client.rs"]
-pub mod client;
+use kvtier_cache_server::dataplane::client;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
