@@ -147,6 +147,9 @@ pub struct Args {
     /// Directory of the kvtier binaries (default: next to kvtier-bench).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// Redraw the plot (--svg) and reprint the table from a --json report, and exit.
+    #[arg(long)]
+    pub replot: Option<PathBuf>,
     /// Print the plan's figures (calls, blocks, ideal) and exit.
     #[arg(long)]
     pub plan_only: bool,
@@ -325,6 +328,16 @@ async fn run_config(cfg: Config, spec: &FleetSpec, plan: &Arc<Plan>, opts: RunOp
 
 /// Runs the system replay and prints the table; writes JSON / SVG if asked.
 pub fn run(args: Args) -> Result<()> {
+    if let Some(path) = &args.replot {
+        let report: Report = serde_json::from_slice(
+            &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        )?;
+        print!("{}", report.table());
+        if let Some(svg) = &args.svg {
+            std::fs::write(svg, report.svg())?;
+        }
+        return Ok(());
+    }
     if args.speed.is_nan() || args.speed <= 0.0 {
         bail!("--speed must be > 0");
     }

@@ -3,10 +3,10 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One configuration's measurements.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     /// Short key: a, b, c, d.
     pub key: String,
@@ -61,7 +61,7 @@ pub struct Row {
 }
 
 /// Everything one run reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Workload.
     pub workload: String,
@@ -189,8 +189,9 @@ impl Report {
             r#"<text x="{}" y="20" text-anchor="middle" font-size="13">{}</text>"#,
             w / 2.0,
             escape(&format!(
-                "system replay: {} ({} calls)",
-                self.workload.split(" (").next().unwrap_or(""),
+                "system replay: {} ({} sessions, {} calls)",
+                self.workload.split_whitespace().next().unwrap_or(""),
+                self.sessions,
                 self.calls
             ))
         );
@@ -237,8 +238,8 @@ impl Report {
         let yi = py(self.ideal);
         let _ = writeln!(
             s,
-            "<line x1=\"{l1}\" y1=\"{yi:.1}\" x2=\"{r1}\" y2=\"{yi:.1}\" stroke=\"#2ca02c\" stroke-dasharray=\"5,3\" stroke-width=\"2\"/><text x=\"{r1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#2ca02c\">ideal {:.1}%</text>",
-            yi - 4.0,
+            "<line x1=\"{l1}\" y1=\"{yi:.1}\" x2=\"{r1}\" y2=\"{yi:.1}\" stroke=\"#2ca02c\" stroke-dasharray=\"5,3\" stroke-width=\"2\"/><text x=\"{r1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#2ca02c\">dashed: ideal {:.2}%</text>",
+            top - 8.0,
             100.0 * self.ideal
         );
         let _ = writeln!(
