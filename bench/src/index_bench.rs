@@ -30,8 +30,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
+use kvtier_proto::hashing::BlockHasher;
 use kvtier_proto::v1::Tier;
+use kvtier_router::cost::CostWeights;
 use kvtier_router::index::{LocalityIndex, SharedIndex, WorkerSlot};
+use kvtier_router::load::LoadBook;
+use kvtier_router::routing::{ModelRouter, RouteHints, WorkerEndpoint, WorkerHealth};
 
 /// Flags of `kvtier-bench index`.
 #[derive(Debug, ClapArgs)]
@@ -66,6 +70,11 @@ pub struct Args {
     /// Blocks per stored / removed event of the writer thread.
     #[arg(long, default_value_t = 16)]
     event_blocks: usize,
+    /// Paced writer rate, blocks per second (a fleet of 64 workers each
+    /// prefilling 20k tokens/s stores 80k blocks/s of 16 tokens); the
+    /// saturating writer (as fast as it can) is measured too.
+    #[arg(long, default_value_t = 250_000)]
+    writer_blocks_per_s: u64,
     /// Also run bench/scripts/dynamo_radix_bench.py (Dynamo's RadixTree) and print the ratio.
     #[arg(long)]
     dynamo: bool,
@@ -198,6 +207,49 @@ struct Percentiles {
     mean: f64,
 }
 
+/// Every worker takes traffic (the decision's cost, not availability, is measured).
+struct AllAvailable;
+
+impl WorkerHealth for AllAvailable {
+    fn is_available(&self, _: &str) -> bool {
+        true
+    }
+    fn mark_unreachable(&self, _: &str, _: &str) {}
+}
+
+/// Latency of a whole routing decision (`ModelRouter::route`: index query,
+/// every worker's load and availability, the cost model, the ranking) on the
+/// same index and queries.
+fn measure_decisions(shared: &SharedIndex, args: &Args, queries: &[Vec<u64>]) -> Percentiles {
+    let workers = (0..args.workers)
+        .map(|w| WorkerEndpoint {
+            worker_id: format!("worker-{w}"),
+            http_base: format!("http://worker-{w}"),
+            agent_url: String::new(),
+        })
+        .collect();
+    let router = ModelRouter::new(
+        "bench",
+        BlockHasher::new(16, kvtier_proto::hashing::DEFAULT_SEED),
+        shared.clone(),
+        workers,
+        Arc::new(AllAvailable),
+        LoadBook::new(Duration::from_secs(2)),
+        CostWeights::default(),
+    );
+    let hints = RouteHints {
+        agent_id: Some("bench-agent".into()),
+        priority: 2,
+        latency_sensitivity: 0.5,
+        osl: Some(256),
+    };
+    measure(queries, args.queries, |q| {
+        router
+            .route(q, q.len() as u64 * 16, &hints)
+            .map_or(0, |r| r.worker as u64)
+    })
+}
+
 fn percentiles(mut samples: Vec<u64>) -> Percentiles {
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize] as f64;
@@ -262,6 +314,7 @@ fn spawn_writer(
     stop: Arc<AtomicBool>,
     applied_blocks: Arc<AtomicU64>,
     seed: u64,
+    blocks_per_s: Option<u64>,
 ) -> std::thread::JoinHandle<()> {
     let workers = args.workers;
     let event_blocks = args.event_blocks;
@@ -271,7 +324,14 @@ fn spawn_writer(
         let mut chains: Vec<(WorkerSlot, Vec<u64>)> =
             (0..256).map(|i| (i % workers, Vec::new())).collect();
         let mut applied = 0u64;
+        let started = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if let Some(rate) = blocks_per_s {
+                let due = Duration::from_secs_f64(applied as f64 / rate.max(1) as f64);
+                if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(ahead);
+                }
+            }
             let grow = rng.below(chains.len());
             let (slot, chain) = &mut chains[grow];
             let parent = chain.last().copied();
@@ -382,7 +442,7 @@ pub fn run(args: Args) -> Result<()> {
 
     let queries = make_queries(&args, &shape, &mut rng);
     let walk = WalkBaseline::build(&shape);
-    let shared: SharedIndex = Arc::new(parking_lot::RwLock::new(index));
+    let shared: SharedIndex = kvtier_router::index::shared(index);
 
     // Warm up, then single-threaded.
     let _ = measure(&queries, queries.len(), |q| {
@@ -392,33 +452,40 @@ pub fn run(args: Args) -> Result<()> {
         u64::from(shared.read().find_matches(q).cache_prefix_blocks)
     });
     let walk_alone = measure(&queries, args.queries, |q| walk.depth_sum(q));
+    let decisions = measure_decisions(&shared, &args, &queries);
 
-    // With a writer thread.
-    let stop = Arc::new(AtomicBool::new(false));
-    let applied = Arc::new(AtomicU64::new(0));
-    let writer = spawn_writer(
-        shared.clone(),
-        &args,
-        stop.clone(),
-        applied.clone(),
-        args.seed,
-    );
-    std::thread::sleep(Duration::from_millis(50));
-    let start_applied = applied.load(Ordering::Relaxed);
-    let started = Instant::now();
+    // With a writer thread: paced, then saturating.
     let mut walked = 0usize;
-    let contended = measure(&queries, args.queries, |q| {
-        let index = shared.read();
-        walked += usize::from(index.walks());
-        u64::from(index.find_matches(q).cache_prefix_blocks)
-    });
-    let window = started.elapsed();
-    let end_applied = applied.load(Ordering::Relaxed);
-    stop.store(true, Ordering::Relaxed);
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
-    let event_rate = end_applied.saturating_sub(start_applied) as f64 / window.as_secs_f64();
+    let mut contended_run = |rate: Option<u64>| -> Result<(Percentiles, f64)> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let applied = Arc::new(AtomicU64::new(0));
+        let writer = spawn_writer(
+            shared.clone(),
+            &args,
+            stop.clone(),
+            applied.clone(),
+            args.seed,
+            rate,
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let start_applied = applied.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let contended = measure(&queries, args.queries, |q| {
+            let index = shared.read();
+            walked += usize::from(index.walks());
+            u64::from(index.find_matches(q).cache_prefix_blocks)
+        });
+        let window = started.elapsed();
+        let end_applied = applied.load(Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
+        let event_rate = end_applied.saturating_sub(start_applied) as f64 / window.as_secs_f64();
+        Ok((contended, event_rate))
+    };
+    let (contended, event_rate) = contended_run(Some(args.writer_blocks_per_s))?;
+    let (saturated, saturated_rate) = contended_run(None)?;
 
     let dynamo = if args.dynamo {
         Some(run_dynamo(&args)?)
@@ -449,14 +516,30 @@ pub fn run(args: Args) -> Result<()> {
     };
     row("index, one thread", alone, Some(walk_alone));
     row(
-        &format!("index, writer applying {:.2} M blocks/s", event_rate / 1e6),
+        &format!(
+            "index, paced writer applying {:.2} M blocks/s",
+            event_rate / 1e6
+        ),
         contended,
+        Some(walk_alone),
+    );
+    row(
+        &format!(
+            "index, saturating writer applying {:.2} M blocks/s",
+            saturated_rate / 1e6
+        ),
+        saturated,
         Some(walk_alone),
     );
     row(
         "per-block walk (hash map of holder masks, early exit)",
         walk_alone,
         None,
+    );
+    row(
+        "routing decision (index + load + cost model over every worker)",
+        decisions,
+        Some(walk_alone),
     );
     if let Some(d) = dynamo {
         println!(
@@ -472,9 +555,15 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!();
     println!(
+        "routing decisions: {:.0} per second on one thread (mean {:.2} µs)",
+        1e9 / decisions.mean,
+        us(decisions.mean)
+    );
+    println!();
+    println!(
         "exact-walk fallback (some source not prefix-closed / host under disk): {:.2}% of queries with the writer running ({walked} of {})",
-        100.0 * walked as f64 / args.queries as f64,
-        args.queries
+        100.0 * walked as f64 / (2 * args.queries) as f64,
+        2 * args.queries
     );
     println!();
     println!(

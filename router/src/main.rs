@@ -260,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    let index: SharedIndex = Arc::new(parking_lot::RwLock::new(LocalityIndex::new()));
+    let index: SharedIndex = kvtier_router::index::shared(LocalityIndex::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let states = sources::WorkerStates::new(Duration::from_millis(args.unreachable_ms));
     let source_config = sources::WorkerSourceConfig {

@@ -398,7 +398,7 @@ mod tests {
     }
 
     fn router(down: Vec<&'static str>, mode: RoutingMode) -> ModelRouter {
-        let index: SharedIndex = Arc::new(parking_lot::RwLock::new(LocalityIndex::new()));
+        let index: SharedIndex = crate::index::shared(LocalityIndex::new());
         let workers = (0..3)
             .map(|i| WorkerEndpoint {
                 worker_id: format!("w{i}"),

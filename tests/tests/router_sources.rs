@@ -49,7 +49,7 @@ fn shm_dir() -> anyhow::Result<tempfile::TempDir> {
 }
 
 fn new_index() -> SharedIndex {
-    Arc::new(parking_lot::RwLock::new(LocalityIndex::new()))
+    kvtier_router::index::shared(LocalityIndex::new())
 }
 
 fn matches(index: &SharedIndex, hashes: &[u64]) -> PrefixMatches {

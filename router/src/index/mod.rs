@@ -445,12 +445,100 @@ impl LocalityIndex {
     }
 }
 
-/// The index shared by event sources (writers) and queries (readers).
+/// The index shared by event sources (writers) and queries (readers):
+/// `Arc<IndexLock>`, made by [`shared`].
 ///
 /// Use: writers take `write()` per event (or per small batch: a query waits
 /// for at most the batch in front of it), readers take `read()` around one
-/// [`LocalityIndex::find_matches`]. parking_lot's lock is fair enough that a
-/// steady event stream does not starve queries, and cheap (one atomic) when
-/// uncontended; `kvtier-bench index` measures query latency with a writer
-/// thread applying events at the same time.
-pub type SharedIndex = std::sync::Arc<parking_lot::RwLock<LocalityIndex>>;
+/// [`LocalityIndex::find_matches`]. `kvtier-bench index` measures query
+/// latency with a writer thread applying events at the same time.
+pub type SharedIndex = std::sync::Arc<IndexLock>;
+
+/// A new [`SharedIndex`] around `index`.
+pub fn shared(index: LocalityIndex) -> SharedIndex {
+    std::sync::Arc::new(IndexLock {
+        lock: parking_lot::RwLock::new(index),
+    })
+}
+
+/// How long a reader spins for a writer to finish before it parks. A write
+/// holds the lock for one event or a chunk of at most a few dozen blocks
+/// (microseconds); parking and waking a thread through the kernel costs
+/// tens of microseconds on a VM, more than the wait itself.
+const READ_SPIN: std::time::Duration = std::time::Duration::from_micros(20);
+
+/// A reader-writer lock whose readers spin briefly (then yield, then park)
+/// while a short write is in progress, instead of parking at once.
+#[derive(Debug)]
+pub struct IndexLock {
+    lock: parking_lot::RwLock<LocalityIndex>,
+}
+
+impl IndexLock {
+    /// Shared access for a query.
+    pub fn read(&self) -> parking_lot::RwLockReadGuard<'_, LocalityIndex> {
+        if let Some(guard) = self.lock.try_read() {
+            return guard;
+        }
+        let started = std::time::Instant::now();
+        let mut spins = 0u32;
+        loop {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+            if let Some(guard) = self.lock.try_read() {
+                return guard;
+            }
+            spins += 1;
+            if spins.is_multiple_of(16) {
+                // On an oversubscribed machine the writer may be descheduled:
+                // let it run.
+                std::thread::yield_now();
+            }
+            if started.elapsed() > READ_SPIN {
+                return self.lock.read();
+            }
+        }
+    }
+
+    /// Exclusive access for an event. Released fairly: queries parked behind
+    /// it run before the next write, so a stream of events cannot starve them.
+    pub fn write(&self) -> IndexWriteGuard<'_> {
+        IndexWriteGuard {
+            guard: Some(self.lock.write()),
+        }
+    }
+}
+
+/// Write access to the index; see [`IndexLock::write`].
+#[derive(Debug)]
+pub struct IndexWriteGuard<'a> {
+    guard: Option<parking_lot::RwLockWriteGuard<'a, LocalityIndex>>,
+}
+
+impl std::ops::Deref for IndexWriteGuard<'_> {
+    type Target = LocalityIndex;
+
+    fn deref(&self) -> &LocalityIndex {
+        // Some until drop.
+        self.guard
+            .as_deref()
+            .expect("write guard used after release")
+    }
+}
+
+impl std::ops::DerefMut for IndexWriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut LocalityIndex {
+        self.guard
+            .as_deref_mut()
+            .expect("write guard used after release")
+    }
+}
+
+impl Drop for IndexWriteGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            parking_lot::RwLockWriteGuard::unlock_fair(guard);
+        }
+    }
+}
