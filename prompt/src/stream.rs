@@ -138,6 +138,15 @@ pub struct StreamWriter {
     text: String,
     started: bool,
     finished: bool,
+    tool_call: Option<ToolCall>,
+}
+
+/// A function call the response ends with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ToolCall {
+    id: String,
+    name: String,
+    arguments: String,
 }
 
 impl StreamWriter {
@@ -152,7 +161,20 @@ impl StreamWriter {
             text: String::new(),
             started: false,
             finished: false,
+            tool_call: None,
         }
+    }
+
+    /// Makes the response end with a call of tool `name` with `arguments`
+    /// (a JSON object's text) after its text, as a model asking for a tool
+    /// does: chat completions finish with `tool_calls`, Anthropic with
+    /// `tool_use`, Responses with a `function_call` output item.
+    pub fn end_with_tool_call(&mut self, name: &str, arguments: &str) {
+        self.tool_call = Some(ToolCall {
+            id: format!("call_{}", self.id),
+            name: name.to_string(),
+            arguments: arguments.to_string(),
+        });
     }
 
     /// The output text so far.
@@ -268,7 +290,18 @@ impl StreamWriter {
         self.finished = true;
         match self.api {
             Api::ChatCompletions => {
-                frames.push(self.chat_chunk(json!({}), Some("stop")));
+                let reason = match self.tool_call.clone() {
+                    Some(call) => {
+                        frames.push(self.chat_chunk(
+                            json!({ "tool_calls": [{ "index": 0, "id": call.id, "type": "function",
+                                    "function": { "name": call.name, "arguments": call.arguments } }] }),
+                            None,
+                        ));
+                        "tool_calls"
+                    }
+                    None => "stop",
+                };
+                frames.push(self.chat_chunk(json!({}), Some(reason)));
                 frames.push(Self::data(&json!({
                     "id": self.id,
                     "object": "chat.completion.chunk",
@@ -285,11 +318,17 @@ impl StreamWriter {
                 let text = self.text.clone();
                 let part = json!({ "type": "output_text", "text": text, "annotations": [], "logprobs": [] });
                 let item = responses_message(&msg_id, &text, true);
+                let mut output = vec![item.clone()];
+                let call_item = self.tool_call.clone().map(|call| {
+                    json!({ "id": format!("fc_{}", call.id), "type": "function_call", "status": "completed",
+                            "call_id": call.id, "name": call.name, "arguments": call.arguments })
+                });
+                output.extend(call_item.clone());
                 let response = responses_object(
                     &self.id,
                     &self.model,
                     self.created,
-                    json!([item.clone()]),
+                    json!(output),
                     Some(usage),
                 );
                 frames.push(self.event(
@@ -304,13 +343,53 @@ impl StreamWriter {
                     "response.output_item.done",
                     json!({ "output_index": 0, "item": item }),
                 ));
+                if let Some(done) = call_item {
+                    let mut added = done.clone();
+                    added["status"] = json!("in_progress");
+                    added["arguments"] = json!("");
+                    let item_id = done["id"].clone();
+                    let arguments = done["arguments"].clone();
+                    frames.push(self.event(
+                        "response.output_item.added",
+                        json!({ "output_index": 1, "item": added }),
+                    ));
+                    frames.push(self.event(
+                        "response.function_call_arguments.delta",
+                        json!({ "item_id": item_id, "output_index": 1, "delta": arguments }),
+                    ));
+                    frames.push(self.event(
+                        "response.function_call_arguments.done",
+                        json!({ "item_id": item_id, "output_index": 1, "arguments": arguments }),
+                    ));
+                    frames.push(self.event(
+                        "response.output_item.done",
+                        json!({ "output_index": 1, "item": done }),
+                    ));
+                }
                 frames.push(self.event("response.completed", json!({ "response": response })));
             }
             Api::Messages => {
                 frames.push(self.event("content_block_stop", json!({ "index": 0 })));
+                let reason = match self.tool_call.clone() {
+                    Some(call) => {
+                        frames.push(self.event(
+                            "content_block_start",
+                            json!({ "index": 1, "content_block": { "type": "tool_use", "id": call.id,
+                                    "name": call.name, "input": {} } }),
+                        ));
+                        frames.push(self.event(
+                            "content_block_delta",
+                            json!({ "index": 1, "delta": { "type": "input_json_delta",
+                                    "partial_json": call.arguments } }),
+                        ));
+                        frames.push(self.event("content_block_stop", json!({ "index": 1 })));
+                        "tool_use"
+                    }
+                    None => "end_turn",
+                };
                 frames.push(self.event(
                     "message_delta",
-                    json!({ "delta": { "stop_reason": "end_turn", "stop_sequence": null },
+                    json!({ "delta": { "stop_reason": reason, "stop_sequence": null },
                             "usage": anthropic_usage(usage) }),
                 ));
                 frames.push(self.event("message_stop", json!({})));
@@ -805,5 +884,31 @@ mod tests {
         assert!(collect_text(Api::Messages, &after)
             .unwrap_err()
             .contains("after the end"));
+    }
+
+    #[test]
+    fn a_tool_call_ending_keeps_the_framing_and_names_the_stop_reason() {
+        for (api, marker) in [
+            (Api::ChatCompletions, "\"finish_reason\":\"tool_calls\""),
+            (Api::Responses, "\"type\":\"function_call\""),
+            (Api::Messages, "\"stop_reason\":\"tool_use\""),
+        ] {
+            let mut w = StreamWriter::new(api, "resp_t1", "m");
+            w.end_with_tool_call("run_tests", "{\"path\":\"src\"}");
+            let usage = Usage {
+                prompt_tokens: 10,
+                cached_tokens: 4,
+                completion_tokens: 2,
+            };
+            let mut sse = w.start(usage).concat();
+            sse.push_str(&w.delta("ok ").concat());
+            sse.push_str(&w.delta("go").concat());
+            sse.push_str(&w.finish(usage).concat());
+            assert!(sse.contains(marker), "{api:?}: {sse}");
+            assert!(sse.contains("run_tests"), "{api:?}: {sse}");
+            let (text, got) = collect_text(api, &sse).expect("well-formed stream");
+            assert_eq!(text, "ok go", "{api:?}");
+            assert_eq!(got, Some(usage), "{api:?}");
+        }
     }
 }

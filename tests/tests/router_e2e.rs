@@ -510,14 +510,24 @@ async fn a_hot_worker_sheds_load() -> Result<()> {
 async fn all_three_apis_stream_through_the_router_and_hints_reach_the_cache_server() -> Result<()> {
     let fleet = Fleet::start(2, &[], &[])?;
     fleet.wait_available(2).await?;
-    for (i, api) in [Api::ChatCompletions, Api::Responses, Api::Messages]
+    // Each API twice: once ending its turn, once asking for a tool (the
+    // simulated worker's `nvext.sim_stop` knob), which the router reads from
+    // the stream and passes on as the call's ending.
+    let calls = [Api::ChatCompletions, Api::Responses, Api::Messages]
         .into_iter()
-        .enumerate()
-    {
-        let agent = format!("agent-{i}");
+        .flat_map(|api| [(api, false), (api, true)]);
+    for (i, (api, tool)) in calls.enumerate() {
+        let agent = if i == 0 {
+            "agent-0".to_string()
+        } else {
+            format!("agent-{i}")
+        };
         let turns = [("user", "Summarise the failing test output.")];
         let mut body = request(api, &turns, 6, true);
         body["nvext"] = json!({"agent_hints": {"agent_id": agent, "priority": 2, "latency_sensitivity": 0.5, "osl": 6}});
+        if tool {
+            body["nvext"]["sim_stop"] = json!("tool_use");
+        }
         if api == Api::Messages {
             body["system"] = json!([{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]);
         }
@@ -529,6 +539,17 @@ async fn all_three_apis_stream_through_the_router_and_hints_reach_the_cache_serv
         let (text, deltas) = streamed_text(api, &reply.text());
         assert_eq!(deltas, 6, "{api:?}: {}", reply.text());
         assert_eq!(text.split_whitespace().count(), 6);
+        let marker = match api {
+            Api::ChatCompletions => "\"finish_reason\":\"tool_calls\"",
+            Api::Responses => "\"type\":\"function_call\"",
+            Api::Messages => "\"stop_reason\":\"tool_use\"",
+        };
+        assert_eq!(
+            reply.text().contains(marker),
+            tool,
+            "{api:?}: {}",
+            reply.text()
+        );
     }
     // Each call registered its agent and sent two hints (arrival, ending).
     let start = Instant::now();
@@ -540,11 +561,16 @@ async fn all_three_apis_stream_through_the_router_and_hints_reach_the_cache_serv
             "kvtier_agent_hints_total",
             &[("ending", "end_of_turn")],
         );
-        if live >= 3.0 && endings >= 3.0 {
+        let tools = metric_sum(
+            &text,
+            "kvtier_agent_hints_total",
+            &[("ending", "tool_call")],
+        );
+        if live >= 6.0 && endings >= 3.0 && tools >= 3.0 {
             break;
         }
         if start.elapsed() > Duration::from_secs(5) {
-            bail!("hints did not reach the server: live {live}, end_of_turn {endings}\n{text}");
+            bail!("hints did not reach the server: live {live}, end_of_turn {endings}, tool_call {tools}\n{text}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -558,7 +584,7 @@ async fn all_three_apis_stream_through_the_router_and_hints_reach_the_cache_serv
             &text,
             "kvtier_router_hints_total",
             &[("kind", "ending"), ("result", "ok")]
-        ) >= 3.0
+        ) >= 6.0
     );
 
     // The lifecycle over gRPC: end an agent through the router.

@@ -76,6 +76,11 @@ fn body(plan: &Plan, i: usize, osl: u32) -> Vec<u8> {
         }
         b["nvext"] = json!({ "agent_hints": hints });
     }
+    if c.tool_call {
+        // The simulated worker ends its answer with a tool call, as the
+        // traced call did (the router reads the ending from the stream).
+        b["nvext"]["sim_stop"] = json!("tool_use");
+    }
     serde_json::to_vec(&b).unwrap_or_default()
 }
 

@@ -8,6 +8,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use kvtier_policy::CallEnd;
+
 use crate::replay::trace::{Trace, NO_AGENT};
 use crate::replay::{kvct, mooncake};
 
@@ -31,6 +33,9 @@ pub struct Call {
     pub last_of_agent: bool,
     /// Trace block ids of its context, in prefix order.
     pub blocks: Vec<u32>,
+    /// The traced call ended with a tool call (the simulated worker is asked
+    /// to end its answer the same way, so the router's hints carry it).
+    pub tool_call: bool,
 }
 
 /// What the system replay sends.
@@ -127,6 +132,7 @@ pub fn from_sessions(trace: &Trace, shape: Shape, name: &str) -> Plan {
                     prev: None,
                     last_of_agent: false,
                     blocks: trace.blocks_of(i).to_vec(),
+                    tool_call: r.stop == CallEnd::ToolCall,
                 },
                 i,
             ));
@@ -185,6 +191,7 @@ pub fn from_mooncake(trace: &Trace, shape: Shape, name: &str) -> Plan {
             prev: None,
             last_of_agent: false,
             blocks: trace.blocks_of(i).to_vec(),
+            tool_call: false,
         });
     }
     Plan {
@@ -221,6 +228,8 @@ pub fn synthetic(
                 prev: None,
                 last_of_agent: c + 1 == calls,
                 blocks: (first..first + len as u32).collect(),
+                // An agentic loop: tool calls until the session's last call.
+                tool_call: c + 1 < calls,
             });
         }
     }

@@ -68,6 +68,15 @@ fn error_response(worker: &SimWorker, api: Api, e: &ApiError) -> Response {
     r
 }
 
+/// The simulation knob `nvext.sim_stop: "tool_use"`: the (streamed) answer
+/// ends with a tool call, as the traced call did, so that the router's hints
+/// carry the trace's real call endings.
+fn asks_for_tool_call(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .map(|v| v["nvext"]["sim_stop"] == "tool_use")
+        .unwrap_or(false)
+}
+
 async fn serve(api: Api, worker: Arc<SimWorker>, headers: HeaderMap, body: Bytes) -> Response {
     worker.stats.request(api);
     let headers: Vec<(String, String)> = headers
@@ -84,10 +93,11 @@ async fn serve(api: Api, worker: Arc<SimWorker>, headers: HeaderMap, body: Bytes
         Err(e) => return error_response(&worker, api, &e),
     };
     let stream = call.stream;
-    let prefilled = match worker.prefill(call).await {
+    let mut prefilled = match worker.prefill(call).await {
         Ok(p) => p,
         Err(e) => return error_response(&worker, api, &e),
     };
+    prefilled.tool_call = asks_for_tool_call(&body);
     let prefill = HeaderValue::from_str(&prefilled.prefill_header()).ok();
     let mut response = if stream {
         let mut r = Response::new(Body::from_stream(prefilled.into_stream()));

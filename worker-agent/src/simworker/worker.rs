@@ -108,6 +108,9 @@ pub struct Prefilled {
     pub computed_tokens: u64,
     /// Time spent waiting for the GPU.
     pub queue_ms: u64,
+    /// End the (streamed) answer with a tool call instead of the end of the
+    /// turn (a simulation knob: the request's `nvext.sim_stop: "tool_use"`).
+    pub tool_call: bool,
     text_seed: u64,
     guard: RequestGuard,
 }
@@ -655,6 +658,7 @@ impl SimWorker {
             onboarded_blocks: onboarded as u64,
             computed_tokens,
             queue_ms,
+            tool_call: false,
             text_seed: hashes
                 .last()
                 .copied()
@@ -705,7 +709,10 @@ impl Prefilled {
             Finish,
             Done,
         }
-        let writer = StreamWriter::new(self.api, &self.id, &self.model);
+        let mut writer = StreamWriter::new(self.api, &self.id, &self.model);
+        if self.tool_call {
+            writer.end_with_tool_call("run_tool", "{}");
+        }
         let interval = self.token_interval();
         let started = tokio::time::Instant::now();
         futures::stream::unfold(
