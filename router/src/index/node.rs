@@ -1,7 +1,4 @@
-//! Per-block state of the index and the hash map that holds it.
-
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+//! Per-block state of the index.
 
 use super::WorkerSlot;
 
@@ -40,12 +37,12 @@ impl Link {
 
 /// Everything the index knows about one block (one sequence hash).
 ///
-/// 56 bytes inline in the map (64 with the key), plus 8 bytes per link on the
-/// heap once a block has links.
+/// 56 bytes inline in the table (64 with the key: one cache line), plus 8
+/// bytes per link on the heap once a block has links.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Node {
-    /// The block's parent, when an event named it (`None`: a root, or not known yet).
-    pub(crate) parent: Option<u64>,
+    /// The block's parent, when `has_parent` (see [`Node::parent`]).
+    parent: u64,
     /// Workers of slots 0..64 that hold the block (bit = slot): the probe of
     /// a query reads only this for the first 64 workers.
     pub(crate) low_mask: u64,
@@ -57,9 +54,29 @@ pub(crate) struct Node {
     pub(crate) cache_host_children: u32,
     /// The block's cache-server tier.
     pub(crate) tier: CacheTier,
+    /// Whether an event named the block's parent.
+    has_parent: bool,
 }
 
 impl Node {
+    /// A node with no state but its parent.
+    pub(crate) fn with_parent(parent: Option<u64>) -> Self {
+        let mut node = Self::default();
+        node.set_parent(parent);
+        node
+    }
+
+    /// The block's parent, when an event named it (`None`: a root, or not known yet).
+    pub(crate) fn parent(&self) -> Option<u64> {
+        self.has_parent.then_some(self.parent)
+    }
+
+    /// Sets or forgets the block's parent.
+    pub(crate) fn set_parent(&mut self, parent: Option<u64>) {
+        self.has_parent = parent.is_some();
+        self.parent = parent.unwrap_or(0);
+    }
+
     fn link_index(&self, slot: WorkerSlot) -> Result<usize, usize> {
         self.links.binary_search_by_key(&slot, |link| link.slot())
     }
@@ -178,37 +195,3 @@ impl Node {
         self.links.capacity() * std::mem::size_of::<Link>()
     }
 }
-
-/// Hasher for sequence hashes. They are XXH3 outputs already, so one
-/// multiply-fold spreads them over the table's bits.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct SeqHasher(u64);
-
-impl Hasher for SeqHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, value: u64) {
-        let product = u128::from(value ^ self.0) * 0x9E37_79B9_7F4A_7C15u128;
-        self.0 = (product as u64) ^ ((product >> 64) as u64);
-    }
-}
-
-/// Builds [`SeqHasher`]s.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct SeqHasherBuilder;
-
-impl BuildHasher for SeqHasherBuilder {
-    type Hasher = SeqHasher;
-    fn build_hasher(&self) -> SeqHasher {
-        SeqHasher(0)
-    }
-}
-
-/// Sequence hash -> node.
-pub(crate) type NodeMap = HashMap<u64, Node, SeqHasherBuilder>;

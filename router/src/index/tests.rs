@@ -411,3 +411,65 @@ fn reparenting_keeps_counts_exact() {
     assert_eq!(index.stats().workers_detached, 0);
     assert_eq!(index.find_matches(&[1, 2, 3]).workers[0].hbm_blocks, 3);
 }
+
+/// The shared index under a writer and concurrent readers: a reader sees a
+/// write whole or not at all, and after the writer stops both copies hold
+/// every change (each is read in turn).
+#[test]
+fn shared_index_readers_see_whole_writes_and_copies_converge() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let index = shared(LocalityIndex::new());
+    let slot = index.write().add_worker("a");
+    let chain: Vec<u64> = (1..=64).map(|b| b * 0x9E37_79B9_7F4A_7C15).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let index = index.clone();
+            let chain = chain.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut empty, mut full) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let matches = index.read().find_matches(&chain);
+                    match matches.workers[slot as usize].hbm_blocks {
+                        0 => empty += 1,
+                        64 => full += 1,
+                        torn => panic!("a reader saw {torn} of a 64-block write"),
+                    }
+                    assert_eq!(matches.cache_prefix_blocks, 0);
+                }
+                (empty, full)
+            })
+        })
+        .collect();
+    for round in 0..3_000u64 {
+        let mut writer = index.write();
+        if round % 2 == 0 {
+            writer.worker_stored(slot, None, &chain);
+        } else {
+            writer.worker_removed(slot, &chain);
+        }
+        writer.cache_set(round + 1_000_000, None, Tier::Host);
+        drop(writer);
+        if round % 500 == 0 {
+            std::thread::yield_now();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        let (empty, full) = reader.join().expect("reader panicked");
+        assert!(empty + full > 0);
+    }
+    index.write().worker_stored(slot, None, &chain);
+    // One more write swaps copies: both must now answer the same.
+    for _ in 0..2 {
+        let read = index.read();
+        assert_eq!(read.find_matches(&chain).workers[0].hbm_blocks, 64);
+        assert_eq!(read.stats().cache_blocks, 3_000);
+        drop(read);
+        index.write().cache_set(42, None, Tier::Disk);
+        index.write().cache_set(42, None, Tier::None);
+    }
+}

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use kvtier_proto::v1::{CacheEvent, EventKind, Tier, WorkerEvent, WorkerEventKind};
 
-use crate::index::{LocalityIndex, WorkerSlot};
+use crate::index::{UpdateIndex, WorkerSlot};
 
 /// Why a stream must be resynced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -215,7 +215,11 @@ impl WorkerSync {
 }
 
 /// Applies a worker step to the index; returns true when it changed anything.
-pub fn apply_worker_step(index: &mut LocalityIndex, slot: WorkerSlot, step: &WorkerStep) -> bool {
+pub fn apply_worker_step(
+    index: &mut impl UpdateIndex,
+    slot: WorkerSlot,
+    step: &WorkerStep,
+) -> bool {
     match step {
         WorkerStep::Stored { parent, hashes } => {
             if !hashes.is_empty() {
@@ -365,7 +369,7 @@ fn order_cache_blocks(blocks: Vec<CacheBlock>) -> Vec<CacheBlock> {
 }
 
 /// Applies a cache step to the index; returns true when it changed anything.
-pub fn apply_cache_step(index: &mut LocalityIndex, step: &CacheStep) -> bool {
+pub fn apply_cache_step(index: &mut impl UpdateIndex, step: &CacheStep) -> bool {
     match step {
         CacheStep::Set((hash, parent, tier)) => index.cache_set(*hash, *parent, *tier),
         CacheStep::Replace(blocks) => {

@@ -107,38 +107,14 @@ struct WorkerTask {
     expired: bool,
 }
 
-/// Blocks applied per hold of the index's write lock: a STORED event of a
-/// 2,000-block prompt must not stall every query for the whole event.
-const APPLY_CHUNK: usize = 32;
-
 impl WorkerTask {
-    /// Applies a step to the index; STORED and REMOVED events in chunks,
-    /// releasing the write lock between them. STORED goes parents first and
-    /// REMOVED children first (events list blocks in prefix order), so every
-    /// state a query can see in between is one the worker could have had.
+    /// Applies a step to the index, in one write: queries see the whole
+    /// event or none of it, and never wait for it (see [`crate::index::IndexLock`]).
     /// Returns the worker's indexed blocks.
     fn apply(&self, step: &WorkerStep) -> u64 {
-        match step {
-            WorkerStep::Stored { parent, hashes } => {
-                let mut parent = *parent;
-                for chunk in hashes.chunks(APPLY_CHUNK) {
-                    self.index.write().worker_stored(self.slot, parent, chunk);
-                    parent = chunk.last().copied();
-                }
-            }
-            WorkerStep::Removed(hashes) => {
-                for chunk in hashes.rchunks(APPLY_CHUNK) {
-                    let children_first: Vec<u64> = chunk.iter().rev().copied().collect();
-                    self.index
-                        .write()
-                        .worker_removed(self.slot, &children_first);
-                }
-            }
-            _ => {
-                apply_worker_step(&mut self.index.write(), self.slot, step);
-            }
-        }
-        self.index.read().worker_blocks(self.slot)
+        let mut index = self.index.write();
+        apply_worker_step(&mut index, self.slot, step);
+        index.worker_blocks(self.slot)
     }
 
     fn id(&self) -> &str {
