@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure()
         .bytes(".kvtier.v1")
+        // Decodes each message from one contiguous buffer (see src/codec.rs).
+        .codec_path("crate::codec::FlatProstCodec")
         .compile_protos(
             &[
                 "proto/kvtier/v1/cache.proto",

@@ -36,7 +36,10 @@
 //! timing, both send request bodies encoded beforehand (protobuf bytes through
 //! a pass-through tonic codec; JSON bytes) and read each answer in full without
 //! decoding it, so the client does the same work for both services (it shares
-//! the machine with them). The cross-check decodes both answers.
+//! the machine with them). The cross-check decodes both answers. With `--pin`
+//! the client's threads keep to the first half of the CPUs and every service
+//! process to the other half, so that the rates compare the services' own
+//! capacity rather than services plus client.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -161,6 +164,73 @@ pub struct Args {
     /// Also print the results as one JSON object (last line).
     #[arg(long)]
     json: bool,
+    /// Keep the benchmark's client off the services' CPUs: the client's
+    /// threads run on the first half of the machine's CPUs, every service
+    /// process (cache server, agents, router, Dynamo's indexer, the event
+    /// publisher) on the other half (`taskset`, Linux). Without it all share
+    /// every CPU and the measured rates include the client's CPU cost.
+    #[arg(long)]
+    pin: bool,
+}
+
+/// CPU lists (`taskset -c` syntax) of the client and of the services under `--pin`.
+#[derive(Debug, Clone)]
+struct Pinning {
+    client: Vec<usize>,
+    services: String,
+}
+
+impl Pinning {
+    fn new(pin: bool) -> Result<Option<Self>> {
+        if !pin {
+            return Ok(None);
+        }
+        // The machine's CPUs, not this thread's (which `bind_client` narrows).
+        // SAFETY: sysconf reads a system constant.
+        let cpus = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
+            .context("sysconf(_SC_NPROCESSORS_ONLN)")?;
+        anyhow::ensure!(
+            cpus >= 2,
+            "--pin needs at least 2 CPUs, this machine has {cpus}"
+        );
+        let half = cpus / 2;
+        Ok(Some(Self {
+            client: (0..half).collect(),
+            services: format!("{half}-{}", cpus - 1),
+        }))
+    }
+
+    /// Binds the calling thread (and the threads it starts later) to the client's CPUs.
+    fn bind_client(&self) -> Result<()> {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+        // sched_setaffinity only read and write the set given.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &cpu in &self.client {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                bail!(
+                    "sched_setaffinity to CPUs {:?}: {}",
+                    self.client,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A command for a service process: under `taskset -c <service CPUs>` when pinning.
+fn service_command(program: &Path, pinning: Option<&Pinning>) -> Command {
+    match pinning {
+        Some(pinning) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &pinning.services]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
 }
 
 // ---------------------------------------------------------------- processes
@@ -1178,6 +1248,13 @@ pub async fn run(args: Args) -> Result<()> {
     if args.block_tokens == 0 || args.root_blocks == 0 {
         bail!("--block-tokens and --root-blocks must be > 0");
     }
+    let pinning = Pinning::new(args.pin)?;
+    if let Some(pinning) = &pinning {
+        println!(
+            "pinned: client on CPUs {:?}, every service process on CPUs {}",
+            pinning.client, pinning.services
+        );
+    }
     let dir = tempfile::tempdir()?;
     let peer_script = dir.path().join("dynamo_indexer_peer.py");
     let pub_script = dir.path().join("vllm_event_publisher.py");
@@ -1232,7 +1309,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     // The publisher first (it binds the endpoints), then every subscriber.
     let (mut publisher, _, pub_lines) = spawn_ready(
-        Command::new(&python)
+        service_command(&python, pinning.as_ref())
             .arg(&pub_script)
             .arg("--plan")
             .arg(&plan_path)
@@ -1243,7 +1320,7 @@ pub async fn run(args: Args) -> Result<()> {
     )?;
     let data = dir.path().join("data");
     let (_server, line, _) = spawn_ready(
-        Command::new(&server_bin)
+        service_command(&server_bin, pinning.as_ref())
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -1262,7 +1339,7 @@ pub async fn run(args: Args) -> Result<()> {
     let mut worker_flags = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let (proc, line, _) = spawn_ready(
-            Command::new(&agent_bin).args([
+            service_command(&agent_bin, pinning.as_ref()).args([
                 "--listen",
                 "127.0.0.1:0",
                 "--metrics-listen",
@@ -1289,7 +1366,7 @@ pub async fn run(args: Args) -> Result<()> {
         agents.push(proc);
     }
     let (_router, line, _) = spawn_ready(
-        Command::new(&router_bin)
+        service_command(&router_bin, pinning.as_ref())
             .args([
                 "--http-listen",
                 "127.0.0.1:0",
@@ -1319,7 +1396,7 @@ pub async fn run(args: Args) -> Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     let dyn_log = dir.path().join("dynamo.log");
-    let mut dyn_cmd = Command::new(&python);
+    let mut dyn_cmd = service_command(&python, pinning.as_ref());
     dyn_cmd
         .arg(&peer_script)
         .args(["--port", &dyn_port.to_string(), "--block-size", &bs])
@@ -1438,7 +1515,7 @@ pub async fn run(args: Args) -> Result<()> {
          back to back in every round; kvtier FindMatches (gRPC) vs Dynamo's standalone indexer \
          ({}) /query or /query_by_hash (HTTP JSON). q/s: median over rounds; ratio: median of \
          the per-round ratios (min–max); latencies over all rounds; CPU: CPU time per answered \
-         query of the service process (and of the benchmark's client)\n\n\
+         query of the service process (and of the benchmark's client); {}\n\n\
          | query by | kvtier q/s | Dynamo q/s | kvtier/Dynamo | kvtier p50 ms | Dynamo p50 ms \
          | kvtier p99 ms | Dynamo p99 ms | kvtier CPU µs/q | Dynamo CPU µs/q | errors kv/dyn \
          | answers ≠ (kv/dyn/each other, of n) |\n\
@@ -1455,7 +1532,14 @@ pub async fn run(args: Args) -> Result<()> {
         args.rounds.max(1),
         args.duration_s,
         args.warmup_s,
-        versions
+        versions,
+        pinning.as_ref().map_or_else(
+            || "client and services share every CPU".to_string(),
+            |p| format!(
+                "pinned: client on CPUs {:?}, services on CPUs {}",
+                p.client, p.services
+            )
+        )
     );
     for r in &results {
         s.push_str(&format!(
@@ -1505,6 +1589,7 @@ pub async fn run(args: Args) -> Result<()> {
                 "rounds": args.rounds.max(1),
                 "dynamo": versions,
                 "catch_up_s": {"kvtier": kv_lag, "dynamo": dyn_lag},
+                "pinned": pinning.as_ref().map(|p| serde_json::json!({"client": p.client, "services": p.services})),
                 "results": results,
             })
         );
@@ -1517,6 +1602,10 @@ pub async fn run(args: Args) -> Result<()> {
 
 /// For a synchronous `main`: runs [`run`] on a fresh tokio runtime.
 pub fn run_blocking(args: Args) -> Result<()> {
+    if let Some(pinning) = Pinning::new(args.pin)? {
+        // Before the runtime starts: its threads inherit the binding.
+        pinning.bind_client()?;
+    }
     tokio::runtime::Runtime::new()?.block_on(run(args))
 }
 

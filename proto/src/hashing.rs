@@ -31,6 +31,15 @@ pub fn effective_seed(base_seed: u64, salt: &str) -> u64 {
 
 /// Hash of one block's tokens on their own (Dynamo's `LocalBlockHash`).
 pub fn local_block_hash(tokens: &[u32], seed: u64) -> u64 {
+    /// Blocks up to this many tokens are laid out on the stack.
+    const STACK_TOKENS: usize = 64;
+    if tokens.len() <= STACK_TOKENS {
+        let mut bytes = [0u8; STACK_TOKENS * 4];
+        for (out, token) in bytes.chunks_exact_mut(4).zip(tokens) {
+            out.copy_from_slice(&token.to_le_bytes());
+        }
+        return xxh3_64_with_seed(&bytes[..tokens.len() * 4], seed);
+    }
     let mut bytes = Vec::with_capacity(tokens.len() * 4);
     for token in tokens {
         bytes.extend_from_slice(&token.to_le_bytes());

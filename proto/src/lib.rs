@@ -8,6 +8,7 @@
 //!
 //! Everything else in kvtier depends on this crate; it depends on nothing of ours.
 
+pub mod codec;
 pub mod hashing;
 
 /// Generated code for the `kvtier.v1` package.
@@ -18,3 +19,12 @@ pub mod v1 {
 
 /// Metadata key under which clients may also pass their session id.
 pub const SESSION_METADATA_KEY: &str = "kvtier-session";
+
+/// Whether the cache server refused a call for want of a live session (none
+/// given, or one it no longer knows: expired, or the server restarted). The
+/// client's remedy is to `Handshake` again and retry; the server words these
+/// refusals as FAILED_PRECONDITION "no session: ..." / "unknown session ...".
+pub fn is_unknown_session(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::FailedPrecondition
+        && (status.message().contains("unknown session") || status.message().contains("no session"))
+}

@@ -34,11 +34,6 @@ pub struct CacheLifecycle {
     registered: Mutex<HashSet<String>>,
 }
 
-fn is_unknown_session(status: &Status) -> bool {
-    status.code() == Code::FailedPrecondition
-        && (status.message().contains("unknown session") || status.message().contains("no session"))
-}
-
 /// An agent as the router registers it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentSpec {
@@ -96,7 +91,7 @@ impl CacheLifecycle {
                 session = self.handshake().await?.session_id;
             }
             match call(self.client.clone(), session).await {
-                Err(status) if is_unknown_session(&status) => {
+                Err(status) if kvtier_proto::is_unknown_session(&status) => {
                     let session = self.handshake().await?.session_id;
                     call(self.client.clone(), session).await
                 }

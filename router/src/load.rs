@@ -76,6 +76,28 @@ impl LoadBook {
             .unwrap_or_default()
     }
 
+    /// [`LoadBook::load`] of each worker, in order, under one lock.
+    pub fn loads(&self, workers: &[&str]) -> Vec<Load> {
+        let inner = self.inner.lock();
+        let ttl = inner.report_ttl;
+        let now = Instant::now();
+        workers
+            .iter()
+            .map(|worker| {
+                inner
+                    .workers
+                    .get(*worker)
+                    .map(|w| match w.reported {
+                        Some((reported, at)) if now.saturating_duration_since(at) <= ttl => {
+                            w.booked.max(reported)
+                        }
+                        _ => w.booked,
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
     /// Records a report from the worker (or a custom router).
     pub fn report(&self, worker: &str, load: Load) {
         let mut inner = self.inner.lock();

@@ -28,6 +28,11 @@ pub trait WorkerHealth: Send + Sync + 'static {
     fn last_event_id(&self, _worker_id: &str) -> u64 {
         0
     }
+    /// [`WorkerHealth::is_available`] of each worker, in order (one look at
+    /// the shared state for a whole routing decision where the implementation allows).
+    fn availability(&self, worker_ids: &[&str]) -> Vec<bool> {
+        worker_ids.iter().map(|id| self.is_available(id)).collect()
+    }
 }
 
 /// A worker of the model.
@@ -235,14 +240,14 @@ impl ModelRouter {
             return Err(RouteError::TooLong(hashes.len()));
         }
         let matches = self.index.read().find_matches(hashes);
+        // `matches.workers` is in slot order, one entry per registered slot.
         let per_worker = self
             .workers
             .iter()
             .map(|(_, slot)| {
                 matches
                     .workers
-                    .iter()
-                    .find(|o| o.slot == *slot)
+                    .get(*slot as usize)
                     .copied()
                     .unwrap_or(WorkerOverlap {
                         slot: *slot,
@@ -251,6 +256,14 @@ impl ModelRouter {
             })
             .collect();
         Ok((matches, per_worker))
+    }
+
+    /// The workers' ids, in order.
+    pub fn worker_ids(&self) -> Vec<&str> {
+        self.workers
+            .iter()
+            .map(|(w, _)| w.worker_id.as_str())
+            .collect()
     }
 
     /// Chooses a worker for a call whose full blocks hash to `hashes` and
@@ -266,22 +279,23 @@ impl ModelRouter {
             .agent_id
             .as_deref()
             .and_then(|a| self.affinity.lock().get(a).map(str::to_string));
+        let ids = self.worker_ids();
+        let loads = self.load.loads(&ids);
+        let available = self.health.availability(&ids);
         let views: Vec<WorkerView> = self
             .workers
             .iter()
             .zip(&overlaps)
-            .map(|((w, _), o)| {
-                let load = self.load.load(&w.worker_id);
-                WorkerView {
-                    hbm_blocks: o.hbm_blocks,
-                    host_blocks: o.host_blocks,
-                    disk_blocks: o.disk_blocks,
-                    queued_prefill_tokens: load.queued_prefill_tokens,
-                    active_decode_blocks: load.active_decode_blocks,
-                    running_requests: load.running_requests,
-                    sticky: sticky.as_deref() == Some(w.worker_id.as_str()),
-                    available: self.health.is_available(&w.worker_id),
-                }
+            .zip(loads.iter().zip(&available))
+            .map(|(((w, _), o), (load, &available))| WorkerView {
+                hbm_blocks: o.hbm_blocks,
+                host_blocks: o.host_blocks,
+                disk_blocks: o.disk_blocks,
+                queued_prefill_tokens: load.queued_prefill_tokens,
+                active_decode_blocks: load.active_decode_blocks,
+                running_requests: load.running_requests,
+                sticky: sticky.as_deref() == Some(w.worker_id.as_str()),
+                available,
             })
             .collect();
         let call = CallProfile {
@@ -380,6 +394,10 @@ impl WorkerHealth for crate::sources::WorkerStates {
 
     fn last_event_id(&self, worker_id: &str) -> u64 {
         self.get(worker_id).map_or(0, |s| s.last_event_id)
+    }
+
+    fn availability(&self, worker_ids: &[&str]) -> Vec<bool> {
+        crate::sources::WorkerStates::availability(self, worker_ids)
     }
 }
 

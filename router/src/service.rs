@@ -47,7 +47,7 @@ impl RouterGrpc {
     /// The model and the sequence hashes a query names.
     fn resolve(
         &self,
-        prefix: Option<&PrefixQuery>,
+        prefix: Option<PrefixQuery>,
     ) -> Result<(&Arc<ModelState>, Vec<u64>, u64), Status> {
         let prefix = prefix.ok_or_else(|| Status::invalid_argument("prefix is required"))?;
         let model = self.model(&prefix.model)?;
@@ -67,7 +67,7 @@ impl RouterGrpc {
                     )));
                 }
                 let tokens = (prefix.hashes.len() * block_tokens) as u64;
-                Ok((model, prefix.hashes.clone(), tokens))
+                Ok((model, prefix.hashes, tokens))
             }
             (true, false) => {
                 if prefix.token_ids.len() / block_tokens > MAX_QUERY_BLOCKS {
@@ -102,14 +102,38 @@ fn worker_match(id: &str, overlap: &WorkerOverlap, available: bool) -> WorkerMat
     }
 }
 
+/// The status code's name, as the `code` label of the gRPC metrics spells it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
 fn timed<T>(
     method: &'static str,
     started: Instant,
     result: Result<T, Status>,
 ) -> Result<T, Status> {
     let code = match &result {
-        Ok(_) => "Ok".to_string(),
-        Err(s) => format!("{:?}", s.code()),
+        Ok(_) => "Ok",
+        Err(s) => code_name(s.code()),
     };
     histogram!(m::GRPC_SECONDS, "method" => method, "code" => code)
         .record(started.elapsed().as_secs_f64());
@@ -124,18 +148,18 @@ impl RouterService for RouterGrpc {
     ) -> Result<Response<FindMatchesResponse>, Status> {
         let started = Instant::now();
         let result = (|| {
-            let request = request.into_inner();
-            let (model, hashes, _) = self.resolve(request.prefix.as_ref())?;
+            let mut request = request.into_inner();
+            let (model, hashes, _) = self.resolve(request.prefix.take())?;
             let router = &model.router;
             let (matches, overlaps) = router
                 .matches(&hashes)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let available = router.health().availability(&router.worker_ids());
             let workers = router
                 .workers()
                 .zip(&overlaps)
-                .map(|(w, o)| {
-                    worker_match(&w.worker_id, o, router.health().is_available(&w.worker_id))
-                })
+                .zip(available)
+                .map(|((w, o), available)| worker_match(&w.worker_id, o, available))
                 .collect();
             Ok(Response::new(FindMatchesResponse {
                 query_blocks: hashes.len() as u32,
@@ -152,8 +176,8 @@ impl RouterService for RouterGrpc {
     ) -> Result<Response<RouteResponse>, Status> {
         let started = Instant::now();
         let result = (|| {
-            let request = request.into_inner();
-            let (model, hashes, tokens) = self.resolve(request.prefix.as_ref())?;
+            let mut request = request.into_inner();
+            let (model, hashes, tokens) = self.resolve(request.prefix.take())?;
             let hints = request.hints.unwrap_or_default();
             if !(-8..=8).contains(&hints.priority) {
                 return Err(Status::invalid_argument(format!(
@@ -314,7 +338,7 @@ impl RouterService for RouterGrpc {
                     model: request.model.clone(),
                     ..prefix.clone()
                 };
-                self.resolve(Some(&prefix))?.1
+                self.resolve(Some(prefix))?.1
             }
             _ => Vec::new(),
         };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::Code;
 
 use kvtier_proto::v1::cache_service_client::CacheServiceClient;
 use kvtier_proto::v1::{HandshakeRequest, HandshakeResponse, HashingConfig};
@@ -44,11 +44,6 @@ pub struct TierSession {
     request: HandshakeRequest,
     /// The current session id; replaced when the server no longer knows it.
     session_id: Mutex<String>,
-}
-
-fn is_unknown_session(status: &Status) -> bool {
-    status.code() == Code::FailedPrecondition
-        && (status.message().contains("unknown session") || status.message().contains("no session"))
 }
 
 impl TierSession {
@@ -145,7 +140,7 @@ impl TierSession {
                 id = self.renew(timeout).await?;
             }
             match call(self.client(k), id).await {
-                Err(AgentError::Tier(status)) if is_unknown_session(&status) => {
+                Err(AgentError::Tier(status)) if kvtier_proto::is_unknown_session(&status) => {
                     let id = self.renew(timeout).await?;
                     call(self.client(k), id).await
                 }

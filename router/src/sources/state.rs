@@ -201,6 +201,34 @@ impl WorkerStates {
             .is_some_and(|r| r.available(now))
     }
 
+    /// [`WorkerStates::is_available`] of each worker, in order, under one read of the table.
+    pub fn availability(&self, worker_ids: &[&str]) -> Vec<bool> {
+        let now = Instant::now();
+        let table = self.inner.read();
+        let mut available = vec![false; worker_ids.len()];
+        if table.workers.len() <= 8 {
+            for (out, id) in available.iter_mut().zip(worker_ids) {
+                *out = table
+                    .workers
+                    .iter()
+                    .find(|r| r.worker_id == *id)
+                    .is_some_and(|r| r.available(now));
+            }
+            return available;
+        }
+        let position: std::collections::HashMap<&str, usize> = worker_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, i))
+            .collect();
+        for record in &table.workers {
+            if let Some(&i) = position.get(record.worker_id.as_str()) {
+                available[i] = record.available(now);
+            }
+        }
+        available
+    }
+
     /// The worker in slot `slot` takes traffic now (false for an unknown slot).
     pub fn is_slot_available(&self, slot: WorkerSlot) -> bool {
         let now = Instant::now();
