@@ -12,10 +12,11 @@
 //! is monotone in `i`, and its depth can be searched for instead of walked.
 //! [`LocalityIndex::find_matches`] searches all such workers (and the cache
 //! server's presence and host predicates) together, several ways at once:
-//! each round probes up to 15 evenly spaced positions of every open interval,
+//! each round probes up to 15 evenly spaced positions of every open interval
+//! (24 probes per round in all),
 //! reading one 64-bit holder mask per probe, and splits the workers by where
-//! each stops holding. A 2,050-block query takes three rounds (2,050 -> 128
-//! -> 8 -> exact). The probes of a round are independent, so the table
+//! each stops holding. A 2,050-block query takes three or four rounds
+//! (2,050 -> 128 -> 8 -> exact for one interval; more intervals share the 24). The probes of a round are independent, so the table
 //! ([`table`]) prefetches all their slots before reading any: a round costs
 //! about one memory latency instead of one per probe.
 //!

@@ -4,11 +4,13 @@
 use super::node::{CacheTier, Node};
 use super::{LocalityIndex, PrefixMatches, WorkerOverlap, WorkerSlot};
 
-/// Probes per round of the search, over all its open segments: enough
-/// independent lookups to keep a couple dozen cache misses in flight.
-const PROBES_PER_ROUND: usize = 48;
+/// Probes per round of the search, over all its open segments. A round costs
+/// about one memory latency while its misses fit in the core's miss buffers;
+/// beyond that each probe adds again. Measured (`kvtier-bench index`, p99 with
+/// a writer running): 24 beat 12, 16, 32, 48, 64 and 96.
+const PROBES_PER_ROUND: usize = 24;
 
-/// Most probes per segment per round (a 2,050-block query takes three
+/// Most probes per segment per round (one segment of 2,050 blocks takes three
 /// rounds at 15: 2,050 -> 128 -> 8 -> exact).
 const MAX_FANOUT: usize = 15;
 
