@@ -9,7 +9,9 @@
 #                   vs a per-block walk
 #   policy-speed    value-policy evictions per second with 1M resident blocks
 #   router-service  gRPC FindMatches vs Dynamo's standalone indexer on the same
-#                   vLLM ZMQ events (needs python3 + pip; skipped otherwise)
+#                   vLLM ZMQ events (needs python3 + pip; skipped otherwise),
+#                   once sharing every CPU with the client, once --pin (client
+#                   and services on separate CPUs)
 # Output: stdout, and bench/results/micro-<UTC timestamp>.txt.
 # Usage: bench/micro.sh
 set -euo pipefail
@@ -36,5 +38,6 @@ mkdir -p bench/results
   echo "## index"; "$bench" index
   echo "## policy-speed"; "$bench" policy-speed
   echo "## router-service"; "$bench" router-service || echo "(router-service skipped or failed: exit $?)"
+  echo "## router-service --pin"; "$bench" router-service --pin || echo "(router-service --pin skipped or failed: exit $?)"
 } 2>&1 | tee "$out"
 echo "micro: written to $out" >&2
