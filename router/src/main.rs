@@ -43,9 +43,18 @@ struct Args {
         long = "worker",
         env = "KVTIER_ROUTER_WORKERS",
         value_delimiter = ' ',
-        required = true
+        required_unless_present = "models_file"
     )]
     workers: Vec<String>,
+    /// Serve several models: a JSON file `{"models": [{"model": ..., "namespace":
+    /// ..., "workers": ["ID=HTTP_BASE@AGENT_URL", ...], "tokenizer": ...,
+    /// "chat_template": ..., "block_tokens": ..., "seed": ..., "salt": ...,
+    /// "block_bytes": ..., "kv_layout": ...}, ...]}` (fields after `workers`
+    /// optional, with the defaults of the flags of the same names). Replaces
+    /// `--worker`, `--model`, `--namespace` and the other per-model flags;
+    /// routing, cost and cache-server flags apply to every model.
+    #[arg(long, env = "KVTIER_ROUTER_MODELS_FILE", conflicts_with = "workers")]
+    models_file: Option<PathBuf>,
     /// Cache server (CacheService); empty: route on worker HBM only, no hints.
     #[arg(long, env = "KVTIER_SERVER", default_value = "http://127.0.0.1:50051")]
     cache_server: String,
@@ -63,7 +72,7 @@ struct Args {
     #[arg(long, env = "KVTIER_CHAT_TEMPLATE")]
     chat_template: Option<PathBuf>,
     /// Tokens per block.
-    #[arg(long, env = "KVTIER_BLOCK_TOKENS", default_value_t = 16)]
+    #[arg(long, env = "KVTIER_BLOCK_TOKENS", default_value_t = DEFAULT_BLOCK_TOKENS)]
     block_tokens: u32,
     /// Base XXH3 seed.
     #[arg(long, env = "KVTIER_SEED", default_value_t = DEFAULT_SEED)]
@@ -72,10 +81,10 @@ struct Args {
     #[arg(long, env = "KVTIER_SALT", default_value = "")]
     salt: String,
     /// Bytes per block (the namespace's HashingConfig.block_bytes).
-    #[arg(long, env = "KVTIER_BLOCK_BYTES", default_value_t = 65_536)]
+    #[arg(long, env = "KVTIER_BLOCK_BYTES", default_value_t = DEFAULT_BLOCK_BYTES)]
     block_bytes: u64,
     /// KV layout descriptor (the namespace's HashingConfig.kv_layout).
-    #[arg(long, env = "KVTIER_KV_LAYOUT", default_value = "sim:layers=1,kv=2")]
+    #[arg(long, env = "KVTIER_KV_LAYOUT", default_value = DEFAULT_KV_LAYOUT)]
     kv_layout: String,
     /// A worker whose event stream stays down this long loses its index entries.
     #[arg(long, env = "KVTIER_ROUTER_EXPIRE_MS", default_value_t = 10_000)]
@@ -131,6 +140,235 @@ fn parse_worker(spec: &str) -> anyhow::Result<WorkerEndpoint> {
         worker_id: id.to_string(),
         http_base: http_base.trim_end_matches('/').to_string(),
         agent_url: agent_url.to_string(),
+    })
+}
+
+/// One model the router serves: the per-model flags, or one entry of `--models-file`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelSpec {
+    model: String,
+    namespace: String,
+    workers: Vec<String>,
+    #[serde(default)]
+    tokenizer: Option<PathBuf>,
+    #[serde(default)]
+    chat_template: Option<PathBuf>,
+    #[serde(default = "default_block_tokens")]
+    block_tokens: u32,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    #[serde(default)]
+    salt: String,
+    #[serde(default = "default_block_bytes")]
+    block_bytes: u64,
+    #[serde(default = "default_kv_layout")]
+    kv_layout: String,
+}
+
+const DEFAULT_BLOCK_TOKENS: u32 = 16;
+const DEFAULT_BLOCK_BYTES: u64 = 65_536;
+const DEFAULT_KV_LAYOUT: &str = "sim:layers=1,kv=2";
+
+fn default_block_tokens() -> u32 {
+    DEFAULT_BLOCK_TOKENS
+}
+fn default_seed() -> u64 {
+    DEFAULT_SEED
+}
+fn default_block_bytes() -> u64 {
+    DEFAULT_BLOCK_BYTES
+}
+fn default_kv_layout() -> String {
+    DEFAULT_KV_LAYOUT.to_string()
+}
+
+/// `--models-file`'s shape.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsFile {
+    models: Vec<ModelSpec>,
+}
+
+/// The models to serve: from `--models-file`, or the one the flags describe.
+/// Names and worker ids must be unique across models.
+fn model_specs(args: &Args) -> anyhow::Result<Vec<ModelSpec>> {
+    let specs = match &args.models_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("read --models-file {}", path.display()))?;
+            let file: ModelsFile = serde_json::from_str(&text)
+                .with_context(|| format!("parse --models-file {}", path.display()))?;
+            if file.models.is_empty() {
+                bail!("--models-file {}: \"models\" is empty", path.display());
+            }
+            file.models
+        }
+        None => vec![ModelSpec {
+            model: args.model.clone(),
+            namespace: args.namespace.clone(),
+            workers: args.workers.clone(),
+            tokenizer: args.tokenizer.clone(),
+            chat_template: args.chat_template.clone(),
+            block_tokens: args.block_tokens,
+            seed: args.seed,
+            salt: args.salt.clone(),
+            block_bytes: args.block_bytes,
+            kv_layout: args.kv_layout.clone(),
+        }],
+    };
+    let mut names = std::collections::HashSet::new();
+    let mut worker_ids = std::collections::HashSet::new();
+    for spec in &specs {
+        if spec.model.is_empty() || !names.insert(spec.model.as_str()) {
+            bail!("model {:?}: names must be non-empty and unique", spec.model);
+        }
+        if spec.block_tokens == 0 {
+            bail!("model {:?}: block_tokens must be > 0", spec.model);
+        }
+        if spec.workers.iter().all(|w| w.is_empty()) {
+            bail!(
+                "model {:?}: no worker given; the router needs at least one per model",
+                spec.model
+            );
+        }
+        for worker in spec.workers.iter().filter(|w| !w.is_empty()) {
+            let id = parse_worker(worker)?.worker_id;
+            if !worker_ids.insert(id.clone()) {
+                bail!("worker {id:?} is listed twice (worker ids are unique across models)");
+            }
+        }
+    }
+    Ok(specs)
+}
+
+/// What serving one model needs that outlives its set-up.
+struct StartedModel {
+    state: ModelState,
+    sources: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Sets one model up: handshake with the cache server (which gives the
+/// hashing seed), the prompt model, its own index fed by its workers' agents
+/// and its cache namespace, and its router.
+async fn start_model(
+    spec: &ModelSpec,
+    args: &Args,
+    weights: CostWeights,
+    stop_rx: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<StartedModel> {
+    let workers = spec
+        .workers
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_worker(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = HashingConfig {
+        block_tokens: spec.block_tokens,
+        seed: spec.seed,
+        salt: spec.salt.clone(),
+        block_bytes: spec.block_bytes,
+        kv_layout: spec.kv_layout.clone(),
+        model: spec.model.clone(),
+    };
+
+    // The hashing seed: the cache server's answer wins (it folds a tenant
+    // salt in when tokens are in use); without it, the local computation.
+    let mut seed = effective_seed(spec.seed, &spec.salt);
+    let lifecycle = if args.cache_server.is_empty() {
+        None
+    } else {
+        let lifecycle = CacheLifecycle::new(&args.cache_server, &spec.namespace, config.clone())
+            .map_err(anyhow::Error::msg)?;
+        match lifecycle.handshake().await {
+            Ok(response) => seed = response.effective_seed,
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => bail!(
+                "the cache server refused namespace {:?} of model {:?}: {}",
+                spec.namespace,
+                spec.model,
+                status.message()
+            ),
+            Err(status) => tracing::warn!(
+                model = %spec.model,
+                error = %status.message(),
+                "cache server unreachable at start; hashing with the local seed"
+            ),
+        }
+        Some(Arc::new(lifecycle))
+    };
+    let prompt = match &spec.tokenizer {
+        Some(path) => Some(
+            kvtier_prompt::PromptModel::load(
+                path,
+                spec.chat_template.as_deref(),
+                spec.block_tokens as usize,
+                seed,
+            )
+            .with_context(|| {
+                format!(
+                    "model {:?}: load the tokenizer {}",
+                    spec.model,
+                    path.display()
+                )
+            })?,
+        ),
+        None => {
+            tracing::warn!(
+                model = %spec.model,
+                "no tokenizer: the HTTP front answers 503 for this model; gRPC queries by hash work"
+            );
+            None
+        }
+    };
+
+    let index: SharedIndex = kvtier_router::index::shared(LocalityIndex::new());
+    let states = sources::WorkerStates::new(Duration::from_millis(args.unreachable_ms));
+    let source_config = sources::WorkerSourceConfig {
+        expiry: Duration::from_millis(args.expire_ms),
+        ..sources::WorkerSourceConfig::default()
+    };
+    let mut source_tasks = Vec::new();
+    for worker in &workers {
+        source_tasks.push(sources::spawn_worker_source(
+            sources::AgentEndpoint {
+                worker_id: worker.worker_id.clone(),
+                agent_url: worker.agent_url.clone(),
+            },
+            index.clone(),
+            states.clone(),
+            source_config.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    if !args.cache_server.is_empty() {
+        source_tasks.push(sources::spawn_cache_source(
+            sources::CacheSourceConfig::new(&args.cache_server, &spec.namespace, config),
+            index.clone(),
+            sources::CacheState::default(),
+            stop_rx.clone(),
+        ));
+    }
+    let router = ModelRouter::new(
+        &spec.model,
+        BlockHasher::new(spec.block_tokens as usize, seed),
+        index,
+        workers,
+        Arc::new(states),
+        LoadBook::new(Duration::from_secs(2)),
+        weights,
+    )
+    .with_mode(if args.routing == "round-robin" {
+        RoutingMode::RoundRobin
+    } else {
+        RoutingMode::Cost
+    });
+    Ok(StartedModel {
+        state: ModelState {
+            router,
+            prompt,
+            lifecycle,
+        },
+        sources: source_tasks,
     })
 }
 
@@ -200,114 +438,22 @@ async fn main() -> anyhow::Result<()> {
     let metrics =
         kvtier_router::metrics::install_recorder().context("install the metrics recorder")?;
     let weights = weights(&args)?;
-    let workers = args
-        .workers
+    let specs = model_specs(&args)?;
+    let all_workers: Vec<String> = specs
         .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| parse_worker(s))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if workers.is_empty() {
-        bail!("no --worker given: the router needs at least one worker");
-    }
-    kvtier_router::metrics::register_zeroes(workers.iter().map(|w| w.worker_id.as_str()));
-    let config = HashingConfig {
-        block_tokens: args.block_tokens,
-        seed: args.seed,
-        salt: args.salt.clone(),
-        block_bytes: args.block_bytes,
-        kv_layout: args.kv_layout.clone(),
-        model: args.model.clone(),
-    };
-    if args.block_tokens == 0 {
-        bail!("--block-tokens must be > 0");
-    }
+        .flat_map(|spec| spec.workers.iter().filter(|w| !w.is_empty()))
+        .map(|w| parse_worker(w).map(|w| w.worker_id))
+        .collect::<anyhow::Result<_>>()?;
+    kvtier_router::metrics::register_zeroes(all_workers.iter().map(String::as_str));
 
-    // The hashing seed: the cache server's answer wins (it folds a tenant
-    // salt in when tokens are in use); without it, the local computation.
-    let mut seed = effective_seed(args.seed, &args.salt);
-    let lifecycle = if args.cache_server.is_empty() {
-        None
-    } else {
-        let lifecycle = CacheLifecycle::new(&args.cache_server, &args.namespace, config.clone())
-            .map_err(anyhow::Error::msg)?;
-        match lifecycle.handshake().await {
-            Ok(response) => seed = response.effective_seed,
-            Err(status) if status.code() == tonic::Code::FailedPrecondition => bail!(
-                "the cache server refused namespace {:?}: {}",
-                args.namespace,
-                status.message()
-            ),
-            Err(status) => tracing::warn!(
-                error = %status.message(),
-                "cache server unreachable at start; hashing with the local seed"
-            ),
-        }
-        Some(Arc::new(lifecycle))
-    };
-    let prompt = match &args.tokenizer {
-        Some(path) => Some(
-            kvtier_prompt::PromptModel::load(
-                path,
-                args.chat_template.as_deref(),
-                args.block_tokens as usize,
-                seed,
-            )
-            .with_context(|| format!("load the tokenizer {}", path.display()))?,
-        ),
-        None => {
-            tracing::warn!("no --tokenizer: the HTTP front answers 503; gRPC queries by hash work");
-            None
-        }
-    };
-
-    let index: SharedIndex = kvtier_router::index::shared(LocalityIndex::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let states = sources::WorkerStates::new(Duration::from_millis(args.unreachable_ms));
-    let source_config = sources::WorkerSourceConfig {
-        expiry: Duration::from_millis(args.expire_ms),
-        ..sources::WorkerSourceConfig::default()
-    };
-    let mut source_tasks = Vec::new();
-    for worker in &workers {
-        source_tasks.push(sources::spawn_worker_source(
-            sources::AgentEndpoint {
-                worker_id: worker.worker_id.clone(),
-                agent_url: worker.agent_url.clone(),
-            },
-            index.clone(),
-            states.clone(),
-            source_config.clone(),
-            stop_rx.clone(),
-        ));
-    }
-    if !args.cache_server.is_empty() {
-        source_tasks.push(sources::spawn_cache_source(
-            sources::CacheSourceConfig::new(&args.cache_server, &args.namespace, config.clone()),
-            index.clone(),
-            sources::CacheState::default(),
-            stop_rx.clone(),
-        ));
-    }
-    let router = ModelRouter::new(
-        &args.model,
-        BlockHasher::new(args.block_tokens as usize, seed),
-        index,
-        workers,
-        Arc::new(states),
-        LoadBook::new(Duration::from_secs(2)),
-        weights,
-    )
-    .with_mode(if args.routing == "round-robin" {
-        RoutingMode::RoundRobin
-    } else {
-        RoutingMode::Cost
-    });
     let mut models = Models::default();
-    models.push(ModelState {
-        router,
-        prompt,
-        lifecycle,
-    });
+    let mut source_tasks = Vec::new();
+    for spec in &specs {
+        let started = start_model(spec, &args, weights.clone(), &stop_rx).await?;
+        models.push(started.state);
+        source_tasks.extend(started.sources);
+    }
 
     let shutdown = shutdown_signal()?;
     let http_listener = tokio::net::TcpListener::bind(args.http_listen)
@@ -378,4 +524,77 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_with_file(json: &str) -> (tempfile::TempDir, Args) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("models.json");
+        std::fs::write(&path, json).expect("write");
+        let args = Args::try_parse_from(["kvtier-router", "--models-file", path.to_str().unwrap()])
+            .expect("flags parse");
+        (dir, args)
+    }
+
+    #[test]
+    fn a_models_file_gives_each_model_its_fields_and_the_flags_defaults() {
+        let (_dir, args) = args_with_file(
+            r#"{"models": [
+                {"model": "a", "namespace": "na", "workers": ["w0=http://h:1@http://g:2"]},
+                {"model": "b", "namespace": "nb", "block_tokens": 32,
+                 "workers": ["w1=http://h:3@http://g:4"]}
+            ]}"#,
+        );
+        let specs = model_specs(&args).expect("valid");
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[0].block_tokens, DEFAULT_BLOCK_TOKENS);
+        assert_eq!(specs[0].kv_layout, DEFAULT_KV_LAYOUT);
+        assert_eq!(specs[1].block_tokens, 32);
+        assert_eq!(specs[1].namespace, "nb");
+    }
+
+    #[test]
+    fn bad_models_files_are_refused_with_the_reason() {
+        for (json, expected) in [
+            (r#"{"models": []}"#, "is empty"),
+            (
+                r#"{"models": [{"model": "a", "namespace": "n", "workers": ["w0=http://h:1@http://g:2"]},
+                               {"model": "a", "namespace": "m", "workers": ["w1=http://h:1@http://g:2"]}]}"#,
+                "unique",
+            ),
+            (
+                r#"{"models": [{"model": "a", "namespace": "n", "workers": ["w0=http://h:1@http://g:2"]},
+                               {"model": "b", "namespace": "m", "workers": ["w0=http://h:3@http://g:4"]}]}"#,
+                "listed twice",
+            ),
+            (
+                r#"{"models": [{"model": "a", "namespace": "n", "workers": []}]}"#,
+                "no worker",
+            ),
+            (
+                r#"{"models": [{"model": "a", "namespace": "n", "workers": ["w0"], "x": 1}]}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"models": [{"model": "a", "workers": ["w0"]}]}"#,
+                "namespace",
+            ),
+        ] {
+            let (_dir, args) = args_with_file(json);
+            let error = format!("{:#}", model_specs(&args).expect_err(json));
+            assert!(error.contains(expected), "{json}: {error}");
+        }
+        assert!(Args::try_parse_from([
+            "kvtier-router",
+            "--models-file",
+            "m.json",
+            "--worker",
+            "w0=http://h:1@http://g:2"
+        ])
+        .is_err());
+        assert!(Args::try_parse_from(["kvtier-router"]).is_err());
+    }
 }

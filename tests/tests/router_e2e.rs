@@ -870,3 +870,160 @@ async fn a_killed_worker_stops_receiving_traffic_and_clients_cancel_upstream() -
     drop(fleet.dir);
     Ok(())
 }
+
+/// `GET path` over HTTP/1.1 on a fresh connection; the whole response as text.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: router\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    Ok(text)
+}
+
+/// One router, two models from `--models-file`, each with its own namespace
+/// and workers: both are listed, each model's calls go only to its own
+/// workers, gRPC answers per model, and a model nobody serves is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_router_serves_two_models_from_a_models_file() -> Result<()> {
+    const OTHER: &str = "other-model";
+    let dir = tempfile::tempdir()?;
+    let shm = shm_dir()?;
+    let tokenizer = kvtier_prompt::testing::write_tiny_tokenizer(&dir.path().join("model"))?;
+    let server = ServerProcess::start(&dir.path().join("server"), &[])?;
+    let mut processes = Vec::new();
+    let mut models = Vec::new();
+    for (model, namespace, ids) in [
+        (MODEL, NAMESPACE, vec!["a0", "a1"]),
+        (OTHER, "other-namespace", vec!["b0"]),
+    ] {
+        let mut specs = Vec::new();
+        for id in ids {
+            let agent = AgentProcess::start(
+                &dir.path().join(format!("agent-{id}.log")),
+                server.grpc,
+                &["--worker-id", id],
+            )?;
+            let bytes = BLOCK_BYTES.to_string();
+            let worker = SimWorkerProcess::start(
+                &dir.path().join(format!("worker-{id}.log")),
+                &agent.endpoint(),
+                &shm.path().join(format!("pool-{id}")),
+                &tokenizer,
+                &[
+                    "--pool-blocks",
+                    "512",
+                    "--block-bytes",
+                    &bytes,
+                    "--model",
+                    model,
+                    "--namespace",
+                    namespace,
+                    "--prefill-tokens-per-s",
+                    "100000",
+                    "--decode-tokens-per-s",
+                    "2000",
+                ],
+            )?;
+            if !worker.attached {
+                bail!("worker {id} did not attach to its agent");
+            }
+            specs.push(format!("{id}=http://{}@{}", worker.http, agent.endpoint()));
+            processes.push((agent, worker));
+        }
+        models.push(json!({
+            "model": model,
+            "namespace": namespace,
+            "workers": specs,
+            "tokenizer": tokenizer,
+            "block_bytes": BLOCK_BYTES,
+        }));
+    }
+    let models_file = dir.path().join("models.json");
+    std::fs::write(&models_file, json!({ "models": models }).to_string())?;
+    let server_url = format!("http://{}", server.grpc);
+    let router = RouterProcess::start(
+        &dir.path().join("router.log"),
+        &[
+            "--cache-server",
+            &server_url,
+            "--models-file",
+            &models_file.display().to_string(),
+        ],
+    )?;
+
+    let mut client = RouterServiceClient::connect(format!("http://{}", router.grpc)).await?;
+    let start = Instant::now();
+    loop {
+        let workers = client
+            .list_workers(ListWorkersRequest::default())
+            .await?
+            .into_inner()
+            .workers;
+        let by_model = |m: &str| {
+            workers
+                .iter()
+                .filter(|w| w.model == m && w.available)
+                .count()
+        };
+        if by_model(MODEL) == 2 && by_model(OTHER) == 1 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("workers never all available: {workers:?}\n{}", router.log());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let listed = http_get(router.http, "/v1/models").await?;
+    assert!(
+        listed.contains(&format!("\"id\":\"{MODEL}\""))
+            && listed.contains(&format!("\"id\":\"{OTHER}\"")),
+        "{listed}"
+    );
+
+    for seed in 0..4 {
+        let question = task(900 + seed);
+        for (model, allowed) in [(MODEL, ["a0", "a1"]), (OTHER, ["b0", "b0"])] {
+            let mut body = chat(None, &[("user", question.as_str())], 4, false);
+            body["model"] = json!(model);
+            let reply = post(router.http, Api::ChatCompletions, &body).await?;
+            assert_eq!(reply.status, 200, "{model}: {}", reply.text());
+            let worker = reply.header("x-kvtier-routed-worker");
+            assert!(
+                allowed.contains(&worker.as_str()),
+                "a call for {model} went to {worker}"
+            );
+            assert_eq!(reply.json()?["model"], json!(model));
+        }
+    }
+
+    // gRPC, per model: the other model's namespace and workers are separate.
+    let answer = client
+        .find_matches(FindMatchesRequest {
+            prefix: Some(PrefixQuery {
+                model: OTHER.into(),
+                hashes: vec![1, 2, 3],
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner();
+    let ids: Vec<&str> = answer
+        .workers
+        .iter()
+        .map(|w| w.worker_id.as_str())
+        .collect();
+    assert_eq!(ids, ["b0"]);
+
+    let mut body = chat(None, &[("user", "hello")], 4, false);
+    body["model"] = json!("nobody-serves-this");
+    let reply = post(router.http, Api::ChatCompletions, &body).await?;
+    assert_eq!(reply.status, 404, "{}", reply.text());
+    drop(processes);
+    Ok(())
+}
