@@ -58,6 +58,10 @@ pub struct Args {
     /// Also write the results table (markdown) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Start the agent with `--server-data`: payloads over the server's
+    /// binary data plane instead of gRPC streams.
+    #[arg(long)]
+    data_plane: bool,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -500,6 +504,10 @@ pub async fn run(args: Args) -> Result<()> {
     // Every round stores fresh blocks twice (agent and direct): keep them all in host memory.
     let host =
         2 * args.bytes * args.rounds.max(1) as u64 * args.block_sizes.len() as u64 + (64 << 20);
+    let data_listen = format!(
+        "127.0.0.1:{}",
+        TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
+    );
     let (_server, server_addr) = spawn(
         &server_bin,
         &[
@@ -513,23 +521,33 @@ pub async fn run(args: Args) -> Result<()> {
             host.to_string(),
             "--disk-capacity".into(),
             "0".into(),
+            "--data-listen".into(),
+            data_listen.clone(),
         ],
         "kvtier-server ready",
     )?;
-    let (_agent, agent_addr) = spawn(
-        &agent_bin,
-        &[
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--metrics-listen".into(),
-            "off".into(),
-            "--server".into(),
-            format!("http://{server_addr}"),
-            "--staging-bytes".into(),
-            args.staging.to_string(),
-        ],
-        "kvtier-agent ready",
-    )?;
+    let mut agent_args: Vec<String> = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--metrics-listen".into(),
+        "off".into(),
+        "--server".into(),
+        format!("http://{server_addr}"),
+        "--staging-bytes".into(),
+        args.staging.to_string(),
+    ];
+    if args.data_plane {
+        agent_args.extend(["--server-data".into(), data_listen]);
+    }
+    eprintln!(
+        "agent payloads over {}",
+        if args.data_plane {
+            "the binary data plane"
+        } else {
+            "gRPC streams"
+        }
+    );
+    let (_agent, agent_addr) = spawn(&agent_bin, &agent_args, "kvtier-agent ready")?;
     let channel = Channel::from_shared(format!("http://{agent_addr}"))?
         .connect()
         .await?;

@@ -5,10 +5,14 @@
 //!   (messages, `CacheService` client and server).
 //! - [`hashing`]: the Dynamo-compatible block hash (XXH3-64 with seed, chained
 //!   sequence hashes, namespace salt folded into the seed).
+//! - [`dataplane`]: the binary data plane's frames and its client
+//!   (`proto/data_plane.md`).
+//! - [`codec`]: the gRPC codec of every generated client and server.
 //!
 //! Everything else in kvtier depends on this crate; it depends on nothing of ours.
 
 pub mod codec;
+pub mod dataplane;
 pub mod hashing;
 
 /// Generated code for the `kvtier.v1` package.

@@ -1039,3 +1039,62 @@ async fn restarted_vllm_publisher_is_followed_and_clears_the_worker() -> anyhow:
     assert_eq!(snapshot.hashes, want, "only the second run's blocks remain");
     Ok(())
 }
+
+/// With `--server-data`, agents move payloads over the server's binary data
+/// plane: sharing stays bit for bit, write-once still skips what the tier
+/// holds, and the server counts the transfers as data-plane PUTs and GETs
+/// (none as gRPC Put/Get).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_move_payloads_over_the_data_plane_when_configured() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let shm = shm_dir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let data = format!("127.0.0.1:{port}");
+    let server = ServerProcess::start(&dir.path().join("data"), &["--data-listen", &data])?;
+    let a = AgentProcess::start(
+        &dir.path().join("a.log"),
+        server.grpc,
+        &["--worker-id", "A", "--server-data", &data],
+    )?;
+    let b = AgentProcess::start(
+        &dir.path().join("b.log"),
+        server.grpc,
+        &["--worker-id", "B", "--server-data", &data],
+    )?;
+    let (pool_a, pool_b) = (shm.path().join("pool-a"), shm.path().join("pool-b"));
+
+    assert_eq!(compute(&a.endpoint(), &pool_a, 11, 16)?, (16, 0));
+    assert_eq!(compute(&a.endpoint(), &pool_a, 11, 20)?, (4, 16));
+    assert_eq!(onboard(&b.endpoint(), &pool_b, 11, 24, 100)?, (20, 20, 0));
+    let from_a = pool_blocks(&pool_a, 0, 20, BLOCK_BYTES)?;
+    let on_b = pool_blocks(&pool_b, 100, 20, BLOCK_BYTES)?;
+    assert!(from_a == on_b, "B's onboarded blocks differ from A's");
+    assert!(
+        from_a == expected_bytes(11, 20),
+        "A's blocks are not the prompt's KV"
+    );
+
+    let text = server.metrics_text()?;
+    let count = |method: &str| {
+        metric_sum(
+            &text,
+            "kvtier_request_duration_seconds_count",
+            &[("method", method)],
+        )
+    };
+    // 20 blocks stored by PUT frames; one GET frame per hash onboarded (24 asked, 20 hits).
+    assert_eq!(count("data_put"), 20.0, "{text}");
+    assert!(count("data_get") >= 1.0, "{text}");
+    assert_eq!(
+        count("Put") + count("put") + count("Get") + count("get"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_sum(&text, "kvtier_block_hits_total", &[("op", "get")]),
+        20.0
+    );
+    Ok(())
+}

@@ -44,6 +44,10 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Cache server gRPC endpoint. Default `http://127.0.0.1:50051`.
     pub server: String,
+    /// The cache server's binary data plane (`--data-listen`): when set,
+    /// Offload and Onboard move payloads over it (gRPC stays for the
+    /// handshake, Lookup and everything else). Default none (all over gRPC).
+    pub server_data: Option<SocketAddr>,
     /// Worker id carried by this agent's events. Default `worker-0`.
     pub worker_id: String,
     /// Hashing configuration attached engines must use.
@@ -83,6 +87,7 @@ impl Default for AgentConfig {
             uds: None,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             server: "http://127.0.0.1:50051".into(),
+            server_data: None,
             worker_id: "worker-0".into(),
             hashing: ExpectedHashing::default(),
             staging_bytes: 256 << 20,

@@ -10,6 +10,10 @@
 //! Onboard: one Get stream (`stop_at_first_miss`), each block copied into its
 //! destination as it arrives; bounded by `onboard_timeout`, and any failure of
 //! the tier degrades to "not loaded" for the blocks not yet copied.
+//!
+//! With the server's binary data plane configured (`--server-data`), the
+//! payloads of both go over it instead (pipelined PUT/GET frames on their own
+//! connections); Lookup and the session stay on gRPC.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +30,8 @@ use crate::error::{AgentError, Result};
 use crate::memory::PoolMemory;
 use crate::staging::StagingPool;
 use crate::stats::Stats;
-use crate::tier::TierSession;
+use crate::tier::{data_error, TierSession};
+use kvtier_proto::dataplane::client::DataClient;
 
 /// An engine pool the agent is attached to.
 #[derive(Debug)]
@@ -136,6 +141,32 @@ impl AttachedPool {
         // by one connection's round trips; the staging pool bounds them all.
         let streams = self.streams_for(todo.len(), geometry.block_bytes);
         let per = todo.len().div_ceil(streams);
+        if self.tier.uses_data_plane() {
+            let group = self.staging.count() / streams;
+            let sends = todo.chunks(per).map(|chunk| async move {
+                let client = self
+                    .tier
+                    .data_connection("", timeout)
+                    .await?
+                    .ok_or_else(|| AgentError::DataPlane("data plane went away".into()))?;
+                self.offload_over_data_plane(client, chunk, group).await
+            });
+            let work = futures::future::try_join_all(sends);
+            let results = tokio::time::timeout(timeout, work)
+                .await
+                .map_err(|_| AgentError::Timeout(timeout))??;
+            let (stored, present) = results
+                .into_iter()
+                .fold((0, 0), |(s, p), (ds, dp)| (s + ds, p + dp));
+            let bytes = todo.len() as u64 * geometry.block_bytes as u64;
+            Stats::add(&stats.offload_blocks, stored as u64);
+            Stats::add(&stats.offload_bytes, bytes);
+            return Ok(OffloadOutcome {
+                stored,
+                skipped: skipped + present,
+                bytes,
+            });
+        }
         let puts = todo.chunks(per).enumerate().map(|(k, chunk)| {
             let chunk = Arc::new(chunk.to_vec());
             self.tier
@@ -277,6 +308,15 @@ impl AttachedPool {
         loaded: &mut [bool],
     ) -> Result<()> {
         let block_bytes = self.memory.geometry().block_bytes;
+        if let Some(client) = self
+            .tier
+            .data_connection(agent_id, Duration::from_secs(3600))
+            .await?
+        {
+            return self
+                .onboard_over_data_plane(client, hashes, block_ids, loaded)
+                .await;
+        }
         let request = GetRequest {
             session_id: String::new(),
             hashes: hashes.to_vec(),
@@ -337,6 +377,102 @@ impl AttachedPool {
             i += 1;
         }
         Ok(())
+    }
+}
+
+impl AttachedPool {
+    /// [`Self::onboard_inner`] over the binary data plane: one pipelined
+    /// GET frame, each hit copied into its destination as it arrives.
+    async fn onboard_over_data_plane(
+        &self,
+        mut client: DataClient<tokio::net::TcpStream>,
+        hashes: &[u64],
+        block_ids: &[u64],
+        loaded: &mut [bool],
+    ) -> Result<()> {
+        let block_bytes = self.memory.geometry().block_bytes;
+        let mut staging = if self.memory.needs_staging_for_copy_in() {
+            Some(self.staging.acquire().await)
+        } else {
+            None
+        };
+        let mut next = 0;
+        let mut missed = false;
+        let mut failure: Option<AgentError> = None;
+        client
+            .get_many_each(hashes, true, |reply| {
+                if missed || failure.is_some() {
+                    return;
+                }
+                if next >= hashes.len() || reply.hash != hashes[next] {
+                    failure = Some(AgentError::DataPlane(format!(
+                        "cache server answered block {:#x} out of order",
+                        reply.hash
+                    )));
+                    return;
+                }
+                let Some(payload) = reply.payload else {
+                    missed = true;
+                    return;
+                };
+                if payload.len() != block_bytes {
+                    failure = Some(AgentError::DataPlane(format!(
+                        "block {:#x} has {} bytes, the pool's blocks have {block_bytes}",
+                        reply.hash,
+                        payload.len()
+                    )));
+                    return;
+                }
+                let scratch: &mut [u8] = match staging.as_mut() {
+                    Some(s) => s.as_mut_slice(),
+                    None => &mut [],
+                };
+                match self.memory.copy_in(block_ids[next], &payload, scratch) {
+                    Ok(()) => {
+                        loaded[next] = true;
+                        next += 1;
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            })
+            .await
+            .map_err(data_error)?;
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// One offload stream over the binary data plane: groups of blocks copied
+    /// out of the pool into staging buffers, then sent as pipelined PUTs;
+    /// the staging pool bounds the memory in flight. Returns (stored, already present).
+    async fn offload_over_data_plane(
+        &self,
+        mut client: DataClient<tokio::net::TcpStream>,
+        blocks: &[PoolBlock],
+        group: usize,
+    ) -> Result<(u32, u32)> {
+        let (mut stored, mut present) = (0u32, 0u32);
+        for chunk in blocks.chunks(group.max(1)) {
+            let mut frames = Vec::with_capacity(chunk.len());
+            for b in chunk {
+                let mut buffer = self.staging.acquire().await;
+                self.memory.copy_out(b.block_id, buffer.as_mut_slice())?;
+                frames.push((b.hash, b.parent_hash, Bytes::from_owner(buffer)));
+            }
+            let mut refused = None;
+            client
+                .put_many_each(&frames, |answer| match answer {
+                    Ok(ack) if ack.already_present => present += 1,
+                    Ok(_) => stored += 1,
+                    Err(e) => {
+                        refused.get_or_insert(e);
+                    }
+                })
+                .await
+                .map_err(data_error)?;
+            if let Some(e) = refused {
+                return Err(data_error(e));
+            }
+        }
+        Ok((stored, present))
     }
 }
 

@@ -20,6 +20,9 @@ pub enum AgentError {
     /// The cache server refused a call or could not be reached.
     #[error("cache tier: {0}")]
     Tier(Status),
+    /// The cache server's data plane refused a request or failed.
+    #[error("cache tier data plane: {0}")]
+    DataPlane(String),
     /// A call to the cache server took longer than allowed.
     #[error("cache tier did not answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -46,6 +49,7 @@ impl From<AgentError> for Status {
                 }
                 _ => Status::unavailable(msg),
             },
+            AgentError::DataPlane(_) => Status::unavailable(msg),
             AgentError::Timeout(_) => Status::deadline_exceeded(msg),
             AgentError::Io(_) => Status::internal(msg),
         }

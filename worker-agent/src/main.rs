@@ -36,6 +36,11 @@ struct Args {
     /// Cache server gRPC endpoint.
     #[arg(long, env = "KVTIER_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
+    /// The cache server's binary data plane (its --data-listen address, e.g.
+    /// 127.0.0.1:50052): Offload and Onboard payloads go over it instead of
+    /// gRPC streams. The server must run without TLS (its data plane is plaintext).
+    #[arg(long, env = "KVTIER_SERVER_DATA")]
+    server_data: Option<SocketAddr>,
     /// Worker id carried by this agent's events.
     #[arg(long, env = "KVTIER_WORKER_ID", default_value = "worker-0")]
     worker_id: String,
@@ -121,6 +126,7 @@ impl TryFrom<Args> for AgentConfig {
             metrics_listen,
             uds: a.uds,
             server: a.server,
+            server_data: a.server_data,
             worker_id: a.worker_id,
             hashing: ExpectedHashing {
                 block_tokens: a.block_tokens,

@@ -164,7 +164,8 @@ impl AgentState {
                 .call_timeout
                 .min(std::time::Duration::from_secs(10)),
         )
-        .await?;
+        .await?
+        .with_data_plane(self.config.server_data);
         let block_bytes = memory.geometry().block_bytes;
         let count = (self.config.staging_bytes / block_bytes as u64)
             .clamp(2, MAX_STAGING_BUFFERS)

@@ -11,6 +11,8 @@ use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use kvtier_proto::dataplane::client::{DataClient, DataError};
+use kvtier_proto::dataplane::wire::Status as DataStatus;
 use kvtier_proto::v1::cache_service_client::CacheServiceClient;
 use kvtier_proto::v1::{HandshakeRequest, HandshakeResponse, HashingConfig};
 
@@ -44,6 +46,8 @@ pub struct TierSession {
     request: HandshakeRequest,
     /// The current session id; replaced when the server no longer knows it.
     session_id: Mutex<String>,
+    /// The server's binary data plane, when payloads go over it.
+    data_plane: Option<std::net::SocketAddr>,
 }
 
 impl TierSession {
@@ -92,7 +96,54 @@ impl TierSession {
             clients,
             request,
             session_id: Mutex::new(session_id),
+            data_plane: None,
         })
+    }
+
+    /// Moves payloads over the server's binary data plane at `addr` (None: gRPC).
+    pub fn with_data_plane(mut self, addr: Option<std::net::SocketAddr>) -> Self {
+        self.data_plane = addr;
+        self
+    }
+
+    /// Whether payloads go over the binary data plane.
+    pub fn uses_data_plane(&self) -> bool {
+        self.data_plane.is_some()
+    }
+
+    /// A data-plane connection under the current session (handshaking again
+    /// if the server no longer knows it), with `agent` (may be empty) for
+    /// the server's hit attribution; None when payloads go over gRPC.
+    pub async fn data_connection(
+        &self,
+        agent: &str,
+        timeout: Duration,
+    ) -> Result<Option<DataClient<tokio::net::TcpStream>>> {
+        let Some(addr) = self.data_plane else {
+            return Ok(None);
+        };
+        let attempt = async {
+            let mut id = self.session_id();
+            if id.is_empty() {
+                id = self.renew(timeout).await?;
+            }
+            match DataClient::connect(addr, &id, "", agent).await {
+                Err(DataError::Refused {
+                    status: DataStatus::NoSession,
+                    ..
+                }) => {
+                    let id = self.renew(timeout).await?;
+                    DataClient::connect(addr, &id, "", agent)
+                        .await
+                        .map_err(data_error)
+                }
+                other => other.map_err(data_error),
+            }
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| AgentError::Timeout(timeout))?
+            .map(Some)
     }
 
     /// Connections to the server.
@@ -151,6 +202,11 @@ impl TierSession {
             .await
             .map_err(|_| AgentError::Timeout(timeout))?
     }
+}
+
+/// A data-plane failure as the agent reports it.
+pub fn data_error(error: DataError) -> AgentError {
+    AgentError::DataPlane(error.to_string())
 }
 
 async fn handshake(

@@ -42,8 +42,9 @@
 //! `--data-listen` is refused at start-up (the default then means "off"),
 //! rather than sending over plaintext what gRPC encrypts.
 
-pub mod client;
-pub mod wire;
+/// The frames and the client live in `kvtier-proto` (agents and tools use
+/// them without linking the server); re-exported here.
+pub use kvtier_proto::dataplane::{client, wire};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
