@@ -216,6 +216,8 @@ def start_with_args(binary: str, args: list[str], tmp: Path) -> tuple[bool, str]
     args = list(args)
     for flag, value in (("--listen", "127.0.0.1:0"), ("--metrics-listen", "127.0.0.1:0"), ("--data-dir", str(tmp / "data"))):
         args[args.index(flag) + 1] = value
+    if "--data-listen" in args and args[args.index("--data-listen") + 1] != "off":
+        args[args.index("--data-listen") + 1] = "127.0.0.1:0"
     # Secrets the pod would mount: a self-signed certificate (also the client CA), a token table.
     files = {}
     if any(a.startswith("/etc/kvtier/") for a in args):
@@ -476,6 +478,19 @@ def check_values_set(checks: Checks, label: str, values_file: str | None, server
                  f"{label}: capacities passed as flags (--host-capacity {flags.get('--host-capacity')}, --disk-capacity {flags.get('--disk-capacity')})")
     checks.check(flags.get("--listen") == [f"0.0.0.0:{c['grpcPort']}"] and flags.get("--metrics-listen") == [f"0.0.0.0:{c['metricsPort']}"],
                  f"{label}: gRPC and metrics listen on all pod interfaces")
+    # The binary data plane is plaintext: on the pod network (port `data`, in both Services)
+    # unless cache.dataPort is 0 or TLS is on, then --data-listen off and no port.
+    data_on = bool(c["dataPort"]) and not c["tls"]["enabled"]
+    ctr_ports = {p["name"]: p["containerPort"] for p in ctr.get("ports", [])}
+    svc_ports = [{p["name"]: p["port"] for p in svc["spec"]["ports"]} for svc in by_kind(docs, "Service")
+                 if svc["metadata"]["name"].startswith(sts["metadata"]["name"])]
+    if data_on:
+        checks.check(flags.get("--data-listen") == [f"0.0.0.0:{c['dataPort']}"] and ctr_ports.get("data") == c["dataPort"]
+                     and len(svc_ports) == 2 and all(p.get("data") == c["dataPort"] for p in svc_ports),
+                     f"{label}: data plane on the pod network, container port and both Services ({flags.get('--data-listen')}, {svc_ports})")
+    else:
+        checks.check(flags.get("--data-listen") == ["off"] and "data" not in ctr_ports and not any("data" in p for p in svc_ports),
+                     f"{label}: data plane off (dataPort 0 or TLS) and no data port ({flags.get('--data-listen')})")
     kinds = ("startupProbe", "readinessProbe", "livenessProbe")
     if c["tls"]["enabled"]:
         tcp = [ctr.get(k, {}).get("tcpSocket", {}).get("port") for k in kinds]
@@ -524,8 +539,9 @@ def check_values_set(checks: Checks, label: str, values_file: str | None, server
         checks.check(gpu["resourceName"] not in limits and "--gpu-capacity" not in flags, f"{label}: no GPU limit or flag without cache.gpu.enabled")
     svc = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
     cache_svc = svc.get(f"{RELEASE}-kvtier-cache")
-    checks.check(bool(cache_svc) and {p["name"] for p in cache_svc["spec"]["ports"]} == {"grpc", "metrics"},
-                 f"{label}: cache Service exposes grpc and metrics")
+    want_ports = {"grpc", "metrics"} | ({"data"} if c["dataPort"] and not c["tls"]["enabled"] else set())
+    checks.check(bool(cache_svc) and {p["name"] for p in cache_svc["spec"]["ports"]} == want_ports,
+                 f"{label}: cache Service exposes {sorted(want_ports)}")
     headless = svc.get(f"{RELEASE}-kvtier-cache-headless")
     checks.check(bool(headless) and headless["spec"].get("clusterIP") == "None" and sts["spec"]["serviceName"] == headless["metadata"]["name"],
                  f"{label}: headless Service governs the StatefulSet")
@@ -672,6 +688,23 @@ def check_sidecar(checks: Checks, agent_bin: str | None) -> None:
                      f"sidecar: listening on 0.0.0.0 adds grpc.health.v1 probes on the agent port ({probe})")
         if dep2:
             validate_docs(checks, "sidecar-exposed", [dep2[0]])
+        checks.check("--server-data" not in flags, "sidecar: payloads over gRPC unless workerAgent.dataPlane")
+        with_data = yaml.safe_load(PARENT_VALUES)
+        with_data["kvtier"]["workerAgent"]["dataPlane"] = True
+        docs3, _ = render(parent, with_data)
+        dep3 = [d for d in docs3 if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm"]
+        a3 = [c for c in dep3[0]["spec"]["template"]["spec"]["containers"] if c["name"] == "kvtier-agent"][0] if dep3 else {}
+        data_flags = flag_values(a3.get("args", []))
+        expect_data = f"{RELEASE}-kvtier-cache.{NAMESPACE}.svc:50052"
+        checks.check(data_flags.get("--server-data") == [expect_data],
+                     f"sidecar: dataPlane -> --server-data on the release's cache Service data port ({data_flags.get('--server-data')})")
+        flags.update(data_flags)
+        with_data["kvtier"]["cache"] = {"allowPlaintext": False, "tls": {"enabled": True, "secretName": "s"}}
+        try:
+            render(parent, with_data)
+            checks.check(False, "sidecar: dataPlane against a TLS cache server is refused: it rendered")
+        except helm.HelmError as e:  # type: ignore[attr-defined]
+            checks.check("dataPlane" in str(e), f"sidecar: dataPlane against a TLS cache server is refused ({str(e).splitlines()[-1][-100:]})")
         known = help_flags(agent_bin)
         if known is None:
             print("SKIP sidecar: kvtier-agent binary not built; its flags are not checked")

@@ -1052,7 +1052,10 @@ async fn agents_move_payloads_over_the_data_plane_when_configured() -> anyhow::R
         .local_addr()?
         .port();
     let data = format!("127.0.0.1:{port}");
-    let server = ServerProcess::start(&dir.path().join("data"), &["--data-listen", &data])?;
+    let data_dir = dir.path().join("data");
+    // Host tier off: blocks go straight to disk, so a restart finds them.
+    let server_args = ["--data-listen", data.as_str(), "--host-capacity", "0"];
+    let mut server = ServerProcess::start(&data_dir, &server_args)?;
     let a = AgentProcess::start(
         &dir.path().join("a.log"),
         server.grpc,
@@ -1096,5 +1099,65 @@ async fn agents_move_payloads_over_the_data_plane_when_configured() -> anyhow::R
         metric_sum(&text, "kvtier_block_hits_total", &[("op", "get")]),
         20.0
     );
+
+    // A pool attached for good (as a serving engine's is): 4 blocks offloaded
+    // before the server dies, onboarded after it comes back below.
+    let mut engine = b.client().await?;
+    let long_lived = shm.path().join("pool-long-lived");
+    let attached = attach(&mut engine, &long_lived, sim_config()).await?;
+    let block = BLOCK_BYTES as usize;
+    let written: Vec<u8> = (0..4 * block).map(|i| (i * 7 % 251) as u8).collect();
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::File::options().write(true).open(&long_lived)?,
+        &written,
+        0,
+    )?;
+    let hashes: Vec<u64> = (0..4u64).map(|i| 0xDA7A_0000 + i).collect();
+    let out = engine
+        .offload(OffloadRequest {
+            pool_id: attached.pool_id,
+            blocks: (0..4u64)
+                .map(|i| PoolBlock {
+                    block_id: i,
+                    hash: hashes[i as usize],
+                    parent_hash: i.checked_sub(1).map(|p| hashes[p as usize]),
+                })
+                .collect(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(out.stored, 4);
+
+    // A dead server: the onboard answers "not loaded" at once (the data-plane
+    // connection is refused). Back where it was, the server has forgotten the
+    // session: HELLO says NO_SESSION, the agent handshakes again and loads.
+    let grpc = server.grpc;
+    server.kill9()?;
+    let onboard_request = OnboardRequest {
+        pool_id: attached.pool_id,
+        hashes: hashes.clone(),
+        block_ids: (10..14).collect(),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let dead = engine.onboard(onboard_request.clone()).await?.into_inner();
+    assert_eq!(dead.loaded_prefix, 0, "{dead:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let server = ServerProcess::start_at(&data_dir, grpc, &server_args)?;
+    let back = engine.onboard(onboard_request).await?.into_inner();
+    assert_eq!(
+        back.loaded_prefix,
+        4,
+        "{back:?}\nagent log:\n{}\nserver log:\n{}",
+        b.log(),
+        server.log()
+    );
+    let mut read = vec![0u8; 4 * block];
+    std::os::unix::fs::FileExt::read_exact_at(
+        &std::fs::File::open(&long_lived)?,
+        &mut read,
+        10 * block as u64,
+    )?;
+    assert!(read == written, "blocks onboarded after the restart differ");
     Ok(())
 }

@@ -44,10 +44,11 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Cache server gRPC endpoint. Default `http://127.0.0.1:50051`.
     pub server: String,
-    /// The cache server's binary data plane (`--data-listen`): when set,
-    /// Offload and Onboard move payloads over it (gRPC stays for the
-    /// handshake, Lookup and everything else). Default none (all over gRPC).
-    pub server_data: Option<SocketAddr>,
+    /// The cache server's binary data plane (`--data-listen`), as `host:port`
+    /// (a name is resolved at each connection): when set, Offload and Onboard
+    /// move payloads over it (gRPC stays for the handshake, Lookup and
+    /// everything else). Default none (all over gRPC).
+    pub server_data: Option<String>,
     /// Worker id carried by this agent's events. Default `worker-0`.
     pub worker_id: String,
     /// Hashing configuration attached engines must use.

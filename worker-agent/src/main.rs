@@ -36,11 +36,12 @@ struct Args {
     /// Cache server gRPC endpoint.
     #[arg(long, env = "KVTIER_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
-    /// The cache server's binary data plane (its --data-listen address, e.g.
-    /// 127.0.0.1:50052): Offload and Onboard payloads go over it instead of
-    /// gRPC streams. The server must run without TLS (its data plane is plaintext).
-    #[arg(long, env = "KVTIER_SERVER_DATA")]
-    server_data: Option<SocketAddr>,
+    /// The cache server's binary data plane, HOST:PORT (its --data-listen
+    /// address, e.g. 127.0.0.1:50052 or kvtier-cache:50052): Offload and
+    /// Onboard payloads go over it instead of gRPC streams. The server must
+    /// run without TLS (its data plane is plaintext).
+    #[arg(long, env = "KVTIER_SERVER_DATA", value_parser = parse_host_port)]
+    server_data: Option<String>,
     /// Worker id carried by this agent's events.
     #[arg(long, env = "KVTIER_WORKER_ID", default_value = "worker-0")]
     worker_id: String,
@@ -89,6 +90,15 @@ struct Args {
     /// ZMQ topic prefix to subscribe to.
     #[arg(long, env = "KVTIER_VLLM_TOPIC", default_value = "")]
     vllm_topic: String,
+}
+
+fn parse_host_port(text: &str) -> Result<String, String> {
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(text.to_string())
+        }
+        _ => Err(format!("{text:?} is not HOST:PORT")),
+    }
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

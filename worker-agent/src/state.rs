@@ -165,7 +165,7 @@ impl AgentState {
                 .min(std::time::Duration::from_secs(10)),
         )
         .await?
-        .with_data_plane(self.config.server_data);
+        .with_data_plane(self.config.server_data.clone());
         let block_bytes = memory.geometry().block_bytes;
         let count = (self.config.staging_bytes / block_bytes as u64)
             .clamp(2, MAX_STAGING_BUFFERS)

@@ -46,8 +46,8 @@ pub struct TierSession {
     request: HandshakeRequest,
     /// The current session id; replaced when the server no longer knows it.
     session_id: Mutex<String>,
-    /// The server's binary data plane, when payloads go over it.
-    data_plane: Option<std::net::SocketAddr>,
+    /// The server's binary data plane (`host:port`), when payloads go over it.
+    data_plane: Option<String>,
 }
 
 impl TierSession {
@@ -100,8 +100,9 @@ impl TierSession {
         })
     }
 
-    /// Moves payloads over the server's binary data plane at `addr` (None: gRPC).
-    pub fn with_data_plane(mut self, addr: Option<std::net::SocketAddr>) -> Self {
+    /// Moves payloads over the server's binary data plane at `addr`
+    /// (`host:port`, resolved at each connection; None: gRPC).
+    pub fn with_data_plane(mut self, addr: Option<String>) -> Self {
         self.data_plane = addr;
         self
     }
@@ -119,10 +120,15 @@ impl TierSession {
         agent: &str,
         timeout: Duration,
     ) -> Result<Option<DataClient<tokio::net::TcpStream>>> {
-        let Some(addr) = self.data_plane else {
+        let Some(target) = self.data_plane.as_deref() else {
             return Ok(None);
         };
         let attempt = async {
+            let addr = tokio::net::lookup_host(target)
+                .await
+                .map_err(|e| AgentError::DataPlane(format!("resolve {target}: {e}")))?
+                .next()
+                .ok_or_else(|| AgentError::DataPlane(format!("{target} resolves to no address")))?;
             let mut id = self.session_id();
             if id.is_empty() {
                 id = self.renew(timeout).await?;

@@ -101,6 +101,14 @@ not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
 {{- $cache := printf "%s-cache" (include "kvtier.fullnameFrom" .) | trunc 63 | trimSuffix "-" -}}
 {{- $endpoint = printf "http://%s.%s.svc:%d" $cache .root.Release.Namespace (int $v.cache.grpcPort) -}}
 {{- end -}}
+{{- $dataEndpoint := $a.cacheDataEndpoint -}}
+{{- if and $a.dataPlane (not $dataEndpoint) -}}
+{{- if or (not $v.cache.dataPort) $v.cache.tls.enabled -}}
+{{- fail "workerAgent.dataPlane needs cache.dataPort and a cache server without TLS (its data plane is plaintext), or an explicit workerAgent.cacheDataEndpoint" -}}
+{{- end -}}
+{{- $cache := printf "%s-cache" (include "kvtier.fullnameFrom" .) | trunc 63 | trimSuffix "-" -}}
+{{- $dataEndpoint = printf "%s.%s.svc:%d" $cache .root.Release.Namespace (int $v.cache.dataPort) -}}
+{{- end -}}
 - name: kvtier-agent
   image: {{ printf "%s:%s" $repo $tag | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
@@ -116,6 +124,10 @@ not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
     - {{ ternary (printf "%s:%d" $a.metricsHost (int $a.metricsPort)) "off" (ne (toString $a.metricsHost) "") | quote }}
     - --server
     - {{ $endpoint | quote }}
+    {{- if or $a.dataPlane $a.cacheDataEndpoint }}
+    - --server-data
+    - {{ $dataEndpoint | quote }}
+    {{- end }}
     - --worker-id
     - {{ default "$(POD_NAME)" $a.workerId | quote }}
     - --block-tokens
