@@ -64,22 +64,13 @@ impl LoadBook {
 
     /// The load of `worker` now.
     pub fn load(&self, worker: &str) -> Load {
-        let inner = self.inner.lock();
-        let ttl = inner.report_ttl;
-        inner
-            .workers
-            .get(worker)
-            .map(|w| match w.reported {
-                Some((reported, at)) if at.elapsed() <= ttl => w.booked.max(reported),
-                _ => w.booked,
-            })
-            .unwrap_or_default()
+        self.loads(&[worker]).pop().unwrap_or_default()
     }
 
-    /// [`LoadBook::load`] of each worker, in order, under one lock.
+    /// [`LoadBook::load`] of each worker, in order, under one lock: what
+    /// the router booked, or a fresher report when it is higher.
     pub fn loads(&self, workers: &[&str]) -> Vec<Load> {
         let inner = self.inner.lock();
-        let ttl = inner.report_ttl;
         let now = Instant::now();
         workers
             .iter()
@@ -88,7 +79,9 @@ impl LoadBook {
                     .workers
                     .get(*worker)
                     .map(|w| match w.reported {
-                        Some((reported, at)) if now.saturating_duration_since(at) <= ttl => {
+                        Some((reported, at))
+                            if now.saturating_duration_since(at) <= inner.report_ttl =>
+                        {
                             w.booked.max(reported)
                         }
                         _ => w.booked,

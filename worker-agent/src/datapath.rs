@@ -141,7 +141,7 @@ impl AttachedPool {
         // by one connection's round trips; the staging pool bounds them all.
         let streams = self.streams_for(todo.len(), geometry.block_bytes);
         let per = todo.len().div_ceil(streams);
-        if self.tier.uses_data_plane() {
+        let (stored, present) = if self.tier.uses_data_plane() {
             let group = self.staging.count() / streams;
             let sends = todo.chunks(per).map(|chunk| async move {
                 let client = self
@@ -155,18 +155,31 @@ impl AttachedPool {
             let results = tokio::time::timeout(timeout, work)
                 .await
                 .map_err(|_| AgentError::Timeout(timeout))??;
-            let (stored, present) = results
+            results
                 .into_iter()
-                .fold((0, 0), |(s, p), (ds, dp)| (s + ds, p + dp));
-            let bytes = todo.len() as u64 * geometry.block_bytes as u64;
-            Stats::add(&stats.offload_blocks, stored as u64);
-            Stats::add(&stats.offload_bytes, bytes);
-            return Ok(OffloadOutcome {
-                stored,
-                skipped: skipped + present,
-                bytes,
-            });
-        }
+                .fold((0, 0), |(s, p), (ds, dp)| (s + ds, p + dp))
+        } else {
+            self.offload_over_grpc(&todo, per, timeout).await?
+        };
+        // Every block not skipped by the Lookup was copied out of the pool
+        // (a concurrent writer may have stored some meanwhile: already present).
+        let bytes = todo.len() as u64 * geometry.block_bytes as u64;
+        Stats::add(&stats.offload_blocks, stored as u64);
+        Stats::add(&stats.offload_bytes, bytes);
+        Ok(OffloadOutcome {
+            stored,
+            skipped: skipped + present,
+            bytes,
+        })
+    }
+
+    /// Put streams of `per` blocks each, one per connection. Returns (stored, already present).
+    async fn offload_over_grpc(
+        &self,
+        todo: &[PoolBlock],
+        per: usize,
+        timeout: Duration,
+    ) -> Result<(u32, u32)> {
         let puts = todo.chunks(per).enumerate().map(|(k, chunk)| {
             let chunk = Arc::new(chunk.to_vec());
             self.tier
@@ -197,16 +210,7 @@ impl AttachedPool {
             response.stored += r.stored;
             response.already_present += r.already_present;
         }
-        // Every block not skipped by the Lookup was copied out of the pool
-        // (a concurrent writer may have stored some meanwhile: already_present).
-        let bytes = todo.len() as u64 * geometry.block_bytes as u64;
-        Stats::add(&stats.offload_blocks, response.stored as u64);
-        Stats::add(&stats.offload_bytes, bytes);
-        Ok(OffloadOutcome {
-            stored: response.stored,
-            skipped: skipped + response.already_present,
-            bytes,
-        })
+        Ok((response.stored, response.already_present))
     }
 
     /// Loads the leading present blocks of `hashes` into `block_ids`.

@@ -273,21 +273,6 @@ impl Query<'_> {
         }
     }
 
-    /// First position in `lo..hi` where `pred` is false, `pred` being true
-    /// then false along the range.
-    fn partition_point(&self, lo: usize, hi: usize, pred: impl Fn(CacheTier) -> bool) -> usize {
-        let (mut lo, mut hi) = (lo, hi);
-        while lo < hi {
-            let middle = lo + (hi - lo) / 2;
-            if pred(self.tier(middle)) {
-                lo = middle + 1;
-            } else {
-                hi = middle;
-            }
-        }
-        lo
-    }
-
     /// Fills host/disk blocks after each worker's depth; returns the cache's
     /// leading run from position 0.
     fn cache_runs(&self, workers: &mut [WorkerOverlap], ends: CacheEnds) -> u32 {
@@ -301,13 +286,13 @@ impl Query<'_> {
             // Presence is monotone along the chain.
             let end = ends
                 .present
-                .map_or_else(|| self.partition_point(0, n, present), |end| end as usize);
+                .expect("the search settles the cache's presence when no cached block is detached")
+                as usize;
             if cache.inversions == 0 {
                 // Tiers run host* disk* along the chain.
-                let host_end = ends.host.map_or_else(
-                    || self.partition_point(0, end, |t| t == CacheTier::Host),
-                    |host_end| host_end as usize,
-                );
+                let host_end = ends.host.expect(
+                    "the search settles the host run when no host block is under a disk block",
+                ) as usize;
                 for worker in workers.iter_mut() {
                     let depth = worker.hbm_blocks as usize;
                     if depth < end {

@@ -206,16 +206,6 @@ impl WorkerStates {
         let now = Instant::now();
         let table = self.inner.read();
         let mut available = vec![false; worker_ids.len()];
-        if table.workers.len() <= 8 {
-            for (out, id) in available.iter_mut().zip(worker_ids) {
-                *out = table
-                    .workers
-                    .iter()
-                    .find(|r| r.worker_id == *id)
-                    .is_some_and(|r| r.available(now));
-            }
-            return available;
-        }
         let position: std::collections::HashMap<&str, usize> = worker_ids
             .iter()
             .enumerate()
