@@ -23,12 +23,11 @@ TARGETS="${FUZZ_TARGETS:-$(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -
 # flags takes ~10 minutes on 2 cores. Reuse the archive of a normal release
 # build when one exists (ROCKSDB_LIB_DIR may also be set by the caller).
 if [ -z "${ROCKSDB_LIB_DIR:-}" ]; then
-  for dir in "${CARGO_TARGET_DIR:-../target}"/release/build/librocksdb-sys-*/out; do
-    if [ -f "$dir/librocksdb.a" ]; then
-      export ROCKSDB_LIB_DIR="$(cd "$dir" && pwd)" ROCKSDB_STATIC=1
-      break
-    fi
-  done
+  # The newest archive: a reused cache may also hold ones of older versions.
+  lib="$(ls -t "${CARGO_TARGET_DIR:-../target}"/release/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null | head -n 1 || true)"
+  if [ -n "$lib" ]; then
+    export ROCKSDB_LIB_DIR="$(cd "$(dirname "$lib")" && pwd)" ROCKSDB_STATIC=1
+  fi
 fi
 
 # Fuzzing builds live in fuzz/target, apart from the workspace's build.
@@ -54,7 +53,10 @@ for target in $TARGETS; do
   else
     result=CRASH
     status=1
+    # The first errors, then the end: a failed build prints its cause early.
+    grep -n -m 20 -E '^error|error:|No space left' "$log" || true
     tail -n 40 "$log"
+    df -h . | tail -n 1
   fi
   execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
   cov="$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)"

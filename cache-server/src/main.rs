@@ -16,6 +16,7 @@ use kvtier_security::LimitConfig;
 /// mimalloc keeps freed large buffers for reuse: with glibc's allocator every
 /// multi-MiB message buffer was a fresh mmap, page-faulted and zeroed, then
 /// unmapped (a third of the put/get CPU time in profiles).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -23,6 +23,7 @@ use kvtier_router::routing::{ModelRouter, RoutingMode, WorkerEndpoint};
 use kvtier_router::service::RouterGrpc;
 use kvtier_router::sources;
 
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

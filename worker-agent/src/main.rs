@@ -12,6 +12,7 @@ use kvtier_worker_agent::server;
 
 /// Same allocator as kvtier-server: every onboarded block arrives in a fresh
 /// block-sized buffer, which jemalloc recycles without a page-fault storm.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
