@@ -9,8 +9,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use kvtier_security::{AuthChannel, ServerClient};
 use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use kvtier_proto::v1::cache_service_client::CacheServiceClient;
@@ -28,7 +29,7 @@ const REGISTERED_CAPACITY: usize = 200_000;
 /// The lifecycle client of one namespace.
 #[derive(Debug)]
 pub struct CacheLifecycle {
-    client: CacheServiceClient<Channel>,
+    client: CacheServiceClient<AuthChannel>,
     handshake: HandshakeRequest,
     session: Mutex<String>,
     registered: Mutex<HashSet<String>>,
@@ -50,15 +51,24 @@ pub struct AgentSpec {
 }
 
 impl CacheLifecycle {
-    /// A client of `url` for `namespace` hashed with `config`; connects lazily.
-    pub fn new(url: &str, namespace: &str, config: HashingConfig) -> Result<Self, String> {
-        let channel = Endpoint::from_shared(url.to_string())
+    /// A client of `url` for `namespace` hashed with `config`, with TLS and
+    /// the bearer token of `security`; connects lazily.
+    pub fn new(
+        url: &str,
+        security: &ServerClient,
+        namespace: &str,
+        config: HashingConfig,
+    ) -> Result<Self, String> {
+        let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| format!("bad cache server address {url:?}: {e}"))?
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        let channel = security
+            .configure(endpoint)
+            .map_err(|e| format!("cache server {url}: {e}"))?
             .connect_lazy();
         Ok(Self {
-            client: CacheServiceClient::new(channel),
+            client: CacheServiceClient::new(security.intercept(channel)),
             handshake: HandshakeRequest {
                 namespace: namespace.to_string(),
                 config: Some(config),
@@ -82,7 +92,7 @@ impl CacheLifecycle {
 
     async fn call<T, F, Fut>(&self, call: F) -> Result<T, Status>
     where
-        F: Fn(CacheServiceClient<Channel>, String) -> Fut,
+        F: Fn(CacheServiceClient<AuthChannel>, String) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let attempt = async {

@@ -57,8 +57,15 @@ struct Args {
     #[arg(long, env = "KVTIER_ROUTER_MODELS_FILE", conflicts_with = "workers")]
     models_file: Option<PathBuf>,
     /// Cache server (CacheService); empty: route on worker HBM only, no hints.
-    #[arg(long, env = "KVTIER_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        visible_alias = "server",
+        env = "KVTIER_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     cache_server: String,
+    #[command(flatten)]
+    server_client: kvtier_security::ServerClientArgs,
     /// The model served (the `model` field of requests; also the namespace's
     /// HashingConfig.model).
     #[arg(long, env = "KVTIER_MODEL", default_value = "sim-model")]
@@ -279,8 +286,14 @@ async fn start_model(
     let lifecycle = if args.cache_server.is_empty() {
         None
     } else {
-        let lifecycle = CacheLifecycle::new(&args.cache_server, &spec.namespace, config.clone())
-            .map_err(anyhow::Error::msg)?;
+        let security = args.server_client.resolve(&args.cache_server)?;
+        let lifecycle = CacheLifecycle::new(
+            &args.cache_server,
+            &security,
+            &spec.namespace,
+            config.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
         match lifecycle.handshake().await {
             Ok(response) => seed = response.effective_seed,
             Err(status) if status.code() == tonic::Code::FailedPrecondition => bail!(
@@ -289,6 +302,24 @@ async fn start_model(
                 spec.model,
                 status.message()
             ),
+            // Hashing with the local seed would silently miss a tenant's
+            // blocks: wrong credentials stop the router.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                bail!(
+                    "the cache server refused the router's credentials for namespace {:?} of \
+                     model {:?} ({:?}: {}): check --server-token / --server-token-file and \
+                     the token's grants",
+                    spec.namespace,
+                    spec.model,
+                    status.code(),
+                    status.message()
+                )
+            }
             Err(status) => tracing::warn!(
                 model = %spec.model,
                 error = %status.message(),
@@ -343,7 +374,10 @@ async fn start_model(
     }
     if !args.cache_server.is_empty() {
         source_tasks.push(sources::spawn_cache_source(
-            sources::CacheSourceConfig::new(&args.cache_server, &spec.namespace, config),
+            sources::CacheSourceConfig {
+                security: args.server_client.resolve(&args.cache_server)?,
+                ..sources::CacheSourceConfig::new(&args.cache_server, &spec.namespace, config)
+            },
             index.clone(),
             sources::CacheState::default(),
             stop_rx.clone(),

@@ -1,6 +1,8 @@
 //! kvtier-security: the pieces every kvtier binary needs to face a network.
 //!
 //! # Layout
+//! - [`client`] — the client side: flags, TLS and the bearer token with
+//!   which the worker agent and the router reach a secured cache server.
 //! - [`tls`] — rustls server/client configuration from PEM files (optional
 //!   mTLS), and the plaintext rule (loopback only unless explicitly allowed).
 //! - [`tokens`] — bearer tokens hashed at rest (SHA-256), principals, tenants
@@ -14,12 +16,14 @@
 //! See `README.md` for the threat model and how a binary adopts this crate.
 
 pub mod auth;
+pub mod client;
 pub mod http_tls;
 pub mod limits;
 pub mod tls;
 pub mod tokens;
 
 pub use auth::{Authenticator, Client};
+pub use client::{AuthChannel, BearerToken, ServerClient, ServerClientArgs};
 pub use limits::{ClientLimiter, ClientPermit, LimitConfig, Throttled};
 pub use tokens::{hash_token, token_digest_line, Access, Principal, TokenTable};
 
@@ -43,6 +47,9 @@ pub enum SecurityError {
         /// What is wrong.
         reason: String,
     },
+    /// A client's bearer token is unusable.
+    #[error("bearer token: {0}")]
+    Token(String),
     /// TLS material is unusable.
     #[error("TLS: {0}")]
     Tls(String),

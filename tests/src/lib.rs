@@ -425,6 +425,11 @@ impl AgentProcess {
     /// port; `log` receives its stderr; `extra_args` are appended
     /// (e.g. `--worker-id A`, `--uds /path`).
     pub fn start(log: &Path, server: SocketAddr, extra_args: &[&str]) -> Result<Self> {
+        Self::start_url(log, &format!("http://{server}"), extra_args)
+    }
+
+    /// Like [`AgentProcess::start`] with the server's URL (e.g. `https://...`).
+    pub fn start_url(log: &Path, server_url: &str, extra_args: &[&str]) -> Result<Self> {
         let bin = binary("kvtier-agent", "KVTIER_AGENT_BIN")?;
         let mut args: Vec<String> = vec![
             "--listen".into(),
@@ -432,7 +437,7 @@ impl AgentProcess {
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
             "--server".into(),
-            format!("http://{server}"),
+            server_url.to_string(),
         ];
         args.extend(extra_args.iter().map(|s| s.to_string()));
         let (child, line) = spawn_ready(&bin, &args, log, "kvtier-agent ready")?;

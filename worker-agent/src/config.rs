@@ -1,6 +1,7 @@
 //! Agent settings. Every field has a default so that an agent starts on a
 //! laptop next to a simulated engine with no setup.
 
+use kvtier_security::ServerClient;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +45,9 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Cache server gRPC endpoint. Default `http://127.0.0.1:50051`.
     pub server: String,
+    /// TLS and bearer token for the cache server (`https://` URLs need a CA).
+    /// Default plaintext without a token.
+    pub server_client: ServerClient,
     /// The cache server's binary data plane (`--data-listen`), as `host:port`
     /// (a name is resolved at each connection): when set, Offload and Onboard
     /// move payloads over it (gRPC stays for the handshake, Lookup and
@@ -88,6 +92,7 @@ impl Default for AgentConfig {
             uds: None,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             server: "http://127.0.0.1:50051".into(),
+            server_client: ServerClient::plain(),
             server_data: None,
             worker_id: "worker-0".into(),
             hashing: ExpectedHashing::default(),

@@ -37,6 +37,8 @@ struct Args {
     /// Cache server gRPC endpoint.
     #[arg(long, env = "KVTIER_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
+    #[command(flatten)]
+    server_client: kvtier_security::ServerClientArgs,
     /// The cache server's binary data plane, HOST:PORT (its --data-listen
     /// address, e.g. 127.0.0.1:50052 or kvtier-cache:50052): Offload and
     /// Onboard payloads go over it instead of gRPC streams. The server must
@@ -132,8 +134,17 @@ impl TryFrom<Args> for AgentConfig {
                 format!("--metrics-listen {text:?} is not an address or \"off\"")
             })?),
         };
+        let server_client = a.server_client.resolve(&a.server)?;
+        if server_client.tls() && a.server_data.is_some() {
+            anyhow::bail!(
+                "--server-data moves payloads in plaintext, but the cache server is reached over \
+                 TLS ({}): leave --server-data unset (a server with TLS serves no data plane)",
+                a.server
+            );
+        }
         Ok(Self {
             listen: a.listen,
+            server_client,
             metrics_listen,
             uds: a.uds,
             server: a.server,

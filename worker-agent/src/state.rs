@@ -39,7 +39,7 @@ pub struct AgentState {
     /// Fires on shutdown: ends event streams.
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Separate connections to the cache server (concurrent streams).
-    channels: Vec<tonic::transport::Channel>,
+    channels: Vec<kvtier_security::AuthChannel>,
 }
 
 impl AgentState {
@@ -49,7 +49,14 @@ impl AgentState {
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, AgentError> {
         let channels = (0..config.tier_connections.max(1))
-            .map(|_| connect_lazy(&config.server, config.connect_timeout))
+            .map(|_| {
+                connect_lazy(
+                    &config.server,
+                    &config.server_client,
+                    config.connect_timeout,
+                )
+                .map(|channel| config.server_client.intercept(channel))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(Self {
             events: EventLog::with_limits(
@@ -165,7 +172,10 @@ impl AgentState {
                 .min(std::time::Duration::from_secs(10)),
         )
         .await?
-        .with_data_plane(self.config.server_data.clone());
+        .with_data_plane(
+            self.config.server_data.clone(),
+            self.config.server_client.token().unwrap_or_default(),
+        );
         let block_bytes = memory.geometry().block_bytes;
         let count = (self.config.staging_bytes / block_bytes as u64)
             .clamp(2, MAX_STAGING_BUFFERS)

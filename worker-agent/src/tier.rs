@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use kvtier_security::{AuthChannel, ServerClient};
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -21,8 +22,15 @@ use crate::error::{AgentError, Result};
 /// Largest message exchanged with the server (blocks up to 64 MiB, as the server).
 pub const MAX_MESSAGE_BYTES: usize = 65 << 20;
 
-/// A lazily connected channel to the cache server.
-pub fn connect_lazy(server: &str, connect_timeout: Duration) -> Result<Channel> {
+/// A client of the cache server on one connection, stamping the bearer token.
+pub type CacheClient = CacheServiceClient<AuthChannel>;
+
+/// A lazily connected channel to the cache server (TLS when `security` says so).
+pub fn connect_lazy(
+    server: &str,
+    security: &ServerClient,
+    connect_timeout: Duration,
+) -> Result<Channel> {
     let endpoint = Endpoint::from_shared(server.to_string())
         .map_err(|e| {
             AgentError::InvalidRequest(format!("bad cache server address {server:?}: {e}"))
@@ -35,6 +43,9 @@ pub fn connect_lazy(server: &str, connect_timeout: Duration) -> Result<Channel> 
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(32 << 20)
         .max_frame_size(1 << 20);
+    let endpoint = security
+        .configure(endpoint)
+        .map_err(|e| AgentError::InvalidRequest(format!("cache server {server}: {e}")))?;
     Ok(endpoint.connect_lazy())
 }
 
@@ -42,12 +53,14 @@ pub fn connect_lazy(server: &str, connect_timeout: Duration) -> Result<Channel> 
 #[derive(Debug)]
 pub struct TierSession {
     /// One client per connection; concurrent streams spread over them.
-    clients: Vec<CacheServiceClient<Channel>>,
+    clients: Vec<CacheClient>,
     request: HandshakeRequest,
     /// The current session id; replaced when the server no longer knows it.
     session_id: Mutex<String>,
     /// The server's binary data plane (`host:port`), when payloads go over it.
     data_plane: Option<String>,
+    /// Bearer token for the data plane's hello ("" without authentication).
+    data_token: String,
 }
 
 impl TierSession {
@@ -56,9 +69,10 @@ impl TierSession {
     /// configs). An unreachable server is not an error: the session is opened
     /// by the first call that reaches it, so an engine can start (and
     /// recompute everything) while the cache tier is down.
-    /// `channels` are separate connections to the same server (at least one).
+    /// `channels` are separate connections to the same server (at least one),
+    /// each stamping the agent's bearer token.
     pub async fn open(
-        channels: &[Channel],
+        channels: &[AuthChannel],
         namespace: &str,
         config: HashingConfig,
         client_name: &str,
@@ -97,13 +111,16 @@ impl TierSession {
             request,
             session_id: Mutex::new(session_id),
             data_plane: None,
+            data_token: String::new(),
         })
     }
 
     /// Moves payloads over the server's binary data plane at `addr`
-    /// (`host:port`, resolved at each connection; None: gRPC).
-    pub fn with_data_plane(mut self, addr: Option<String>) -> Self {
+    /// (`host:port`, resolved at each connection; None: gRPC), presenting
+    /// `token` (the gRPC bearer token; "" without authentication).
+    pub fn with_data_plane(mut self, addr: Option<String>, token: &str) -> Self {
         self.data_plane = addr;
+        self.data_token = token.to_string();
         self
     }
 
@@ -133,13 +150,13 @@ impl TierSession {
             if id.is_empty() {
                 id = self.renew(timeout).await?;
             }
-            match DataClient::connect(addr, &id, "", agent).await {
+            match DataClient::connect(addr, &id, &self.data_token, agent).await {
                 Err(DataError::Refused {
                     status: DataStatus::NoSession,
                     ..
                 }) => {
                     let id = self.renew(timeout).await?;
-                    DataClient::connect(addr, &id, "", agent)
+                    DataClient::connect(addr, &id, &self.data_token, agent)
                         .await
                         .map_err(data_error)
                 }
@@ -158,7 +175,7 @@ impl TierSession {
     }
 
     /// A client on connection `k % connections()` (cheap clone).
-    pub fn client(&self, k: usize) -> CacheServiceClient<Channel> {
+    pub fn client(&self, k: usize) -> CacheClient {
         self.clients[k % self.clients.len()].clone()
     }
 
@@ -177,7 +194,7 @@ impl TierSession {
     /// Runs `call(client, session_id)` on the first connection; see [`Self::call_on`].
     pub async fn call<T, F, Fut>(&self, timeout: Duration, call: F) -> Result<T>
     where
-        F: Fn(CacheServiceClient<Channel>, String) -> Fut,
+        F: Fn(CacheClient, String) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         self.call_on(0, timeout, call).await
@@ -188,7 +205,7 @@ impl TierSession {
     /// retries once.
     pub async fn call_on<T, F, Fut>(&self, k: usize, timeout: Duration, call: F) -> Result<T>
     where
-        F: Fn(CacheServiceClient<Channel>, String) -> Fut,
+        F: Fn(CacheClient, String) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let attempt = async {
@@ -216,7 +233,7 @@ pub fn data_error(error: DataError) -> AgentError {
 }
 
 async fn handshake(
-    client: &CacheServiceClient<Channel>,
+    client: &CacheClient,
     request: &HandshakeRequest,
     timeout: Duration,
 ) -> Result<HandshakeResponse> {

@@ -6,21 +6,21 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::metadata::MetadataValue;
-use tonic::{Code, Request, Streaming};
+use tonic::{Code, Streaming};
 
 use kvtier_proto::v1::cache_service_client::CacheServiceClient;
 use kvtier_proto::v1::{CacheEvent, HandshakeRequest, HashingConfig, WatchEventsRequest};
 
 use super::backoff::Backoff;
-use super::connect::connect;
+use super::connect::connect_secure;
 use super::state::CacheState;
 use super::sync::{apply_cache_step, CacheStep, CacheSync};
 use super::worker::stopped;
 use crate::index::SharedIndex;
+use kvtier_security::ServerClient;
 
 /// What the cache source connects to and how.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct CacheSourceConfig {
     /// The cache server's gRPC URL: `http://host:port` or `unix:/path`.
     pub url: String,
@@ -31,8 +31,9 @@ pub struct CacheSourceConfig {
     pub hashing: HashingConfig,
     /// Name announced in the handshake, for the server's logs.
     pub client_name: String,
-    /// Bearer token, when the server requires one (read access to the namespace).
-    pub bearer_token: Option<String>,
+    /// TLS (for `https://`) and the bearer token, when the server requires
+    /// one (read access to the namespace).
+    pub security: ServerClient,
     /// First reconnect delay after a failure.
     pub reconnect_min: Duration,
     /// Longest reconnect delay.
@@ -55,7 +56,7 @@ impl CacheSourceConfig {
             namespace: namespace.into(),
             hashing,
             client_name: "kvtier-router".into(),
-            bearer_token: None,
+            security: ServerClient::plain(),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
@@ -105,8 +106,9 @@ impl CacheTask {
     async fn run(mut self) {
         tracing::info!(url = %self.config.url, namespace = %self.config.namespace, "cache source started");
         'connect: while !self.stopping() {
-            let channel = match connect(
+            let channel = match connect_secure(
                 &self.config.url,
+                &self.config.security,
                 self.config.connect_timeout,
                 self.config.keepalive,
             )
@@ -118,13 +120,13 @@ impl CacheTask {
                     continue;
                 }
             };
-            let mut client = CacheServiceClient::new(channel);
+            let mut client = CacheServiceClient::new(self.config.security.intercept(channel));
             let handshake = HandshakeRequest {
                 namespace: self.config.namespace.clone(),
                 config: Some(self.config.hashing.clone()),
                 client_name: self.config.client_name.clone(),
             };
-            if let Err(status) = client.handshake(self.request(handshake)).await {
+            if let Err(status) = client.handshake(handshake).await {
                 let refused = matches!(
                     status.code(),
                     Code::FailedPrecondition
@@ -147,7 +149,7 @@ impl CacheTask {
                     namespace: self.config.namespace.clone(),
                     snapshot: true,
                 };
-                let stream = match client.watch_events(self.request(watch)).await {
+                let stream = match client.watch_events(watch).await {
                     Ok(response) => response.into_inner(),
                     Err(status) => {
                         let reason = format!(
@@ -217,22 +219,6 @@ impl CacheTask {
                 }
             }
         }
-    }
-
-    /// A request carrying the bearer token, when one is configured.
-    fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        if let Some(token) = &self.config.bearer_token {
-            match MetadataValue::try_from(format!("Bearer {token}")) {
-                Ok(value) => {
-                    request.metadata_mut().insert("authorization", value);
-                }
-                Err(_) => {
-                    tracing::error!("the cache server bearer token is not a valid header value")
-                }
-            }
-        }
-        request
     }
 
     /// Records the failure and waits before the next attempt (the longest

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use kvtier_security::ServerClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Failure to open a channel.
@@ -37,6 +38,16 @@ pub async fn connect(
     timeout: Duration,
     keepalive: Duration,
 ) -> Result<Channel, ConnectError> {
+    connect_secure(url, &ServerClient::plain(), timeout, keepalive).await
+}
+
+/// [`connect`] with TLS when `security` has it (an `https://` URL).
+pub async fn connect_secure(
+    url: &str,
+    security: &ServerClient,
+    timeout: Duration,
+    keepalive: Duration,
+) -> Result<Channel, ConnectError> {
     let (endpoint, uds) = match url.strip_prefix("unix:") {
         Some(path) if !path.is_empty() => (
             Endpoint::from_static("http://[::1]:1"),
@@ -56,7 +67,12 @@ pub async fn connect(
             None,
         ),
     };
-    let mut endpoint = endpoint.connect_timeout(timeout).tcp_nodelay(true);
+    let mut endpoint = security
+        .configure(endpoint.connect_timeout(timeout).tcp_nodelay(true))
+        .map_err(|e| ConnectError::BadUrl {
+            url: url.into(),
+            reason: e.to_string(),
+        })?;
     if !keepalive.is_zero() {
         endpoint = endpoint
             .http2_keep_alive_interval(keepalive)

@@ -2,11 +2,13 @@
 //! certificates generated at test time, hashed bearer tokens reloaded on
 //! SIGHUP, tenant isolation with identical prompts, per-client limits,
 //! bounded memory under 10x overload, kill -9 during heavy writes (20
-//! rounds), a full disk, and stalled clients.
+//! rounds), a full disk, and stalled clients; the worker agent and the
+//! router reaching a server with TLS and tokens.
 //!
 //! Build the binaries first: `cargo build --release --workspace --bins`.
 
 mod auth;
+mod clients;
 mod faults;
 mod limits;
 mod support;
