@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import re
@@ -303,6 +304,53 @@ def grpc_health(addr: str, service: str) -> str:
     return {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}.get(status, str(status))
 
 
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def secure_stand_in(args: list[str], tmp: Path) -> list[str]:
+    """For a chart that gives the router --server-ca / --server-cert / --server-token-file (files
+    mounted from Secrets), writes real ones in their stead (a CA, a server certificate for
+    127.0.0.1, a client certificate, a token) and returns the stand-in kvtier-server's matching
+    --tls-cert/--tls-key/--tls-client-ca/--tokens; rewrites the router's paths in `args`."""
+    secure: list[str] = []
+    pki = tmp / "pki"
+    if "--server-ca" in args:
+        pki.mkdir(exist_ok=True)
+        ca_key, ca = pki / "ca.key", pki / "ca.crt"
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+                "-subj", "/CN=chart check CA", "-keyout", str(ca_key), "-out", str(ca))
+
+        def leaf(name: str, ext: str) -> tuple[Path, Path]:
+            key, csr, crt, extfile = pki / f"{name}.key", pki / f"{name}.csr", pki / f"{name}.crt", pki / f"{name}.ext"
+            openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
+                    "-keyout", str(key), "-out", str(csr))
+            extfile.write_text(ext)
+            openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+                    "-days", "1", "-extfile", str(extfile), "-out", str(crt))
+            return crt, key
+
+        crt, key = leaf("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+        secure += ["--tls-cert", str(crt), "--tls-key", str(key)]
+        args[args.index("--server-ca") + 1] = str(ca)
+        if "--server-cert" in args:
+            crt, key = leaf("client", "extendedKeyUsage=clientAuth\n")
+            args[args.index("--server-cert") + 1] = str(crt)
+            args[args.index("--server-key") + 1] = str(key)
+            secure += ["--tls-client-ca", str(ca)]
+        if "--server-tls-domain" in args:
+            args[args.index("--server-tls-domain") + 1] = "localhost"
+    if "--server-token-file" in args:
+        token = "chart-check-router-token"
+        path = tmp / "router.token"
+        path.write_text(token + "\n")
+        args[args.index("--server-token-file") + 1] = str(path)
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        namespace = args[args.index("--namespace") + 1]
+        secure += ["--tokens", f"router sha256:{digest} tenant=chart {namespace}=rw"]
+    return secure
+
+
 def start_router_with_args(router_bin: str, server_bin: str | None, args: list[str], tmp: Path) -> tuple[bool, str]:
     """Starts kvtier-router with the chart's arguments: listen addresses on loopback, the cache
     server a real kvtier-server on loopback (when the chart names one), the tokenizer and chat
@@ -330,13 +378,18 @@ def start_router_with_args(router_bin: str, server_bin: str | None, args: list[s
         if args[i + 1]:
             if not server_bin:
                 return False, "kvtier-server binary not built (the router's --cache-server stand-in)"
+            secure = secure_stand_in(args, tmp)
             server, line = spawn_ready([server_bin, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-                                        "--data-dir", str(tmp / "server-data")], "kvtier-server ready", tmp / "server.log")
+                                        "--metrics-plaintext", "--data-dir", str(tmp / "server-data"), *secure],
+                                       "kvtier-server ready", tmp / "server.log")
             m = re.match(r"kvtier-server ready grpc=(\S+)", line or "")
             if not m:
                 return False, f"the stand-in kvtier-server did not start: {line}"
-            args[i + 1] = f"http://{m.group(1)}"
-            notes.append("cache server: a real kvtier-server")
+            scheme = "https" if "--tls-cert" in secure else "http"
+            args[i + 1] = f"{scheme}://{m.group(1)}"
+            notes.append("cache server: a real kvtier-server" + (" with " + ", ".join(
+                w for f, w in (("--tls-cert", "TLS"), ("--tls-client-ca", "client certificates"), ("--tokens", "tokens"))
+                if f in secure) if secure else ""))
         p, line = spawn_ready([router_bin, *args], "kvtier-router ready", tmp / "router.log")
         m = re.match(r"kvtier-router ready http=(\S+) grpc=(\S+)", line or "")
         ok = bool(m)
@@ -356,12 +409,50 @@ def start_router_with_args(router_bin: str, server_bin: str | None, args: list[s
         code = stop(p)
         notes.append(f"exit {code}")
         ok = ok and code == 0
+        if server is not None:
+            # Start-up goes on without the cache server (it may come later): its handshake must
+            # have worked here, through the chart's TLS files and token.
+            reached = "cache server unreachable at start" not in (tmp / "router.log").read_text(errors="replace")
+            notes.append("handshake with the cache server " + ("ok" if reached else "FAILED"))
+            ok = ok and reached
         if not ok:
             notes.append("log: " + re.sub(r"\x1b\[[0-9;]*m", "", (tmp / "router.log").read_text(errors="replace"))[-800:])
         return ok, (line or "no ready line") + "; " + "; ".join(notes)
     finally:
         if server is not None:
             stop(server)
+
+
+CLIENT_FILES = {"--server-ca": ("caSecretName", "/etc/kvtier/cache-ca", "ca.crt"),
+                "--server-cert": ("clientCertSecretName", "/etc/kvtier/cache-client-cert", "tls.crt"),
+                "--server-key": ("clientCertSecretName", "/etc/kvtier/cache-client-cert", "tls.key")}
+
+
+def check_cache_client(checks: Checks, label: str, container: dict, pod: dict, merged: dict, token: dict) -> None:
+    """cacheClient and <component>.cacheToken -> --server-ca/--server-cert/--server-key/
+    --server-token-file, each a file of a read-only Secret volume mounted where the flag points."""
+    flags = flag_values(container.get("args", []))
+    cc = merged.get("cacheClient") or {}
+    want: dict[str, tuple[str, str]] = {}  # flag -> (secret, path)
+    for flag, (key, mount, file) in CLIENT_FILES.items():
+        if cc.get(key):
+            want[flag] = (cc[key], f"{mount}/{file}")
+    if token.get("secretName"):
+        want["--server-token-file"] = (token["secretName"], f"/etc/kvtier/cache-token/{token['secretKey']}")
+    got = {f: flags.get(f) for f in [*CLIENT_FILES, "--server-token-file"] if f in flags}
+    checks.check(got == {f: [p] for f, (_, p) in want.items()},
+                 f"{label}: cacheClient/cacheToken -> {sorted(got) or 'no client TLS or token flags'}" + ("" if got == {f: [p] for f, (_, p) in want.items()} else f" (want {want})"))
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    bad = []
+    for flag, (secret, path) in want.items():
+        mount = mounts.get(path.rsplit("/", 1)[0])
+        vol = vols.get(mount["name"]) if mount else None
+        if not (mount and mount.get("readOnly") and vol and vol.get("secret", {}).get("secretName") == secret):
+            bad.append(flag)
+    checks.check(not bad, f"{label}: each client file is in its read-only Secret volume {bad or ''}")
+    if cc.get("tlsDomain"):
+        checks.check(flags.get("--server-tls-domain") == [cc["tlsDomain"]], f"{label}: cacheClient.tlsDomain -> --server-tls-domain")
 
 
 def check_router(checks: Checks, label: str, docs: list[dict], merged: dict, server_bin: str | None,
@@ -383,8 +474,11 @@ def check_router(checks: Checks, label: str, docs: list[dict], merged: dict, ser
     checks.check(flags.get("--worker") == want_workers and bool(want_workers),
                  f"{label}: one --worker ID=HTTP_BASE@AGENT_URL per router.workers entry ({flags.get('--worker')})")
     cache = r["cacheEndpoint"]
-    want_cache = "" if cache == "-" else (cache or f"http://{RELEASE}-kvtier-cache.{NAMESPACE}.svc:{merged['cache']['grpcPort']}")
+    scheme = "https" if merged["cache"]["tls"]["enabled"] else "http"
+    want_cache = "" if cache == "-" else (cache or f"{scheme}://{RELEASE}-kvtier-cache.{NAMESPACE}.svc:{merged['cache']['grpcPort']}")
     checks.check(flags.get("--cache-server") == [want_cache], f"{label}: router --cache-server {flags.get('--cache-server')} (want {want_cache!r})")
+    if want_cache:
+        check_cache_client(checks, f"{label}: router", rc, pod, merged, r["cacheToken"])
     h = r["hashing"]
     want = {"--model": r["model"], "--namespace": r["namespace"], "--block-tokens": str(h["blockTokens"]),
             "--block-bytes": str(h["blockBytes"]), "--kv-layout": h["kvLayout"], "--routing": r["routing"]}
@@ -419,7 +513,7 @@ def check_router(checks: Checks, label: str, docs: list[dict], merged: dict, ser
             checks.check(flags.get("--chat-template") == [f"{tok['mountPath'].rstrip('/')}/{tok['chatTemplate']}"],
                          f"{label}: router --chat-template {flags.get('--chat-template')} in the tokenizer volume")
     else:
-        checks.check("--tokenizer" not in flags and not rc.get("volumeMounts"), f"{label}: no tokenizer configured -> no --tokenizer, no volume")
+        checks.check("--tokenizer" not in flags and tok["mountPath"] not in mounts, f"{label}: no tokenizer configured -> no --tokenizer, no volume")
     startup, ready, live = rc.get("startupProbe", {}), rc.get("readinessProbe", {}), rc.get("livenessProbe", {})
     checks.check(startup.get("grpc", {}).get("port") == r["grpcPort"] and startup["grpc"].get("service") == ROUTER_HEALTH_SERVICE
                  and live.get("grpc", {}).get("port") == r["grpcPort"]
@@ -700,11 +794,45 @@ def check_sidecar(checks: Checks, agent_bin: str | None) -> None:
                      f"sidecar: dataPlane -> --server-data on the release's cache Service data port ({data_flags.get('--server-data')})")
         flags.update(data_flags)
         with_data["kvtier"]["cache"] = {"allowPlaintext": False, "tls": {"enabled": True, "secretName": "s"}}
+        with_data["kvtier"]["cacheClient"] = {"caSecretName": "ca"}
         try:
             render(parent, with_data)
             checks.check(False, "sidecar: dataPlane against a TLS cache server is refused: it rendered")
         except helm.HelmError as e:  # type: ignore[attr-defined]
             checks.check("dataPlane" in str(e), f"sidecar: dataPlane against a TLS cache server is refused ({str(e).splitlines()[-1][-100:]})")
+        secured = yaml.safe_load(PARENT_VALUES)
+        secured["kvtier"]["cache"] = {"tls": {"enabled": True, "secretName": "kvtier-tls", "clientCASecretName": "kvtier-client-ca"},
+                                      "auth": {"tokensSecretName": "kvtier-tokens"}}
+        secured["kvtier"]["cacheClient"] = {"caSecretName": "kvtier-ca", "clientCertSecretName": "kvtier-agent-cert"}
+        secured["kvtier"]["workerAgent"]["cacheToken"] = {"secretName": "kvtier-agent-token", "secretKey": "token"}
+        docs4, _ = render(parent, secured)
+        dep4 = [d for d in docs4 if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm"]
+        if checks.check(len(dep4) == 1, "sidecar: renders against a cache server with TLS, client certificates and tokens"):
+            validate_docs(checks, "sidecar-secured", [dep4[0]])
+            pod4 = dep4[0]["spec"]["template"]["spec"]
+            a4 = [c for c in pod4["containers"] if c["name"] == "kvtier-agent"][0]
+            f4 = flag_values(a4["args"])
+            checks.check(f4.get("--server") == [f"https://{RELEASE}-kvtier-cache.{NAMESPACE}.svc:50051"],
+                         f"sidecar: cache.tls.enabled -> --server https:// ({f4.get('--server')})")
+            with helm.Chart.load(str(CHART)) as chart:
+                merged4 = chart.merge_values(secured["kvtier"])
+            check_cache_client(checks, "sidecar", a4, pod4, merged4, merged4["workerAgent"]["cacheToken"])
+            flags.update(f4)
+        for what, broken in (("cacheClient.caSecretName", "caSecretName"), ("cacheClient.clientCertSecretName", "clientCertSecretName")):
+            missing = copy.deepcopy(secured)
+            missing["kvtier"]["cacheClient"].pop(broken)
+            try:
+                render(parent, missing)
+                checks.check(False, f"sidecar: a secured cache server without {what} is refused: it rendered")
+            except helm.HelmError as e:  # type: ignore[attr-defined]
+                checks.check(broken in str(e), f"sidecar: a secured cache server without {what} is refused ({str(e).splitlines()[-1][-90:]})")
+        missing = copy.deepcopy(secured)
+        missing["kvtier"]["workerAgent"].pop("cacheToken")
+        try:
+            render(parent, missing)
+            checks.check(False, "sidecar: cache.auth without workerAgent.cacheToken is refused: it rendered")
+        except helm.HelmError as e:  # type: ignore[attr-defined]
+            checks.check("cacheToken" in str(e), f"sidecar: cache.auth without workerAgent.cacheToken is refused ({str(e).splitlines()[-1][-90:]})")
         known = help_flags(agent_bin)
         if known is None:
             print("SKIP sidecar: kvtier-agent binary not built; its flags are not checked")

@@ -312,8 +312,9 @@ async fn start_model(
             {
                 bail!(
                     "the cache server refused the router's credentials for namespace {:?} of \
-                     model {:?} ({:?}: {}): check --server-token / --server-token-file and \
-                     the token's grants",
+                     model {:?} ({:?}: {}): check --server-token / --server-token-file and the \
+                     token's grants (r on the namespace once a worker's agent has created it; \
+                     rw lets the router create it when it starts first)",
                     spec.namespace,
                     spec.model,
                     status.code(),

@@ -97,9 +97,11 @@ not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
 {{- if $a.image.repository }}{{ $repo = $a.image.repository }}{{ end -}}
 {{- if $a.image.tag }}{{ $tag = $a.image.tag }}{{ end -}}
 {{- $endpoint := $a.cacheEndpoint -}}
+{{- $client := dict "values" $v "token" $a.cacheToken "explicit" (not (empty $a.cacheEndpoint)) "who" "workerAgent" -}}
+{{- include "kvtier.cacheClient.check" $client -}}
 {{- if not $endpoint -}}
 {{- $cache := printf "%s-cache" (include "kvtier.fullnameFrom" .) | trunc 63 | trimSuffix "-" -}}
-{{- $endpoint = printf "http://%s.%s.svc:%d" $cache .root.Release.Namespace (int $v.cache.grpcPort) -}}
+{{- $endpoint = printf "%s://%s.%s.svc:%d" (ternary "https" "http" $v.cache.tls.enabled) $cache .root.Release.Namespace (int $v.cache.grpcPort) -}}
 {{- end -}}
 {{- $dataEndpoint := $a.cacheDataEndpoint -}}
 {{- if and $a.dataPlane (not $dataEndpoint) -}}
@@ -124,6 +126,7 @@ not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
     - {{ ternary (printf "%s:%d" $a.metricsHost (int $a.metricsPort)) "off" (ne (toString $a.metricsHost) "") | quote }}
     - --server
     - {{ $endpoint | quote }}
+    {{- include "kvtier.cacheClient.args" $client | nindent 4 }}
     {{- if or $a.dataPlane $a.cacheDataEndpoint }}
     - --server-data
     - {{ $dataEndpoint | quote }}
@@ -183,6 +186,7 @@ not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
   volumeMounts:
     - name: kvtier-shm
       mountPath: /dev/shm
+    {{- include "kvtier.cacheClient.mounts" $client | nindent 4 }}
 {{- end }}
 
 {{/* Pod volumes the worker-agent sidecar needs: (dict "root" . "values" .Values.kvtier) */}}
@@ -190,4 +194,94 @@ not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
 - name: kvtier-shm
   emptyDir:
     medium: Memory
+{{- include "kvtier.cacheClient.volumes" (dict "values" .values "token" .values.workerAgent.cacheToken) }}
+{{- end }}
+
+{{/*
+How a kvtier client (router, worker agent) reaches the cache server when it has TLS and/or
+tokens: (dict "values" <kvtier values> "token" <the component's cacheToken> "explicit" <true when
+the component's cache endpoint was set by hand> "who" "router"|"workerAgent").
+"kvtier.cacheClient.args": --server-ca, --server-tls-domain, --server-cert/--server-key,
+--server-token-file; ".mounts" and ".volumes" mount the Secrets they name.
+*/}}
+{{- define "kvtier.cacheClient.check" -}}
+{{- $v := .values -}}
+{{- $c := $v.cacheClient -}}
+{{- if not .explicit -}}
+{{- if and $v.cache.tls.enabled (not $c.caSecretName) -}}
+{{- fail (printf "cache.tls.enabled: set cacheClient.caSecretName (a Secret with ca.crt, the CA of the cache server's certificate) so that the %s can verify the server" .who) -}}
+{{- end -}}
+{{- if and $v.cache.tls.clientCASecretName (not $c.clientCertSecretName) -}}
+{{- fail (printf "cache.tls.clientCASecretName (mutual TLS): set cacheClient.clientCertSecretName (a kubernetes.io/tls Secret) for the %s's client certificate" .who) -}}
+{{- end -}}
+{{- if and $v.cache.auth.tokensSecretName (not .token.secretName) -}}
+{{- fail (printf "cache.auth.tokensSecretName: set %s.cacheToken.secretName (a Secret holding the %s's bearer token, from kvtier-token new)" .who .who) -}}
+{{- end -}}
+{{- end -}}
+{{- end }}
+
+{{- define "kvtier.cacheClient.args" -}}
+{{- $c := .values.cacheClient -}}
+{{- if $c.caSecretName }}
+- --server-ca
+- /etc/kvtier/cache-ca/ca.crt
+{{- end }}
+{{- with $c.tlsDomain }}
+- --server-tls-domain
+- {{ . | quote }}
+{{- end }}
+{{- if $c.clientCertSecretName }}
+- --server-cert
+- /etc/kvtier/cache-client-cert/tls.crt
+- --server-key
+- /etc/kvtier/cache-client-cert/tls.key
+{{- end }}
+{{- if .token.secretName }}
+- --server-token-file
+- {{ printf "/etc/kvtier/cache-token/%s" .token.secretKey | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "kvtier.cacheClient.mounts" -}}
+{{- $c := .values.cacheClient -}}
+{{- if $c.caSecretName }}
+- name: kvtier-cache-ca
+  mountPath: /etc/kvtier/cache-ca
+  readOnly: true
+{{- end }}
+{{- if $c.clientCertSecretName }}
+- name: kvtier-cache-client-cert
+  mountPath: /etc/kvtier/cache-client-cert
+  readOnly: true
+{{- end }}
+{{- if .token.secretName }}
+- name: kvtier-cache-token
+  mountPath: /etc/kvtier/cache-token
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "kvtier.cacheClient.volumes" -}}
+{{- $c := .values.cacheClient -}}
+{{- if $c.caSecretName }}
+- name: kvtier-cache-ca
+  secret:
+    secretName: {{ $c.caSecretName }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- if $c.clientCertSecretName }}
+- name: kvtier-cache-client-cert
+  secret:
+    secretName: {{ $c.clientCertSecretName }}
+{{- end }}
+{{- if .token.secretName }}
+- name: kvtier-cache-token
+  secret:
+    secretName: {{ .token.secretName }}
+    items:
+      - key: {{ .token.secretKey }}
+        path: {{ .token.secretKey }}
+{{- end }}
 {{- end }}
