@@ -22,6 +22,7 @@ use kvtier_router::load::LoadBook;
 use kvtier_router::routing::{ModelRouter, RoutingMode, WorkerEndpoint};
 use kvtier_router::service::RouterGrpc;
 use kvtier_router::sources;
+use kvtier_security::ServerClient;
 
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
@@ -262,6 +263,7 @@ struct StartedModel {
 async fn start_model(
     spec: &ModelSpec,
     args: &Args,
+    security: &ServerClient,
     weights: CostWeights,
     stop_rx: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<StartedModel> {
@@ -286,10 +288,9 @@ async fn start_model(
     let lifecycle = if args.cache_server.is_empty() {
         None
     } else {
-        let security = args.server_client.resolve(&args.cache_server)?;
         let lifecycle = CacheLifecycle::new(
             &args.cache_server,
-            &security,
+            security,
             &spec.namespace,
             config.clone(),
         )
@@ -376,7 +377,7 @@ async fn start_model(
     if !args.cache_server.is_empty() {
         source_tasks.push(sources::spawn_cache_source(
             sources::CacheSourceConfig {
-                security: args.server_client.resolve(&args.cache_server)?,
+                security: security.clone(),
                 ..sources::CacheSourceConfig::new(&args.cache_server, &spec.namespace, config)
             },
             index.clone(),
@@ -475,6 +476,8 @@ async fn main() -> anyhow::Result<()> {
         kvtier_router::metrics::install_recorder().context("install the metrics recorder")?;
     let weights = weights(&args)?;
     let specs = model_specs(&args)?;
+    // TLS files and the token are read once, before any model starts.
+    let security = args.server_client.resolve(&args.cache_server)?;
     let all_workers: Vec<String> = specs
         .iter()
         .flat_map(|spec| spec.workers.iter().filter(|w| !w.is_empty()))
@@ -486,7 +489,7 @@ async fn main() -> anyhow::Result<()> {
     let mut models = Models::default();
     let mut source_tasks = Vec::new();
     for spec in &specs {
-        let started = start_model(spec, &args, weights.clone(), &stop_rx).await?;
+        let started = start_model(spec, &args, &security, weights.clone(), &stop_rx).await?;
         models.push(started.state);
         source_tasks.extend(started.sources);
     }
