@@ -55,7 +55,6 @@ impl AgentState {
                     &config.server_client,
                     config.connect_timeout,
                 )
-                .map(|channel| config.server_client.intercept(channel))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(Self {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kvtier_security::{AuthChannel, ServerClient};
 use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::Code;
 
 use kvtier_proto::dataplane::client::{DataClient, DataError};
@@ -25,12 +25,13 @@ pub const MAX_MESSAGE_BYTES: usize = 65 << 20;
 /// A client of the cache server on one connection, stamping the bearer token.
 pub type CacheClient = CacheServiceClient<AuthChannel>;
 
-/// A lazily connected channel to the cache server (TLS when `security` says so).
+/// A lazily connected channel to the cache server: TLS when `security` says
+/// so, and its bearer token on every request.
 pub fn connect_lazy(
     server: &str,
     security: &ServerClient,
     connect_timeout: Duration,
-) -> Result<Channel> {
+) -> Result<AuthChannel> {
     let endpoint = Endpoint::from_shared(server.to_string())
         .map_err(|e| {
             AgentError::InvalidRequest(format!("bad cache server address {server:?}: {e}"))
@@ -46,7 +47,7 @@ pub fn connect_lazy(
     let endpoint = security
         .configure(endpoint)
         .map_err(|e| AgentError::InvalidRequest(format!("cache server {server}: {e}")))?;
-    Ok(endpoint.connect_lazy())
+    Ok(security.intercept(endpoint.connect_lazy()))
 }
 
 /// A handshaken session with the cache server for one namespace.
