@@ -1,0 +1,1 @@
+//! kvtier-process (being written).

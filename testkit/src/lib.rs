@@ -1,0 +1,1 @@
+//! kvtier-testkit (being written).
