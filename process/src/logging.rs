@@ -108,6 +108,31 @@ mod tests {
         );
     }
 
+    /// With subcommands (kvtier-sim-engine), the flag may follow one.
+    #[derive(Debug, Parser)]
+    struct WithCommand {
+        #[command(flatten)]
+        log: LogArgs,
+        #[command(subcommand)]
+        command: Sub,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Sub {
+        Run,
+    }
+
+    #[test]
+    fn the_flag_is_valid_clap_and_global_to_subcommands() {
+        use clap::CommandFactory;
+        Flags::command().debug_assert();
+        WithCommand::command().debug_assert();
+        let parsed = WithCommand::try_parse_from(["bin", "run", "--log-format", "json"])
+            .expect("after the subcommand");
+        assert!(matches!(parsed.command, Sub::Run));
+        assert_eq!(parsed.log.log_format, LogFormat::Json);
+    }
+
     #[test]
     fn an_unknown_format_is_refused_with_the_choices() {
         let error = Flags::try_parse_from(["bin", "--log-format", "xml"]).expect_err("refused");
