@@ -45,7 +45,7 @@ fi
 # KVTIER_SERVER_BIN names the server binary to test.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kvtier-target}"
 if [ -z "${KVTIER_SERVER_BIN:-}" ]; then
-  cargo build --release -q -p kvtier-cache-server -p kvtier-worker-agent -p kvtier-router --bins
+  cargo build --release -q -p kvtier-cache-server -p kvtier-worker-agent -p kvtier-sim -p kvtier-router --bins
 fi
 
 py="$VENV/bin/python"

@@ -21,13 +21,14 @@
 //! - [`service`]: the `kvtier.v1.WorkerService` gRPC handlers.
 //! - [`metrics`]: `GET /metrics` (Prometheus text) from the agent's counters.
 //! - [`server`]: binds TCP / Unix socket, runs until shutdown, stops its tasks.
-//! - [`sim`]: a simulated engine (shared-memory pool) for tests and benchmarks.
-//! - [`simworker`]: a simulated inference worker (HTTP model-call APIs) on that pool.
+//! - [`client`]: how engines, simulators and tests connect to an agent (TCP or
+//!   its Unix socket, with the agent's message-size limit).
 
 // Messages of the shared wire contract gain optional fields over time; building
 // them with `..Default::default()` keeps this crate compiling when they do.
 #![allow(clippy::needless_update)]
 
+pub mod client;
 pub mod config;
 pub mod datapath;
 pub mod error;
@@ -36,8 +37,6 @@ pub mod memory;
 pub mod metrics;
 pub mod server;
 pub mod service;
-pub mod sim;
-pub mod simworker;
 pub mod staging;
 pub mod state;
 pub mod stats;

@@ -22,7 +22,7 @@ use kvtier_proto::v1::*;
 use super::prefix_cache::{Held, PrefixCache};
 use super::stats::{add, sub, AgentOp, PoolFigures, Stats};
 use super::{SimWorkerConfig, SimWorkerError};
-use crate::sim::{attach_request, SimEngine};
+use crate::engine::{attach_request, SimEngine};
 
 /// Least time between two attach attempts while the agent is unreachable.
 const REATTACH_EVERY: Duration = Duration::from_secs(1);

@@ -13,7 +13,7 @@ use axum::Router;
 
 use kvtier_prompt::{parse_request, Api, ApiError};
 
-use super::worker::SimWorker;
+use super::request::SimWorker;
 
 /// Response header naming the worker that served the request.
 pub const WORKER_HEADER: &str = "x-kvtier-worker";

@@ -7,15 +7,13 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
-use hyper_util::rt::TokioIo;
 use memmap2::{MmapOptions, MmapRaw};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use kvtier_proto::hashing::{effective_seed, BlockHasher};
 use kvtier_proto::v1::worker_service_client::WorkerServiceClient;
 use kvtier_proto::v1::*;
-
-use crate::tier::MAX_MESSAGE_BYTES;
+use kvtier_worker_agent::client::{connect, connect_lazy, ConnectError};
 
 /// Errors of the simulated engine.
 #[derive(Debug, thiserror::Error)]
@@ -27,64 +25,11 @@ pub enum SimError {
     #[error("agent: {} ({:?})", .0.message(), .0.code())]
     Agent(#[from] tonic::Status),
     /// The agent could not be reached.
-    #[error("cannot reach the agent: {0}")]
-    Connect(String),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// Bad arguments.
     #[error("{0}")]
     Invalid(String),
-}
-
-/// Connects to an agent at `http://host:port` or `unix:/path/to.sock`.
-pub async fn connect(agent: &str) -> Result<WorkerServiceClient<Channel>, SimError> {
-    let channel = if let Some(path) = agent.strip_prefix("unix:") {
-        let path = PathBuf::from(path);
-        Endpoint::from_static("http://[::1]:1")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(stream))
-                }
-            }))
-            .await
-    } else {
-        Endpoint::from_shared(agent.to_string())
-            .map_err(|e| SimError::Connect(e.to_string()))?
-            .connect()
-            .await
-    }
-    .map_err(|e| SimError::Connect(format!("{agent}: {e}")))?;
-    Ok(WorkerServiceClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
-}
-
-/// Like [`connect`], but dials nothing until the first call (and redials a
-/// lost connection on the next call): calls fail with UNAVAILABLE while the
-/// agent is down instead of the constructor failing.
-pub fn connect_lazy(agent: &str) -> Result<WorkerServiceClient<Channel>, SimError> {
-    let endpoint = |uri: String| {
-        Endpoint::from_shared(uri)
-            .map(|e| e.connect_timeout(std::time::Duration::from_secs(1)))
-            .map_err(|e| SimError::Connect(format!("{agent}: {e}")))
-    };
-    let channel = if let Some(path) = agent.strip_prefix("unix:") {
-        let path = PathBuf::from(path);
-        endpoint("http://[::1]:1".into())?.connect_with_connector_lazy(tower::service_fn(
-            move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(stream))
-                }
-            },
-        ))
-    } else {
-        endpoint(agent.to_string())?.connect_lazy()
-    };
-    Ok(WorkerServiceClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// The AttachPool request describing `spec`'s pool (its file must exist:

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
 use kvtier_proto::v1::HashingConfig;
-use kvtier_worker_agent::sim::{prompt_tokens, SimEngine, SimPoolSpec};
+use kvtier_sim::engine::{prompt_tokens, SimEngine, SimPoolSpec};
 
 #[derive(Debug, Parser)]
 #[command(version, about)]

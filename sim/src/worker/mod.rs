@@ -5,7 +5,7 @@
 //! benchmarked end to end without GPUs.
 //!
 //! - [`prefix_cache`]: the worker's own bounded LRU prefix cache (pure bookkeeping).
-//! - [`worker`]: the request path: own-pool prefix, onboard from the tier,
+//! - [`request`]: the request path: own-pool prefix, onboard from the tier,
 //!   serialised prefill, paced decode, block reports and offloads.
 //! - [`stats`]: counters and load gauges, `/metrics` and `/load`.
 //! - [`http`]: the thin HTTP shell.
@@ -14,12 +14,12 @@ use std::path::PathBuf;
 
 pub mod http;
 pub mod prefix_cache;
+pub mod request;
 pub mod stats;
-pub mod worker;
 
-pub use worker::SimWorker;
+pub use request::SimWorker;
 
-use crate::sim::{SimError, SimPoolSpec};
+use crate::engine::{SimError, SimPoolSpec};
 
 /// Settings of a simulated worker.
 #[derive(Debug, Clone)]

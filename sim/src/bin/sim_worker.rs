@@ -15,8 +15,8 @@ use anyhow::Context;
 use clap::Parser;
 
 use kvtier_proto::v1::HashingConfig;
-use kvtier_worker_agent::sim::SimPoolSpec;
-use kvtier_worker_agent::simworker::{http, SimWorker, SimWorkerConfig};
+use kvtier_sim::engine::SimPoolSpec;
+use kvtier_sim::worker::{http, SimWorker, SimWorkerConfig};
 
 /// Longest the worker waits for open responses to end after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(10);
