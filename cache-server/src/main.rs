@@ -1,7 +1,9 @@
 //! `kvtier-server`: parse flags, run the library's server until SIGTERM/SIGINT.
+//! Logging, signals, the ready line and the exit report: `kvtier-process`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
@@ -10,6 +12,7 @@ use kvtier_cache_server::config::{
     parse_byte_size, DataListen, PolicyKind, SecurityConfig, ServerConfig, StoreConfig,
 };
 use kvtier_cache_server::server;
+use kvtier_process::{ready, report, shutdown, LogArgs};
 use kvtier_security::tls::ServerTlsFiles;
 use kvtier_security::LimitConfig;
 
@@ -105,6 +108,8 @@ struct Args {
     /// Byte-rate burst per client (default: one second's worth).
     #[arg(long, env = "KVTIER_CLIENT_BURST_BYTES", default_value = "0", value_parser = parse_byte_size)]
     client_burst_bytes: u64,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
@@ -163,59 +168,29 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
     })
 }
 
-/// Installs the SIGTERM/SIGINT handlers now (before the server reports ready,
-/// so that a signal sent right after the ready line is never lost to the
-/// default action) and returns the future that completes on the first signal.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("install the SIGTERM handler")?;
-    #[cfg(unix)]
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("install the SIGINT handler")?;
-    Ok(async move {
-        #[cfg(unix)]
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutdown signal received");
-    })
+fn main() -> ExitCode {
+    report::exit_code(run())
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KVTIER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = config_from(Args::parse())?;
+async fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    kvtier_process::logging::init(&args.log, "info")?;
+    let config = config_from(args)?;
     let (grpc, metrics) = server::bind(&config).await.with_context(|| {
         format!(
             "cannot bind {} / {:?}",
             config.listen, config.metrics_listen
         )
     })?;
-    server::run(config, grpc, metrics, shutdown_signal()?, |addrs| {
-        // One machine-readable line on stdout, for scripts and tests.
-        println!(
+    // The handlers are installed here, before the ready line.
+    server::run(config, grpc, metrics, shutdown::signals()?, |addrs| {
+        ready::announce(format_args!(
             "kvtier-server ready grpc={} metrics={} data={}",
             addrs.grpc,
-            addrs
-                .metrics
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "off".into()),
-            addrs
-                .data
-                .as_ref()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "off".into())
-        );
+            ready::or_off(addrs.metrics),
+            ready::or_off(addrs.data.as_ref())
+        ));
     })
     .await?;
     Ok(())

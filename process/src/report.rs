@@ -125,6 +125,16 @@ mod tests {
         );
     }
 
+    /// What `fn main() -> anyhow::Result<()>` printed for such an error, and
+    /// what is printed now.
+    #[test]
+    fn the_debug_form_said_it_twice_and_the_report_says_it_once() {
+        let error = anyhow::Error::new(Embeds(io("lock held")));
+        let debug = format!("{error:?}");
+        assert_eq!(debug.matches("lock held").count(), 2, "{debug}");
+        assert_eq!(describe(error.as_ref()).matches("lock held").count(), 1);
+    }
+
     #[test]
     fn a_plain_message_is_said_once() {
         let error = anyhow::anyhow!("refusing to serve gRPC in plaintext on 0.0.0.0:1");

@@ -4,12 +4,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 
+use kvtier_process::{ready, report, shutdown, LogArgs};
 use kvtier_proto::hashing::{effective_seed, BlockHasher, DEFAULT_SEED};
 use kvtier_proto::v1::router_service_server::RouterServiceServer;
 use kvtier_proto::v1::HashingConfig;
@@ -133,6 +135,8 @@ struct Args {
     /// Bounded-load factor (running requests ≤ ⌈factor × (all + 1) / workers⌉); 0 disables.
     #[arg(long, env = "KVTIER_ROUTER_LOAD_FACTOR", default_value_t = CostWeights::default().load_factor)]
     load_factor: f64,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn parse_worker(spec: &str) -> anyhow::Result<WorkerEndpoint> {
@@ -446,32 +450,14 @@ fn weights(args: &Args) -> anyhow::Result<CostWeights> {
     Ok(w)
 }
 
-/// Installs the SIGTERM/SIGINT handlers now (before the ready line) and
-/// returns the future that completes on the first signal.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("install the SIGTERM handler")?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("install the SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        tracing::info!("shutdown signal received");
-    })
+fn main() -> ExitCode {
+    report::exit_code(run())
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KVTIER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    kvtier_process::logging::init(&args.log, "info")?;
     let metrics =
         kvtier_router::metrics::install_recorder().context("install the metrics recorder")?;
     let weights = weights(&args)?;
@@ -494,7 +480,8 @@ async fn main() -> anyhow::Result<()> {
         source_tasks.extend(started.sources);
     }
 
-    let shutdown = shutdown_signal()?;
+    // Installed before the ready line, so that no SIGTERM is lost.
+    let shutdown = shutdown::signals()?;
     let http_listener = tokio::net::TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("bind the HTTP front on {}", args.http_listen))?;
@@ -549,7 +536,9 @@ async fn main() -> anyhow::Result<()> {
                 },
             ),
     );
-    println!("kvtier-router ready http={http_addr} grpc={grpc_addr}");
+    ready::announce(format_args!(
+        "kvtier-router ready http={http_addr} grpc={grpc_addr}"
+    ));
 
     shutdown.await;
     let _ = stop_tx.send(true);

@@ -1,12 +1,15 @@
 //! `kvtier-agent`: parse flags, run the worker sidecar until SIGTERM/SIGINT.
+//! Logging, signals, the ready line and the exit report: `kvtier-process`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 
+use kvtier_process::{ready, report, shutdown, LogArgs};
 use kvtier_worker_agent::config::{AgentConfig, ExpectedHashing};
 use kvtier_worker_agent::server;
 
@@ -93,6 +96,8 @@ struct Args {
     /// ZMQ topic prefix to subscribe to.
     #[arg(long, env = "KVTIER_VLLM_TOPIC", default_value = "")]
     vllm_topic: String,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn parse_host_port(text: &str) -> Result<String, String> {
@@ -172,31 +177,23 @@ impl TryFrom<Args> for AgentConfig {
     }
 }
 
+fn main() -> ExitCode {
+    report::exit_code(run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KVTIER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let config = AgentConfig::try_from(Args::parse())?;
-    server::run(config, server::shutdown_signal()?, |addrs| {
-        // One machine-readable line on stdout, for scripts and tests.
-        println!(
+async fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    kvtier_process::logging::init(&args.log, "info")?;
+    let config = AgentConfig::try_from(args)?;
+    // The handlers are installed here, before the ready line.
+    server::run(config, shutdown::signals()?, |addrs| {
+        ready::announce(format_args!(
             "kvtier-agent ready grpc={} uds={} metrics={}",
             addrs.grpc,
-            addrs
-                .uds
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "off".into()),
-            addrs
-                .metrics
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "off".into())
-        );
+            ready::or_off(addrs.uds.as_ref().map(|p| p.display())),
+            ready::or_off(addrs.metrics)
+        ));
     })
     .await?;
     Ok(())

@@ -8,10 +8,12 @@
 //! (`kvtier-sim-engine stored=8 skipped=0 ...`), for scripts and tests.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
+use kvtier_process::{report, LogArgs};
 use kvtier_proto::v1::HashingConfig;
 use kvtier_sim::engine::{prompt_tokens, SimEngine, SimPoolSpec};
 
@@ -20,6 +22,8 @@ use kvtier_sim::engine::{prompt_tokens, SimEngine, SimPoolSpec};
 struct Cli {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,16 +89,14 @@ struct Prompt {
     agent_id: String,
 }
 
+fn main() -> ExitCode {
+    report::exit_code(run())
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KVTIER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    kvtier_process::logging::init(&cli.log, "warn")?;
     let c = &cli.common;
     let spec = SimPoolSpec {
         path: c.pool.clone(),

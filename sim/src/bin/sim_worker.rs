@@ -9,14 +9,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 
+use kvtier_process::{ready, report, shutdown, LogArgs};
 use kvtier_proto::v1::HashingConfig;
 use kvtier_sim::engine::SimPoolSpec;
-use kvtier_sim::worker::{http, SimWorker, SimWorkerConfig};
+use kvtier_sim::worker::{http, SchedulingPolicy, SimWorker, SimWorkerConfig};
 
 /// Longest the worker waits for open responses to end after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -70,6 +72,15 @@ struct Args {
     /// Prefill throughput of the worker's one GPU, tokens/s (prefills queue).
     #[arg(long, env = "KVTIER_SIM_PREFILL_TPS", default_value_t = 20_000.0)]
     prefill_tokens_per_s: f64,
+    /// Prefills computed at once, each at --prefill-tokens-per-s (1: one GPU;
+    /// more: as many data-parallel ranks behind one endpoint).
+    #[arg(long, env = "KVTIER_SIM_PREFILL_SLOTS", default_value_t = 1)]
+    prefill_slots: usize,
+    /// Order of the prefills waiting for a slot, as vLLM's --scheduling-policy:
+    /// `fcfs` (arrival order; vLLM's default), or `priority` (the call's
+    /// priority hint, higher first, arrival order among equals).
+    #[arg(long, env = "KVTIER_SIM_SCHEDULING_POLICY", default_value = "fcfs")]
+    scheduling_policy: SchedulingPolicy,
     /// Decode speed per stream, tokens/s.
     #[arg(long, env = "KVTIER_SIM_DECODE_TPS", default_value_t = 200.0)]
     decode_tokens_per_s: f64,
@@ -82,6 +93,8 @@ struct Args {
     /// LRU prefix cache (benchmark baseline).
     #[arg(long, env = "KVTIER_SIM_TIER_IO", default_value = "on", value_parser = ["on", "off"])]
     tier_io: String,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 impl Args {
@@ -117,6 +130,8 @@ impl Args {
             tokenizer: self.tokenizer,
             chat_template: self.chat_template,
             prefill_tokens_per_s: self.prefill_tokens_per_s,
+            prefill_slots: self.prefill_slots,
+            scheduling: self.scheduling_policy,
             decode_tokens_per_s: self.decode_tokens_per_s,
             default_osl: self.default_osl,
             tier_io: self.tier_io == "on",
@@ -124,26 +139,24 @@ impl Args {
     }
 }
 
+fn main() -> ExitCode {
+    report::exit_code(run())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KVTIER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    kvtier_process::logging::init(&args.log, "info")?;
     let listen = args.listen;
     let config = args.into_config()?;
-    let shutdown =
-        kvtier_worker_agent::server::shutdown_signal().context("install the signal handlers")?;
+    // Installed before the ready line, so that no SIGTERM is lost.
+    let shutdown = shutdown::signals()?;
     let worker = SimWorker::start(config).await.context("start the worker")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("bind {listen}"))?;
     let addr = listener.local_addr()?;
-    println!(
+    ready::announce(format_args!(
         "kvtier-sim-worker ready http={addr} worker_id={} agent={}",
         worker.worker_id(),
         if worker.attached() {
@@ -151,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
         } else {
             "detached"
         }
-    );
+    ));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, http::router(worker)).with_graceful_shutdown(async move {
         shutdown.await;
