@@ -6,95 +6,18 @@
 //! A [`Staged`] buffer goes back to the pool when dropped — including when it
 //! was handed to the network as [`bytes::Bytes`] (via `Bytes::from_owner`) and
 //! the transport is done encoding it.
+//!
+//! The pool sits above the device layer: the buffers themselves (page-aligned
+//! or pinned host memory) are [`crate::memory::host`] types, allocated by the
+//! attached [`crate::memory::PoolMemory`]; this module only counts and lends them.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::{AgentError, Result};
-
-/// Alignment of host staging buffers (a page: good for DMA and O_DIRECT alike).
-pub const STAGING_ALIGN: usize = 4096;
-
-/// A zeroed, page-aligned heap buffer.
-#[derive(Debug)]
-pub struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: AlignedBuf owns its allocation exclusively, like a Box<[u8]>.
-unsafe impl Send for AlignedBuf {}
-// SAFETY: shared access only hands out `&[u8]`.
-unsafe impl Sync for AlignedBuf {}
-
-impl AlignedBuf {
-    /// Allocates `len` zeroed bytes aligned to [`STAGING_ALIGN`].
-    pub fn new(len: usize) -> Result<Self> {
-        let layout = Layout::from_size_align(len.max(1), STAGING_ALIGN)
-            .map_err(|e| AgentError::InvalidRequest(format!("staging buffer of {len}: {e}")))?;
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(raw).ok_or_else(|| {
-            AgentError::Memory(format!("cannot allocate a {len}-byte staging buffer"))
-        })?;
-        Ok(Self { ptr, len })
-    }
-
-    /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr is valid for len bytes, initialised (zeroed) at allocation.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    /// The bytes, writable.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and `&mut self` makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        if let Ok(layout) = Layout::from_size_align(self.len.max(1), STAGING_ALIGN) {
-            // SAFETY: allocated in `new` with this very layout.
-            unsafe { dealloc(self.ptr.as_ptr(), layout) };
-        }
-    }
-}
-
-/// Host memory of one staging buffer: ordinary page-aligned memory, or pinned
-/// (page-locked) memory under the `cuda` feature.
-#[derive(Debug)]
-pub enum StagingMemory {
-    /// Page-aligned heap memory (CPU path).
-    Aligned(AlignedBuf),
-    /// Page-locked host memory from `cuMemHostAlloc` (CUDA path).
-    #[cfg(feature = "cuda")]
-    Pinned(crate::memory::cuda::PinnedBuf),
-}
-
-impl StagingMemory {
-    /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        match self {
-            Self::Aligned(b) => b.as_slice(),
-            #[cfg(feature = "cuda")]
-            Self::Pinned(b) => b.as_slice(),
-        }
-    }
-
-    /// The bytes, writable.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        match self {
-            Self::Aligned(b) => b.as_mut_slice(),
-            #[cfg(feature = "cuda")]
-            Self::Pinned(b) => b.as_mut_slice(),
-        }
-    }
-}
+use crate::error::Result;
+use crate::memory::host::StagingMemory;
 
 #[derive(Debug)]
 struct Shared {
@@ -209,6 +132,7 @@ impl Drop for Staged {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::host::{AlignedBuf, STAGING_ALIGN};
     use std::time::Duration;
 
     fn pool(n: usize) -> StagingPool {

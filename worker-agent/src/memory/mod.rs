@@ -6,6 +6,18 @@
 //! `cuda::CudaIpcPool` (the engine's device allocation opened with
 //! `cuIpcOpenMemHandle`, copies through pinned staging). The data path above
 //! is the same for both.
+//!
+//! Layers, lowest first (each uses only those before it):
+//! - `pinned` (`cuda` only), then [`host`]: the host buffers blocks are staged in;
+//! - this module: [`Geometry`] and the [`PoolMemory`] seam;
+//! - [`shm`] and `cuda`: the two pool implementations.
+//!
+//! The staging pool (the crate's `staging` module) sits above all of them and
+//! is not imported here.
+
+pub mod host;
+#[cfg(feature = "cuda")]
+pub mod pinned;
 
 pub mod shm;
 
@@ -15,7 +27,7 @@ pub mod cuda;
 use kvtier_proto::v1::PoolLayout;
 
 use crate::error::{AgentError, Result};
-use crate::staging::StagingMemory;
+use host::StagingMemory;
 
 /// Where block `i` of a pool lives, checked once at attach time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

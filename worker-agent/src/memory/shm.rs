@@ -6,9 +6,9 @@ use std::path::Path;
 
 use memmap2::{MmapOptions, MmapRaw};
 
+use super::host::{AlignedBuf, StagingMemory};
 use super::{Geometry, PoolMemory};
 use crate::error::{AgentError, Result};
-use crate::staging::{AlignedBuf, StagingMemory};
 
 /// A mapped shared-memory pool.
 #[derive(Debug)]
