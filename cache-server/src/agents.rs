@@ -18,9 +18,6 @@ use crate::block::{BlockKey, NamespaceId};
 use crate::metrics as m;
 use crate::store::TieredStore;
 
-/// Default pin quota per namespace, in blocks.
-pub const DEFAULT_PIN_QUOTA_BLOCKS: u64 = 65_536;
-
 /// The agent id a client string maps to inside one namespace.
 pub fn agent_key(namespace: NamespaceId, agent: &str) -> AgentId {
     xxh3_64_with_seed(agent.as_bytes(), u64::from(namespace) ^ 0x6167_656e_7473)

@@ -4,6 +4,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// Default pin quota per namespace, in blocks (what [`ServerConfig::pin_quota_blocks`]
+/// holds unless set). A configuration default, so it lives here, below the
+/// modules that use it ([`crate::agents`] takes the quota as an argument).
+pub const DEFAULT_PIN_QUOTA_BLOCKS: u64 = 65_536;
+
 /// Parses sizes such as `512MiB`, `2GiB`, `1.5GB`, `4096` (bytes), `0`.
 /// Binary (`KiB`, `MiB`, `GiB`, `TiB`) and decimal (`KB`, `MB`, `GB`, `TB`) units.
 pub fn parse_byte_size(text: &str) -> Result<u64, String> {
@@ -205,7 +210,7 @@ impl Default for ServerConfig {
             max_concurrent_requests: 256,
             allowed_namespaces: Vec::new(),
             policy: PolicyKind::default(),
-            pin_quota_blocks: crate::agents::DEFAULT_PIN_QUOTA_BLOCKS,
+            pin_quota_blocks: DEFAULT_PIN_QUOTA_BLOCKS,
             store: StoreConfig::default(),
             security: SecurityConfig::default(),
         }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::events::StoreEventKind;
 use bytes::Bytes;
 use kvtier_policy::lru::Lru;
 

@@ -1,0 +1,321 @@
+//! The tiered store: places blocks in the highest tier with room, demotes under
+//! pressure in the order the policy decides, promotes on hits, and publishes
+//! events.
+//!
+//! # Layout (lowest first; each module uses only those before it)
+//! - `types` — the values the API hands out ([`StoreError`], [`PutOutcome`], …).
+//! - `tiers` — tier I/O: opens T0/T1/T2, fixes their capacities, reads,
+//!   writes and removes. Holds no store state.
+//! - `index` — key → (tier, bytes, parent), and each tier's byte and block
+//!   counts. Plain data.
+//! - `publish` — block events (ids in change order) with their counters, and
+//!   the tier gauges.
+//! - `placement` — put in the highest tier with room, demote on pressure,
+//!   promote on hit, drop from the bottom tier: the code that changes the
+//!   index, the policy and the events together.
+//! - this file — [`TieredStore`]: the lock, the clock, recovery at open, the
+//!   read path and the public API.
+//!
+//! # The lock
+//! One mutex guards `placement::State`: the index with its byte counts, the eviction
+//! policy and the event publisher. Under it today: every index read and
+//! change (so a tier's count can never pass its capacity), every policy call,
+//! every event (so ids follow the order of the changes, and a watcher's
+//! snapshot and subscription meet exactly), and the tier I/O that placement
+//! does: a put's write, the demotions that make room for it (a disk write
+//! each), a promotion's write, removals, and the memory-tier reads of
+//! [`TieredStore::get`]. Outside it: disk reads in `get` (verify, then
+//! re-check the index), opening and flushing.
+//!
+//! # Where it would split
+//! - Index: `index::Index` changes only through `insert`, `remove` and
+//!   `relocate`; a sharded (or lock-free-read) map with atomic per-tier counts
+//!   replaces it, and `lookup`, `usage` and `blocks_per_namespace` stop
+//!   taking the lock.
+//! - I/O: placement reaches storage only through `tiers::Tiers`. Taking
+//!   disk and GPU I/O out of the lock means reserving the bytes in the index
+//!   under the lock, writing outside it, then committing (or undoing) under
+//!   it again — a change inside `placement` only, as `get` already does for
+//!   disk reads.
+//! - Policy: the policy is called from `placement` and from the hit paths
+//!   here; batching its updates means queueing hits/inserts/moves and
+//!   draining the queue before `victim`, behind its own lock.
+//! - Events: ids are taken in `publish`; with the index split, the publisher
+//!   gets its own small lock, taken right after the change it reports.
+
+mod index;
+mod placement;
+mod publish;
+mod tiers;
+mod types;
+
+pub use types::{Hit, PutOutcome, ResidentBlock, StoreError, StoreSnapshot, TierUsage};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+
+use kvtier_policy::{BlockInfo, EvictionPolicy};
+
+use crate::block::{Block, BlockKey};
+use crate::config::StoreConfig;
+use crate::events::StoreEvent;
+use crate::metrics as m;
+use crate::tier::disk::DiskTier;
+use crate::tier::{BlockTier, ReadOutcome, Tier};
+use index::{Entry, Index};
+use placement::State;
+use publish::Publisher;
+use tiers::Tiers;
+
+/// The tiered block store. Cheap to share behind an `Arc`.
+pub struct TieredStore {
+    state: Mutex<State>,
+    /// Internally synchronised; needs no lock of the store's.
+    tiers: Tiers,
+    promote_on_hit: bool,
+    clock: Instant,
+    checksum_failures: AtomicU64,
+}
+
+impl std::fmt::Debug for TieredStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredStore")
+            .field("capacity", self.tiers.capacities())
+            .finish()
+    }
+}
+
+impl TieredStore {
+    /// Opens the store: the disk tier in `config.data_dir` (when its capacity is
+    /// non-zero), its index rebuilt from the disk tier's meta records, so that
+    /// every block acknowledged on disk before a restart is served again.
+    pub fn open(
+        config: &StoreConfig,
+        policy: Box<dyn EvictionPolicy<BlockKey>>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let store = Self {
+            tiers: Tiers::open(config)?,
+            state: Mutex::new(State {
+                index: Index::default(),
+                policy,
+                publisher: Publisher::new(),
+            }),
+            promote_on_hit: config.promote_on_hit,
+            clock: Instant::now(),
+            checksum_failures: AtomicU64::new(0),
+        };
+        store.recover()?;
+        publish::capacity_gauges(&store.tiers);
+        publish::tier_gauges(&store.state.lock().index);
+        Ok(Arc::new(store))
+    }
+
+    /// Rebuilds the index from the disk tier's meta records, then trims the
+    /// disk tier to its capacity (which may have been lowered since the last run).
+    fn recover(&self) -> Result<(), StoreError> {
+        let Some(disk) = self.tiers.disk() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let records = disk.scan()?;
+        let now = self.now_ms();
+        let mut state = self.state.lock();
+        for (key, meta) in &records {
+            let entry = Entry {
+                tier: Tier::Disk,
+                bytes: meta.len,
+                parent: meta.parent,
+            };
+            state.index.insert(*key, entry);
+            let info = BlockInfo {
+                parent: meta.parent.map(|p| BlockKey::new(key.namespace, p)),
+                bytes: meta.len as u32,
+            };
+            state.policy.on_insert(*key, Tier::Disk, info, now);
+        }
+        state.make_room(&self.tiers, Tier::Disk, 0, now);
+        tracing::info!(
+            blocks = records.len(),
+            bytes = state.index.used(Tier::Disk),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "disk tier recovered"
+        );
+        Ok(())
+    }
+
+    /// Milliseconds on the store's monotonic clock (the time its policy sees).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Runs `f` on the eviction policy under the store's lock, with the
+    /// current time. The hook through which agent lifecycle changes reach the
+    /// policy; the store itself stays unaware of agents.
+    pub fn with_policy<R>(&self, f: impl FnOnce(&mut dyn EvictionPolicy<BlockKey>, u64) -> R) -> R {
+        let now = self.now_ms();
+        let mut state = self.state.lock();
+        f(state.policy.as_mut(), now)
+    }
+
+    /// Name of the eviction policy in use.
+    pub fn policy_name(&self) -> &'static str {
+        self.state.lock().policy.name()
+    }
+
+    /// Capacity and occupancy of every tier, highest first.
+    pub fn usage(&self) -> Vec<TierUsage> {
+        let state = self.state.lock();
+        Tier::ALL
+            .into_iter()
+            .map(|t| TierUsage {
+                tier: t,
+                capacity_bytes: self.tiers.capacity(t),
+                used_bytes: state.index.used(t),
+                blocks: state.index.blocks(t),
+            })
+            .collect()
+    }
+
+    /// Payload bytes really held by the host tier (summed over its blocks).
+    pub fn host_resident_bytes(&self) -> u64 {
+        self.tiers.host().resident_bytes()
+    }
+
+    /// Blocks held per namespace id.
+    pub fn blocks_per_namespace(&self) -> HashMap<u32, u64> {
+        self.state.lock().index.blocks_per_namespace()
+    }
+
+    /// Blocks that failed verification on read since the store opened.
+    pub fn checksum_failures(&self) -> u64 {
+        self.checksum_failures.load(Ordering::Relaxed)
+    }
+
+    /// Subscribes to block events (starting with the next one).
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.state.lock().publisher.subscribe()
+    }
+
+    /// Subscribes to block events and, under the same lock (so that no event
+    /// falls between the two), lists the resident blocks of `namespace` (of
+    /// every namespace when `None`) and the last event id of each namespace:
+    /// the snapshot reflects exactly the events up to those ids, and the
+    /// subscription delivers the later ones. Holds the store's lock for one
+    /// pass over its index.
+    pub fn subscribe_with_snapshot(&self, namespace: Option<u32>) -> StoreSnapshot {
+        let state = self.state.lock();
+        StoreSnapshot {
+            events: state.publisher.subscribe(),
+            blocks: state.index.resident(namespace),
+            last_ids: state.publisher.last_ids(),
+        }
+    }
+
+    /// Stores `block` under `key` unless already present (write-once).
+    pub fn put(&self, key: BlockKey, block: Block) -> Result<PutOutcome, StoreError> {
+        self.put_inner(key, block, false)
+    }
+
+    /// Like [`TieredStore::put`], for a payload that is an allocation of
+    /// exactly its length which the caller gives up (the data plane reads
+    /// each payload into one): the host tier keeps it as it is instead of
+    /// copying it (unless its memory is pinned). A payload that is a view into
+    /// a larger buffer must go through [`TieredStore::put`], or the host
+    /// tier's byte budget would undercount what the process holds.
+    pub fn put_owned(&self, key: BlockKey, block: Block) -> Result<PutOutcome, StoreError> {
+        self.put_inner(key, block, true)
+    }
+
+    fn put_inner(
+        &self,
+        key: BlockKey,
+        block: Block,
+        owned: bool,
+    ) -> Result<PutOutcome, StoreError> {
+        let now = self.now_ms();
+        self.state.lock().put(&self.tiers, key, block, owned, now)
+    }
+
+    /// Reads a block. A block whose bytes fail verification is dropped and
+    /// reported as a miss (and counted), never returned.
+    pub fn get(&self, key: BlockKey) -> Result<Option<Hit>, StoreError> {
+        let now = self.now_ms();
+        let tier = {
+            let mut state = self.state.lock();
+            let Some(entry) = state.index.get(&key) else {
+                return Ok(None);
+            };
+            if entry.tier != Tier::Disk {
+                // Memory tiers are read under the lock: cheap, and consistent.
+                let outcome = self
+                    .tiers
+                    .get(entry.tier)
+                    .map(|t| t.get(key))
+                    .transpose()?
+                    .unwrap_or(ReadOutcome::Missing);
+                return Ok(match outcome {
+                    ReadOutcome::Found(block) => {
+                        state.policy.on_hit(key, now);
+                        Some(Hit {
+                            block,
+                            tier: entry.tier,
+                        })
+                    }
+                    _ => None,
+                });
+            }
+            entry.tier
+        };
+        let Some(disk) = self.tiers.disk() else {
+            return Ok(None);
+        };
+        let outcome = disk.get(key)?;
+        let mut state = self.state.lock();
+        match outcome {
+            ReadOutcome::Found(block) => {
+                state.policy.on_hit(key, now);
+                if self.promote_on_hit {
+                    state.promote(&self.tiers, key, &block, now);
+                }
+                Ok(Some(Hit { block, tier }))
+            }
+            ReadOutcome::Corrupt => {
+                self.checksum_failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(m::CHECKSUM_FAILURES, "tier" => tier.as_str()).increment(1);
+                if state.index.get(&key).map(|e| e.tier) == Some(Tier::Disk) {
+                    // The disk tier already deleted its copy; forget the block.
+                    state.forget(key, "corrupt");
+                }
+                publish::tier_gauges(&state.index);
+                Ok(None)
+            }
+            ReadOutcome::Missing => Ok(None),
+        }
+    }
+
+    /// Tier of each key (`None` when absent), without reading any payload.
+    pub fn lookup(&self, keys: &[BlockKey]) -> Vec<Option<Tier>> {
+        self.state.lock().index.lookup(keys)
+    }
+
+    /// Flushes the disk tier (graceful shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        if let Some(disk) = self.tiers.disk() {
+            disk.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The disk tier, for store-wide settings (namespace configurations).
+    pub fn disk(&self) -> Option<&DiskTier> {
+        self.tiers.disk()
+    }
+}
+
+#[cfg(test)]
+mod tests;
