@@ -23,7 +23,8 @@
    model calls through the router's HTTP front from urllib: the three APIs, streamed and not, a
    shared prefix (HBM hits), documents that overflow the worker's pool (offloads, onboards from
    the cache's tiers), agent hints, a client that hangs up mid-stream, and, after the measured
-   window, a call to a stopped worker (upstream error). The router's predicted-hit-rate panels
+   window, a call that waits in the router's admission queue and one refused for a full queue
+   (429), then a call to a stopped worker (upstream error). The router's predicted-hit-rate panels
    must equal the ratio of its own counters read from its /metrics before and after the window.
 
 Usage: dashboard_test.py [--server-bin PATH] [--prometheus-bin PATH] [--keep]
@@ -273,6 +274,9 @@ class Fleet:
             bins["kvtier-router"], "--http-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
             "--cache-server", f"http://{server_grpc}", "--namespace", FLEET_NAMESPACE, "--model", FLEET_MODEL,
             "--block-bytes", str(FLEET_BLOCK_BYTES), "--tokenizer", tokenizer, "--expire-ms", "3000", "--unreachable-ms", "1000",
+            # The worker is busy while one call runs, and one call may wait: the workload's calls
+            # are sequential (never queued) until queue_and_reject() drives a wait and a 429.
+            "--busy-running-calls", "1", "--queue-max-len", "1",
             "--worker", f"w0=http://{self.worker_http}@http://{self.agent_grpc}"], tmp)
         self.router_http = field(line, "http")
         self.router_grpc = field(line, "grpc")
@@ -720,6 +724,45 @@ class RouterWorkload:
         conn.close()
         return resp.status == 200 and bool(first)
 
+    def queue_and_reject(self, checks: Checks) -> None:
+        """The admission queue's panels: a long streamed answer keeps the worker busy, one call
+        waits in the router's queue (priority -2), one more is refused (429, queue full, in the
+        Anthropic shape); then the long answer's client hangs up and the waiting call goes through."""
+        import http.client
+
+        host, port = self.addr.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        body = {"model": FLEET_MODEL, "max_tokens": 2000, "stream": True,
+                "messages": [{"role": "user", "content": "tell me a long story while others wait"}]}
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"content-type": "application/json"})
+        resp = conn.getresponse()
+        started = resp.status == 200 and bool(resp.readline())
+        queued: dict[str, tuple[int, bytes]] = {}
+        waiter = threading.Thread(target=lambda: queued.update(call=self.post(
+            "/v1/chat/completions",
+            {"model": FLEET_MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "queued call"}]},
+            {"x-kvtier-priority": "-2"})))
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while sum(metric_samples(self.addr, "kvtier_router_queue_depth").values()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        depth = sum(metric_samples(self.addr, "kvtier_router_queue_depth").values())
+        code, data = self.messages("one call too many")
+        try:
+            error = json.loads(data)
+        except ValueError:
+            error = {}
+        try:
+            conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+        except OSError:
+            pass
+        conn.close()
+        waiter.join(timeout=30)
+        checks.check(started and depth == 1, f"router: a long answer holds the worker and one call waits in the admission queue (depth {depth:g})")
+        checks.check(code == 429 and error.get("type") == "error" and error.get("error", {}).get("type") == "rate_limit_error",
+                     f"router: a call past --queue-max-len is refused with 429 in the Anthropic shape ({code} {data[:160]!r})")
+        checks.check(queued.get("call", (0, b""))[0] == 200, f"router: the queued call went through once the worker was free ({queued.get('call', (0, b''))[0]})")
+
     def warm_up(self, checks: Checks) -> None:
         """Every API, streamed and not; documents that overflow the pool (offloads to the cache,
         then an onboard of the first one); hints (agent ids); a client hanging up mid-stream."""
@@ -1085,6 +1128,7 @@ def main() -> int:
         prom.wait(f"sum({pred})", lambda v: v == sum(after.values()), "the router's measured decisions in a scrape")
         r_end = prom.scrape_after(r_end_wall, "kvtier-router")
         fleet.find_matches(2)  # a second call: the gRPC histogram is born at the first
+        rw.queue_and_reject(checks)
         # After the window: the worker stops; a call to it is an upstream (connect) error.
         fleet.worker.send_signal(signal.SIGTERM)
         fleet.worker.wait(timeout=15)
@@ -1123,7 +1167,7 @@ def main() -> int:
         # The error panels must show the errors the workload caused (not just their 0 fallback).
         for fname, dash in dashboards:
             for p in panels_of(dash):
-                if p.get("title") in ("Cancelled calls", "Upstream errors"):
+                if p.get("title") in ("Cancelled calls", "Upstream errors", "Queue rejections by reason"):
                     expr = substitute(p["targets"][0]["expr"], variable_bindings(dash)[0], rate_interval)
                     _, res = prom.query(expr)
                     top = max((float(r["value"][1]) for r in res), default=0.0)

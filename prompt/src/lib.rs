@@ -165,7 +165,8 @@ impl ApiError {
     /// - OpenAI (chat completions, Responses):
     ///   `{"error":{"message","type","param","code"}}`; `type` is `kind`, except
     ///   that a 404 model error is `invalid_request_error` with code
-    ///   `model_not_found` (as OpenAI answers) and 5xx kinds other than
+    ///   `model_not_found` (as OpenAI answers), a 429 is type `requests` with
+    ///   code `rate_limit_exceeded` (OpenAI's rate-limit shape), and 5xx kinds other than
     ///   `invalid_request_error` are `server_error`. `param` is [`ApiError::param`].
     /// - Anthropic: `{"type":"error","error":{"type","message"}}`; `type` follows
     ///   the status as Anthropic uses it (400 `invalid_request_error`, 401
@@ -177,6 +178,7 @@ impl ApiError {
             Api::ChatCompletions | Api::Responses => {
                 let (kind, code) = match (self.status, self.kind.as_str()) {
                     (404, "not_found_error") => ("invalid_request_error", Some("model_not_found")),
+                    (429, _) => ("requests", Some("rate_limit_exceeded")),
                     (500..=599, "overloaded_error") => {
                         ("server_error", Some("no_worker_available"))
                     }

@@ -853,6 +853,9 @@ fn error_bodies_in_each_api_shape() {
         ApiError::new(429, "rate_limit_error", "slow").body(Api::Messages)["error"]["type"],
         "rate_limit_error"
     );
+    let limited = ApiError::new(429, "rate_limit_error", "slow").body(Api::ChatCompletions);
+    assert_eq!(limited["error"]["type"], "requests");
+    assert_eq!(limited["error"]["code"], "rate_limit_exceeded");
     assert_eq!(
         ApiError::new(401, "x", "y").body(Api::Messages)["error"]["type"],
         "authentication_error"

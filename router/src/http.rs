@@ -8,7 +8,10 @@
 //! and once the answer ends, hint how it ended (tool call or end of turn).
 //! A client that goes away cancels the upstream request. A worker whose
 //! endpoint refuses the connection is marked unreachable and the call is
-//! routed again (at most [`MAX_ATTEMPTS`] workers).
+//! routed again (at most [`MAX_ATTEMPTS`] workers). While every worker is
+//! busy, calls wait in the model's admission queue ([`crate::admission`])
+//! before routing; a refused call gets 429 or 503 with Retry-After, and an
+//! admitted one the header `x-kvtier-queued-ms`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use kvtier_prompt::{Api, ApiError, ModelCall};
 use kvtier_proto::v1::{CallEnding, HintRequest};
 
+use crate::admission::Rejected;
 use crate::app::{ModelState, Models};
 use crate::lifecycle::AgentSpec;
 use crate::load::CallTicket;
@@ -107,6 +111,21 @@ fn api_label(api: Api) -> &'static str {
 fn error_response(api: Api, error: &ApiError) -> Response {
     let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(error.body(api))).into_response()
+}
+
+/// The admission queue's refusal in the API's shape: 429 (queue full) or
+/// 503 (waited too long), with Retry-After.
+fn rejection_response(api: Api, rejected: &Rejected) -> Response {
+    let (status, kind) = match rejected {
+        Rejected::QueueFull { .. } => (429, "rate_limit_error"),
+        Rejected::MaxWait { .. } => (503, "overloaded_error"),
+    };
+    let mut response = error_response(api, &api_error(status, kind, rejected.to_string()));
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        HeaderValue::from(rejected.retry_after_secs()),
+    );
+    response
 }
 
 fn api_error(status: u16, kind: &str, message: String) -> ApiError {
@@ -197,6 +216,17 @@ async fn call(
     let hints = route_hints(&call);
     let arrival_hint = send_arrival_hint(model, &call, &hashes);
 
+    // While every worker is busy the call waits here, in priority order; a
+    // client that goes away drops this future and so leaves the queue.
+    let mut admitted = match model.router.admission() {
+        Some(queue) => match queue.admit(hints.priority, hints.latency_sensitivity).await {
+            Ok(admitted) => Some(admitted),
+            Err(rejected) => return Ok(rejection_response(api, &rejected)),
+        },
+        None => None,
+    };
+    let queued_ms = admitted.as_ref().map(|a| a.waited().as_millis() as u64);
+
     let mut last_error = String::new();
     for _ in 0..MAX_ATTEMPTS {
         let decided = Instant::now();
@@ -218,6 +248,8 @@ async fn call(
         histogram!(m::DECISION_SECONDS).record(decided.elapsed().as_secs_f64());
         let worker = model.router.worker(routed.worker).clone();
         let ticket = model.router.commit(&routed, &hints, tokens.len() as u64);
+        // Booked: the next queued call's decision sees this load.
+        drop(admitted.take());
         let url = format!("{}{}", worker.http_base.trim_end_matches('/'), api.path());
         let request = front
             .client
@@ -228,12 +260,19 @@ async fn call(
         match request.send().await {
             Ok(upstream) => {
                 record_decision(&routed, &worker.worker_id, hashes.len());
-                return Ok(proxy_response(
+                let mut response = proxy_response(
                     upstream,
                     &worker.worker_id,
                     ticket,
                     CallEnd::new(model, &call, arrival_hint),
-                ));
+                );
+                if let Some(ms) = queued_ms {
+                    response.headers_mut().insert(
+                        HeaderName::from_static("x-kvtier-queued-ms"),
+                        HeaderValue::from(ms),
+                    );
+                }
+                return Ok(response);
             }
             Err(error) => {
                 counter!(m::UPSTREAM_ERRORS, "worker" => worker.worker_id.clone(), "kind" => "connect")

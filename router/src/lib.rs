@@ -10,12 +10,15 @@
 //! - [`cost`]: the cost model and the choice among workers. Pure.
 //! - [`load`]: worker load (booked calls, reports) and agent affinity.
 //! - [`routing`]: one model's placement: index + load + health + cost.
+//! - [`admission`]: the queue calls wait in while every worker is busy
+//!   (busy threshold and queue order are pure submodules).
 //! - [`lifecycle`]: the cache-server session for agent lifecycles and hints.
 //! - [`app`]: the models served, shared by the services.
 //! - [`service`]: the `kvtier.v1.RouterService` gRPC shell.
 //! - [`http`]: the OpenAI/Anthropic-compatible HTTP front (routes and proxies).
 //! - [`metrics`]: metric names and the Prometheus recorder.
 
+pub mod admission;
 pub mod app;
 pub mod cost;
 pub mod http;

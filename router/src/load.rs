@@ -5,12 +5,18 @@
 //! ends); workers or custom routers may also report their load
 //! (`ReportLoad`). A fresh report covers calls the router did not send, so
 //! the larger of the two counts.
+//!
+//! The book also measures each worker's prefill rate from its bookings
+//! ([`PrefillMeter`]), and tells a listener (the admission queue) whenever
+//! load may have dropped: a prefill finished, a call ended, a report came.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use crate::admission::threshold::PrefillMeter;
 
 /// Load figures of one worker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,6 +43,7 @@ impl Load {
 struct WorkerLoad {
     booked: Load,
     reported: Option<(Load, Instant)>,
+    meter: PrefillMeter,
 }
 
 #[derive(Debug)]
@@ -45,10 +52,24 @@ struct Inner {
     report_ttl: Duration,
 }
 
+/// Called when a worker's load may have dropped (outside the book's lock).
+pub type LoadListener = Arc<dyn Fn() + Send + Sync>;
+
 /// Per-worker load: calls booked by the router plus fresh reports.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadBook {
     inner: Arc<Mutex<Inner>>,
+    /// Set once (by the admission queue); a separate cell so that it is
+    /// called without the book's lock held.
+    listener: Arc<OnceLock<LoadListener>>,
+}
+
+impl std::fmt::Debug for LoadBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadBook")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LoadBook {
@@ -59,7 +80,30 @@ impl LoadBook {
                 workers: HashMap::new(),
                 report_ttl,
             })),
+            listener: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Calls `listener` whenever a worker's load may have dropped. One
+    /// listener per book; a second is refused (returned).
+    pub fn set_listener(&self, listener: LoadListener) -> Result<(), LoadListener> {
+        self.listener.set(listener)
+    }
+
+    fn notify(&self) {
+        if let Some(listener) = self.listener.get() {
+            listener();
+        }
+    }
+
+    /// The measured prefill rate (tokens/s) of each worker, in order; None
+    /// until measured.
+    pub fn prefill_rates(&self, workers: &[&str]) -> Vec<Option<f64>> {
+        let inner = self.inner.lock();
+        workers
+            .iter()
+            .map(|w| inner.workers.get(*w).and_then(|w| w.meter.rate()))
+            .collect()
     }
 
     /// The load of `worker` now.
@@ -93,12 +137,15 @@ impl LoadBook {
 
     /// Records a report from the worker (or a custom router).
     pub fn report(&self, worker: &str, load: Load) {
-        let mut inner = self.inner.lock();
-        inner
-            .workers
-            .entry(worker.to_string())
-            .or_default()
-            .reported = Some((load, Instant::now()));
+        {
+            let mut inner = self.inner.lock();
+            inner
+                .workers
+                .entry(worker.to_string())
+                .or_default()
+                .reported = Some((load, Instant::now()));
+        }
+        self.notify();
     }
 
     /// Books a call: `prefill_tokens` to compute, `blocks` of KV once it decodes.
@@ -106,9 +153,12 @@ impl LoadBook {
     pub fn book(&self, worker: &str, prefill_tokens: u64, blocks: u64) -> CallTicket {
         {
             let mut inner = self.inner.lock();
-            let booked = &mut inner.workers.entry(worker.to_string()).or_default().booked;
-            booked.queued_prefill_tokens += prefill_tokens;
-            booked.running_requests += 1;
+            let w = inner.workers.entry(worker.to_string()).or_default();
+            if prefill_tokens > 0 && w.booked.queued_prefill_tokens == 0 {
+                w.meter.busy_from(Instant::now());
+            }
+            w.booked.queued_prefill_tokens += prefill_tokens;
+            w.booked.running_requests += 1;
         }
         CallTicket {
             book: self.clone(),
@@ -119,11 +169,15 @@ impl LoadBook {
         }
     }
 
-    fn update(&self, worker: &str, f: impl FnOnce(&mut Load)) {
-        let mut inner = self.inner.lock();
-        if let Some(w) = inner.workers.get_mut(worker) {
-            f(&mut w.booked);
+    /// Changes a worker's booked load; then tells the listener.
+    fn update(&self, worker: &str, f: impl FnOnce(&mut WorkerLoad)) {
+        {
+            let mut inner = self.inner.lock();
+            if let Some(w) = inner.workers.get_mut(worker) {
+                f(w);
+            }
         }
+        self.notify();
     }
 }
 
@@ -145,9 +199,14 @@ impl CallTicket {
         }
         self.decoding = true;
         let (prefill, blocks) = (self.prefill_tokens, self.blocks);
-        self.book.update(&self.worker, |l| {
+        self.book.update(&self.worker, |w| {
+            let l = &mut w.booked;
             l.queued_prefill_tokens = l.queued_prefill_tokens.saturating_sub(prefill);
             l.active_decode_blocks += blocks;
+            if prefill > 0 {
+                let still_busy = l.queued_prefill_tokens > 0;
+                w.meter.finished(prefill, Instant::now(), still_busy);
+            }
         });
     }
 
@@ -160,11 +219,17 @@ impl CallTicket {
 impl Drop for CallTicket {
     fn drop(&mut self) {
         let (prefill, blocks, decoding) = (self.prefill_tokens, self.blocks, self.decoding);
-        self.book.update(&self.worker, |l| {
+        self.book.update(&self.worker, |w| {
+            let l = &mut w.booked;
             if decoding {
                 l.active_decode_blocks = l.active_decode_blocks.saturating_sub(blocks);
             } else {
                 l.queued_prefill_tokens = l.queued_prefill_tokens.saturating_sub(prefill);
+                if prefill > 0 {
+                    // Abandoned before its first byte: its time is not a rate.
+                    let still_busy = l.queued_prefill_tokens > 0;
+                    w.meter.finished(0, Instant::now(), still_busy);
+                }
             }
             l.running_requests = l.running_requests.saturating_sub(1);
         });
@@ -258,6 +323,32 @@ mod tests {
         std::thread::sleep(Duration::from_millis(80));
         assert_eq!(book.load("w0").queued_prefill_tokens, 100);
         assert_eq!(book.load("unknown"), Load::default());
+    }
+
+    #[test]
+    fn the_listener_hears_every_drop_and_the_rate_is_measured_from_bookings() {
+        let book = LoadBook::new(Duration::from_secs(1));
+        let heard = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = heard.clone();
+        let listener: LoadListener = Arc::new(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        assert!(book.set_listener(listener.clone()).is_ok());
+        assert!(book.set_listener(listener).is_err(), "one listener");
+        let heard = || heard.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(book.prefill_rates(&["w0"]), vec![None]);
+        let mut t = book.book("w0", 2_000, 8);
+        assert_eq!(heard(), 0, "booking adds load: nobody to wake");
+        std::thread::sleep(Duration::from_millis(40));
+        t.prefill_done();
+        assert_eq!(heard(), 1);
+        let rate = book.prefill_rates(&["w0"])[0].expect("measured");
+        // 2,000 tokens in ≥ 40 ms: at most 50,000 tokens/s.
+        assert!(rate > 0.0 && rate <= 50_000.0, "{rate}");
+        drop(t);
+        assert_eq!(heard(), 2);
+        book.report("w0", Load::default());
+        assert_eq!(heard(), 3);
     }
 
     #[test]

@@ -137,6 +137,8 @@ struct Args {
     load_factor: f64,
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    admission: kvtier_router::admission::AdmissionArgs,
 }
 
 fn parse_worker(spec: &str) -> anyhow::Result<WorkerEndpoint> {
@@ -403,6 +405,10 @@ async fn start_model(
     } else {
         RoutingMode::Cost
     });
+    let router = match args.admission.config()? {
+        Some(admission) => router.with_admission(admission),
+        None => router,
+    };
     Ok(StartedModel {
         state: ModelState {
             router,

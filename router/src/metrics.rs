@@ -37,10 +37,25 @@ pub const WORKERS_AVAILABLE: &str = "kvtier_router_workers_available";
 pub const INDEXED_BLOCKS: &str = "kvtier_router_indexed_blocks";
 /// gRPC handler latency, labels `method`, `code`.
 pub const GRPC_SECONDS: &str = "kvtier_router_grpc_seconds";
+/// Calls waiting in the admission queue, label `priority` (the hint, -8..8).
+pub const QUEUE_DEPTH: &str = "kvtier_router_queue_depth";
+/// Time admitted calls spent in the admission queue (0 when admitted at
+/// once), seconds, label `priority`.
+pub const QUEUE_WAIT_SECONDS: &str = "kvtier_router_queue_wait_seconds";
+/// Calls the admission queue turned away, label `reason` (`queue_full`: 429,
+/// `max_wait`: 503).
+pub const QUEUE_REJECTED: &str = "kvtier_router_queue_rejected_total";
+/// Queued calls whose client went away before they were admitted.
+pub const QUEUE_ABANDONED: &str = "kvtier_router_queue_abandoned_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Queue waits run from nothing to the maximum wait (default 30 s).
+const WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// Installs the global Prometheus recorder.
@@ -50,6 +65,8 @@ pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheu
         builder =
             builder.set_buckets_for_metric(Matcher::Full(name.to_string()), LATENCY_BUCKETS)?;
     }
+    builder = builder
+        .set_buckets_for_metric(Matcher::Full(QUEUE_WAIT_SECONDS.to_string()), WAIT_BUCKETS)?;
     builder.install_recorder()
 }
 
@@ -58,6 +75,10 @@ pub fn install_recorder() -> Result<PrometheusHandle, metrics_exporter_prometheu
 pub fn register_zeroes<'a>(workers: impl IntoIterator<Item = &'a str>) {
     use metrics::counter;
     counter!(CANCELLED).increment(0);
+    counter!(QUEUE_ABANDONED).increment(0);
+    for reason in ["queue_full", "max_wait"] {
+        counter!(QUEUE_REJECTED, "reason" => reason).increment(0);
+    }
     for kind in ["call", "ending"] {
         for result in ["ok", "error"] {
             counter!(HINTS, "kind" => kind, "result" => result).increment(0);

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 
 use kvtier_proto::hashing::BlockHasher;
 
+use crate::admission::{AdmissionConfig, AdmissionQueue};
 use crate::cost::{self, CallProfile, CostBreakdown, CostWeights, Decision, WorkerView};
 use crate::index::{PrefixMatches, SharedIndex, WorkerOverlap, WorkerSlot};
 use crate::load::{AffinityMap, CallTicket, Load, LoadBook};
@@ -137,6 +138,7 @@ pub struct ModelRouter {
     weights: CostWeights,
     mode: RoutingMode,
     next: std::sync::atomic::AtomicUsize,
+    admission: Option<AdmissionQueue>,
 }
 
 impl std::fmt::Debug for ModelRouter {
@@ -181,7 +183,29 @@ impl ModelRouter {
             weights,
             mode: RoutingMode::Cost,
             next: std::sync::atomic::AtomicUsize::new(0),
+            admission: None,
         }
+    }
+
+    /// Queues calls at the router while every worker is busy (HTTP front).
+    pub fn with_admission(mut self, config: AdmissionConfig) -> Self {
+        let ids = self
+            .workers
+            .iter()
+            .map(|(w, _)| w.worker_id.clone())
+            .collect();
+        self.admission = Some(AdmissionQueue::new(
+            config,
+            self.load.clone(),
+            self.health.clone(),
+            ids,
+        ));
+        self
+    }
+
+    /// The admission queue, when calls queue at the router.
+    pub fn admission(&self) -> Option<&AdmissionQueue> {
+        self.admission.as_ref()
     }
 
     /// Picks workers by `mode` instead of the cost model.
