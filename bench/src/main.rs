@@ -3,7 +3,7 @@
 
 mod agent_bench;
 mod index_bench;
-mod router_service_bench;
+mod router_service;
 mod system;
 mod throughput;
 
@@ -37,7 +37,7 @@ enum Command {
     /// Router block-locality index: find_matches latency with and without a concurrent writer.
     Index(index_bench::Args),
     /// gRPC FindMatches of kvtier-router vs Dynamo's standalone indexer, fed the same vLLM events.
-    RouterService(router_service_bench::Args),
+    RouterService(router_service::Args),
     /// System replay: a trace through kvtier-router, simulated workers, agents and
     /// kvtier-server, against round-robin and prefix-affinity baselines.
     System(system::Args),
@@ -49,7 +49,7 @@ fn main() -> Result<()> {
         Command::PolicySpeed(args) => replay::speed::run(args),
         Command::Throughput(args) => throughput::run(args),
         Command::Agent(args) => agent_bench::run_blocking(args),
-        Command::RouterService(args) => router_service_bench::run_blocking(args),
+        Command::RouterService(args) => router_service::run_blocking(args),
         Command::Index(args) => index_bench::run(args),
         Command::System(args) => system::run(args),
     }
