@@ -10,20 +10,20 @@
 //! offloads fresh blocks (new hashes), so every offload really copies; each
 //! onboard then reads those blocks back into the pool.
 //!
-//! Self-contained: depends only on kvtier-proto and the bench crate's deps.
+//! Self-contained: depends only on kvtier-proto, kvtier-testkit (processes,
+//! sizes, medians) and the bench crate's deps.
 
 // Wire messages gain optional fields over time; `..Default::default()` keeps
 // this module compiling when they do.
 #![allow(clippy::needless_update)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use clap::Parser;
 use kvtier_proto::v1::cache_service_client::CacheServiceClient;
@@ -32,6 +32,10 @@ use kvtier_proto::v1::{
     attach_pool_request, AttachPoolRequest, BlockData, GetRequest, HandshakeRequest, HashingConfig,
     OffloadRequest, OnboardRequest, PoolBlock, PoolLayout, PutRequest, SharedMemoryPool,
 };
+use kvtier_testkit::rng::splitmix64 as splitmix;
+use kvtier_testkit::size::{parse_size, size_label};
+use kvtier_testkit::stats::median;
+use kvtier_testkit::{Binary, Launch};
 use tonic::transport::Channel;
 
 /// Flags of `kvtier-bench agent`.
@@ -64,94 +68,21 @@ pub struct Args {
     data_plane: bool,
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("bad size {text:?}"))?;
-    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" | "k" => 1 << 10,
-        "mib" | "m" => 1 << 20,
-        "gib" | "g" => 1 << 30,
-        other => return Err(format!("unknown unit {other:?} in {text:?}")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{text:?} too large"))
-}
-
+/// `name` at `explicit`, else next to this binary.
 fn sibling(name: &str, explicit: &Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p.clone());
-    }
-    let exe = std::env::current_exe()?;
-    let path = exe
-        .parent()
-        .ok_or_else(|| anyhow!("no parent of {}", exe.display()))?
-        .join(name);
-    if !path.exists() {
-        bail!(
-            "{} not found: `cargo build --release --workspace --bins` first",
-            path.display()
-        );
-    }
-    Ok(path)
+    Ok(Binary::new(name).explicit(explicit.as_deref()).find()?)
 }
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Spawns `bin args` and returns it with the `grpc=` address of its ready line.
-fn spawn(bin: &Path, args: &[String], ready: &str) -> Result<(Proc, String)> {
-    let mut child = Command::new(bin)
+/// Spawns `bin args` (stderr inherited, killed on drop) and returns it with
+/// the `grpc=` address of its ready line.
+fn spawn(bin: &Path, args: &[String], ready: &str) -> Result<(kvtier_testkit::Process, String)> {
+    let proc = Launch::new(bin)
         .args(args)
         .env("KVTIER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("spawn {}", bin.display()))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        let _ = tx.send(line);
-        let mut sink = Vec::new();
-        let _ = reader.read_to_end(&mut sink);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .map_err(|_| anyhow!("{} did not start", bin.display()))?;
-    if !line.starts_with(ready) {
-        bail!("{} printed {line:?}", bin.display());
-    }
-    let grpc = line
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("grpc="))
-        .ok_or_else(|| anyhow!("no grpc= in {line:?}"))?
-        .to_string();
+        .ready(ready)
+        .spawn()?;
+    let grpc = proc.line().parse("grpc")?;
     Ok((proc, grpc))
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// GiB/s of `bytes` in `d`.
@@ -438,24 +369,18 @@ async fn measure(
         bail!("onboarded bytes differ from the offloaded ones");
     }
     let _ = std::fs::remove_file(&path);
+    // Rounds are at least one: every list has a median.
+    let mid = |v: Vec<f64>| median(&v).unwrap_or(f64::NAN);
     Ok(Row {
         block,
         blocks: n,
-        offload: median(offload),
-        onboard: median(onboard),
-        direct_put: median(direct_put),
-        direct_get: median(direct_get),
-        memcpy: median(memcpy),
-        tcp: median(tcp),
+        offload: mid(offload),
+        onboard: mid(onboard),
+        direct_put: mid(direct_put),
+        direct_get: mid(direct_get),
+        memcpy: mid(memcpy),
+        tcp: mid(tcp),
     })
-}
-
-fn size_label(b: u64) -> String {
-    if b >= 1 << 20 {
-        format!("{} MiB", b >> 20)
-    } else {
-        format!("{} KiB", b >> 10)
-    }
 }
 
 fn table(rows: &[Row], args: &Args) -> String {
@@ -496,18 +421,11 @@ pub async fn run(args: Args) -> Result<()> {
     let server_bin = sibling("kvtier-server", &args.server_bin)?;
     let agent_bin = sibling("kvtier-agent", &args.agent_bin)?;
     let data = tempfile::tempdir()?;
-    let pool_dir = if Path::new("/dev/shm").is_dir() {
-        tempfile::tempdir_in("/dev/shm")?
-    } else {
-        tempfile::tempdir()?
-    };
+    let pool_dir = kvtier_testkit::dir::shm_tempdir()?;
     // Every round stores fresh blocks twice (agent and direct): keep them all in host memory.
     let host =
         2 * args.bytes * args.rounds.max(1) as u64 * args.block_sizes.len() as u64 + (64 << 20);
-    let data_listen = format!(
-        "127.0.0.1:{}",
-        TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()
-    );
+    let data_listen = format!("127.0.0.1:{}", kvtier_testkit::free_port()?);
     let (_server, server_addr) = spawn(
         &server_bin,
         &[

@@ -8,17 +8,19 @@
 //! Figures are printed as ratios to the TCP baseline: the machines are shared
 //! and noisy, bare times are not comparable between runs.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use clap::Parser;
 use kvtier_proto::v1::cache_service_client::CacheServiceClient;
 use kvtier_proto::v1::{BlockData, GetRequest, HandshakeRequest, HashingConfig, PutRequest};
+use kvtier_testkit::size::parse_size;
+use kvtier_testkit::stats::median;
+use kvtier_testkit::{Binary, Launch, Process};
 use tonic::transport::Channel;
 
 /// Flags of `kvtier-bench throughput`.
@@ -50,33 +52,19 @@ pub struct Args {
     restart_block_size: u64,
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("bad size {text:?}"))?;
-    let mult = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" | "k" => 1 << 10,
-        "mib" | "m" => 1 << 20,
-        "gib" | "g" => 1 << 30,
-        other => return Err(format!("unknown unit {other:?} (use B, KiB, MiB, GiB)")),
-    };
-    Ok(n * mult)
-}
-
 /// A kvtier-server child process, killed on drop.
 struct Server {
-    child: Child,
+    process: Process,
     grpc: SocketAddr,
     /// Binary data plane (`data=` in the ready line), when served.
     data: Option<SocketAddr>,
 }
 
 impl Server {
+    /// Starts it and returns it with the time it took to report ready (a
+    /// warm restart reads its data set first: no deadline worth failing on).
     fn start(bin: &Path, data_dir: &Path, args: &[&str]) -> Result<(Self, Duration)> {
-        let started = Instant::now();
-        let mut child = Command::new(bin)
+        let process = Launch::new(bin)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -87,72 +75,39 @@ impl Server {
             .arg(data_dir)
             .args(args)
             .env("KVTIER_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let ready = started.elapsed();
-        let grpc = line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("grpc="))
-            .ok_or_else(|| anyhow!("server did not report ready: {line:?}"))?
-            .parse()?;
-        let data = line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("data="))
-            .and_then(|a| a.parse().ok());
-        Ok((Self { child, grpc, data }, ready))
+            .ready("kvtier-server ready")
+            .timeout(Duration::from_secs(3600))
+            .spawn()?;
+        let ready = process.ready_after();
+        let grpc = process.line().parse("grpc")?;
+        let data = process.line().get("data").and_then(|a| a.parse().ok());
+        Ok((
+            Self {
+                process,
+                grpc,
+                data,
+            },
+            ready,
+        ))
     }
 
     /// Resident set size of the server process, in bytes (Linux).
     fn rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kb * 1024)
+        Some(self.process.status_kib("VmRSS").ok()? * 1024)
     }
 
+    /// SIGTERM, and wait for it to exit.
     fn terminate(mut self) -> Result<()> {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        self.child.wait()?;
+        self.process.terminate(Duration::MAX)?;
         Ok(())
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn server_bin(args: &Args) -> Result<PathBuf> {
-    if let Some(p) = &args.server_bin {
-        return Ok(p.clone());
-    }
-    let exe = std::env::current_exe()?;
-    let p = exe
-        .parent()
-        .ok_or_else(|| anyhow!("no parent of {}", exe.display()))?
-        .join("kvtier-server");
-    if !p.exists() {
-        bail!(
-            "{} not found; build it (cargo build --release --bins) or pass --server-bin",
-            p.display()
-        );
-    }
-    Ok(p)
+    Ok(Binary::new("kvtier-server")
+        .explicit(args.server_bin.as_deref())
+        .hint("pass --server-bin")
+        .find()?)
 }
 
 async fn connect(addr: SocketAddr) -> Result<CacheServiceClient<Channel>> {
@@ -352,9 +307,9 @@ fn tcp_copy(connections: usize, bytes_each: u64, chunk: usize, keep: bool) -> Re
 mod data_plane;
 mod redis;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+/// The median round (zero without rounds).
+fn mid(v: &[Duration]) -> Duration {
+    median(v).unwrap_or_default()
 }
 
 fn mib_s(bytes: u64, d: Duration) -> f64 {
@@ -443,7 +398,7 @@ async fn run_async(args: Args) -> Result<()> {
     drop(clients);
     drop(dp_clients);
     server.terminate()?;
-    let tcp = median(tcp);
+    let tcp = mid(&tcp);
     let row = |name: &str, d: Duration| {
         println!(
             "{name:<28} {:>10.0} MiB/s {:>8.2}x TCP",
@@ -459,12 +414,12 @@ async fn run_async(args: Args) -> Result<()> {
         args.rounds
     );
     row("plain loopback TCP", tcp);
-    row("TCP into kept fresh buffers", median(tcp_keep));
-    row("kvtier put (host tier)", median(put.clone()));
-    row("kvtier get (host tier)", median(get.clone()));
+    row("TCP into kept fresh buffers", mid(&tcp_keep));
+    row("kvtier put (host tier)", mid(&put));
+    row("kvtier get (host tier)", mid(&get));
     if !dput.is_empty() {
-        row("kvtier data-plane put", median(dput.clone()));
-        row("kvtier data-plane get", median(dget.clone()));
+        row("kvtier data-plane put", mid(&dput));
+        row("kvtier data-plane get", mid(&dget));
     } else {
         println!("(data plane skipped: the server did not report a data= address)");
     }
@@ -479,19 +434,19 @@ async fn run_async(args: Args) -> Result<()> {
         );
     }
     if !rset.is_empty() {
-        let (rs, rg) = (median(rset.clone()), median(rget.clone()));
+        let (rs, rg) = (mid(&rset), mid(&rget));
         row("redis 7 SET", rs);
         row("redis 7 GET", rg);
         println!(
             "kvtier/redis: put {:.2}x, get {:.2}x",
-            rs.as_secs_f64() / median(put).as_secs_f64(),
-            rg.as_secs_f64() / median(get).as_secs_f64()
+            rs.as_secs_f64() / mid(&put).as_secs_f64(),
+            rg.as_secs_f64() / mid(&get).as_secs_f64()
         );
         if !dput.is_empty() {
             println!(
                 "kvtier data plane/redis: put {:.2}x, get {:.2}x",
-                rs.as_secs_f64() / median(dput.clone()).as_secs_f64(),
-                rg.as_secs_f64() / median(dget.clone()).as_secs_f64()
+                rs.as_secs_f64() / mid(&dput).as_secs_f64(),
+                rg.as_secs_f64() / mid(&dget).as_secs_f64()
             );
         }
     } else {

@@ -26,11 +26,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, Error> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(Error::io(what.clone()))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(Error::io(what.clone()))?;
+    // One write: the request is tiny, and a server that answers after its
+    // first read must not see the rest arrive on a closed socket.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(Error::io(what.clone()))?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).map_err(Error::io(what))?;
     parse_response(path, &response)
@@ -114,8 +115,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
             let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).unwrap();
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "request cut short");
+                request.extend_from_slice(&buf[..n]);
+            }
+            assert!(request.starts_with(b"GET /metrics HTTP/1.1\r\n"));
             s.write_all(b"HTTP/1.1 200 OK\r\n\r\nup 1\n").unwrap();
         });
         assert_eq!(http_get(addr, "/metrics").unwrap(), "up 1\n");

@@ -2,104 +2,35 @@
 //! N × (`kvtier-agent` + `kvtier-sim-worker`) and a `kvtier-router`, all on
 //! loopback with free ports, logs in the run's temp directory.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use kvtier_proto::v1::router_service_client::RouterServiceClient;
 use kvtier_proto::v1::ListWorkersRequest;
+use kvtier_testkit::{Binary, Launch, Process, Stop};
 
-/// A child process: SIGTERM then SIGKILL on drop.
-pub struct Proc {
-    child: Child,
-    name: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        tracing_free_warn(&self.name);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tracing_free_warn(name: &str) {
-    eprintln!("{name} did not exit 2.5 s after SIGTERM: killed");
-}
+pub use kvtier_testkit::{http_get, metric_sum};
 
 /// Where the binaries are: next to this one unless given.
 pub fn sibling(name: &str, dir: &Option<PathBuf>) -> Result<PathBuf> {
-    let base = match dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .ok_or_else(|| anyhow!("no parent of the current executable"))?
-            .to_path_buf(),
-    };
-    let path = base.join(name);
-    if !path.exists() {
-        bail!(
-            "{} not found: `cargo build --release --workspace --bins` first (or pass --bin-dir)",
-            path.display()
-        );
-    }
-    Ok(path)
+    Ok(Binary::new(name)
+        .dir(dir.as_deref())
+        .hint("pass --bin-dir")
+        .find()?)
 }
 
-/// Spawns `bin args` (stderr to `log`) and returns it with its ready line.
-fn spawn(bin: &Path, args: &[String], log: &Path, ready: &str) -> Result<(Proc, String)> {
-    let stderr =
-        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut child = Command::new(bin)
+/// Spawns `bin args` (stderr to `log`) and waits for its `ready` line; on
+/// drop it gets SIGTERM, then SIGKILL 2.5 s later.
+fn spawn(bin: &Path, args: &[String], log: &Path, ready: &str) -> Result<Process> {
+    Ok(Launch::new(bin)
         .args(args)
         .env("KVTIER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .with_context(|| format!("spawn {}", bin.display()))?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let name = bin
-        .file_name()
-        .map_or_else(|| "child".into(), |n| n.to_string_lossy().into_owned());
-    let proc = Proc { child, name };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = reader.read_line(&mut line);
-        let _ = tx.send(line);
-        let mut sink = Vec::new();
-        let _ = reader.read_to_end(&mut sink);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-    if !line.starts_with(ready) {
-        let logs = std::fs::read_to_string(log).unwrap_or_default();
-        bail!(
-            "{} did not become ready (printed {line:?}); log {}:\n{logs}",
-            bin.display(),
-            log.display()
-        );
-    }
-    Ok((proc, line))
-}
-
-fn field(line: &str, name: &str) -> Result<String> {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(name))
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("no {name} in {line:?}"))
+        .log(log)
+        .ready(ready)
+        .stop_on_drop(Stop::Terminate(Duration::from_millis(2500)))
+        .spawn()?)
 }
 
 /// One configuration's settings.
@@ -137,6 +68,10 @@ pub struct FleetSpec {
     pub routing: &'static str,
     /// The router talks to the cache server (tier locality, hints).
     pub router_uses_cache: bool,
+    /// Extra flags for every `kvtier-sim-worker` (e.g. `--scheduling-policy`).
+    pub worker_args: Vec<String>,
+    /// Extra flags for `kvtier-router` (e.g. `--admission-queue`).
+    pub router_args: Vec<String>,
 }
 
 /// Model and namespace of the replay.
@@ -146,10 +81,10 @@ const NAMESPACE: &str = "system-replay";
 /// Running processes of one configuration (dropped: all stopped).
 pub struct Fleet {
     // Drop order: router, workers, agents, server.
-    router: Proc,
-    workers: Vec<Proc>,
-    agents: Vec<Proc>,
-    server: Proc,
+    router: Process,
+    workers: Vec<Process>,
+    agents: Vec<Process>,
+    server: Process,
     /// Router HTTP front.
     pub router_http: SocketAddr,
     /// Router gRPC.
@@ -183,14 +118,14 @@ impl Fleet {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let (server, line) = spawn(
+        let server = spawn(
             &sibling("kvtier-server", &spec.bin_dir)?,
             &server_args,
             &dir.join("server.log"),
             "kvtier-server ready",
         )?;
-        let grpc: SocketAddr = field(&line, "grpc=")?.parse()?;
-        let server_metrics: SocketAddr = field(&line, "metrics=")?.parse()?;
+        let grpc: SocketAddr = server.line().parse("grpc")?;
+        let server_metrics: SocketAddr = server.line().parse("metrics")?;
         let agent_bin = sibling("kvtier-agent", &spec.bin_dir)?;
         let worker_bin = sibling("kvtier-sim-worker", &spec.bin_dir)?;
         let mut agents = Vec::new();
@@ -212,13 +147,13 @@ impl Fleet {
             .iter()
             .map(|s| s.to_string())
             .collect();
-            let (agent, line) = spawn(
+            let agent = spawn(
                 &agent_bin,
                 &args,
                 &dir.join(format!("agent-{id}.log")),
                 "kvtier-agent ready",
             )?;
-            let agent_url = format!("http://{}", field(&line, "grpc=")?);
+            let agent_url = format!("http://{}", agent.line().parse::<String>("grpc")?);
             let pool = spec.shm.join(format!("{tag}-pool-{id}"));
             let _ = std::fs::remove_file(&pool);
             let args: Vec<String> = [
@@ -254,16 +189,17 @@ impl Fleet {
             .iter()
             .map(|s| s.to_string())
             .collect();
-            let (worker, line) = spawn(
+            let args = [args, spec.worker_args.clone()].concat();
+            let worker = spawn(
                 &worker_bin,
                 &args,
                 &dir.join(format!("worker-{id}.log")),
                 "kvtier-sim-worker ready",
             )?;
-            if field(&line, "agent=")? != "attached" {
-                bail!("worker {id} did not attach to its agent: {line}");
+            if worker.line().parse::<String>("agent")? != "attached" {
+                bail!("worker {id} did not attach to its agent: {}", worker.line());
             }
-            let http: SocketAddr = field(&line, "http=")?.parse()?;
+            let http: SocketAddr = worker.line().parse("http")?;
             specs.push(format!("{id}=http://{http}@{agent_url}"));
             worker_http.push(http);
             agents.push(agent);
@@ -302,15 +238,16 @@ impl Fleet {
             args.push("--worker".into());
             args.push(s.clone());
         }
-        let (router, line) = spawn(
+        args.extend(spec.router_args.iter().cloned());
+        let router = spawn(
             &sibling("kvtier-router", &spec.bin_dir)?,
             &args,
             &dir.join("router.log"),
             "kvtier-router ready",
         )?;
         let fleet = Self {
-            router_http: field(&line, "http=")?.parse()?,
-            router_grpc: field(&line, "grpc=")?.parse()?,
+            router_http: router.line().parse("http")?,
+            router_grpc: router.line().parse("grpc")?,
             router,
             workers,
             agents,
@@ -357,64 +294,4 @@ impl Fleet {
         drop(agents);
         drop(server);
     }
-}
-
-/// A plain HTTP/1.1 GET returning the body (for `/metrics`).
-pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed HTTP response"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {head}");
-    }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return Ok(dechunk(body));
-    }
-    Ok(body.to_string())
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Sum of all samples of `name` whose labels contain every `labels` pair.
-pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            if metric != name {
-                return None;
-            }
-            labels
-                .iter()
-                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
 }

@@ -2,7 +2,7 @@
 //! persistence off, driven by a minimal RESP client (SET/GET of the same values).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts redis-server on a free port; fails when it is not installed.
     pub fn start() -> Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = kvtier_testkit::free_port()?;
         let child = Command::new("redis-server")
             .args([
                 "--port",

@@ -34,6 +34,11 @@ pub use running::Process;
 
 use crate::error::{Error, NotReady};
 
+/// Signal numbers for [`Process::signal`], so that callers need no libc.
+pub mod signal {
+    pub use libc::{SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGUSR1, SIGUSR2};
+}
+
 /// How a [`Process`] is stopped when it is dropped while still running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Stop {

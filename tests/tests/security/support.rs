@@ -6,26 +6,26 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use kvtier_integration_tests::binary;
 use kvtier_proto::v1::cache_service_client::CacheServiceClient;
 use kvtier_proto::v1::*;
+use kvtier_testkit::process::signal;
+use kvtier_testkit::{Error, Launch, NotReady, Process};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::Request;
 
 /// A `kvtier-server` child process. SIGKILLed on drop.
 pub struct Proc {
-    child: Option<Child>,
+    process: Process,
     /// gRPC address from the ready line.
     pub grpc: SocketAddr,
     /// `/metrics` address, when enabled.
     pub metrics: Option<SocketAddr>,
     /// Process id.
     pub pid: u32,
-    log: PathBuf,
 }
 
 impl Proc {
@@ -48,93 +48,66 @@ impl Proc {
         listen: &[&str],
         args: &[&str],
     ) -> Result<std::result::Result<Self, (Option<i32>, String)>> {
-        let bin = binary("kvtier-server", "KVTIER_SERVER_BIN")?;
-        let log = data_dir.with_extension("log");
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
         let metrics_off: &[&str] = if listen.contains(&"--metrics-listen") {
             &[]
         } else {
             &["--metrics-listen", "off"]
         };
-        let mut child = Command::new(bin)
+        let launched = Launch::new(binary("kvtier-server", "KVTIER_SERVER_BIN")?)
+            .name("kvtier-server")
             .args(listen)
             .args(metrics_off)
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
             .env("KVTIER_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .context("spawn kvtier-server")?;
-        let line = kvtier_integration_tests::first_stdout_line(&mut child)?.unwrap_or_default();
-        if !line.starts_with("kvtier-server ready") {
-            let code = match child.try_wait()? {
-                Some(s) => s.code(),
-                None => {
-                    let _ = child.kill();
-                    child.wait()?.code()
-                }
-            };
-            return Ok(Err((
-                code,
-                std::fs::read_to_string(&log).unwrap_or_default(),
-            )));
-        }
-        let grpc = line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("grpc="))
-            .ok_or_else(|| anyhow!("no grpc= in {line:?}"))?
-            .parse()?;
-        let metrics = line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("metrics="))
-            .and_then(|a| a.parse().ok());
+            .log_append(data_dir.with_extension("log"))
+            .spawn();
+        let process = match launched {
+            Ok(process) => process,
+            Err(Error::NotReady { reason, log, .. }) => {
+                let code = match reason {
+                    NotReady::Exited(code) => code,
+                    // Killed by the harness.
+                    NotReady::Timeout(_) | NotReady::Printed(_) => None,
+                };
+                return Ok(Err((code, log)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let line = process.line();
         Ok(Ok(Self {
-            metrics,
-            pid: child.id(),
-            child: Some(child),
-            grpc,
-            log,
+            grpc: line.parse("grpc")?,
+            metrics: line.get("metrics").and_then(|a| a.parse().ok()),
+            pid: process.pid(),
+            process,
         }))
     }
 
     /// The server's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
-    /// Sends a signal by name (`HUP`, `TERM`, ...).
+    /// Sends a signal by name (`HUP`, `TERM`, `KILL`).
     pub fn signal(&self, name: &str) -> Result<()> {
-        let ok = Command::new("kill")
-            .args([&format!("-{name}"), &self.pid.to_string()])
-            .status()?
-            .success();
-        if !ok {
-            bail!("kill -{name} {} failed", self.pid);
-        }
-        Ok(())
+        let signal = match name {
+            "HUP" => signal::SIGHUP,
+            "TERM" => signal::SIGTERM,
+            "KILL" => signal::SIGKILL,
+            other => bail!("unknown signal {other}"),
+        };
+        Ok(self.process.signal(signal)?)
     }
 
     /// `kill -9` and reap.
     pub fn kill9(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
+        Ok(self.process.kill()?)
     }
 
     /// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
     pub fn status_kib(&self, field: &str) -> Result<u64> {
-        let text = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .ok_or_else(|| anyhow!("no {field} in /proc/{}/status", self.pid))
+        Ok(self.process.status_kib(field)?)
     }
 
     /// A plaintext client.
@@ -169,15 +142,6 @@ impl Proc {
 fn big(c: CacheServiceClient<Channel>) -> CacheServiceClient<Channel> {
     c.max_decoding_message_size(256 << 20)
         .max_encoding_message_size(256 << 20)
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// A certificate and its key, PEM.
