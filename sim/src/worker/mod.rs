@@ -6,18 +6,23 @@
 //!
 //! - [`prefix_cache`]: the worker's own bounded LRU prefix cache (pure bookkeeping).
 //! - [`request`]: the request path: own-pool prefix, onboard from the tier,
-//!   serialised prefill, paced decode, block reports and offloads.
+//!   queued prefill, paced decode, block reports and offloads.
+//! - [`schedule`]: the order of waiting prefills, fcfs or by priority (pure).
+//! - [`gate`]: the GPU's prefill slots and their waiting queue.
 //! - [`stats`]: counters and load gauges, `/metrics` and `/load`.
 //! - [`http`]: the thin HTTP shell.
 
 use std::path::PathBuf;
 
+pub mod gate;
 pub mod http;
 pub mod prefix_cache;
 pub mod request;
+pub mod schedule;
 pub mod stats;
 
 pub use request::SimWorker;
+pub use schedule::SchedulingPolicy;
 
 use crate::engine::{SimError, SimPoolSpec};
 
@@ -34,8 +39,13 @@ pub struct SimWorkerConfig {
     pub tokenizer: PathBuf,
     /// Chat template file (None: built-in ChatML).
     pub chat_template: Option<PathBuf>,
-    /// Prefill throughput of the (one, shared) GPU, tokens per second; 0: instant.
+    /// Prefill throughput of one prefill slot, tokens per second; 0: instant.
     pub prefill_tokens_per_s: f64,
+    /// Prefills computed at once, each at `prefill_tokens_per_s` (1: one
+    /// GPU, prefills queue; more: as many data-parallel ranks).
+    pub prefill_slots: usize,
+    /// Order of the prefills waiting for a slot.
+    pub scheduling: SchedulingPolicy,
     /// Decode speed of one stream, tokens per second; 0: instant.
     pub decode_tokens_per_s: f64,
     /// Output tokens when the call names none.

@@ -1,6 +1,6 @@
 //! The simulated worker's request path: prefix lookup in its own pool,
-//! onboard from the cache tier through the agent, serialised prefill, and
-//! the decode that paces the output.
+//! onboard from the cache tier through the agent, queued prefill (see
+//! [`gate`](super::gate)), and the decode that paces the output.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +19,7 @@ use kvtier_proto::hashing::{effective_seed, DEFAULT_SEED};
 use kvtier_proto::v1::worker_service_client::WorkerServiceClient;
 use kvtier_proto::v1::*;
 
+use super::gate::PrefillGate;
 use super::prefix_cache::{Held, PrefixCache};
 use super::stats::{add, sub, AgentOp, PoolFigures, Stats};
 use super::{SimWorkerConfig, SimWorkerError};
@@ -45,9 +46,9 @@ pub struct SimWorker {
     engine: SimEngine,
     cache: Arc<Mutex<PrefixCache>>,
     agent: Option<AgentLink>,
-    /// The one GPU: prefills run one at a time, in arrival order (tokio's
-    /// mutex is fair).
-    gpu: tokio::sync::Mutex<()>,
+    /// The GPU: `prefill_slots` prefills at a time, the others waiting in
+    /// the order of the scheduling policy.
+    gpu: PrefillGate,
     next_id: AtomicU64,
     /// Counters and gauges.
     pub stats: Stats,
@@ -219,6 +220,11 @@ impl SimWorker {
         if config.pool.num_blocks == 0 {
             return Err(SimWorkerError::Invalid("--pool-blocks must be > 0".into()));
         }
+        if config.prefill_slots == 0 {
+            return Err(SimWorkerError::Invalid(
+                "--prefill-slots must be > 0".into(),
+            ));
+        }
         let hashing = &config.pool.hashing;
         let seed = effective_seed(
             if hashing.seed == 0 {
@@ -257,11 +263,11 @@ impl SimWorker {
         let mut worker = Self {
             worker_id: config.worker_id.clone(),
             cache: Arc::new(Mutex::new(PrefixCache::new(config.pool.num_blocks))),
+            gpu: PrefillGate::new(config.scheduling, config.prefill_slots),
             config,
             prompt,
             engine,
             agent,
-            gpu: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             stats: Stats::default(),
         };
@@ -573,7 +579,7 @@ impl SimWorker {
             self.onboard(rest, &blocks, &agent_id).await
         };
 
-        // 4. Compute the rest, one prefill at a time.
+        // 4. Compute the rest in a prefill slot, queued by the policy.
         let cached_tokens = (hbm + onboarded) as u64 * bt;
         let prompt_tokens = tokens.len() as u64;
         let computed_tokens = prompt_tokens.saturating_sub(cached_tokens);
@@ -582,7 +588,7 @@ impl SimWorker {
         let enqueued = Instant::now();
         let queue_ms;
         {
-            let _gpu = self.gpu.lock().await;
+            let _gpu = self.gpu.acquire(call.hints.priority).await;
             queue_ms = enqueued.elapsed().as_millis() as u64;
             let computed_blocks = &blocks[onboarded..];
             for (&b, &h) in computed_blocks.iter().zip(&rest[onboarded..]) {
