@@ -72,7 +72,7 @@ struct Args {
     #[arg(long, env = "KVTIER_POLICY", default_value = "value")]
     policy: PolicyKind,
     /// Blocks each namespace may pin through hints.
-    #[arg(long, env = "KVTIER_PIN_QUOTA_BLOCKS", default_value_t = 65_536)]
+    #[arg(long, env = "KVTIER_PIN_QUOTA_BLOCKS", default_value_t = kvtier_cache_server::config::DEFAULT_PIN_QUOTA_BLOCKS)]
     pin_quota_blocks: u64,
     /// Do not move blocks read from a lower tier up.
     #[arg(long, env = "KVTIER_NO_PROMOTE", default_value_t = false)]

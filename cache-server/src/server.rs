@@ -46,8 +46,10 @@ pub enum ServerError {
     /// A listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
-    /// TLS, tokens or the plaintext rule.
-    #[error("{0}")]
+    /// TLS, tokens or the plaintext rule. Transparent: the security error's
+    /// own message is the whole reason (saying it again as a cause would
+    /// print it twice).
+    #[error(transparent)]
     Security(#[from] kvtier_security::SecurityError),
     /// The data plane cannot be served as configured.
     #[error("data plane: {0}")]

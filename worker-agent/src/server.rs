@@ -176,18 +176,3 @@ pub async fn run(
         None => Ok(()),
     }
 }
-
-/// Installs the SIGTERM/SIGINT handlers now (before the agent reports ready,
-/// so that a signal sent right after the ready line is not lost to the default
-/// action) and returns the future that completes on the first signal.
-pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-    })
-}
