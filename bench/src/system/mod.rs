@@ -26,8 +26,11 @@
 //! - [`fleet`]: the processes.
 //! - [`runner`]: the HTTP client and the timing.
 //! - [`report`]: table, JSON, SVG.
+//! - [`overload`]: `--overload F`, the router's admission queue on vs off
+//!   under F × capacity from latency-sensitive main agents and bulk sub-agents.
 
 pub mod fleet;
+pub mod overload;
 pub mod prompt;
 pub mod report;
 pub mod runner;
@@ -153,6 +156,41 @@ pub struct Args {
     /// Print the plan's figures (calls, blocks, ideal) and exit.
     #[arg(long)]
     pub plan_only: bool,
+    /// Run the overload phase instead of the configurations: agents offering
+    /// this multiple of the fleet's prefill capacity, router queue on, then off.
+    #[arg(long)]
+    pub overload: Option<f64>,
+    /// Overload: share of the offered calls from bulk sub-agents (the rest
+    /// from latency-sensitive main agents).
+    #[arg(long, default_value_t = 0.75)]
+    pub bulk_share: f64,
+    /// Overload: blocks of a main agent's prompt (fresh each call).
+    #[arg(long, default_value_t = 32)]
+    pub main_blocks: u32,
+    /// Overload: blocks of a bulk sub-agent's prompt (fresh each call).
+    #[arg(long, default_value_t = 64)]
+    pub bulk_blocks: u32,
+    /// Overload: mean think time between an answer and the agent's next call, ms.
+    #[arg(long, default_value_t = 2000)]
+    pub think_ms: u64,
+    /// Overload: seconds each arm sends calls (warm-up included).
+    #[arg(long, default_value_t = 90)]
+    pub overload_seconds: u64,
+    /// Overload: seconds at the start of each arm left out of the figures.
+    #[arg(long, default_value_t = 15)]
+    pub warmup_seconds: u64,
+    /// Overload: the workers' --scheduling-policy in both arms.
+    #[arg(long, default_value = "priority", value_parser = ["fcfs", "priority"])]
+    pub worker_scheduling: String,
+    /// Overload: the router's --queue-aging-ms in the queue-on arm (default: the router's).
+    #[arg(long)]
+    pub queue_aging_ms: Option<u64>,
+    /// Overload: the router's --busy-target-wait-ms in the queue-on arm (default: the router's).
+    #[arg(long)]
+    pub busy_target_wait_ms: Option<u64>,
+    /// Overload: seed of the think times.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 fn plan(args: &Args) -> Result<Plan> {
@@ -344,6 +382,11 @@ pub fn run(args: Args) -> Result<()> {
     if args.workers == 0 {
         bail!("--workers must be > 0");
     }
+    if let Some(factor) = args.overload {
+        // A small host tier: the overload phase's prompts are never reused.
+        let (_dir, _shm, spec) = fleet_spec(&args, 4096)?;
+        return run_overload(&args, factor, spec);
+    }
     let plan = Arc::new(plan(&args)?);
     if plan.calls.is_empty() {
         bail!("the plan has no calls");
@@ -382,36 +425,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.tier_blocks
     };
-    let dir = tempfile::Builder::new()
-        .prefix("kvtier-system-")
-        .tempdir()?;
-    let shm_base = if std::path::Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let shm = tempfile::Builder::new()
-        .prefix("kvtier-system-")
-        .tempdir_in(shm_base)?;
-    let (tokenizer, template) = prompt::write_model(&dir.path().join("model"))?;
-    let spec = FleetSpec {
-        bin_dir: args.bin_dir.clone(),
-        dir: dir.path().to_path_buf(),
-        shm: shm.path().to_path_buf(),
-        tokenizer,
-        template,
-        workers: args.workers,
-        pool_blocks: args.pool_blocks,
-        block_bytes: args.block_bytes,
-        prefill_tps: args.prefill_tps,
-        decode_tps: args.decode_tps,
-        host_bytes: tier_blocks * args.block_bytes,
-        disk_bytes: args.disk_blocks * args.block_bytes,
-        policy: "value",
-        tier_io: true,
-        routing: "cost",
-        router_uses_cache: true,
-    };
+    let (_dir, _shm, spec) = fleet_spec(&args, tier_blocks)?;
     let opts = RunOpts {
         speed: args.speed,
         concurrency: args.concurrency,
@@ -477,4 +491,136 @@ pub fn run(args: Args) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// `--overload F`: the router's admission queue on vs off (see [`overload`]).
+fn run_overload(args: &Args, factor: f64, spec: FleetSpec) -> Result<()> {
+    if !(factor.is_finite() && factor > 0.0 && (0.0..=1.0).contains(&args.bulk_share)) {
+        bail!("--overload must be > 0 and --bulk-share in [0, 1]");
+    }
+    if args.warmup_seconds >= args.overload_seconds {
+        bail!("--warmup-seconds must be shorter than --overload-seconds");
+    }
+    let o = overload::Overload {
+        factor,
+        bulk_share: args.bulk_share,
+        main_blocks: args.main_blocks,
+        bulk_blocks: args.bulk_blocks,
+        think: std::time::Duration::from_millis(args.think_ms),
+        duration: std::time::Duration::from_secs(args.overload_seconds),
+        warmup: std::time::Duration::from_secs(args.warmup_seconds),
+        osl: args.osl,
+        prefill_tps: args.prefill_tps,
+        decode_tps: args.decode_tps,
+        workers: args.workers,
+        seed: args.seed,
+    };
+    // Fresh prompts: no prefix reuse, so no cache tier in the way (the
+    // router without the cache server, the workers without tier I/O).
+    let spec = FleetSpec {
+        tier_io: false,
+        router_uses_cache: false,
+        worker_args: vec!["--scheduling-policy".into(), args.worker_scheduling.clone()],
+        ..spec
+    };
+    // Queue on: no call shed (ordering only), the router's other defaults.
+    let mut on: Vec<String> = [
+        "--admission-queue",
+        "on",
+        "--queue-max-len",
+        "100000",
+        "--queue-max-wait-ms",
+        "600000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(ms) = args.queue_aging_ms {
+        on.extend(["--queue-aging-ms".into(), ms.to_string()]);
+    }
+    if let Some(ms) = args.busy_target_wait_ms {
+        on.extend(["--busy-target-wait-ms".into(), ms.to_string()]);
+    }
+    let off = vec!["--admission-queue".to_string(), "off".to_string()];
+    let sizing = o.sizing();
+    eprintln!(
+        "overload: capacity {:.2} calls/s, {} main + {} bulk agents offering {:.2} calls/s",
+        sizing.capacity_calls_per_s,
+        sizing.main_agents,
+        sizing.bulk_agents,
+        sizing.offered_calls_per_s
+    );
+    let router_on = on.join(" ");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (sizing, arms) = rt.block_on(overload::run(&spec, &o, on, off))?;
+    let settings = vec![
+        ("workers".to_string(), args.workers.to_string()),
+        ("prefill_tps".into(), args.prefill_tps.to_string()),
+        ("decode_tps".into(), args.decode_tps.to_string()),
+        ("osl".into(), args.osl.to_string()),
+        ("overload".into(), factor.to_string()),
+        ("bulk_share".into(), args.bulk_share.to_string()),
+        ("main_blocks".into(), args.main_blocks.to_string()),
+        ("bulk_blocks".into(), args.bulk_blocks.to_string()),
+        ("think_ms".into(), args.think_ms.to_string()),
+        ("seconds".into(), args.overload_seconds.to_string()),
+        ("warmup_s".into(), args.warmup_seconds.to_string()),
+        ("worker_scheduling".into(), args.worker_scheduling.clone()),
+        ("router_on".into(), router_on),
+    ];
+    let report = overload::OverloadReport {
+        sizing,
+        settings,
+        arms,
+    };
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The run's scratch directories (kept while they live) and the fleet
+/// settings common to every configuration, with a host tier of `tier_blocks`.
+fn fleet_spec(
+    args: &Args,
+    tier_blocks: u64,
+) -> Result<(tempfile::TempDir, tempfile::TempDir, FleetSpec)> {
+    let dir = tempfile::Builder::new()
+        .prefix("kvtier-system-")
+        .tempdir()?;
+    let shm_base = if std::path::Path::new("/dev/shm").is_dir() {
+        PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let shm = tempfile::Builder::new()
+        .prefix("kvtier-system-")
+        .tempdir_in(shm_base)?;
+    let (tokenizer, template) = prompt::write_model(&dir.path().join("model"))?;
+    let spec = FleetSpec {
+        bin_dir: args.bin_dir.clone(),
+        dir: dir.path().to_path_buf(),
+        shm: shm.path().to_path_buf(),
+        tokenizer,
+        template,
+        workers: args.workers,
+        pool_blocks: args.pool_blocks,
+        block_bytes: args.block_bytes,
+        prefill_tps: args.prefill_tps,
+        decode_tps: args.decode_tps,
+        host_bytes: tier_blocks * args.block_bytes,
+        disk_bytes: args.disk_blocks * args.block_bytes,
+        policy: "value",
+        tier_io: true,
+        routing: "cost",
+        router_uses_cache: true,
+        worker_args: Vec::new(),
+        router_args: Vec::new(),
+    };
+    Ok((dir, shm, spec))
 }

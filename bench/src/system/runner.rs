@@ -92,7 +92,7 @@ fn header_field(h: &str, name: &str) -> u64 {
 }
 
 /// One streamed call.
-async fn send(addr: std::net::SocketAddr, body: Vec<u8>) -> Result<Outcome> {
+pub async fn send(addr: std::net::SocketAddr, body: Vec<u8>) -> Result<Outcome> {
     let started = Instant::now();
     let stream = tokio::net::TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
