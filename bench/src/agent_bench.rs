@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use clap::Parser;
+use kvtier_process::size::parse_byte_size as parse_size;
 use kvtier_proto::v1::cache_service_client::CacheServiceClient;
 use kvtier_proto::v1::worker_service_client::WorkerServiceClient;
 use kvtier_proto::v1::{
@@ -33,7 +34,7 @@ use kvtier_proto::v1::{
     OffloadRequest, OnboardRequest, PoolBlock, PoolLayout, PutRequest, SharedMemoryPool,
 };
 use kvtier_testkit::rng::splitmix64 as splitmix;
-use kvtier_testkit::size::{parse_size, size_label};
+use kvtier_testkit::size::size_label;
 use kvtier_testkit::stats::median;
 use kvtier_testkit::{Binary, Launch};
 use tonic::transport::Channel;

@@ -9,38 +9,8 @@ use std::path::PathBuf;
 /// modules that use it ([`crate::agents`] takes the quota as an argument).
 pub const DEFAULT_PIN_QUOTA_BLOCKS: u64 = 65_536;
 
-/// Parses sizes such as `512MiB`, `2GiB`, `1.5GB`, `4096` (bytes), `0`.
-/// Binary (`KiB`, `MiB`, `GiB`, `TiB`) and decimal (`KB`, `MB`, `GB`, `TB`) units.
-pub fn parse_byte_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size: expected e.g. 512MiB, 2GiB or 4096"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        other => {
-            return Err(format!(
-            "unknown size unit '{other}' in '{text}': use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
-        ))
-        }
-    };
-    if !value.is_finite() || value < 0.0 {
-        return Err(format!("'{text}' is not a non-negative size"));
-    }
-    Ok((value * mult as f64).round() as u64)
-}
+/// The byte-size syntax of every flag (`512MiB`, `2GiB`, `1.5GB`, `4096`).
+pub use kvtier_process::size::parse_byte_size;
 
 /// Capacities and locations of the tiered store.
 #[derive(Debug, Clone)]
@@ -219,7 +189,7 @@ impl Default for ServerConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_byte_size, DataListen};
+    use super::DataListen;
 
     #[test]
     fn parses_data_listen() {
@@ -240,16 +210,5 @@ mod tests {
         // port 0 for gRPC: the default data plane takes a free port too
         let d = DataListen::default_for("127.0.0.1:0".parse().expect("addr"));
         assert!(matches!(d, DataListen::Tcp { addr, explicit: false } if addr.port() == 0));
-    }
-
-    #[test]
-    fn parses_sizes() {
-        assert_eq!(parse_byte_size("4096"), Ok(4096));
-        assert_eq!(parse_byte_size("2MiB"), Ok(2 << 20));
-        assert_eq!(parse_byte_size("1.5GiB"), Ok(3 << 29));
-        assert_eq!(parse_byte_size("3 GB"), Ok(3_000_000_000));
-        assert_eq!(parse_byte_size("0"), Ok(0));
-        assert!(parse_byte_size("lots").is_err());
-        assert!(parse_byte_size("5 parsecs").is_err());
     }
 }

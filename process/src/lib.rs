@@ -16,6 +16,7 @@
 //! - [`ready`]: [`ready::announce`], the one machine-readable line on stdout.
 //! - [`report`]: [`report::exit_code`], the start-up error printed once
 //!   (a context and its causes, no cause repeated) with a failing status.
+//! - [`size`]: [`size::parse_byte_size`], the byte-size syntax of every flag.
 //!
 //! This crate knows nothing of the wire contract (`kvtier-proto`) or of any
 //! service: it is process plumbing only.
@@ -24,5 +25,6 @@ pub mod logging;
 pub mod ready;
 pub mod report;
 pub mod shutdown;
+pub mod size;
 
 pub use logging::{LogArgs, LogFormat};

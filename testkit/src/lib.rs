@@ -12,7 +12,7 @@
 //!   `target/<profile>/` next to the current executable).
 //! - [`net`]: a free loopback port; a tiny blocking HTTP GET.
 //! - [`prom`]: sums over Prometheus text exposition.
-//! - [`size`]: `2MiB`-style byte sizes and their labels.
+//! - [`size`]: byte-size labels for reports (`8 MiB`).
 //! - [`rng`]: splitmix64 and xorshift64: seeded, reproducible data.
 //! - [`stats`]: median and percentiles.
 //! - [`dir`]: temporary directories (in `/dev/shm` for pool files).

@@ -64,7 +64,7 @@ struct Args {
     #[arg(long, env = "KVTIER_MODEL", default_value = "")]
     model: String,
     /// Staging memory, split into block-sized buffers (e.g. 256MiB).
-    #[arg(long, env = "KVTIER_STAGING_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    #[arg(long, env = "KVTIER_STAGING_BYTES", default_value = "256MiB", value_parser = kvtier_process::size::parse_byte_size)]
     staging_bytes: u64,
     /// Connections to the cache server (a large transfer is split over them).
     #[arg(long, env = "KVTIER_TIER_CONNECTIONS", default_value_t = 4)]
@@ -107,26 +107,6 @@ fn parse_host_port(text: &str) -> Result<String, String> {
         }
         _ => Err(format!("{text:?} is not HOST:PORT")),
     }
-}
-
-fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("bad size {text:?}"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}: use KiB, MiB or GiB"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 impl TryFrom<Args> for AgentConfig {
