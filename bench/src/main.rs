@@ -12,10 +12,8 @@ use kvtier_bench::replay;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-/// Same allocator as kvtier-server, so client-side buffer churn is comparable.
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// Same allocator as kvtier-server, so client-side buffer churn is comparable.
+kvtier_process::global_allocator!();
 
 #[derive(Debug, Parser)]
 #[command(name = "kvtier-bench", version, about)]

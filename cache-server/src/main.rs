@@ -12,16 +12,12 @@ use kvtier_cache_server::config::{
     parse_byte_size, DataListen, PolicyKind, SecurityConfig, ServerConfig, StoreConfig,
 };
 use kvtier_cache_server::server;
-use kvtier_process::{ready, report, shutdown, LogArgs};
+use kvtier_process::{ready, shutdown, LogArgs};
 use kvtier_security::tls::ServerTlsFiles;
 use kvtier_security::LimitConfig;
 
-/// mimalloc keeps freed large buffers for reuse: with glibc's allocator every
-/// multi-MiB message buffer was a fresh mmap, page-faulted and zeroed, then
-/// unmapped (a third of the put/get CPU time in profiles).
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// jemalloc (kvtier-process explains why) unless built without `jemalloc`.
+kvtier_process::global_allocator!();
 
 /// kvtier cache server: a tiered (GPU HBM → host memory → NVMe/RocksDB) KV block
 /// store for agentic LLM inference, served over gRPC (kvtier.v1).
@@ -168,14 +164,17 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
     })
 }
 
-fn main() -> ExitCode {
-    report::exit_code(run())
+impl AsRef<LogArgs> for Args {
+    fn as_ref(&self) -> &LogArgs {
+        &self.log
+    }
 }
 
-#[tokio::main]
-async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
-    kvtier_process::logging::init(&args.log, "info")?;
+fn main() -> ExitCode {
+    kvtier_process::main("info", run)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let config = config_from(args)?;
     let (grpc, metrics) = server::bind(&config).await.with_context(|| {
         format!(

@@ -17,14 +17,20 @@
 //! - [`report`]: [`report::exit_code`], the start-up error printed once
 //!   (a context and its causes, no cause repeated) with a failing status.
 //! - [`size`]: [`size::parse_byte_size`], the byte-size syntax of every flag.
+//! - [`entry`]: [`main`], all of the above around a binary's async body.
+//! - [`alloc`]: [`global_allocator!`], jemalloc for every binary (feature
+//!   `jemalloc`).
 //!
 //! This crate knows nothing of the wire contract (`kvtier-proto`) or of any
 //! service: it is process plumbing only.
 
+pub mod alloc;
+pub mod entry;
 pub mod logging;
 pub mod ready;
 pub mod report;
 pub mod shutdown;
 pub mod size;
 
+pub use entry::main;
 pub use logging::{LogArgs, LogFormat};

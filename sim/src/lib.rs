@@ -13,6 +13,8 @@
 //!   (`kvtier-sim-engine`).
 //! - [`worker`]: a simulated inference worker serving the model-call HTTP
 //!   APIs on such a pool (`kvtier-sim-worker`).
+//! - [`args`]: the pool and hashing flags both binaries share.
 
+pub mod args;
 pub mod engine;
 pub mod worker;

@@ -9,15 +9,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use kvtier_process::{ready, report, shutdown, LogArgs};
+use kvtier_process::{ready, shutdown, LogArgs};
 use kvtier_worker_agent::config::{AgentConfig, ExpectedHashing};
 use kvtier_worker_agent::server;
 
-/// Same allocator as kvtier-server: every onboarded block arrives in a fresh
-/// block-sized buffer, which jemalloc recycles without a page-fault storm.
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// Same allocator as kvtier-server: every onboarded block arrives in a fresh
+// block-sized buffer, which jemalloc recycles without a page-fault storm.
+kvtier_process::global_allocator!();
 
 /// kvtier worker agent: moves KV blocks between one inference worker's KV pool
 /// and the kvtier cache tier, and publishes the worker's KV events.
@@ -157,14 +155,17 @@ impl TryFrom<Args> for AgentConfig {
     }
 }
 
-fn main() -> ExitCode {
-    report::exit_code(run())
+impl AsRef<LogArgs> for Args {
+    fn as_ref(&self) -> &LogArgs {
+        &self.log
+    }
 }
 
-#[tokio::main]
-async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
-    kvtier_process::logging::init(&args.log, "info")?;
+fn main() -> ExitCode {
+    kvtier_process::main("info", run)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let config = AgentConfig::try_from(args)?;
     // The handlers are installed here, before the ready line.
     server::run(config, shutdown::signals()?, |addrs| {

@@ -13,9 +13,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
-use kvtier_process::{report, LogArgs};
-use kvtier_proto::v1::HashingConfig;
-use kvtier_sim::engine::{prompt_tokens, SimEngine, SimPoolSpec};
+use kvtier_process::LogArgs;
+use kvtier_sim::args::PoolHashingArgs;
+use kvtier_sim::engine::{prompt_tokens, SimEngine};
 
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -39,27 +39,11 @@ struct Common {
     /// Blocks in the pool.
     #[arg(long, env = "KVTIER_SIM_BLOCKS", default_value_t = 256)]
     blocks: u64,
-    /// Bytes per block.
-    #[arg(long, env = "KVTIER_SIM_BLOCK_BYTES", default_value_t = 65_536)]
-    block_bytes: u64,
-    /// Tokens per block.
-    #[arg(long, env = "KVTIER_BLOCK_TOKENS", default_value_t = 16)]
-    block_tokens: u32,
-    /// Base XXH3 seed.
-    #[arg(long, env = "KVTIER_SEED", default_value_t = kvtier_proto::hashing::DEFAULT_SEED)]
-    seed: u64,
-    /// Namespace salt.
-    #[arg(long, env = "KVTIER_SALT", default_value = "")]
-    salt: String,
+    #[command(flatten)]
+    hashing: PoolHashingArgs,
     /// Model name.
     #[arg(long, env = "KVTIER_MODEL", default_value = "sim-model")]
     model: String,
-    /// KV layout descriptor.
-    #[arg(long, env = "KVTIER_KV_LAYOUT", default_value = "sim:layers=1,kv=2")]
-    kv_layout: String,
-    /// Cache-server namespace.
-    #[arg(long, env = "KVTIER_NAMESPACE", default_value = "sim")]
-    namespace: String,
     /// Engine name for logs.
     #[arg(long, default_value = "sim-engine")]
     name: String,
@@ -89,35 +73,31 @@ struct Prompt {
     agent_id: String,
 }
 
-fn main() -> ExitCode {
-    report::exit_code(run())
+impl AsRef<LogArgs> for Cli {
+    fn as_ref(&self) -> &LogArgs {
+        &self.log
+    }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    kvtier_process::logging::init(&cli.log, "warn")?;
+fn main() -> ExitCode {
+    kvtier_process::main("warn", run)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let c = &cli.common;
-    let spec = SimPoolSpec {
-        path: c.pool.clone(),
-        num_blocks: c.blocks,
-        namespace: c.namespace.clone(),
-        hashing: HashingConfig {
-            block_tokens: c.block_tokens,
-            seed: c.seed,
-            salt: c.salt.clone(),
-            block_bytes: c.block_bytes,
-            kv_layout: c.kv_layout.clone(),
-            model: c.model.clone(),
-        },
-        engine_name: c.name.clone(),
-    };
+    let spec = c
+        .hashing
+        .pool_spec(c.pool.clone(), c.blocks, c.model.clone(), c.name.clone());
     let mut engine = SimEngine::attach(&c.agent, spec)
         .await
         .context("attach the pool")?;
     match cli.command {
         Command::Compute(p) => {
-            let tokens = prompt_tokens(p.prompt_seed, p.prompt_blocks, c.block_tokens as usize);
+            let tokens = prompt_tokens(
+                p.prompt_seed,
+                p.prompt_blocks,
+                c.hashing.block_tokens as usize,
+            );
             let hashes = engine.compute(&tokens, p.first_block).await?;
             let out = engine.offload(&hashes, p.first_block).await?;
             println!(
@@ -129,7 +109,11 @@ async fn run() -> anyhow::Result<()> {
             );
         }
         Command::Onboard(p) => {
-            let tokens = prompt_tokens(p.prompt_seed, p.prompt_blocks, c.block_tokens as usize);
+            let tokens = prompt_tokens(
+                p.prompt_seed,
+                p.prompt_blocks,
+                c.hashing.block_tokens as usize,
+            );
             let hashes = engine.hashes(&tokens);
             for i in 0..hashes.len() as u64 {
                 engine.clear_block(p.first_block + i)?;

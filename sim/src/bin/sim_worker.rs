@@ -15,9 +15,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use kvtier_process::{ready, report, shutdown, LogArgs};
-use kvtier_proto::v1::HashingConfig;
-use kvtier_sim::engine::SimPoolSpec;
+use kvtier_process::{ready, shutdown, LogArgs};
+use kvtier_sim::args::PoolHashingArgs;
 use kvtier_sim::worker::{http, SchedulingPolicy, SimWorker, SimWorkerConfig};
 
 /// Longest the worker waits for open responses to end after SIGTERM.
@@ -42,27 +41,11 @@ struct Args {
     /// Pool capacity in blocks (the worker's bounded prefix cache).
     #[arg(long, env = "KVTIER_SIM_POOL_BLOCKS", default_value_t = 1024)]
     pool_blocks: u64,
-    /// Bytes per block.
-    #[arg(long, env = "KVTIER_SIM_BLOCK_BYTES", default_value_t = 65_536)]
-    block_bytes: u64,
-    /// Tokens per block.
-    #[arg(long, env = "KVTIER_BLOCK_TOKENS", default_value_t = 16)]
-    block_tokens: u32,
-    /// Base XXH3 seed.
-    #[arg(long, env = "KVTIER_SEED", default_value_t = kvtier_proto::hashing::DEFAULT_SEED)]
-    seed: u64,
-    /// Namespace salt.
-    #[arg(long, env = "KVTIER_SALT", default_value = "")]
-    salt: String,
+    #[command(flatten)]
+    hashing: PoolHashingArgs,
     /// Model served (requests naming another get 404).
     #[arg(long, env = "KVTIER_MODEL", default_value = "sim-model")]
     model: String,
-    /// KV layout descriptor.
-    #[arg(long, env = "KVTIER_KV_LAYOUT", default_value = "sim:layers=1,kv=2")]
-    kv_layout: String,
-    /// Cache-server namespace (as the agent's other engines use it).
-    #[arg(long, env = "KVTIER_NAMESPACE", default_value = "sim")]
-    namespace: String,
     /// The model's tokenizer.json.
     #[arg(long, env = "KVTIER_TOKENIZER")]
     tokenizer: PathBuf,
@@ -109,24 +92,16 @@ impl Args {
         Ok(SimWorkerConfig {
             worker_id: self.worker_id.clone(),
             agent,
-            pool: SimPoolSpec {
-                path: self.pool,
-                num_blocks: self.pool_blocks,
-                namespace: self.namespace,
-                hashing: HashingConfig {
-                    block_tokens: self.block_tokens,
-                    seed: self.seed,
-                    salt: self.salt,
-                    block_bytes: self.block_bytes,
-                    kv_layout: self.kv_layout,
-                    model: self.model,
-                },
-                engine_name: if self.worker_id.is_empty() {
+            pool: self.hashing.pool_spec(
+                self.pool,
+                self.pool_blocks,
+                self.model,
+                if self.worker_id.is_empty() {
                     "kvtier-sim-worker".into()
                 } else {
                     format!("kvtier-sim-worker/{}", self.worker_id)
                 },
-            },
+            ),
             tokenizer: self.tokenizer,
             chat_template: self.chat_template,
             prefill_tokens_per_s: self.prefill_tokens_per_s,
@@ -139,14 +114,17 @@ impl Args {
     }
 }
 
-fn main() -> ExitCode {
-    report::exit_code(run())
+impl AsRef<LogArgs> for Args {
+    fn as_ref(&self) -> &LogArgs {
+        &self.log
+    }
 }
 
-#[tokio::main]
-async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
-    kvtier_process::logging::init(&args.log, "info")?;
+fn main() -> ExitCode {
+    kvtier_process::main("info", run)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let listen = args.listen;
     let config = args.into_config()?;
     // Installed before the ready line, so that no SIGTERM is lost.
