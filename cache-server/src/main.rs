@@ -164,14 +164,8 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
     })
 }
 
-impl AsRef<LogArgs> for Args {
-    fn as_ref(&self) -> &LogArgs {
-        &self.log
-    }
-}
-
 fn main() -> ExitCode {
-    kvtier_process::main("info", run)
+    kvtier_process::main("info", |a: &Args| &a.log, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

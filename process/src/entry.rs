@@ -13,14 +13,8 @@
 //!     log: LogArgs,
 //! }
 //!
-//! impl AsRef<LogArgs> for Args {
-//!     fn as_ref(&self) -> &LogArgs {
-//!         &self.log
-//!     }
-//! }
-//!
 //! fn main() -> ExitCode {
-//!     kvtier_process::main("info", |args: Args| async move {
+//!     kvtier_process::main("info", |args: &Args| &args.log, |args: Args| async move {
 //!         // build the library's service from `args`, run it until shutdown
 //!         # let _ = args;
 //!         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
@@ -37,28 +31,32 @@ use crate::report;
 
 /// Parses `A` from the command line (clap prints help, versions and usage
 /// errors itself), installs the log subscriber with `default_filter` unless
-/// `KVTIER_LOG` says otherwise, runs `body(args)` to completion on a
-/// multi-threaded runtime, and turns its result into the exit status
-/// ([`report::exit_code`]).
-pub fn main<A, F, Fut, E>(default_filter: &str, body: F) -> ExitCode
+/// `KVTIER_LOG` says otherwise (`log` finds the flattened [`LogArgs`] in
+/// `A`), runs `body(args)` to completion on a multi-threaded runtime, and
+/// turns its result into the exit status ([`report::exit_code`]).
+pub fn main<A, F, Fut, E>(default_filter: &str, log: fn(&A) -> &LogArgs, body: F) -> ExitCode
 where
-    A: clap::Parser + AsRef<LogArgs>,
+    A: clap::Parser,
     F: FnOnce(A) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: AsRef<dyn Error + Send + Sync + 'static> + From<logging::InitError> + From<std::io::Error>,
 {
     let args = A::parse();
-    report::exit_code(start(args, default_filter, body))
+    report::exit_code(start(args, default_filter, log, body))
 }
 
-fn start<A, F, Fut, E>(args: A, default_filter: &str, body: F) -> Result<(), E>
+fn start<A, F, Fut, E>(
+    args: A,
+    default_filter: &str,
+    log: fn(&A) -> &LogArgs,
+    body: F,
+) -> Result<(), E>
 where
-    A: AsRef<LogArgs>,
     F: FnOnce(A) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: From<logging::InitError> + From<std::io::Error>,
 {
-    logging::init(args.as_ref(), default_filter)?;
+    logging::init(log(&args), default_filter)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

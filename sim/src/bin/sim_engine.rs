@@ -73,14 +73,8 @@ struct Prompt {
     agent_id: String,
 }
 
-impl AsRef<LogArgs> for Cli {
-    fn as_ref(&self) -> &LogArgs {
-        &self.log
-    }
-}
-
 fn main() -> ExitCode {
-    kvtier_process::main("warn", run)
+    kvtier_process::main("warn", |a: &Cli| &a.log, run)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -114,14 +114,8 @@ impl Args {
     }
 }
 
-impl AsRef<LogArgs> for Args {
-    fn as_ref(&self) -> &LogArgs {
-        &self.log
-    }
-}
-
 fn main() -> ExitCode {
-    kvtier_process::main("info", run)
+    kvtier_process::main("info", |a: &Args| &a.log, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
