@@ -198,18 +198,16 @@ async fn direct_rates(
         let messages: Vec<PutRequest> = chunk
             .iter()
             .enumerate()
-            .map(|(i, &h)| PutRequest {
-                session_id: if i == 0 {
-                    session.clone()
-                } else {
-                    String::new()
-                },
-                block: Some(BlockData {
-                    hash: h,
-                    payload: payload.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
+            .map(|(i, &h)| {
+                kvtier_proto::put_message(
+                    &session,
+                    i,
+                    BlockData {
+                        hash: h,
+                        payload: payload.clone(),
+                        ..Default::default()
+                    },
+                )
             })
             .collect();
         async move { client.put(tokio_stream::iter(messages)).await }

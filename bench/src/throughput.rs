@@ -160,17 +160,16 @@ async fn grpc_put(
         let messages: Vec<PutRequest> = chunk
             .iter()
             .enumerate()
-            .map(|(i, &h)| PutRequest {
-                session_id: if i == 0 {
-                    session.clone()
-                } else {
-                    String::new()
-                },
-                block: Some(BlockData {
-                    hash: h,
-                    parent_hash: None,
-                    payload: payload.clone(),
-                }),
+            .map(|(i, &h)| {
+                kvtier_proto::put_message(
+                    session,
+                    i,
+                    BlockData {
+                        hash: h,
+                        parent_hash: None,
+                        payload: payload.clone(),
+                    },
+                )
             })
             .collect();
         tasks.push(tokio::spawn(async move {

@@ -21,6 +21,23 @@ pub mod v1 {
     tonic::include_proto!("kvtier.v1");
 }
 
+/// The `index`-th message of a `Put` stream carrying `block`: the stream's
+/// first message names the session, the others leave it empty (the server
+/// reads it once per stream).
+// `..Default::default()`: fields added to PutRequest later keep their defaults.
+#[allow(clippy::needless_update)]
+pub fn put_message(session_id: &str, index: usize, block: v1::BlockData) -> v1::PutRequest {
+    v1::PutRequest {
+        session_id: if index == 0 {
+            session_id.to_owned()
+        } else {
+            String::new()
+        },
+        block: Some(block),
+        ..Default::default()
+    }
+}
+
 /// Metadata key under which clients may also pass their session id.
 pub const SESSION_METADATA_KEY: &str = "kvtier-session";
 

@@ -82,17 +82,16 @@ pub fn put_messages(session: &str, hashes: &[u64], len: usize) -> Vec<PutRequest
     hashes
         .iter()
         .enumerate()
-        .map(|(i, &h)| PutRequest {
-            session_id: if i == 0 {
-                session.into()
-            } else {
-                String::new()
-            },
-            block: Some(BlockData {
-                hash: h,
-                parent_hash: i.checked_sub(1).map(|p| hashes[p]),
-                payload: payload_for(h, len),
-            }),
+        .map(|(i, &h)| {
+            kvtier_proto::put_message(
+                session,
+                i,
+                BlockData {
+                    hash: h,
+                    parent_hash: i.checked_sub(1).map(|p| hashes[p]),
+                    payload: payload_for(h, len),
+                },
+            )
         })
         .collect()
 }

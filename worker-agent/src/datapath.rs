@@ -491,20 +491,16 @@ async fn produce(
     for (i, b) in blocks.iter().enumerate() {
         let mut buffer = staging.acquire().await;
         memory.copy_out(b.block_id, buffer.as_mut_slice())?;
-        let message = PutRequest {
-            session_id: if i == 0 {
-                session_id.clone()
-            } else {
-                String::new()
-            },
-            block: Some(BlockData {
+        let message = kvtier_proto::put_message(
+            &session_id,
+            i,
+            BlockData {
                 hash: b.hash,
                 parent_hash: b.parent_hash,
                 payload: Bytes::from_owner(buffer),
                 ..Default::default()
-            }),
-            ..Default::default()
-        };
+            },
+        );
         if tx.send(message).await.is_err() {
             // The stream ended early (the server refused it); its status tells why.
             break;
