@@ -77,7 +77,10 @@ fn run_and_stop(extra: &[&str]) -> Result<String> {
     assert!(killed.success(), "kill -TERM failed");
     let status = wait(&mut child)?;
     let stderr = std::fs::read_to_string(&log)?;
-    assert!(status.success(), "exit {status:?} on SIGTERM; stderr:\n{stderr}");
+    assert!(
+        status.success(),
+        "exit {status:?} on SIGTERM; stderr:\n{stderr}"
+    );
     Ok(stderr)
 }
 

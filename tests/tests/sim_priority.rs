@@ -49,8 +49,12 @@ fn spawn_call(
     t0: Instant,
 ) -> tokio::task::JoinHandle<Result<(Duration, u64)>> {
     tokio::spawn(async move {
-        let (resp, task) = send(http, Api::ChatCompletions.path(), body.to_string().into_bytes())
-            .await?;
+        let (resp, task) = send(
+            http,
+            Api::ChatCompletions.path(),
+            body.to_string().into_bytes(),
+        )
+        .await?;
         let at = t0.elapsed();
         if resp.status() != 200 {
             bail!("HTTP {}", resp.status());
@@ -150,8 +154,14 @@ async fn priority_policy_prefills_the_urgent_call_first() -> Result<()> {
         );
     }
     // Low-priority calls keep their arrival order among themselves.
-    assert!(ends[0] < ends[1] && ends[1] < ends[2], "FIFO among equals: {ends:?}");
-    assert!(urgent_queue_ms > 0, "the urgent call waited for the long one");
+    assert!(
+        ends[0] < ends[1] && ends[1] < ends[2],
+        "FIFO among equals: {ends:?}"
+    );
+    assert!(
+        urgent_queue_ms > 0,
+        "the urgent call waited for the long one"
+    );
     Ok(())
 }
 
