@@ -167,8 +167,20 @@ struct Done {
     sent: Duration,
     /// Answered, since the arm's start.
     ended: Duration,
-    /// TTFT (ms), or the error.
-    result: Result<(f64, u64), String>,
+    /// The answer's figures, or the error.
+    result: Result<Answer, String>,
+}
+
+/// What the client saw of an answered call.
+#[derive(Debug, Clone, Copy, Default)]
+struct Answer {
+    ttft_ms: f64,
+    /// Prompt + output tokens.
+    tokens: u64,
+    /// Wait at the router (`x-kvtier-queued-ms`).
+    router_ms: f64,
+    /// Wait for the worker's prefill slot (`x-kvtier-prefill` queue_ms).
+    worker_ms: f64,
 }
 
 /// A class's figures in one arm.
@@ -182,6 +194,10 @@ pub struct ClassFigures {
     pub ttft_p50_ms: f64,
     /// TTFT p99, ms.
     pub ttft_p99_ms: f64,
+    /// Mean wait in the router's queue, ms.
+    pub router_wait_mean_ms: f64,
+    /// Mean wait for a worker's prefill slot, ms.
+    pub worker_wait_mean_ms: f64,
 }
 
 /// One arm (router queue on or off).
@@ -281,7 +297,12 @@ async fn drive(http: SocketAddr, o: &Overload, sizing: Sizing) -> Result<Vec<Don
                     .await
                     .map_err(|_| anyhow!("timed out after 600 s"))
                     .and_then(|r| r)
-                    .map(|r| (r.ttft_ms, r.prompt_tokens + u64::from(o.osl)))
+                    .map(|r| Answer {
+                        ttft_ms: r.ttft_ms,
+                        tokens: r.prompt_tokens + u64::from(o.osl),
+                        router_ms: r.router_queued_ms as f64,
+                        worker_ms: r.queue_ms as f64,
+                    })
                     .map_err(|e| format!("{e:#}"));
                 let ended = Instant::now();
                 out.push(Done {
@@ -307,15 +328,19 @@ fn figures(done: &[Done], class: Class, warmup: Duration) -> ClassFigures {
         .iter()
         .filter(|d| d.class == class && d.sent >= warmup)
         .collect();
-    let ttft: Vec<f64> = mine
+    let ok: Vec<Answer> = mine
         .iter()
-        .filter_map(|d| d.result.as_ref().ok().map(|r| r.0))
+        .filter_map(|d| d.result.as_ref().ok().copied())
         .collect();
+    let ttft: Vec<f64> = ok.iter().map(|a| a.ttft_ms).collect();
+    let mean = |f: fn(&Answer) -> f64| ok.iter().map(f).sum::<f64>() / ok.len().max(1) as f64;
     ClassFigures {
-        ok: ttft.len(),
-        failed: mine.len() - ttft.len(),
+        ok: ok.len(),
+        failed: mine.len() - ok.len(),
         ttft_p50_ms: quantile(&ttft, 0.5),
         ttft_p99_ms: quantile(&ttft, 0.99),
+        router_wait_mean_ms: mean(|a| a.router_ms),
+        worker_wait_mean_ms: mean(|a| a.worker_ms),
     }
 }
 
@@ -329,7 +354,7 @@ fn arm(queue: &str, done: &[Done], o: &Overload) -> Arm {
     let secs = window.as_secs_f64().max(1e-9);
     let tokens: u64 = in_window
         .iter()
-        .filter_map(|d| d.result.as_ref().ok().map(|r| r.1))
+        .filter_map(|d| d.result.as_ref().ok().map(|r| r.tokens))
         .sum();
     if let Some(Err(e)) = done.iter().map(|d| &d.result).find(|r| r.is_err()) {
         eprintln!("  (queue {queue}) first failed call: {e}");
@@ -395,12 +420,14 @@ impl OverloadReport {
         );
         out.push_str(
             "| router queue | main ok/failed | main TTFT p50 ms | main TTFT p99 ms | bulk ok/failed \
-             | bulk TTFT p50 ms | bulk TTFT p99 ms | calls/s | tokens/s |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             | bulk TTFT p50 ms | bulk TTFT p99 ms | calls/s | tokens/s \
+             | main wait router / worker ms | bulk wait router / worker ms |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for a in &self.arms {
             out.push_str(&format!(
-                "| {} | {}/{} | {:.1} | {:.1} | {}/{} | {:.1} | {:.1} | {:.2} | {:.0} |\n",
+                "| {} | {}/{} | {:.1} | {:.1} | {}/{} | {:.1} | {:.1} | {:.2} | {:.0} \
+                 | {:.0} / {:.0} | {:.0} / {:.0} |\n",
                 a.queue,
                 a.main.ok,
                 a.main.failed,
@@ -411,7 +438,11 @@ impl OverloadReport {
                 a.bulk.ttft_p50_ms,
                 a.bulk.ttft_p99_ms,
                 a.calls_per_s,
-                a.tokens_per_s
+                a.tokens_per_s,
+                a.main.router_wait_mean_ms,
+                a.main.worker_wait_mean_ms,
+                a.bulk.router_wait_mean_ms,
+                a.bulk.worker_wait_mean_ms
             ));
         }
         if let (Some(on), Some(off)) = (
@@ -420,7 +451,7 @@ impl OverloadReport {
         ) {
             let r = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
             out.push_str(&format!(
-                "| on ÷ off | | {:.2} | {:.2} | | {:.2} | {:.2} | {:.3} | {:.3} |\n",
+                "| on ÷ off | | {:.2} | {:.2} | | {:.2} | {:.2} | {:.3} | {:.3} | | |\n",
                 r(on.main.ttft_p50_ms, off.main.ttft_p50_ms),
                 r(on.main.ttft_p99_ms, off.main.ttft_p99_ms),
                 r(on.bulk.ttft_p50_ms, off.bulk.ttft_p50_ms),
@@ -474,6 +505,15 @@ mod tests {
         assert!((total / n as f64 - 2.0).abs() < 0.05);
     }
 
+    fn answer(ttft_ms: f64, tokens: u64) -> Answer {
+        Answer {
+            ttft_ms,
+            tokens,
+            router_ms: 1.0,
+            worker_ms: 2.0,
+        }
+    }
+
     #[test]
     fn figures_leave_out_the_warmup_and_count_the_window() {
         let o = settings();
@@ -484,13 +524,13 @@ mod tests {
                 class: Class::Main,
                 sent: at(1),
                 ended: at(2),
-                result: Ok((5000.0, 100)),
+                result: Ok(answer(5000.0, 100)),
             },
             Done {
                 class: Class::Main,
                 sent: at(20),
                 ended: at(21),
-                result: Ok((10.0, 100)),
+                result: Ok(answer(10.0, 100)),
             },
             Done {
                 class: Class::Bulk,
@@ -503,12 +543,16 @@ mod tests {
                 class: Class::Bulk,
                 sent: at(55),
                 ended: at(65),
-                result: Ok((9000.0, 200)),
+                result: Ok(answer(9000.0, 200)),
             },
         ];
         let a = arm("on", &done, &o);
         assert_eq!((a.main.ok, a.main.failed), (1, 0));
         assert_eq!(a.main.ttft_p99_ms, 10.0);
+        assert_eq!(
+            (a.main.router_wait_mean_ms, a.main.worker_wait_mean_ms),
+            (1.0, 2.0)
+        );
         assert_eq!((a.bulk.ok, a.bulk.failed), (1, 1));
         assert!((a.calls_per_s - 1.0 / 50.0).abs() < 1e-9);
         assert!((a.tokens_per_s - 100.0 / 50.0).abs() < 1e-9);

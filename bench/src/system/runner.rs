@@ -39,6 +39,8 @@ pub struct Outcome {
     pub computed_tokens: u64,
     /// Wait for the worker's GPU (ms).
     pub queue_ms: u64,
+    /// Wait in the router's admission queue (ms; `x-kvtier-queued-ms`, 0 without one).
+    pub router_queued_ms: u64,
     /// Worker that served it.
     pub worker: String,
 }
@@ -122,6 +124,7 @@ pub async fn send(addr: std::net::SocketAddr, body: Vec<u8>) -> Result<Outcome> 
         onboarded_blocks: header_field(&prefill, "onboarded"),
         computed_tokens: header_field(&prefill, "computed_tokens"),
         queue_ms: header_field(&prefill, "queue_ms"),
+        router_queued_ms: header("x-kvtier-queued-ms").parse().unwrap_or(0),
         ..Outcome::default()
     };
     let mut body = resp.into_body();
