@@ -2,9 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use kvtier_proto::v1::router_service_client::RouterServiceClient;
+use kvtier_proto::v1::ListWorkersRequest;
 use kvtier_testkit::{http_get, Process};
+use tonic::transport::Channel;
 
 use crate::running::{process_handle, start, with_extra};
 
@@ -36,6 +40,34 @@ impl RouterProcess {
             grpc: process.line().parse("grpc")?,
             process,
         })
+    }
+
+    /// A `RouterService` client.
+    pub async fn grpc_client(&self) -> Result<RouterServiceClient<Channel>> {
+        Ok(RouterServiceClient::connect(format!("http://{}", self.grpc)).await?)
+    }
+
+    /// Waits (10 s at most) until exactly `expected` workers are available
+    /// to the router (`ListWorkers`): after a start, all of them; after a
+    /// worker is stopped, one fewer.
+    pub async fn wait_available(&self, expected: usize) -> Result<()> {
+        let mut client = self.grpc_client().await?;
+        let start = Instant::now();
+        loop {
+            let workers = client
+                .list_workers(ListWorkersRequest::default())
+                .await?
+                .into_inner()
+                .workers;
+            let up = workers.iter().filter(|w| w.available).count();
+            if up == expected {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("{up} of {expected} workers available after 10 s: {workers:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The text of `GET /metrics`.

@@ -15,8 +15,6 @@ use serde_json::{json, Value};
 use kvtier_integration_tests::model_api::*;
 use kvtier_integration_tests::*;
 use kvtier_prompt::Api;
-use kvtier_proto::v1::router_service_client::RouterServiceClient;
-use kvtier_proto::v1::ListWorkersRequest;
 
 const NAMESPACE: &str = "admission-test";
 
@@ -106,23 +104,7 @@ impl Saturated {
     }
 
     async fn wait_available(&self) -> Result<()> {
-        let mut client =
-            RouterServiceClient::connect(format!("http://{}", self.router.grpc)).await?;
-        let start = Instant::now();
-        loop {
-            let workers = client
-                .list_workers(ListWorkersRequest::default())
-                .await?
-                .into_inner()
-                .workers;
-            if workers.iter().all(|w| w.available) && !workers.is_empty() {
-                return Ok(());
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("worker not available after 10 s: {workers:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.router.wait_available(1).await
     }
 
     fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Result<f64> {

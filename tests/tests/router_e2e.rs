@@ -114,28 +114,12 @@ impl Fleet {
     }
 
     async fn grpc(&self) -> Result<RouterServiceClient<tonic::transport::Channel>> {
-        Ok(RouterServiceClient::connect(format!("http://{}", self.router.grpc)).await?)
+        self.router.grpc_client().await
     }
 
     /// Waits until the router sees every live worker available.
     async fn wait_available(&self, expected: usize) -> Result<()> {
-        let mut client = self.grpc().await?;
-        let start = Instant::now();
-        loop {
-            let workers = client
-                .list_workers(ListWorkersRequest::default())
-                .await?
-                .into_inner()
-                .workers;
-            let up = workers.iter().filter(|w| w.available).count();
-            if up == expected {
-                return Ok(());
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("{up} of {expected} workers available after 10 s: {workers:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.router.wait_available(expected).await
     }
 
     /// Sends the first call of session `seed` (not streamed); returns the
