@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use kvtier_proto::v1::router_service_client::RouterServiceClient;
-use kvtier_proto::v1::ListWorkersRequest;
+use kvtier_proto::v1::{ListWorkersRequest, WorkerInfo};
 use kvtier_testkit::{http_get, Process};
 use tonic::transport::Channel;
 
@@ -48,9 +48,25 @@ impl RouterProcess {
     }
 
     /// Waits (10 s at most) until exactly `expected` workers are available
-    /// to the router (`ListWorkers`): after a start, all of them; after a
-    /// worker is stopped, one fewer.
+    /// to the router: after a start, all of them; after a worker is stopped,
+    /// one fewer.
     pub async fn wait_available(&self, expected: usize) -> Result<()> {
+        let what = format!("{expected} workers available");
+        self.wait_workers(&what, Duration::from_secs(10), |workers| {
+            workers.iter().filter(|w| w.available).count() == expected
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Polls `ListWorkers` every 20 ms until `done` holds for the list, and
+    /// returns it; after `within`, fails naming `what` and the last list.
+    pub async fn wait_workers(
+        &self,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&[WorkerInfo]) -> bool,
+    ) -> Result<Vec<WorkerInfo>> {
         let mut client = self.grpc_client().await?;
         let start = Instant::now();
         loop {
@@ -59,14 +75,13 @@ impl RouterProcess {
                 .await?
                 .into_inner()
                 .workers;
-            let up = workers.iter().filter(|w| w.available).count();
-            if up == expected {
-                return Ok(());
+            if done(&workers) {
+                return Ok(workers);
             }
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("{up} of {expected} workers available after 10 s: {workers:?}");
+            if start.elapsed() > within {
+                bail!("not {what} after {within:?}: {workers:?}");
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -801,22 +801,14 @@ async fn a_killed_worker_stops_receiving_traffic_and_clients_cancel_upstream() -
     if let Some(mut agent) = fleet.agents[1].take() {
         agent.kill9()?;
     }
-    let start = Instant::now();
-    let mut client = fleet.grpc().await?;
-    loop {
-        let workers = client
-            .list_workers(ListWorkersRequest::default())
-            .await?
-            .into_inner()
-            .workers;
-        if workers.iter().all(|w| w.worker_id != "w1" || !w.available) {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(2) {
-            bail!("w1 still available 2 s after its agent died: {workers:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fleet
+        .router
+        .wait_workers(
+            "w1 unavailable 2 s after its agent died",
+            Duration::from_secs(2),
+            |workers| workers.iter().all(|w| w.worker_id != "w1" || !w.available),
+        )
+        .await?;
     // w0's agent still streams events, but its endpoint refused: unavailable
     // for the cool-down, so no worker is left.
     let none = post(
@@ -832,25 +824,14 @@ async fn a_killed_worker_stops_receiving_traffic_and_clients_cancel_upstream() -
         none.text()
     );
     // Its index entries expire (--expire-ms 1500).
-    let start = Instant::now();
-    loop {
-        let workers = client
-            .list_workers(ListWorkersRequest::default())
-            .await?
-            .into_inner()
-            .workers;
-        let w1 = workers
-            .iter()
-            .find(|w| w.worker_id == "w1")
-            .context("w1 listed")?;
-        if w1.indexed_blocks == 0 {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(5) {
-            bail!("w1's entries did not expire: {w1:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    fleet
+        .router
+        .wait_workers("w1's entries expired", Duration::from_secs(5), |workers| {
+            workers
+                .iter()
+                .any(|w| w.worker_id == "w1" && w.indexed_blocks == 0)
+        })
+        .await?;
     drop(fleet.dir);
     Ok(())
 }
@@ -940,28 +921,20 @@ async fn one_router_serves_two_models_from_a_models_file() -> Result<()> {
         ],
     )?;
 
-    let mut client = RouterServiceClient::connect(format!("http://{}", router.grpc)).await?;
-    let start = Instant::now();
-    loop {
-        let workers = client
-            .list_workers(ListWorkersRequest::default())
-            .await?
-            .into_inner()
-            .workers;
-        let by_model = |m: &str| {
-            workers
-                .iter()
-                .filter(|w| w.model == m && w.available)
-                .count()
-        };
-        if by_model(MODEL) == 2 && by_model(OTHER) == 1 {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            bail!("workers never all available: {workers:?}\n{}", router.log());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let by_model = |workers: &[WorkerInfo], m: &str| {
+        workers
+            .iter()
+            .filter(|w| w.model == m && w.available)
+            .count()
+    };
+    router
+        .wait_workers(
+            "every worker of both models available",
+            Duration::from_secs(10),
+            |workers| by_model(workers, MODEL) == 2 && by_model(workers, OTHER) == 1,
+        )
+        .await
+        .with_context(|| router.log())?;
 
     let listed = http_get(router.http, "/v1/models").await?;
     assert!(
@@ -987,6 +960,7 @@ async fn one_router_serves_two_models_from_a_models_file() -> Result<()> {
     }
 
     // gRPC, per model: the other model's namespace and workers are separate.
+    let mut client = router.grpc_client().await?;
     let answer = client
         .find_matches(FindMatchesRequest {
             prefix: Some(PrefixQuery {
