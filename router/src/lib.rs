@@ -17,6 +17,14 @@
 //! - [`service`]: the `kvtier.v1.RouterService` gRPC shell.
 //! - [`http`]: the OpenAI/Anthropic-compatible HTTP front (routes and proxies).
 //! - [`metrics`]: metric names and the Prometheus recorder.
+//! - [`models_file`]: the models served (`ModelSpec`), `--models-file` and
+//!   the checks every list of models passes.
+//! - [`startup`]: starting the models from plain config (index, sources,
+//!   cache-server handshake, prompt model, placement) and the cost weights
+//!   from flags.
+//! - [`server`]: the started models behind the HTTP front and the gRPC
+//!   service, until stopped. The binary's `main.rs` only turns flags into
+//!   these modules' config.
 
 pub mod admission;
 pub mod app;
@@ -26,6 +34,9 @@ pub mod index;
 pub mod lifecycle;
 pub mod load;
 pub mod metrics;
+pub mod models_file;
 pub mod routing;
+pub mod server;
 pub mod service;
 pub mod sources;
+pub mod startup;
