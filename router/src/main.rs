@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 
-use kvtier_process::{ready, report, shutdown, LogArgs};
+use kvtier_process::{ready, shutdown, LogArgs};
 use kvtier_proto::hashing::DEFAULT_SEED;
 use kvtier_router::cost::CostWeights;
 use kvtier_router::http;
@@ -21,9 +21,8 @@ use kvtier_router::routing::RoutingMode;
 use kvtier_router::server::{self, FrontConfig};
 use kvtier_router::startup::{self, weights_from_flags, StartConfig};
 
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// jemalloc (kvtier-process explains why) unless built without `jemalloc`.
+kvtier_process::global_allocator!();
 
 /// Routes model calls to the worker that holds (or can fetch cheapest) their prefix.
 #[derive(Debug, Parser)]
@@ -185,13 +184,10 @@ fn start_config(args: &Args) -> anyhow::Result<StartConfig> {
 }
 
 fn main() -> ExitCode {
-    report::exit_code(run())
+    kvtier_process::main("info", |a: &Args| &a.log, run)
 }
 
-#[tokio::main]
-async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
-    kvtier_process::logging::init(&args.log, "info")?;
+async fn run(args: Args) -> anyhow::Result<()> {
     let metrics =
         kvtier_router::metrics::install_recorder().context("install the metrics recorder")?;
     let started = startup::start(&start_config(&args)?).await?;
