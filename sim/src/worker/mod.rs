@@ -6,7 +6,9 @@
 //!
 //! - [`prefix_cache`]: the worker's own bounded LRU prefix cache (pure bookkeeping).
 //! - [`request`]: the request path: own-pool prefix, onboard from the tier,
-//!   queued prefill, paced decode, block reports and offloads.
+//!   queued prefill.
+//! - [`agent_link`]: attach to the agent, KV-event reports, onboard, offload.
+//! - [`decode`]: the paced answer (streamed or whole) and the request guard.
 //! - [`schedule`]: the order of waiting prefills, fcfs or by priority (pure).
 //! - [`gate`]: the GPU's prefill slots and their waiting queue.
 //! - [`stats`]: counters and load gauges, `/metrics` and `/load`.
@@ -14,6 +16,8 @@
 
 use std::path::PathBuf;
 
+mod agent_link;
+pub mod decode;
 pub mod gate;
 pub mod http;
 pub mod prefix_cache;
