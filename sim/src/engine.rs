@@ -173,29 +173,9 @@ impl SimEngine {
         let map = MmapOptions::new()
             .len((spec.num_blocks * block_bytes) as usize)
             .map_raw(&file)?;
-        let path = std::fs::canonicalize(&spec.path)?;
+        let request = attach_request(&spec)?;
         let mut client = connect(agent).await?;
-        let attached = client
-            .attach_pool(AttachPoolRequest {
-                namespace: spec.namespace.clone(),
-                hashing: Some(spec.hashing.clone()),
-                layout: Some(PoolLayout {
-                    num_blocks: spec.num_blocks,
-                    block_bytes,
-                    block_stride_bytes: 0,
-                    num_layers: 0,
-                    dtype: "u8".into(),
-                }),
-                memory: Some(attach_pool_request::Memory::SharedMemory(
-                    SharedMemoryPool {
-                        path: path.display().to_string(),
-                        offset: 0,
-                    },
-                )),
-                engine_name: spec.engine_name.clone(),
-            })
-            .await?
-            .into_inner();
+        let attached = client.attach_pool(request).await?.into_inner();
         let seed = effective_seed(
             if spec.hashing.seed == 0 {
                 kvtier_proto::hashing::DEFAULT_SEED
