@@ -95,7 +95,10 @@ impl WorkerService for Service {
     ) -> Result<Response<PoolLookupResponse>, Status> {
         let req = request.into_inner();
         self.state.check_count(req.hashes.len())?;
-        let pool = self.state.pool(req.pool_id)?;
+        let pool = match req.pool_id {
+            0 => self.state.current_pool()?,
+            id => self.state.pool(id)?,
+        };
         let (prefix_len, tiers) = pool
             .lookup(&req.hashes, self.state.config.call_timeout)
             .await?;

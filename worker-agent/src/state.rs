@@ -86,6 +86,16 @@ impl AgentState {
         }
     }
 
+    /// The attached pool, whichever it is (pool id 0 in PoolLookup: a
+    /// scheduler that hashes prompts has no pool of its own).
+    pub(crate) fn current_pool(&self) -> Result<Arc<AttachedPool>, AgentError> {
+        self.pool.read().clone().ok_or_else(|| {
+            AgentError::NoPool(
+                "no pool attached: the engine's worker has not called AttachPool yet".into(),
+            )
+        })
+    }
+
     pub(crate) fn check_count(&self, n: usize) -> Result<(), AgentError> {
         if n == 0 || n > self.config.max_blocks_per_call {
             return Err(AgentError::InvalidRequest(format!(

@@ -1,0 +1,89 @@
+"""Runs a real vLLM engine (CPU backend) in its own process and prints one JSON
+line: the greedy tokens of each prompt, per-prompt times to first token, and
+the connector's counters. Used by the end-to-end tests and the benchmark.
+
+    python engine_runner.py --model DIR --prompts FILE [--agent ADDR] [--namespace NS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--prompts", required=True, help="JSON list of token-id lists")
+    parser.add_argument("--agent", default="", help="kvtier-agent address; empty: no connector")
+    parser.add_argument("--namespace", default="vllm-test")
+    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--block-size", type=int, default=32)
+    parser.add_argument("--extra", default="{}", help="more kv_connector_extra_config (JSON)")
+    parser.add_argument("--repeat", type=int, default=1, help="run each prompt this many times")
+    args = parser.parse_args()
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM, SamplingParams
+    from vllm.config import KVTransferConfig
+    from vllm.inputs import TokensPrompt
+
+    kv_transfer_config = None
+    if args.agent:
+        extra = {"agent": args.agent, "namespace": args.namespace, **json.loads(args.extra)}
+        kv_transfer_config = KVTransferConfig(
+            kv_connector="KvtierConnector",
+            kv_connector_module_path="kvtier_vllm",
+            kv_role="kv_both",
+            kv_connector_extra_config=extra,
+        )
+    llm = LLM(
+        model=args.model,
+        skip_tokenizer_init=True,
+        dtype="float32",
+        block_size=args.block_size,
+        max_model_len=4096,
+        max_num_batched_tokens=4096,
+        enforce_eager=True,
+        enable_prefix_caching=True,
+        seed=0,
+        kv_transfer_config=kv_transfer_config,
+    )
+    with open(args.prompts) as f:
+        prompts: list[list[int]] = json.load(f)
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True, detokenize=False)
+    outputs = []
+    ttft = []
+    for prompt in prompts:
+        for _ in range(args.repeat):
+            llm.reset_prefix_cache()  # the engine's own cache must not answer
+            one = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True, detokenize=False)
+            start = time.perf_counter()
+            llm.generate([TokensPrompt(prompt_token_ids=prompt)], one, use_tqdm=False)
+            ttft.append(time.perf_counter() - start)
+        llm.reset_prefix_cache()
+        out = llm.generate([TokensPrompt(prompt_token_ids=prompt)], params, use_tqdm=False)
+        outputs.append(list(out[0].outputs[0].token_ids))
+    totals = {}
+    connector = _connector(llm)
+    if connector is not None:
+        connector.wait_for_saves(30.0)
+        totals = connector.totals
+        totals["staging_free"] = connector.staging_free
+        totals["staging_slots"] = connector._staging.slots if connector._staging else 0
+    print("RESULT " + json.dumps({"tokens": outputs, "ttft_s": ttft, "connector": totals}), flush=True)
+    return 0
+
+
+def _connector(llm):  # type: ignore[no-untyped-def]
+    from vllm.distributed.kv_transfer import get_kv_transfer_group, has_kv_transfer_group
+
+    return get_kv_transfer_group() if has_kv_transfer_group() else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
