@@ -85,11 +85,6 @@ class StagingPool:
             blocks = staged.index_select(0, src).to(view.tensor.device)
             view.tensor.index_copy_(0, dst.to(view.tensor.device), blocks)
 
-    def fill_random_(self, seed: int) -> None:
-        """Test aid: random bytes in every slot."""
-        gen = torch.Generator().manual_seed(seed)
-        self._bytes.copy_(torch.randint(0, 256, self._bytes.shape, generator=gen, dtype=torch.uint8))
-
     def close(self) -> None:
         with self._cond:
             self._closed = True
