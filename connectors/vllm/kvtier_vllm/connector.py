@@ -16,7 +16,6 @@ on a background thread and are skipped when the staging pool is full.
 from __future__ import annotations
 
 import concurrent.futures
-
 import os
 import threading
 import time
@@ -33,7 +32,14 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from vllm.logger import init_logger
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 
-from kvtier_vllm.agent import AgentClient, AgentError, AgentRefused, AgentUnavailable, Hashing, OffloadBlock
+from kvtier_vllm.agent import (
+    AgentClient,
+    AgentError,
+    AgentRefused,
+    AgentUnavailable,
+    Hashing,
+    OffloadBlock,
+)
 from kvtier_vllm.config import ConnectorConfig
 from kvtier_vllm.hashing import BlockHasher, IncrementalHasher, effective_seed
 from kvtier_vllm.layout import KvLayout, describe
@@ -130,7 +136,7 @@ class KvtierConnector(KVConnectorBase_V1):
         self,
         vllm_config: VllmConfig,
         role: KVConnectorRole,
-        kv_cache_config: KVCacheConfig | None = None,
+        kv_cache_config: KVCacheConfig,
     ) -> None:
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         self.config = ConnectorConfig.from_extra(
@@ -158,9 +164,10 @@ class KvtierConnector(KVConnectorBase_V1):
         self._hasher = BlockHasher(
             self.block_size, effective_seed(self.config.seed, self.config.salt)
         )
-        self._model = self.config.model or vllm_config.model_config.served_model_name or ""
-        if isinstance(self._model, list):
-            self._model = self._model[0]
+        served = vllm_config.model_config.served_model_name
+        self._model: str = self.config.model or (
+            served[0] if isinstance(served, list) else served or ""
+        )
         self._agent = AgentClient(self.config.agent)
         self._backoff = _Backoff(self.config.retry_interval_ms / 1000)
         self._stats = StatsRecorder()
@@ -175,7 +182,9 @@ class KvtierConnector(KVConnectorBase_V1):
                     policy,
                     self.config.load_failure_policy,
                 )
-                self._kv_transfer_config.kv_load_failure_policy = self.config.load_failure_policy
+                self._kv_transfer_config.kv_load_failure_policy = (
+                    "fail" if self.config.load_failure_policy == "fail" else "recompute"
+                )
         self._requests: dict[str, _RequestState] = {}
         # Worker side.
         self._layout: KvLayout | None = None
@@ -238,11 +247,14 @@ class KvtierConnector(KVConnectorBase_V1):
             self._backoff.ok()
         except AgentError as err:
             self._backoff.failed()
-            self._stats.add(lookups=1, lookup_failures=1, lookup_seconds=time.perf_counter() - start)
+            self._stats.add(
+                lookups=1, lookup_failures=1, lookup_seconds=time.perf_counter() - start
+            )
             logger.warning("kvtier: lookup failed, computing the prompt (%s)", err)
             return 0, False
         self._stats.add(
-            lookups=1, lookup_hit_tokens=hit * self.block_size,
+            lookups=1,
+            lookup_hit_tokens=hit * self.block_size,
             lookup_seconds=time.perf_counter() - start,
         )
         if hit == 0:
@@ -305,7 +317,9 @@ class KvtierConnector(KVConnectorBase_V1):
             lo = st.saved_blocks
             meta.saves.append(
                 SaveSpec(
-                    req_id, hashes[lo:full], st.block_ids[lo:full],
+                    req_id,
+                    hashes[lo:full],
+                    st.block_ids[lo:full],
                     hashes[lo - 1] if lo > 0 else None,
                 )
             )
@@ -336,7 +350,10 @@ class KvtierConnector(KVConnectorBase_V1):
         self._staging = StagingPool(layout, int(slots), self.config.shm_dir)
         logger.info(
             "kvtier: KV layout %s, %d B per block, staging %d blocks in %s",
-            layout.descriptor, layout.block_bytes, slots, self._staging.path,
+            layout.descriptor,
+            layout.block_bytes,
+            slots,
+            self._staging.path,
         )
         self._attach(first=True)
 
@@ -388,8 +405,12 @@ class KvtierConnector(KVConnectorBase_V1):
                 return False
             self._backoff.ok()
             self._pool_id = int(resp.pool_id)
-            logger.info("kvtier: attached pool %d to agent %s (worker %s)",
-                        self._pool_id, self.config.agent, resp.worker_id)
+            logger.info(
+                "kvtier: attached pool %d to agent %s (worker %s)",
+                self._pool_id,
+                self.config.agent,
+                resp.worker_id,
+            )
             return True
 
     def _agent_failed(self, err: AgentError) -> None:
@@ -412,13 +433,18 @@ class KvtierConnector(KVConnectorBase_V1):
             failed = load.block_ids[loaded:]
             self._load_errors.update(failed)
             self._stats.add(
-                loads=1, loaded_tokens=loaded * self.block_size,
-                load_error_blocks=len(failed), load_seconds=time.perf_counter() - start,
+                loads=1,
+                loaded_tokens=loaded * self.block_size,
+                load_error_blocks=len(failed),
+                load_seconds=time.perf_counter() - start,
             )
             if failed:
                 logger.warning(
-                    "kvtier: request %s: %d of %d promised blocks did not load; vLLM recomputes them",
-                    load.req_id, len(failed), len(load.block_ids),
+                    "kvtier: request %s: %d of %d promised blocks did not load; "
+                    "vLLM recomputes them",
+                    load.req_id,
+                    len(failed),
+                    len(load.block_ids),
                 )
 
     def _load(self, staging: StagingPool, load: LoadSpec) -> int:
@@ -487,7 +513,8 @@ class KvtierConnector(KVConnectorBase_V1):
         if blocks:
             staging.gather(block_ids, slots_all)
         self._stats.add(
-            saved_blocks=len(blocks), save_skipped_blocks=skipped,
+            saved_blocks=len(blocks),
+            save_skipped_blocks=skipped,
             save_copy_seconds=time.perf_counter() - start,
         )
         if not blocks:

@@ -59,8 +59,11 @@ def main() -> int:
         stale = [
             str(p.relative_to(fresh))
             for p in sorted(fresh.rglob("*"))
-            if p.is_file() and (not (OUT / p.relative_to(fresh)).is_file()
-                                or (OUT / p.relative_to(fresh)).read_text() != p.read_text())
+            if p.is_file()
+            and (
+                not (OUT / p.relative_to(fresh)).is_file()
+                or (OUT / p.relative_to(fresh)).read_text() != p.read_text()
+            )
         ]
     if stale:
         print("stale generated files (run scripts/gen_proto.py):", *stale, sep="\n  ")

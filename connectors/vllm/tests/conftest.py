@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import procs  # noqa: E402
+import procs
 
 
 def missing(what: str, how: str) -> None:

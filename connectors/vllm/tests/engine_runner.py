@@ -55,7 +55,9 @@ def main() -> int:
     )
     with open(args.prompts) as f:
         prompts: list[list[int]] = json.load(f)
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True, detokenize=False)
+    params = SamplingParams(
+        temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True, detokenize=False
+    )
     outputs = []
     ttft = []
     for prompt in prompts:
@@ -75,7 +77,9 @@ def main() -> int:
         totals = connector.totals
         totals["staging_free"] = connector.staging_free
         totals["staging_slots"] = connector._staging.slots if connector._staging else 0
-    print("RESULT " + json.dumps({"tokens": outputs, "ttft_s": ttft, "connector": totals}), flush=True)
+    print(
+        "RESULT " + json.dumps({"tokens": outputs, "ttft_s": ttft, "connector": totals}), flush=True
+    )
     return 0
 
 

@@ -39,8 +39,15 @@ class Process:
         self.args = args
         self.log: deque[str] = deque(maxlen=200)
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "KVTIER_LOG_FORMAT": "text", "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={
+                **os.environ,
+                "KVTIER_LOG_FORMAT": "text",
+                "RUST_LOG": os.environ.get("RUST_LOG", "info"),
+            },
         )
         self.ready = ""
         seen = threading.Event()
@@ -88,8 +95,16 @@ def server(extra: list[str] | None = None) -> Iterator[Process]:
     assert exe is not None
     data = tempfile.mkdtemp(prefix="kvtier-test-data-")
     p = Process(
-        [str(exe), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-         "--data-dir", data, *(extra or [])],
+        [
+            str(exe),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+            *(extra or []),
+        ],
         "kvtier-server ready",
     )
     try:
@@ -104,9 +119,22 @@ def start_agent(server_grpc: str, block_tokens: int, extra: list[str] | None = N
     assert exe is not None
     sock = tempfile.mktemp(prefix="kvtier-agent-", suffix=".sock")
     return Process(
-        [str(exe), "--listen", "127.0.0.1:0", "--uds", sock, "--metrics-listen", "127.0.0.1:0",
-         "--server", f"http://{server_grpc}", "--block-tokens", str(block_tokens),
-         "--onboard-timeout-ms", "2000", *(extra or [])],
+        [
+            str(exe),
+            "--listen",
+            "127.0.0.1:0",
+            "--uds",
+            sock,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--server",
+            f"http://{server_grpc}",
+            "--block-tokens",
+            str(block_tokens),
+            "--onboard-timeout-ms",
+            "2000",
+            *(extra or []),
+        ],
         "kvtier-agent ready",
     )
 

@@ -62,7 +62,10 @@ class Engine:
 
     def __post_init__(self) -> None:
         model_config = ModelConfig(
-            model=str(self.model), dtype="float32", seed=0, skip_tokenizer_init=True,
+            model=str(self.model),
+            dtype="float32",
+            seed=0,
+            skip_tokenizer_init=True,
             max_model_len=4096,
         )
         scheduler_config = SchedulerConfig(
@@ -80,7 +83,9 @@ class Engine:
             kv_connector_module_path="kvtier_vllm",
             kv_role="kv_both",
             kv_connector_extra_config={
-                "agent": self.agent, "namespace": self.namespace, "staging_bytes": 4 << 20,
+                "agent": self.agent,
+                "namespace": self.namespace,
+                "staging_bytes": 4 << 20,
                 **self.extra,
             },
         )
@@ -98,8 +103,10 @@ class Engine:
                 KVCacheGroupSpec(
                     list(LAYERS),
                     FullAttentionSpec(
-                        block_size=self.block_size, num_kv_heads=HEADS,
-                        head_size=self.head_size, dtype=self.dtype,
+                        block_size=self.block_size,
+                        num_kv_heads=HEADS,
+                        head_size=self.head_size,
+                        dtype=self.dtype,
                     ),
                 )
             ],
@@ -114,10 +121,14 @@ class Engine:
         )
         assert isinstance(self.scheduler.connector, KvtierConnector)
         self.sched_connector: KvtierConnector = self.scheduler.connector
-        self.worker = KvtierConnector(self.vllm_config, KVConnectorRole.WORKER, self.kv_cache_config)
+        self.worker = KvtierConnector(
+            self.vllm_config, KVConnectorRole.WORKER, self.kv_cache_config
+        )
         # The CPU backend's layout: [num_blocks, kv_heads, block_size, 2 * head_size].
         self.kv = {
-            name: torch.zeros(self.num_blocks, HEADS, self.block_size, 2 * self.head_size, dtype=self.dtype)
+            name: torch.zeros(
+                self.num_blocks, HEADS, self.block_size, 2 * self.head_size, dtype=self.dtype
+            )
             for name in LAYERS
         }
         self.worker.register_kv_caches(self.kv)
@@ -205,7 +216,9 @@ class Engine:
             tokens = list(req.all_token_ids)
             hashes = self.hasher.sequence_hashes(tokens[: end // self.block_size * self.block_size])
             block_ids = self.scheduler.kv_cache_manager.get_block_ids(rid)[0]
-            for b in range(start // self.block_size, (end + self.block_size - 1) // self.block_size):
+            for b in range(
+                start // self.block_size, (end + self.block_size - 1) // self.block_size
+            ):
                 value = block_value(hashes[b]) if b < len(hashes) else -1.0
                 for t in self.kv.values():
                     t[block_ids[b]].fill_(value)
@@ -219,7 +232,8 @@ class Engine:
         block_ids = self.scheduler.kv_cache_manager.get_block_ids(rid)[0]
         return all(
             bool((t[block_ids[b]] == block_value(hashes[b])).all())
-            for b in range(blocks) for t in self.kv.values()
+            for b in range(blocks)
+            for t in self.kv.values()
         )
 
     def close(self) -> None:

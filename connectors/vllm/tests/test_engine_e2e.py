@@ -14,31 +14,45 @@ import subprocess
 import sys
 import urllib.request
 
-import pytest
-
 import procs
 
 BS = 32
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def run_engine(model: pathlib.Path, prompts_file: pathlib.Path, agent: str = "",
-               namespace: str = "e2e", max_tokens: int = 8) -> dict:  # type: ignore[type-arg]
+def run_engine(
+    model: pathlib.Path,
+    prompts_file: pathlib.Path,
+    agent: str = "",
+    namespace: str = "e2e",
+    max_tokens: int = 8,
+) -> dict:  # type: ignore[type-arg]
     env = {
         **os.environ,
         "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         "VLLM_CPU_KVCACHE_SPACE": "1",
     }
-    args = [sys.executable, str(HERE / "engine_runner.py"), "--model", str(model),
-            "--prompts", str(prompts_file), "--max-tokens", str(max_tokens),
-            "--block-size", str(BS), "--namespace", namespace]
+    args = [
+        sys.executable,
+        str(HERE / "engine_runner.py"),
+        "--model",
+        str(model),
+        "--prompts",
+        str(prompts_file),
+        "--max-tokens",
+        str(max_tokens),
+        "--block-size",
+        str(BS),
+        "--namespace",
+        namespace,
+    ]
     if agent:
         args += ["--agent", agent]
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode != 0 or not lines:
         raise AssertionError(f"engine failed (rc {r.returncode}):\n{r.stderr[-6000:]}")
-    return json.loads(lines[-1][len("RESULT "):])  # type: ignore[no-any-return]
+    return json.loads(lines[-1][len("RESULT ") :])  # type: ignore[no-any-return]
 
 
 def metric(url: str, name: str, *labels: str) -> float:
@@ -46,8 +60,10 @@ def metric(url: str, name: str, *labels: str) -> float:
     body = urllib.request.urlopen(url, timeout=5).read().decode()
     total = 0.0
     for line in body.splitlines():
-        if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{") and all(
-            label in line for label in labels
+        if (
+            line.startswith(name)
+            and line[len(name) : len(name) + 1] in (" ", "{")
+            and all(label in line for label in labels)
         ):
             total += float(line.rsplit(" ", 1)[1])
     return total
@@ -56,26 +72,34 @@ def metric(url: str, name: str, *labels: str) -> float:
 def poison(agent: procs.Process, model: pathlib.Path, namespace: str, prompt: list[int]) -> int:
     """Stores the prompt's block hashes with random KV (the layout of the real engine)."""
     import torch
+    from tiny_model import HEADS, HIDDEN, LAYERS
 
     from kvtier_vllm.agent import AgentClient, Hashing, OffloadBlock
     from kvtier_vllm.hashing import BlockHasher, effective_seed
     from kvtier_vllm.layout import describe
     from kvtier_vllm.staging import StagingPool
-    from tiny_model import HEADS, HIDDEN, LAYERS
 
     head = HIDDEN // HEADS
     hashes = BlockHasher(BS, effective_seed(1337, "")).sequence_hashes(prompt)
     gen = torch.Generator().manual_seed(99)
-    kv = {f"layer{i}": torch.randn(len(hashes), HEADS, BS, 2 * head, generator=gen)
-          for i in range(LAYERS)}
+    kv = {
+        f"layer{i}": torch.randn(len(hashes), HEADS, BS, 2 * head, generator=gen)
+        for i in range(LAYERS)
+    }
     layout = describe(kv, num_blocks=len(hashes), block_tokens=BS, kv_heads=HEADS, head_size=head)
     staging = StagingPool(layout, len(hashes))
     client = AgentClient("unix://" + agent.field("uds"))
     try:
         staging.gather(range(len(hashes)), range(len(hashes)))
         resp = client.attach_shared_memory(
-            namespace, Hashing(BS, 1337, "", layout.block_bytes, layout.descriptor, str(model)),
-            len(hashes), LAYERS, layout.dtype_name, staging.path, "poisoner", 10.0,
+            namespace,
+            Hashing(BS, 1337, "", layout.block_bytes, layout.descriptor, str(model)),
+            len(hashes),
+            LAYERS,
+            layout.dtype_name,
+            staging.path,
+            "poisoner",
+            10.0,
         )
         blocks = [OffloadBlock(i, h, hashes[i - 1] if i else None) for i, h in enumerate(hashes)]
         stored, _ = client.offload(resp.pool_id, blocks, 30.0)
@@ -126,4 +150,6 @@ def test_engine_b_loads_engine_a_prefix_exactly(
         with procs.agent(grpc, BS) as agent_c:
             c = run_engine(tiny_model, prompts, "unix://" + agent_c.field("uds"), "e2e-poisoned")
         assert c["connector"]["loaded_tokens"] == 2 * 10 * BS, c["connector"]
-        assert c["tokens"] != baseline, "random KV did not change the tokens: is the loaded KV used?"
+        assert c["tokens"] != baseline, (
+            "random KV did not change the tokens: is the loaded KV used?"
+        )

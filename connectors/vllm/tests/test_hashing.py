@@ -31,7 +31,9 @@ def test_vector_file_is_there() -> None:
 
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda c: f"bt{c[0]}-seed{c[1]}-salt{bool(c[2])}")
-def test_matches_rust_vectors(case: tuple[int, int, str, list[int], int, list[int], list[int]]) -> None:
+def test_matches_rust_vectors(
+    case: tuple[int, int, str, list[int], int, list[int], list[int]],
+) -> None:
     block_tokens, base_seed, salt, tokens, seed, locals_, sequence = case
     assert effective_seed(base_seed, salt) == seed
     hasher = BlockHasher(block_tokens, seed)

@@ -10,10 +10,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-import pytest
-
 import procs
-
+import pytest
 
 BS = 32
 
@@ -79,7 +77,7 @@ def test_hit_miss_and_partial_prefix(engines) -> None:  # type: ignore[no-untype
     b.run()
 
     # Partial prefix: 5 shared blocks, then a different token.
-    partial = shared[: 5 * BS] + [1999] + shared[5 * BS + 1 :]
+    partial = [*shared[: 5 * BS], 1999, *shared[5 * BS + 1 :]]
     b.scheduler.reset_prefix_cache()
     b.add("b-partial", partial)
     out = b.schedule()
@@ -139,7 +137,9 @@ def test_slow_agent_is_bounded_by_lookup_timeout(tiny_model, vllm_installed) -> 
 
     threading.Thread(target=accept, daemon=True).start()
     addr = f"127.0.0.1:{sink.getsockname()[1]}"
-    eng = Engine(model=tiny_model, agent=addr, extra={"lookup_timeout_ms": 300, "attach_timeout_ms": 300})
+    eng = Engine(
+        model=tiny_model, agent=addr, extra={"lookup_timeout_ms": 300, "attach_timeout_ms": 300}
+    )
     try:
         eng.add("s", prompt(random.Random(3), 4 * BS + 1))
         start = time.monotonic()
