@@ -269,10 +269,10 @@ async fn measure(
         .truncate(true)
         .open(&path)?;
     file.set_len(total)?;
-    // KV-like bytes (not zero pages), written once.
+    // KV-like bytes (not zero pages), each block stamped with its id.
     let chunk: Vec<u8> = (0..block).map(|i| splitmix(i) as u8).collect();
     for i in 0..n {
-        file.write_all_at(&chunk, i * block)?;
+        file.write_all_at(&stamped(&chunk, i), i * block)?;
     }
     let config = HashingConfig {
         block_tokens: 16,
@@ -329,6 +329,9 @@ async fn measure(
         }
         offload.push(gibps(total, took));
 
+        // Onboard into a cleared pool, so that every block checked afterwards
+        // was written by this onboard (not left over from the start).
+        clear_pool(&file, total)?;
         let start = Instant::now();
         let back = agent
             .onboard(OnboardRequest {
@@ -347,6 +350,8 @@ async fn measure(
                 back.degraded_reason
             );
         }
+        check_onboarded(&file, &chunk, n)
+            .map_err(|e| anyhow!("block size {block}, round {round}: {e}"))?;
         onboard.push(gibps(total, took));
         let direct_hashes: Vec<u64> = hashes.iter().map(|h| splitmix(h ^ 0xD1)).collect();
         let (put, get) = direct_rates(
@@ -362,11 +367,6 @@ async fn measure(
         memcpy.push(memcpy_rate(total, block));
         tcp.push(tcp_rate(total, block)?);
     }
-    let mut readback = vec![0u8; block as usize];
-    file.read_exact_at(&mut readback, (n - 1) * block)?;
-    if readback != chunk {
-        bail!("onboarded bytes differ from the offloaded ones");
-    }
     let _ = std::fs::remove_file(&path);
     // Rounds are at least one: every list has a median.
     let mid = |v: Vec<f64>| median(&v).unwrap_or(f64::NAN);
@@ -380,6 +380,52 @@ async fn measure(
         memcpy: mid(memcpy),
         tcp: mid(tcp),
     })
+}
+
+/// Block `i`'s bytes: `chunk` with `i` stamped over its first and last 8
+/// bytes, so a block onboarded into the wrong slot is caught as well.
+fn stamped(chunk: &[u8], i: u64) -> Vec<u8> {
+    let mut b = chunk.to_vec();
+    let id = i.to_le_bytes();
+    let k = b.len().min(8);
+    b[..k].copy_from_slice(&id[..k]);
+    let len = b.len();
+    b[len - k..].copy_from_slice(&id[..k]);
+    b
+}
+
+/// Zero-fills the first `total` bytes of the pool file.
+fn clear_pool(file: &std::fs::File, total: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; (total.min(8 << 20)) as usize];
+    let mut at = 0;
+    while at < total {
+        let n = (total - at).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Checks every one of the `n` blocks of the pool against what was
+/// offloaded (`stamped(chunk, i)`); an error names the first wrong block and
+/// how many are wrong.
+fn check_onboarded(file: &std::fs::File, chunk: &[u8], n: u64) -> Result<()> {
+    let block = chunk.len() as u64;
+    let mut readback = vec![0u8; chunk.len()];
+    let (mut first, mut wrong) = (None, 0u64);
+    for i in 0..n {
+        file.read_exact_at(&mut readback, i * block)?;
+        if readback != stamped(chunk, i) {
+            first.get_or_insert(i);
+            wrong += 1;
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some(i) => bail!(
+            "{wrong} of {n} onboarded blocks differ from the offloaded ones (the first: block {i})"
+        ),
+    }
 }
 
 fn table(rows: &[Row], args: &Args) -> String {
@@ -496,4 +542,47 @@ pub async fn run(args: Args) -> Result<()> {
 /// For a synchronous `main`: runs [`run`] on a fresh tokio runtime.
 pub fn run_blocking(args: Args) -> Result<()> {
     tokio::runtime::Runtime::new()?.block_on(run(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The check the benchmark runs after each onboard: every block of a
+    /// cleared pool, not only the last one of a pool that already held the
+    /// right bytes (which passed even when onboard wrote nothing).
+    #[test]
+    fn every_onboarded_block_of_a_cleared_pool_is_checked() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("pool"))?;
+        let (n, block) = (4u64, 64u64);
+        let chunk: Vec<u8> = (0..block).map(|i| splitmix(i) as u8).collect();
+        let write =
+            |i: u64, as_block: u64| file.write_all_at(&stamped(&chunk, as_block), i * block);
+        for i in 0..n {
+            write(i, i)?;
+        }
+        check_onboarded(&file, &chunk, n)?;
+
+        clear_pool(&file, n * block)?;
+        let err = check_onboarded(&file, &chunk, n).unwrap_err().to_string();
+        assert!(err.contains("4 of 4"), "{err}");
+        // An onboard that skipped block 2 (the last one is right).
+        for i in [0, 1, 3] {
+            write(i, i)?;
+        }
+        let err = check_onboarded(&file, &chunk, n).unwrap_err().to_string();
+        assert!(err.contains("1 of 4") && err.contains("block 2"), "{err}");
+        // Block 1's bytes in slot 2.
+        write(2, 1)?;
+        let err = check_onboarded(&file, &chunk, n).unwrap_err().to_string();
+        assert!(err.contains("block 2"), "{err}");
+        write(2, 2)?;
+        check_onboarded(&file, &chunk, n)
+    }
 }

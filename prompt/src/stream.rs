@@ -468,6 +468,48 @@ fn usage_of(api: Api, u: &Value) -> Usage {
     }
 }
 
+/// Whether one event of an `api` answer (an SSE frame's `data` parsed as
+/// JSON, or a whole non-streamed body) ends the call with a tool call, read
+/// from the answer's structure, never from its text: chat completions, a
+/// choice's `finish_reason` `tool_calls` (or the legacy `function_call`);
+/// Anthropic, `stop_reason` `tool_use` (top level, or in a `message_delta`'s
+/// `delta`); Responses, an output item of type `function_call` (in `output`,
+/// `response.output`, or an `output_item` event's `item`).
+pub fn ends_with_tool_call(api: Api, event: &Value) -> bool {
+    let str_at = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+    match api {
+        Api::ChatCompletions => {
+            event
+                .get("choices")
+                .and_then(Value::as_array)
+                .is_some_and(|choices| {
+                    choices.iter().any(|c| {
+                        matches!(
+                            str_at(c, "finish_reason").as_deref(),
+                            Some("tool_calls" | "function_call")
+                        )
+                    })
+                })
+        }
+        Api::Messages => [Some(event), event.get("delta")]
+            .into_iter()
+            .flatten()
+            .any(|v| str_at(v, "stop_reason").as_deref() == Some("tool_use")),
+        Api::Responses => {
+            let is_call = |item: &Value| str_at(item, "type").as_deref() == Some("function_call");
+            let outputs = [event.get("output"), event.pointer("/response/output")]
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_array)
+                .flatten();
+            let item = event.get("item").filter(|_| {
+                str_at(event, "type").is_some_and(|t| t.starts_with("response.output_item."))
+            });
+            outputs.chain(item).any(is_call)
+        }
+    }
+}
+
 /// Text and usage of a non-streamed response body of `api` (the inverse of
 /// [`full_response`], for tests and clients).
 pub fn full_text(api: Api, body: &Value) -> Result<(String, Option<Usage>), String> {
@@ -910,5 +952,54 @@ mod tests {
             assert_eq!(text, "ok go", "{api:?}");
             assert_eq!(got, Some(usage), "{api:?}");
         }
+    }
+
+    /// Every `data:` event of a stream, parsed.
+    fn events(sse: &str) -> Vec<Value> {
+        sse.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str(d).ok())
+            .collect()
+    }
+
+    #[test]
+    fn a_tool_call_ending_is_read_from_the_structure_not_the_text() {
+        let usage = Usage::default();
+        for api in [Api::ChatCompletions, Api::Responses, Api::Messages] {
+            // The text names every marker; the answer ends its turn.
+            let mut w = StreamWriter::new(api, "t2", "m");
+            let mut sse = w.start(usage).concat();
+            sse.push_str(
+                &w.delta("\"tool_calls\" \"tool_use\" \"function_call\"")
+                    .concat(),
+            );
+            sse.push_str(&w.finish(usage).concat());
+            assert!(
+                !events(&sse).iter().any(|e| ends_with_tool_call(api, e)),
+                "{api:?}: {sse}"
+            );
+            let body = full_response(api, "t2", "m", "\"tool_use\" \"tool_calls\"", usage);
+            assert!(!ends_with_tool_call(api, &body), "{api:?}");
+            // The same with a tool call at the end.
+            let mut w = StreamWriter::new(api, "t3", "m");
+            w.end_with_tool_call("ls", "{}");
+            let mut sse = w.start(usage).concat();
+            sse.push_str(&w.delta("ok").concat());
+            sse.push_str(&w.finish(usage).concat());
+            assert!(
+                events(&sse).iter().any(|e| ends_with_tool_call(api, e)),
+                "{api:?}: {sse}"
+            );
+        }
+        // Structure that names tools without ending with a call: an empty
+        // `tool_calls` list (as OpenAI-compatible servers send), a stop.
+        let chat = json!({"choices":[{"message":{"content":"hi","tool_calls":[]},"finish_reason":"stop"}]});
+        assert!(!ends_with_tool_call(Api::ChatCompletions, &chat));
+        let chat = json!({"choices":[{"message":{"tool_calls":[{"id":"1"}]},"finish_reason":"tool_calls"}]});
+        assert!(ends_with_tool_call(Api::ChatCompletions, &chat));
+        let msg = json!({"content":[{"type":"text","text":"x"}],"stop_reason":"tool_use"});
+        assert!(ends_with_tool_call(Api::Messages, &msg));
+        let resp = json!({"output":[{"type":"message"},{"type":"function_call","name":"f"}]});
+        assert!(ends_with_tool_call(Api::Responses, &resp));
     }
 }

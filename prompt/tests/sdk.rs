@@ -165,7 +165,10 @@ async fn serve(mut sock: TcpStream, seen: Arc<Mutex<Vec<ModelCall>>>) -> std::io
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_sdks_reassemble_streams_and_bodies() {
     let Some(python) = python() else {
-        println!("SKIPPED official_sdks_reassemble_streams_and_bodies: no python3 on this machine");
+        kvtier_testkit::prereq::missing(
+            "python3",
+            "install python3 with venv; the test then makes ~/.cache/kvtier-sdk-venv with the SDKs",
+        );
         return;
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

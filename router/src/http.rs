@@ -33,6 +33,7 @@ use kvtier_proto::v1::{CallEnding, HintRequest};
 
 use crate::admission::Rejected;
 use crate::app::{ModelState, Models};
+use crate::ending::EndingScan;
 use crate::lifecycle::AgentSpec;
 use crate::load::CallTicket;
 use crate::metrics as m;
@@ -261,6 +262,7 @@ async fn call(
             Ok(upstream) => {
                 record_decision(&routed, &worker.worker_id, hashes.len());
                 let mut response = proxy_response(
+                    api,
                     upstream,
                     &worker.worker_id,
                     ticket,
@@ -393,42 +395,6 @@ impl CallEnd {
     }
 }
 
-/// Finds in the answer's bytes whether the model asked for a tool: the
-/// markers of the three APIs (`"finish_reason":"tool_calls"`,
-/// `"stop_reason":"tool_use"`, a `"function_call"` output item), across
-/// chunk boundaries.
-#[derive(Debug, Default)]
-struct EndingScan {
-    tail: Vec<u8>,
-    tool_call: bool,
-}
-
-impl EndingScan {
-    const MARKERS: [&'static [u8]; 3] = [b"\"tool_calls\"", b"\"tool_use\"", b"\"function_call\""];
-    const KEEP: usize = 16;
-
-    fn feed(&mut self, chunk: &[u8]) {
-        if self.tool_call {
-            return;
-        }
-        let mut window = std::mem::take(&mut self.tail);
-        window.extend_from_slice(chunk);
-        self.tool_call = Self::MARKERS
-            .iter()
-            .any(|m| window.windows(m.len()).any(|w| w == *m));
-        let keep = window.len().saturating_sub(Self::KEEP);
-        self.tail = window.split_off(keep);
-    }
-
-    fn ending(&self) -> CallEnding {
-        if self.tool_call {
-            CallEnding::ToolCall
-        } else {
-            CallEnding::EndOfTurn
-        }
-    }
-}
-
 /// The upstream answer, passed through chunk by chunk.
 struct UpstreamBody {
     inner: BoxStream<'static, Result<Bytes, reqwest::Error>>,
@@ -484,6 +450,7 @@ impl Drop for UpstreamBody {
 }
 
 fn proxy_response(
+    api: Api,
     upstream: reqwest::Response,
     worker: &str,
     ticket: CallTicket,
@@ -503,7 +470,7 @@ fn proxy_response(
         inner: upstream.bytes_stream().boxed(),
         worker: worker.to_string(),
         ticket: Some(ticket),
-        scan: EndingScan::default(),
+        scan: EndingScan::new(api),
         end: Some(end),
         finished: false,
     };
@@ -579,21 +546,6 @@ async fn render_metrics(State(front): State<Arc<HttpFront>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_ending_scan_finds_tool_calls_across_chunks() {
-        let mut scan = EndingScan::default();
-        scan.feed(b"data: {\"choices\":[{\"finish_reason\":\"tool_");
-        assert_eq!(scan.ending(), CallEnding::EndOfTurn);
-        scan.feed(b"calls\"}]}\n\n");
-        assert_eq!(scan.ending(), CallEnding::ToolCall);
-
-        let mut anthropic = EndingScan::default();
-        anthropic.feed(b"event: message_delta\ndata: {\"delta\":{\"stop_reason\":\"end_turn\"}}");
-        assert_eq!(anthropic.ending(), CallEnding::EndOfTurn);
-        anthropic.feed(b"{\"stop_reason\":\"tool_use\"}");
-        assert_eq!(anthropic.ending(), CallEnding::ToolCall);
-    }
 
     #[test]
     fn hop_headers_are_not_forwarded() {

@@ -15,7 +15,9 @@
 //! - [`lifecycle`]: the cache-server session for agent lifecycles and hints.
 //! - [`app`]: the models served, shared by the services.
 //! - [`service`]: the `kvtier.v1.RouterService` gRPC shell.
-//! - [`http`]: the OpenAI/Anthropic-compatible HTTP front (routes and proxies).
+//! - [`http`]: the OpenAI/Anthropic-compatible HTTP front (routes and proxies);
+//!   `ending`: whether a proxied answer ended with a tool call, read from the
+//!   answer's structure (finish/stop reasons, output item types).
 //! - [`metrics`]: metric names and the Prometheus recorder.
 //! - [`models_file`]: the models served (`ModelSpec`), `--models-file` and
 //!   the checks every list of models passes.
@@ -29,6 +31,7 @@
 pub mod admission;
 pub mod app;
 pub mod cost;
+mod ending;
 pub mod http;
 pub mod index;
 pub mod lifecycle;

@@ -16,12 +16,14 @@
 //! - [`rng`]: splitmix64 and xorshift64: seeded, reproducible data.
 //! - [`stats`]: median and percentiles.
 //! - [`dir`]: temporary directories (in `/dev/shm` for pool files).
+//! - [`prereq`]: a missing prerequisite: `SKIPPED` on a laptop, a failure in CI.
 //! - [`Error`]: what the above can fail with.
 
 pub mod binary;
 pub mod dir;
 mod error;
 pub mod net;
+pub mod prereq;
 pub mod process;
 pub mod prom;
 pub mod rng;

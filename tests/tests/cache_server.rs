@@ -307,6 +307,7 @@ async fn restart_serves_every_acknowledged_block_even_after_kill_9() -> anyhow::
     let session = handshake(&mut client, "ns", config(16, block as u64)).await?;
     let acked = prompt_hashes(3, 40, 16);
     let put = put_chain(&mut client, &session, &acked, block).await?;
+    assert_eq!(put.placements.len(), acked.len(), "one placement per block");
     assert!(put.placements.iter().all(|p| p.tier == Tier::Disk as i32));
 
     // Start a slow stream and kill -9 the server in the middle of it.
@@ -337,12 +338,21 @@ async fn restart_serves_every_acknowledged_block_even_after_kill_9() -> anyhow::
     let mut client = restarted.client().await?;
     let session = handshake(&mut client, "ns", config(16, block as u64)).await?;
     let got = get_all(&mut client, &session, &acked).await?;
+    // zip stops at the shorter list: a reply short of blocks must not pass.
+    assert_eq!(
+        got.len(),
+        acked.len(),
+        "the reply has {} blocks for {} acknowledged",
+        got.len(),
+        acked.len()
+    );
     for (b, h) in got.iter().zip(&acked) {
         assert!(b.found, "acknowledged block {h:#x} lost after kill -9");
         assert_eq!(b.payload, payload_for(*h, block), "torn block served");
     }
     // Unacknowledged blocks may or may not be there, but never torn.
     let got = get_all(&mut client, &session, &inflight).await?;
+    assert_eq!(got.len(), inflight.len(), "one answer per in-flight block");
     let present = got.iter().filter(|b| b.found).count();
     for (b, h) in got.iter().zip(&inflight) {
         if b.found {

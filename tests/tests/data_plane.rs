@@ -305,6 +305,14 @@ async fn kill_9_mid_stream_loses_no_acknowledged_block() -> anyhow::Result<()> {
     let session = handshake(&mut grpc, "ns", config(16, block as u64)).await?;
     let mut dp = DataClient::connect(data_addr(port), &session, "", "").await?;
     let got = dp.get_many(&acked, false).await?;
+    // zip stops at the shorter list: a reply short of blocks must not pass.
+    assert_eq!(
+        got.len(),
+        acked.len(),
+        "the reply has {} blocks for {} acknowledged",
+        got.len(),
+        acked.len()
+    );
     for (r, h) in got.iter().zip(&acked) {
         assert_eq!(
             r.payload.as_ref(),
@@ -314,6 +322,7 @@ async fn kill_9_mid_stream_loses_no_acknowledged_block() -> anyhow::Result<()> {
     }
     // Unacknowledged blocks may or may not be there, but never torn.
     let got = dp.get_many(&hashes, false).await?;
+    assert_eq!(got.len(), hashes.len(), "one answer per block asked for");
     for (r, h) in got.iter().zip(&hashes) {
         if let Some(p) = &r.payload {
             assert_eq!(p, &payload_for(*h, block), "torn in-flight block served");

@@ -587,7 +587,10 @@ async fn all_three_apis_stream_through_the_router_and_hints_reach_the_cache_serv
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_official_sdks_stream_through_the_router() -> Result<()> {
     let Some(python) = sdk_python()? else {
-        eprintln!("SKIPPED: python3 with the openai and anthropic SDKs is not available");
+        kvtier_testkit::prereq::missing(
+            "python3 with the openai and anthropic SDKs",
+            "scripts/setup.sh makes ~/.cache/kvtier-sdk-venv; or set KVTIER_SDK_PYTHON",
+        );
         return Ok(());
     };
     let fleet = Fleet::start(1, &[], &[])?;
@@ -634,7 +637,10 @@ async fn the_official_sdks_stream_through_the_router() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_python_grpc_client_drives_the_router_service() -> Result<()> {
     let Some(python) = sdk_python()? else {
-        eprintln!("SKIPPED: python3 with grpcio is not available (scripts/setup.sh installs it)");
+        kvtier_testkit::prereq::missing(
+            "python3 with grpcio",
+            "scripts/setup.sh makes ~/.cache/kvtier-sdk-venv; or set KVTIER_SDK_PYTHON",
+        );
         return Ok(());
     };
     let fleet = Fleet::start(2, &[], &[])?;

@@ -665,7 +665,10 @@ fn python_with_zmq() -> Option<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vllm_zmq_events_are_ingested_with_kvtier_hashes() -> anyhow::Result<()> {
     let Some(python) = python_with_zmq() else {
-        println!("SKIPPED: python3 with pip is needed to install pyzmq + msgspec");
+        kvtier_testkit::prereq::missing(
+            "python3 with pyzmq and msgspec",
+            "the test pip-installs them when python3 has pip: install python3-pip",
+        );
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
@@ -968,7 +971,10 @@ ctx.term()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_vllm_publisher_is_followed_and_clears_the_worker() -> anyhow::Result<()> {
     let Some(python) = python_with_zmq() else {
-        println!("SKIPPED: python3 with pip is needed to install pyzmq + msgspec");
+        kvtier_testkit::prereq::missing(
+            "python3 with pyzmq and msgspec",
+            "the test pip-installs them when python3 has pip: install python3-pip",
+        );
         return Ok(());
     };
     let dir = tempfile::tempdir()?;

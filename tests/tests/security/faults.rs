@@ -146,7 +146,10 @@ async fn disk_full_fails_writes_cleanly_and_reads_keep_working() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(vol) = small_volume(dir.path(), "48m") else {
         // Not root / no mount namespace: say so loudly rather than fake it.
-        eprintln!("SKIPPED: cannot mount a size-limited tmpfs here (needs root)");
+        kvtier_testkit::prereq::missing(
+            "a size-limited tmpfs for the disk-full test",
+            "run as root (mount -t tmpfs), e.g. in a container with CAP_SYS_ADMIN",
+        );
         return Ok(());
     };
     let _unmount = Unmount(vol.clone());

@@ -184,13 +184,19 @@ mod tests {
     #[test]
     fn device_pool_round_trip_through_pinned_staging() -> Result<()> {
         if ensure_driver().is_err() {
-            eprintln!("SKIPPED: no CUDA driver library on this host");
+            kvtier_testkit::prereq::missing(
+                "the CUDA driver library (libcuda)",
+                "run on a host with an NVIDIA driver",
+            );
             return Ok(());
         }
         let ctx = match CudaContext::new(0) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("SKIPPED: no CUDA device: {e:?}");
+                kvtier_testkit::prereq::missing(
+                    &format!("a CUDA device ({e:?})"),
+                    "run on a host with an NVIDIA GPU",
+                );
                 return Ok(());
             }
         };
