@@ -24,6 +24,17 @@ def main() -> int:
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--extra", default="{}", help="more kv_connector_extra_config (JSON)")
     parser.add_argument("--repeat", type=int, default=1, help="run each prompt this many times")
+    parser.add_argument(
+        "--warmup", type=int, default=0,
+        help="first run this many random prompts of the first prompt's length (not timed)",
+    )
+    parser.add_argument(
+        "--probe-only", action="store_true", help="time the first token only (no generation)"
+    )
+    parser.add_argument(
+        "--native-offload-gib", type=float, default=0.0,
+        help="vLLM's built-in CPU KV offloading (kv_offloading_size) instead of kvtier",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -52,6 +63,7 @@ def main() -> int:
         enable_prefix_caching=True,
         seed=0,
         kv_transfer_config=kv_transfer_config,
+        **({"kv_offloading_size": args.native_offload_gib} if args.native_offload_gib else {}),
     )
     with open(args.prompts) as f:
         prompts: list[list[int]] = json.load(f)
@@ -60,6 +72,15 @@ def main() -> int:
     )
     outputs = []
     ttft = []
+    if args.warmup and prompts:
+        import random
+
+        rng = random.Random(12345)
+        one = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True, detokenize=False)
+        for _ in range(args.warmup):
+            warm = [rng.randrange(3, 2000) for _ in range(len(prompts[0]))]
+            llm.reset_prefix_cache()
+            llm.generate([TokensPrompt(prompt_token_ids=warm)], one, use_tqdm=False)
     for prompt in prompts:
         for _ in range(args.repeat):
             llm.reset_prefix_cache()  # the engine's own cache must not answer
@@ -67,6 +88,9 @@ def main() -> int:
             start = time.perf_counter()
             llm.generate([TokensPrompt(prompt_token_ids=prompt)], one, use_tqdm=False)
             ttft.append(time.perf_counter() - start)
+            settle(llm)
+        if args.probe_only:
+            continue
         llm.reset_prefix_cache()
         out = llm.generate([TokensPrompt(prompt_token_ids=prompt)], params, use_tqdm=False)
         outputs.append(list(out[0].outputs[0].token_ids))
@@ -81,6 +105,13 @@ def main() -> int:
         "RESULT " + json.dumps({"tokens": outputs, "ttft_s": ttft, "connector": totals}), flush=True
     )
     return 0
+
+
+def settle(llm) -> None:  # type: ignore[no-untyped-def]
+    """Waits (untimed) for the connector's background saves, so runs do not overlap."""
+    connector = _connector(llm)
+    if connector is not None:
+        connector.wait_for_saves(30.0)
 
 
 def _connector(llm):  # type: ignore[no-untyped-def]

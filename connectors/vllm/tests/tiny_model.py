@@ -17,7 +17,13 @@ VOCAB = 2048
 MAX_POSITIONS = 4096
 
 
-def make_tiny_opt(directory: pathlib.Path, seed: int = 0) -> pathlib.Path:
+def make_tiny_opt(
+    directory: pathlib.Path,
+    seed: int = 0,
+    layers: int = LAYERS,
+    hidden: int = HIDDEN,
+    heads: int = HEADS,
+) -> pathlib.Path:
     """Writes config + safetensors weights into ``directory`` (once) and returns it."""
     marker = directory / "config.json"
     if marker.exists():
@@ -29,12 +35,12 @@ def make_tiny_opt(directory: pathlib.Path, seed: int = 0) -> pathlib.Path:
     torch.manual_seed(seed)
     config = OPTConfig(
         vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        ffn_dim=4 * HIDDEN,
-        num_attention_heads=HEADS,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        ffn_dim=4 * hidden,
+        num_attention_heads=heads,
         max_position_embeddings=MAX_POSITIONS,
-        word_embed_proj_dim=HIDDEN,
+        word_embed_proj_dim=hidden,
         do_layer_norm_before=True,
         # Wide weights: attention then really depends on the context, so a
         # wrong KV block changes the greedy tokens (the negative control).

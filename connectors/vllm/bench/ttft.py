@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Time to first token of long prompts on a real vLLM CPU engine: cold, loaded
+from kvtier's host tier, loaded from its disk tier, and the connector's cost on
+a miss (lookup + save) against the same prompts with no connector.
+
+Each phase runs its engine in its own process, one after the other, on the
+same machine; every figure is the median over the prompts, and the headline
+numbers are ratios to the no-connector cold median measured in the same run.
+
+    python bench/ttft.py --prompt-tokens 2048 --prompts 5 [--layers 8 --hidden 512 --heads 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = pathlib.Path(__file__).resolve().parent
+TESTS = HERE.parent / "tests"
+sys.path.insert(0, str(TESTS))
+
+import procs  # noqa: E402
+import tiny_model  # noqa: E402
+
+BS = 32
+
+
+def engine(model: pathlib.Path, prompts: pathlib.Path, agent: str = "", extra: list[str] | None = None) -> dict:  # type: ignore[type-arg]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "VLLM_CPU_KVCACHE_SPACE": "2"}
+    args = [sys.executable, str(TESTS / "engine_runner.py"), "--model", str(model),
+            "--prompts", str(prompts), "--probe-only", "--block-size", str(BS),
+            "--namespace", "bench", "--warmup", "8", *(extra or [])]
+    if agent:
+        args += ["--agent", agent]
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1800)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    if r.returncode != 0 or not lines:
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"rc {r.returncode}"}
+    return json.loads(lines[-1][len("RESULT "):])  # type: ignore[no-any-return]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--prompt-tokens", type=int, default=2048)
+    p.add_argument("--prompts", type=int, default=5)
+    p.add_argument("--layers", type=int, default=tiny_model.LAYERS)
+    p.add_argument("--hidden", type=int, default=tiny_model.HIDDEN)
+    p.add_argument("--heads", type=int, default=tiny_model.HEADS)
+    args = p.parse_args()
+
+    work = pathlib.Path(tempfile.mkdtemp(prefix="kvtier-ttft-"))
+    model = tiny_model.make_tiny_opt(
+        work / "model", layers=args.layers, hidden=args.hidden, heads=args.heads
+    )
+    rng = random.Random(11)
+    # One more token than whole blocks: every full block can come from the tier.
+    prompts = [[rng.randrange(3, 2000) for _ in range(args.prompt_tokens + 1)]
+               for _ in range(args.prompts)]
+    twice = work / "twice.json"
+    twice.write_text(json.dumps(prompts + prompts))
+    kv_bytes = 2 * args.layers * args.hidden * 4 * args.prompt_tokens
+    print(f"model: OPT, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, float32, "
+          f"random weights; prompt {args.prompt_tokens + 1} tokens = {kv_bytes / 2**20:.0f} MiB of KV; "
+          f"{args.prompts} prompts, medians", flush=True)
+
+    n = args.prompts
+    results: dict[str, list[float]] = {}
+    base = engine(model, twice)
+    if "error" in base:
+        raise SystemExit(f"baseline engine failed: {base['error']}")
+    results["cold, no connector"] = base["ttft_s"][:n]
+    results["cold again, no connector"] = base["ttft_s"][n:]
+
+    def kvtier_phase(label: str, server_args: list[str]) -> None:
+        with procs.server(server_args) as srv, procs.agent(srv.field("grpc"), BS) as ag:
+            out = engine(model, twice, "unix://" + ag.field("uds"))
+            if "error" in out:
+                raise SystemExit(f"{label}: engine failed: {out['error']}")
+            results[f"miss (lookup + save), {label}"] = out["ttft_s"][:n]
+            results[f"hit, loaded from {label}"] = out["ttft_s"][n:]
+            c = out["connector"]
+            assert c["loaded_tokens"] == n * (args.prompt_tokens // BS) * BS, c
+
+    kvtier_phase("host tier", ["--host-capacity", "4GiB"])
+    # A host tier smaller than one block: every block lives on disk (RocksDB).
+    kvtier_phase("disk tier", ["--host-capacity", "1KiB", "--no-promote"])
+    native = engine(model, twice, extra=["--native-offload-gib", "1"])
+    cold = statistics.median(results["cold, no connector"])
+    print(f"\n| phase | TTFT median (ms) | ratio to cold |\n|---|---:|---:|")
+    for label, xs in results.items():
+        med = statistics.median(xs)
+        print(f"| {label} | {med * 1000:.1f} | {med / cold:.2f}x |")
+    if "error" in native:
+        print(f"\nvLLM built-in CPU offloading (kv_offloading_size): did not run: {native['error']}")
+    else:
+        nat = statistics.median(native["ttft_s"][n:])
+        print(f"\nvLLM built-in CPU offloading hit: {nat * 1000:.1f} ms ({nat / cold:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
