@@ -8,6 +8,10 @@ use std::path::PathBuf;
 /// holds unless set). A configuration default, so it lives here, below the
 /// modules that use it ([`crate::agents`] takes the quota as an argument).
 pub const DEFAULT_PIN_QUOTA_BLOCKS: u64 = 65_536;
+/// Default cap on an agent's lease (`RegisterAgent.lease_ms`): one hour.
+pub const DEFAULT_MAX_AGENT_LEASE_MS: u64 = 60 * 60 * 1000;
+/// Default cap on live agents per namespace.
+pub const DEFAULT_MAX_AGENTS_PER_NAMESPACE: usize = 10_000;
 
 /// The byte-size syntax of every flag (`512MiB`, `2GiB`, `1.5GB`, `4096`).
 pub use kvtier_process::size::parse_byte_size;
@@ -164,6 +168,10 @@ pub struct ServerConfig {
     pub policy: PolicyKind,
     /// Blocks each namespace may pin through hints. Default 65,536.
     pub pin_quota_blocks: u64,
+    /// Longest agent lease a registration may ask for, in ms. Default 1 hour.
+    pub max_agent_lease_ms: u64,
+    /// Live agents each namespace may hold. Default 10,000.
+    pub max_agents_per_namespace: usize,
     /// Store settings.
     pub store: StoreConfig,
     /// TLS, tokens, per-client limits.
@@ -181,6 +189,8 @@ impl Default for ServerConfig {
             allowed_namespaces: Vec::new(),
             policy: PolicyKind::default(),
             pin_quota_blocks: DEFAULT_PIN_QUOTA_BLOCKS,
+            max_agent_lease_ms: DEFAULT_MAX_AGENT_LEASE_MS,
+            max_agents_per_namespace: DEFAULT_MAX_AGENTS_PER_NAMESPACE,
             store: StoreConfig::default(),
             security: SecurityConfig::default(),
         }

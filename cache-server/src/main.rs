@@ -70,6 +70,12 @@ struct Args {
     /// Blocks each namespace may pin through hints.
     #[arg(long, env = "KVTIER_PIN_QUOTA_BLOCKS", default_value_t = kvtier_cache_server::config::DEFAULT_PIN_QUOTA_BLOCKS)]
     pin_quota_blocks: u64,
+    /// Longest agent lease (RegisterAgent lease_ms) a client may ask for, in ms; more is INVALID_ARGUMENT.
+    #[arg(long, env = "KVTIER_MAX_AGENT_LEASE_MS", default_value_t = kvtier_cache_server::config::DEFAULT_MAX_AGENT_LEASE_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    max_agent_lease_ms: u64,
+    /// Live agents each namespace may hold; registering more is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KVTIER_MAX_AGENTS_PER_NAMESPACE", default_value_t = kvtier_cache_server::config::DEFAULT_MAX_AGENTS_PER_NAMESPACE)]
+    max_agents_per_namespace: usize,
     /// Do not move blocks read from a lower tier up.
     #[arg(long, env = "KVTIER_NO_PROMOTE", default_value_t = false)]
     no_promote: bool,
@@ -128,6 +134,8 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
         max_concurrent_requests: args.max_concurrent_requests,
         policy: args.policy,
         pin_quota_blocks: args.pin_quota_blocks,
+        max_agent_lease_ms: args.max_agent_lease_ms,
+        max_agents_per_namespace: args.max_agents_per_namespace,
         allowed_namespaces: args
             .allowed_namespaces
             .into_iter()

@@ -15,7 +15,7 @@ use kvtier_proto::v1::cache_service_server::CacheServiceServer;
 use kvtier_security::{Authenticator, ClientLimiter};
 use tonic::service::interceptor::InterceptedService;
 
-use crate::agents::AgentBook;
+use crate::agents::{AgentBook, AgentLimits};
 use crate::block::BlockKey;
 use crate::config::{DataListen, PolicyKind, ServerConfig};
 use crate::dataplane::{DataAddr, DataListener};
@@ -227,7 +227,14 @@ pub async fn run(
         store: Arc::clone(&store),
         namespaces,
         sessions: Sessions::new(MAX_SESSIONS),
-        agents: AgentBook::new(Arc::clone(&store), config.pin_quota_blocks),
+        agents: AgentBook::new(
+            Arc::clone(&store),
+            AgentLimits {
+                pin_quota_blocks: config.pin_quota_blocks,
+                max_agents_per_namespace: config.max_agents_per_namespace,
+                max_lease_ms: config.max_agent_lease_ms,
+            },
+        ),
         epoch: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

@@ -1,7 +1,13 @@
 //! `RegisterAgent`, `Hint`, `EndAgent`: validate, then hand over to the
 //! [`crate::agents::AgentBook`].
+//!
+//! These calls change the eviction order for every client of the namespace
+//! (a pin, a short keep-warm, an early end), so they need write access to it;
+//! an agent belongs to the token that registered it; leases are capped
+//! (`--max-agent-lease-ms`) and so is the number of live agents per namespace
+//! (`--max-agents-per-namespace`).
 
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
 
 use kvtier_policy::{AgentSpec, Answer, CallEnd, LifecycleError};
 use kvtier_proto::v1::{
@@ -11,7 +17,7 @@ use kvtier_proto::v1::{
 
 use super::session::Need;
 use super::{ServiceState, MAX_HASHES_PER_REQUEST};
-use crate::agents::{call_end, AgentRef};
+use crate::agents::{call_end, AgentError, AgentRef};
 use crate::namespace::Namespace;
 use kvtier_security::Client;
 
@@ -27,8 +33,13 @@ fn check_id(field: &str, id: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// Maps registry refusals to statuses; `agent` is the client's id for the message.
-fn lifecycle_status(agent: &str, err: LifecycleError) -> Status {
+/// Maps the book's refusals to statuses; `agent` is the client's id for the message.
+fn lifecycle_status(agent: &str, err: AgentError) -> Status {
+    let err = match err {
+        AgentError::Lifecycle(e) => e,
+        e @ AgentError::NotOwner { .. } => return Status::permission_denied(e.to_string()),
+        e @ AgentError::TooManyAgents { .. } => return Status::resource_exhausted(e.to_string()),
+    };
     let msg = format!("agent {agent:?}: {err}");
     match err {
         LifecycleError::UnknownAgent(_) => Status::not_found(msg),
@@ -41,27 +52,50 @@ fn lifecycle_status(agent: &str, err: LifecycleError) -> Status {
     }
 }
 
-/// Resolves the session a lifecycle request names (read access to its
-/// namespace suffices) and hands back the request body.
+/// Resolves the session a lifecycle request names (write access to its
+/// namespace needed) and hands back the caller's principal name and the body.
 fn session_and_body<T>(
     state: &ServiceState,
     request: Request<T>,
+    method: &str,
     session_id: fn(&T) -> &String,
-) -> Result<(Namespace, T), Status> {
-    let ns = state.sessions.resolve(
-        session_id(request.get_ref()),
-        request.metadata(),
-        &Client::of(&request),
-        Need::Read,
-    )?;
-    Ok((ns, request.into_inner()))
+) -> Result<(Namespace, Option<String>, T), Status> {
+    let client = Client::of(&request);
+    let id = session_id(request.get_ref());
+    let ns = match state
+        .sessions
+        .resolve(id, request.metadata(), &client, Need::Write)
+    {
+        Ok(ns) => ns,
+        Err(st) if st.code() == Code::PermissionDenied => {
+            // A reader of the namespace: say what it lacks and how to get it.
+            return Err(
+                match state
+                    .sessions
+                    .resolve(id, request.metadata(), &client, Need::Read)
+                {
+                    Ok(ns) => Status::permission_denied(format!(
+                        "{method} changes the eviction order for every client of namespace \
+                         '{name}', so it needs write access, and this token may only read it: \
+                         grant the token `{name}=rw` in the server's token file (or send \
+                         lifecycle calls with a token that has it)",
+                        name = ns.name
+                    )),
+                    Err(_) => st,
+                },
+            );
+        }
+        Err(st) => return Err(st),
+    };
+    let caller = client.principal.as_ref().map(|p| p.name.to_string());
+    Ok((ns, caller, request.into_inner()))
 }
 
 pub(super) fn register(
     state: &ServiceState,
     request: Request<RegisterAgentRequest>,
 ) -> Result<RegisterAgentResponse, Status> {
-    let (ns, r) = session_and_body(state, request, |r| &r.session_id)?;
+    let (ns, caller, r) = session_and_body(state, request, "RegisterAgent", |r| &r.session_id)?;
     check_id("agent_id", &r.agent_id)?;
     if !r.parent_agent_id.is_empty() {
         check_id("parent_agent_id", &r.parent_agent_id)?;
@@ -72,11 +106,22 @@ pub(super) fn register(
             r.priority
         )));
     }
-    let lease_ms = r.lease_ms.unwrap_or(AgentSpec::DEFAULT_LEASE_MS);
+    let max = state.agents.max_lease_ms();
+    let lease_ms = match r.lease_ms {
+        Some(ms) if ms > max => {
+            return Err(Status::invalid_argument(format!(
+                "lease_ms {ms} is over this server's cap of {max} ms (--max-agent-lease-ms); \
+                 ask for at most {max}: every Hint renews the lease"
+            )))
+        }
+        Some(ms) => ms,
+        None => AgentSpec::DEFAULT_LEASE_MS.min(max),
+    };
     let who = AgentRef {
         namespace: ns.id,
         namespace_name: &ns.name,
         agent: &r.agent_id,
+        caller: caller.as_deref(),
     };
     let parent = (!r.parent_agent_id.is_empty()).then_some(r.parent_agent_id.as_str());
     let created = state
@@ -90,7 +135,7 @@ pub(super) fn hint(
     state: &ServiceState,
     request: Request<HintRequest>,
 ) -> Result<HintResponse, Status> {
-    let (ns, r) = session_and_body(state, request, |r| &r.session_id)?;
+    let (ns, caller, r) = session_and_body(state, request, "Hint", |r| &r.session_id)?;
     check_id("agent_id", &r.agent_id)?;
     if r.blocks.len() > MAX_HASHES_PER_REQUEST {
         return Err(Status::invalid_argument(format!(
@@ -115,6 +160,7 @@ pub(super) fn hint(
         namespace: ns.id,
         namespace_name: &ns.name,
         agent: &r.agent_id,
+        caller: caller.as_deref(),
     };
     let mut resident = 0;
     if !r.blocks.is_empty() {
@@ -143,12 +189,13 @@ pub(super) fn end(
     state: &ServiceState,
     request: Request<EndAgentRequest>,
 ) -> Result<EndAgentResponse, Status> {
-    let (ns, r) = session_and_body(state, request, |r| &r.session_id)?;
+    let (ns, caller, r) = session_and_body(state, request, "EndAgent", |r| &r.session_id)?;
     check_id("agent_id", &r.agent_id)?;
     let who = AgentRef {
         namespace: ns.id,
         namespace_name: &ns.name,
         agent: &r.agent_id,
+        caller: caller.as_deref(),
     };
     let ended = state
         .agents

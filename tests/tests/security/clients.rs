@@ -45,7 +45,8 @@ async fn the_agent_and_the_router_reach_a_server_with_tls_and_tokens() -> Result
     let worker_token_file = worker_token_file.display().to_string();
     let tokens = [
         token_line("worker", "tok-worker", "tenant=acme sim=rw rt=rw"),
-        token_line("router", "tok-router", "tenant=acme rt=r"),
+        // rw: the router's agent lifecycle calls (hints) change eviction.
+        token_line("router", "tok-router", "tenant=acme rt=rw"),
     ]
     .concat();
     let tokens_file = dir.path().join("tokens");
@@ -131,8 +132,8 @@ async fn the_agent_and_the_router_reach_a_server_with_tls_and_tokens() -> Result
         "--server-data with TLS must not start"
     );
 
-    // The router (read-only token): its WatchEvents stream sees blocks that
-    // a writer puts, and its lifecycle calls reach the server.
+    // The router: its WatchEvents stream sees blocks that a writer puts, and
+    // its lifecycle calls reach the server.
     let mut writer = server.tls_client(&ca.pem, None).await?;
     let (session, seed) = handshake_as(&mut writer, "tok-worker", "rt", config(16, 4096))
         .await

@@ -3,10 +3,12 @@
 //! SIGHUP, tenant isolation with identical prompts, per-client limits,
 //! bounded memory under 10x overload, kill -9 during heavy writes (20
 //! rounds), a full disk, and stalled clients; the worker agent and the
-//! router reaching a server with TLS and tokens.
+//! router reaching a server with TLS and tokens; agent lifecycle calls that
+//! need write access, belong to their token, and are capped.
 //!
 //! Build the binaries first: `cargo build --release --workspace --bins`.
 
+mod agents;
 mod auth;
 mod clients;
 mod faults;
