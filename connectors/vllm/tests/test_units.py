@@ -89,3 +89,44 @@ def test_untested_vllm_is_refused(monkeypatch: pytest.MonkeyPatch, vllm_installe
         check_vllm_version("0.35.1")
     monkeypatch.setenv("KVTIER_VLLM_UNTESTED", "1")
     check_vllm_version("0.35.1")
+
+
+def test_prometheus_counters_per_engine(vllm_installed: None) -> None:
+    import prometheus_client
+
+    from kvtier_vllm.connector import KvtierConnector
+    from kvtier_vllm.stats import KvtierConnectorStats
+
+    registry = prometheus_client.CollectorRegistry()
+
+    class Counter(prometheus_client.Counter):
+        def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
+            super().__init__(*a, registry=registry, **kw)
+
+    types = {
+        prometheus_client.Gauge: prometheus_client.Gauge,
+        prometheus_client.Counter: Counter,
+        prometheus_client.Histogram: prometheus_client.Histogram,
+    }
+
+    class _Config:
+        kv_transfer_config = None
+
+    prom = KvtierConnector.build_prom_metrics(
+        _Config(),  # type: ignore[arg-type]
+        types,  # type: ignore[arg-type]
+        ["model_name", "engine"],
+        {0: ["m", "0"], 1: ["m", "1"]},
+    )
+    a = KvtierConnectorStats()
+    a.data["loaded_tokens"] = 64
+    a.data["load_error_blocks"] = 1
+    b = KvtierConnector.build_kv_connector_stats(dict(a.data))
+    assert b is not None
+    merged = a.aggregate(b)
+    assert merged.reduce()["loaded_tokens"] == 128
+    prom.observe(merged.data, engine_idx=1)
+    text = prometheus_client.generate_latest(registry).decode()
+    assert 'vllm:kvtier_loaded_tokens_total{engine="1",model_name="m"} 128.0' in text
+    assert 'vllm:kvtier_load_error_blocks_total{engine="1",model_name="m"} 2.0' in text
+    assert 'vllm:kvtier_loaded_tokens_total{engine="0",model_name="m"} 0.0' in text
