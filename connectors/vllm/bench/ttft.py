@@ -94,6 +94,7 @@ def main() -> int:
 
     n = args.prompts
     results: dict[str, list[float]] = {}
+    details: list[str] = []
     base = engine(model, twice)
     if "error" in base:
         raise SystemExit(f"baseline engine failed: {base['error']}")
@@ -109,6 +110,12 @@ def main() -> int:
             results[f"hit, loaded from {label}"] = out["ttft_s"][n:]
             c = out["connector"]
             assert c["loaded_tokens"] == n * (args.prompt_tokens // BS) * BS, c
+            per_hit = c["load_seconds"] / max(c["loads"], 1) * 1000
+            per_save = c["save_copy_seconds"] / (n + 8) * 1000
+            details.append(
+                f"{label}: load wait {per_hit:.1f} ms per hit, "
+                f"staging copy {per_save:.1f} ms per saved prompt"
+            )
 
     kvtier_phase("host tier", ["--host-capacity", "4GiB"])
     # A host tier smaller than one block: every block lives on disk (RocksDB).
@@ -119,6 +126,7 @@ def main() -> int:
     for label, xs in results.items():
         med = statistics.median(xs)
         print(f"| {label} | {med * 1000:.1f} | {med / cold:.2f}x |")
+    print("\nconnector timings (in-process):", *details, sep="\n  ")
     if "error" in native:
         print(
             f"\nvLLM built-in CPU offloading (kv_offloading_size): did not run: {native['error']}"

@@ -355,7 +355,12 @@ class KvtierConnector(KVConnectorBase_V1):
             slots,
             self._staging.path,
         )
-        self._attach(first=True)
+        try:
+            self._attach(first=True)
+        except Exception:
+            self._staging.close()
+            self._staging = None
+            raise
 
     def _hashing(self) -> Hashing:
         assert self._layout is not None

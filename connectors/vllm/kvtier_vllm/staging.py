@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -31,6 +32,9 @@ class StagingPool:
         self.path = os.path.join(directory, f"kvtier-vllm-{os.getpid()}-{uuid.uuid4().hex[:12]}")
         size = slots * layout.block_bytes
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        # The file goes when the pool does, or at interpreter exit at the latest
+        # (the agent keeps its own mapping; only a re-attach needs the path).
+        self._unlink = weakref.finalize(self, _unlink, self.path)
         try:
             os.ftruncate(fd, size)
             self._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -95,7 +99,11 @@ class StagingPool:
             self._mmap.close()
         except BufferError:
             pass  # a tensor still references the mapping; the OS frees it at exit
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self._unlink()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -78,6 +78,7 @@ def test_staging_gather_scatter_round_trip(tmp_path) -> None:  # type: ignore[no
         assert pool.free == 3
     finally:
         pool.close()
+    assert list(tmp_path.iterdir()) == [], "the staging file outlived its pool"
 
 
 def test_untested_vllm_is_refused(monkeypatch: pytest.MonkeyPatch, vllm_installed: None) -> None:
