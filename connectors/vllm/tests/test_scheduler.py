@@ -220,3 +220,23 @@ def test_block_size_mismatch_is_refused(kvtier_server, tiny_model, vllm_installe
     with procs.agent(kvtier_server.field("grpc"), 16) as agent:
         with pytest.raises(RuntimeError, match="block_tokens"):
             Engine(model=tiny_model, agent="unix://" + agent.field("uds"))
+
+
+def test_cache_server_down_gives_zero_tokens(engines, kvtier_server) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(8)
+    shared = prompt(rng, 4 * BS + 1)
+    a, _ = engines()
+    a.add("a", shared)
+    a.run()
+    b, _agent_b = engines()
+    kvtier_server.kill()  # the tier is gone; the agent is up
+    b.add("b", shared)
+    start = time.monotonic()
+    out = b.schedule()
+    assert time.monotonic() - start < 1.0
+    assert out.scheduled_new_reqs[0].num_computed_tokens == 0
+    b.execute(out)
+    b.run()
+    assert "b" in b.finished and not b.last_errors
+    # Saves to a dead tier fail in the background, counted, never raised.
+    assert b.worker.totals["save_failures"] + b.worker.totals["save_skipped_blocks"] >= 1
