@@ -10,6 +10,7 @@ HiCache backend can reuse this module.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -197,3 +198,20 @@ class AgentClient:
             return self._stub.WorkerStats(agent_pb2.WorkerStatsRequest(), timeout=timeout_s)
         except grpc.RpcError as err:
             raise _wrap(err, "WorkerStats") from None
+
+
+class Backoff:
+    """After a failed call, the agent is not asked again for ``interval_s``."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._until = 0.0
+
+    def down(self) -> bool:
+        return time.monotonic() < self._until
+
+    def failed(self) -> None:
+        self._until = time.monotonic() + self.interval_s
+
+    def ok(self) -> None:
+        self._until = 0.0

@@ -104,7 +104,7 @@ def main() -> int:
         connector.wait_for_saves(30.0)
         totals = connector.totals
         totals["staging_free"] = connector.staging_free
-        totals["staging_slots"] = connector._staging.slots if connector._staging else 0
+        totals["staging_slots"] = connector.staging_slots
     print(
         "RESULT " + json.dumps({"tokens": outputs, "ttft_s": ttft, "connector": totals}), flush=True
     )

@@ -195,8 +195,8 @@ def test_preemption_and_abort_leak_no_staging_slot(engines) -> None:  # type: ig
     eng.run(max_steps=2000)
     assert eng.preempted, "the test needs a preemption"
     assert {"p1", "p2"} <= set(eng.finished)
-    assert eng.worker.staging_free == eng.worker._staging.slots  # type: ignore[union-attr]
-    assert not eng.sched_connector._requests, "request state left after finish/abort"
+    assert eng.worker.staging_free == eng.worker.staging_slots
+    assert eng.sched_connector.open_requests == 0, "request state left after finish/abort"
     assert not eng.last_errors
 
 
