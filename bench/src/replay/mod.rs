@@ -88,6 +88,10 @@ pub struct Args {
     /// kvtier: weight of the population gap distribution against an agent's own gaps.
     #[arg(long, default_value_t = ValueConfig::default().prior_weight)]
     pub prior_weight: f64,
+    /// kvtier: un-hinted blocks' reuse horizon, in resident blocks' worth of
+    /// inserts (0 = plain LRU for blocks no hint covers).
+    #[arg(long, default_value_t = ValueConfig::default().reuse_horizon)]
+    pub reuse_horizon: f64,
 }
 
 impl Args {
@@ -97,6 +101,7 @@ impl Args {
             adaptive_horizon: self.adaptive_horizon,
             prior_weight: self.prior_weight,
             agent_memory: self.agent_memory,
+            reuse_horizon: self.reuse_horizon,
             ..ValueConfig::default()
         }
     }

@@ -111,10 +111,6 @@ pub fn simulate<P: EvictionPolicy<u32>>(
     };
     let mut registered = vec![false; trace.agents.len()];
     let mut visited = vec![0u64; trace.agents.len()];
-    let info = BlockInfo {
-        parent: None,
-        bytes: 1,
-    };
     let events = if lifecycle {
         trace.events()
     } else {
@@ -136,11 +132,16 @@ pub fn simulate<P: EvictionPolicy<u32>>(
                 out.hits += res.prefix(ids, w) as u64;
                 out.total += ids.len() as u64;
                 let p = &mut policies[w];
-                // Tail first, so that the head ends up most recent.
-                for &id in ids.iter().rev() {
+                // Tail first, so that the head ends up most recent. Each block's
+                // parent is the one before it, as the server learns it on a put.
+                for (j, &id) in ids.iter().enumerate().rev() {
                     if res.has(id, w) {
                         p.on_hit(id, now);
                     } else {
+                        let info = BlockInfo {
+                            parent: j.checked_sub(1).map(|q| ids[q]),
+                            bytes: 1,
+                        };
                         p.on_insert(id, Tier::Host, info, now);
                         res.set(id, w, true);
                         resident[w] += 1;

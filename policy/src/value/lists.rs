@@ -1,7 +1,7 @@
 //! Intrusive doubly linked lists over one slab of block nodes.
 //!
 //! Every resident block is one node; every node sits in exactly one list (its
-//! class: ended, stale, probation, protected, or an agent's context) of exactly
+//! class: ended, stale, one of the un-hinted classes, or an agent's context) of exactly
 //! one tier. All operations are O(1) and allocate nothing once the slab is warm.
 
 use smallvec::SmallVec;
@@ -26,6 +26,12 @@ pub(crate) struct Node<K> {
     pub list: u32,
     /// Live agents whose latest context holds this block (usually one).
     pub refs: SmallVec<[Ref; 1]>,
+    /// Reads since insertion (saturating), for the learned un-hinted order.
+    pub hits: u8,
+    /// Children seen in the prefix tree (saturating).
+    pub children: u8,
+    /// The reuse model's clock at the last insert or read.
+    pub stamp: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +101,9 @@ impl<K: Copy> Lists<K> {
             tier,
             list,
             refs: SmallVec::new(),
+            hits: 0,
+            children: 0,
+            stamp: 0,
         };
         let slot = match self.free.pop() {
             Some(slot) => {

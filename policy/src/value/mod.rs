@@ -6,8 +6,10 @@
 //! 1. **ended**: blocks that only ended agents referenced, oldest end first;
 //! 2. **stale**: blocks that live agents named once but no longer hold in their
 //!    latest context (abandoned branches, compacted history);
-//! 3. **generic**: blocks no agent hint covers, least recently used first
-//!    (with no lifecycle information the policy is exactly LRU);
+//! 3. **generic**: blocks no agent hint covers, in one LRU list per class
+//!    (read again or not × leaf or inner node of the prefix tree); the victim is the class tail with the lowest learned
+//!    hit density at its age (see [`reuse`]; with
+//!    [`ValueConfig::reuse_horizon`] = 0 this is exactly LRU);
 //! 4. **live agents' contexts**, agent by agent from the lowest value up: the
 //!    agent's weight (priority, latency sensitivity) times the hit density of
 //!    its next call, learned online by the [`Forecaster`] from the gaps seen
@@ -28,6 +30,7 @@
 mod agents;
 mod lists;
 mod rank;
+mod reuse;
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -39,13 +42,16 @@ use crate::forecast::Forecaster;
 use crate::{BlockInfo, EvictionPolicy, Tier};
 use agents::{AgentState, Phase};
 use lists::{Lists, Ref};
+use reuse::{ReuseKnobs, ReuseModel};
 
 const ENDED: u32 = 0;
 const STALE: u32 = 1;
+/// The first of the un-hinted classes' lists (one per [`reuse::class`]).
 const GENERIC: u32 = 2;
-const AGENT_BASE: u32 = 3;
+const AGENT_BASE: u32 = GENERIC + reuse::CLASSES;
 
-/// Tunables of [`ValuePolicy`]. Defaults are general (not fitted to a trace).
+/// Tunables of [`ValuePolicy`]. Defaults are general (not fitted to a trace),
+/// except the `reuse_*` knobs (chosen on the first half of the Mooncake trace).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValueConfig {
     /// Mean of the eviction clock in the hit density (ms): how far ahead an
@@ -74,6 +80,21 @@ pub struct ValueConfig {
     /// only the changed agent is re-keyed and moved (O(log A) forecasts
     /// plus an O(A) shift), and the rest waits for `rerank_ms`. Default true.
     pub full_rerank_on_change: bool,
+    /// Un-hinted blocks: how long (in multiples of the resident block count,
+    /// counted in inserts) an evicted block is remembered to learn reuse, and
+    /// how long a block never read again is taken to occupy the cache.
+    /// 0 turns learning off: un-hinted blocks are then ordered by plain LRU.
+    /// Default 8 (chosen on the first half of the Mooncake conversation trace).
+    pub reuse_horizon: f64,
+    /// Un-hinted blocks: the reuse counts fade by this factor at each refresh.
+    /// Default 0.99.
+    pub reuse_decay: f64,
+    /// Un-hinted blocks: densities are refreshed every this many inserts.
+    /// Default 1,024.
+    pub reuse_period: u64,
+    /// Un-hinted blocks: at most this many evicted blocks are remembered
+    /// (about 40 bytes each). Default 4 M.
+    pub reuse_max_ghosts: usize,
 }
 
 impl Default for ValueConfig {
@@ -86,6 +107,10 @@ impl Default for ValueConfig {
             agent_memory: 0.95,
             rerank_ms: 1_000,
             full_rerank_on_change: true,
+            reuse_horizon: 8.0,
+            reuse_decay: 0.99,
+            reuse_period: 1_024,
+            reuse_max_ghosts: 4 << 20,
         }
     }
 }
@@ -111,6 +136,8 @@ pub struct ValuePolicy<K> {
     recent_inserts: f64,
     /// Time `recent_inserts` was last decayed to.
     inserts_at: u64,
+    /// What un-hinted blocks taught about reuse.
+    reuse: ReuseModel<K>,
 }
 
 impl<K: Copy + Eq + Hash> Default for ValuePolicy<K> {
@@ -123,6 +150,12 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
     /// An empty policy.
     pub fn new(cfg: ValueConfig) -> Self {
         let forecaster = Forecaster::new(cfg.prior_weight, cfg.agent_memory);
+        let reuse = ReuseModel::new(ReuseKnobs {
+            horizon: cfg.reuse_horizon,
+            decay: cfg.reuse_decay,
+            period: cfg.reuse_period,
+            max_ghosts: cfg.reuse_max_ghosts,
+        });
         Self {
             cfg,
             index: HashMap::default(),
@@ -137,7 +170,42 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
             ranked_at: 0,
             recent_inserts: 0.0,
             inserts_at: 0,
+            reuse,
         }
+    }
+
+    fn learning(&self) -> bool {
+        self.cfg.reuse_horizon > 0.0
+    }
+
+    /// The un-hinted list a block read `hits` times with `children` children belongs in.
+    fn generic_list(&self, hits: u8, children: u8) -> u32 {
+        if self.learning() {
+            GENERIC + reuse::class(hits, children)
+        } else {
+            GENERIC
+        }
+    }
+
+    fn resident(&self) -> usize {
+        Tier::ALL.iter().map(|&t| self.lists.tier_len(t)).sum()
+    }
+
+    /// The least valuable un-hinted block of `tier`.
+    fn generic_victim(&self, tier: Tier) -> Option<u32> {
+        if !self.learning() {
+            return self.lists.back(GENERIC, tier);
+        }
+        let mut best: Option<(f64, u32)> = None;
+        for c in 0..reuse::CLASSES {
+            if let Some(slot) = self.lists.back(GENERIC + c, tier) {
+                let d = self.reuse.density(c, self.lists.node(slot).stamp);
+                if best.is_none_or(|(bd, _)| d < bd) {
+                    best = Some((d, slot));
+                }
+            }
+        }
+        best.map(|(_, slot)| slot)
     }
 
     /// The configuration in use.
@@ -220,15 +288,45 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
         "kvtier"
     }
 
-    fn on_insert(&mut self, key: K, tier: Tier, _info: BlockInfo<K>, now_ms: u64) {
+    fn on_insert(&mut self, key: K, tier: Tier, info: BlockInfo<K>, now_ms: u64) {
         if self.index.contains_key(&key) {
             self.on_move(key, tier, now_ms);
             self.on_hit(key, now_ms);
             return;
         }
-        let slot = self.lists.alloc(key, tier, GENERIC);
-        self.index.insert(key, slot);
         self.count_insert(now_ms);
+        if !self.learning() {
+            let slot = self.lists.alloc(key, tier, GENERIC);
+            self.index.insert(key, slot);
+            return;
+        }
+        let resident = self.resident();
+        let fresh = self.reuse.insert(key, resident);
+        let list = self.generic_list(fresh.hits, fresh.children);
+        let slot = self.lists.alloc(key, tier, list);
+        let n = self.lists.node_mut(slot);
+        n.hits = fresh.hits;
+        n.children = fresh.children;
+        n.stamp = self.reuse.clock();
+        self.index.insert(key, slot);
+        self.reuse.start(list - GENERIC);
+        // Fan-out: the parent gained a child.
+        let Some(parent) = info.parent else {
+            return;
+        };
+        let Some(&ps) = self.index.get(&parent) else {
+            self.reuse.pending_child(parent);
+            return;
+        };
+        let p = self.lists.node_mut(ps);
+        p.children = p.children.saturating_add(1);
+        let (list, tier, hits, children) = (p.list, p.tier, p.hits, p.children);
+        if (GENERIC..AGENT_BASE).contains(&list) {
+            let to = self.generic_list(hits, children);
+            if to != list {
+                self.lists.move_front(ps, to, tier);
+            }
+        }
     }
 
     fn on_hit(&mut self, key: K, _now_ms: u64) {
@@ -237,10 +335,25 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
         };
         let n = self.lists.node(slot);
         // Agent blocks are ordered by their agents' calls, not by reads.
-        if n.list < AGENT_BASE {
-            let tier = n.tier;
-            self.lists.move_front(slot, GENERIC, tier);
+        if n.list >= AGENT_BASE {
+            return;
         }
+        let tier = n.tier;
+        if !self.learning() {
+            self.lists.move_front(slot, GENERIC, tier);
+            return;
+        }
+        if n.list >= GENERIC {
+            self.reuse.reused(n.list - GENERIC, n.stamp);
+        }
+        let clock = self.reuse.clock();
+        let n = self.lists.node_mut(slot);
+        n.hits = n.hits.saturating_add(1);
+        n.stamp = clock;
+        let (hits, children) = (n.hits, n.children);
+        let to = self.generic_list(hits, children);
+        self.reuse.start(to - GENERIC);
+        self.lists.move_front(slot, to, tier);
     }
 
     fn on_move(&mut self, key: K, to: Tier, _now_ms: u64) {
@@ -254,6 +367,11 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
 
     fn on_remove(&mut self, key: K) {
         if let Some(slot) = self.index.remove(&key) {
+            let n = self.lists.node(slot);
+            if self.learning() && (GENERIC..AGENT_BASE).contains(&n.list) {
+                let (class, hits, stamp) = (n.list - GENERIC, n.hits, n.stamp);
+                self.reuse.evicted(key, class, hits, stamp);
+            }
             self.lists.release(slot);
         }
     }
@@ -263,7 +381,7 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
             .lists
             .back(ENDED, tier)
             .or_else(|| self.lists.back(STALE, tier))
-            .or_else(|| self.lists.back(GENERIC, tier));
+            .or_else(|| self.generic_victim(tier));
         if let Some(slot) = fixed {
             return Some(self.lists.node(slot).key);
         }

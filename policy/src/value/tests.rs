@@ -158,13 +158,130 @@ fn tiers_are_separate_orders() {
 }
 
 #[test]
-fn unhinted_blocks_are_lru() {
-    let mut p: ValuePolicy<u64> = ValuePolicy::new(fixed_cfg());
+fn unhinted_blocks_are_lru_without_learning() {
+    let mut p: ValuePolicy<u64> = ValuePolicy::new(ValueConfig {
+        reuse_horizon: 0.0,
+        ..fixed_cfg()
+    });
     for k in 1..=4 {
         p.on_insert(k, Tier::Host, info(), k);
     }
     p.on_hit(1, 5);
     assert_eq!(drain(&mut p, Tier::Host, 6), vec![2, 3, 4, 1]);
+}
+
+/// One un-hinted request, as the replay and the server report it: the
+/// prefix hit is counted, blocks are touched tail first (each naming the
+/// block before it as its parent), then the cache is evicted down to `cap`.
+fn request<P: EvictionPolicy<u64>>(
+    p: &mut P,
+    resident: &mut std::collections::HashSet<u64>,
+    ids: &[u64],
+    now: u64,
+    cap: usize,
+) -> usize {
+    let hits = ids.iter().take_while(|k| resident.contains(k)).count();
+    for (j, &k) in ids.iter().enumerate().rev() {
+        if resident.contains(&k) {
+            p.on_hit(k, now);
+        } else {
+            let info = BlockInfo {
+                parent: j.checked_sub(1).map(|q| ids[q]),
+                bytes: 1,
+            };
+            p.on_insert(k, Tier::Host, info, now);
+            resident.insert(k);
+        }
+    }
+    while resident.len() > cap {
+        let v = p
+            .victim(Tier::Host, now)
+            .expect("a victim while over capacity");
+        p.on_remove(v);
+        resident.remove(&v);
+    }
+    hits
+}
+
+/// Interleaved conversations: each turn re-reads the conversation's context
+/// (a shared root 0, then its full blocks) and appends one full block, that
+/// the next turn reads, and a partial last block, that nothing reads again.
+fn conversations<P: EvictionPolicy<u64>>(p: &mut P, cap: usize) -> usize {
+    let mut resident = std::collections::HashSet::new();
+    let mut hits = 0;
+    let mut fresh = 1_000_000u64;
+    let (convs, turns) = (40u64, 12u64);
+    for t in 0..turns {
+        for c in 0..convs {
+            let mut ids = vec![0];
+            ids.extend((0..=t).map(|k| 1 + c * 100 + k));
+            for _ in 0..3 {
+                fresh += 1;
+                ids.push(fresh);
+            }
+            let now = t * convs + c;
+            hits += request(p, &mut resident, &ids, now, cap);
+        }
+    }
+    hits
+}
+
+#[test]
+fn learned_order_keeps_reused_prefixes_over_dead_leaves() {
+    let cfg = ValueConfig {
+        reuse_period: 16,
+        ..fixed_cfg()
+    };
+    let cap = 300;
+    let learned = conversations(&mut ValuePolicy::<u64>::new(cfg), cap);
+    let lru = conversations(&mut crate::Lru::<u64>::new(), cap);
+    assert!(learned > lru + lru / 4, "learned {learned} vs LRU {lru}");
+}
+
+#[test]
+fn fan_out_counts_children_that_arrive_before_their_parent() {
+    let mut p: ValuePolicy<u64> = ValuePolicy::new(fixed_cfg());
+    let mut resident = std::collections::HashSet::new();
+    // Tail first: 3 (parent 2) and 2 (parent 1) arrive before their parents.
+    request(&mut p, &mut resident, &[1, 2, 3], 0, 100);
+    request(&mut p, &mut resident, &[1, 2, 4], 1, 100);
+    let children = |p: &ValuePolicy<u64>, k: u64| p.lists.node(p.index[&k]).children;
+    assert_eq!(children(&p, 1), 1);
+    assert_eq!(children(&p, 2), 2);
+    assert_eq!(children(&p, 3), 0);
+    assert_eq!(children(&p, 4), 0);
+    // 2 was read once more; its class follows reads and fan-out.
+    let n = p.lists.node(p.index[&2]);
+    assert_eq!((n.hits, n.list), (1, GENERIC + reuse::class(1, 2)));
+}
+
+#[test]
+fn an_evicted_block_read_again_keeps_its_history() {
+    let mut p: ValuePolicy<u64> = ValuePolicy::new(fixed_cfg());
+    let mut resident = std::collections::HashSet::new();
+    request(&mut p, &mut resident, &[1], 0, 10);
+    request(&mut p, &mut resident, &[1], 1, 10);
+    assert_eq!(p.lists.node(p.index[&1]).hits, 1);
+    p.on_remove(1);
+    resident.remove(&1);
+    assert_eq!(p.reuse.ghosts(), 1);
+    request(&mut p, &mut resident, &[1], 3, 10);
+    // Read once, evicted, inserted again: a second read.
+    assert_eq!(p.lists.node(p.index[&1]).hits, 2);
+    assert_eq!(p.reuse.ghosts(), 0);
+}
+
+#[test]
+fn ghosts_are_bounded() {
+    let mut p: ValuePolicy<u64> = ValuePolicy::new(ValueConfig {
+        reuse_max_ghosts: 8,
+        ..fixed_cfg()
+    });
+    let mut resident = std::collections::HashSet::new();
+    for k in 0..100 {
+        request(&mut p, &mut resident, &[k], k, 4);
+        assert!(p.reuse.ghosts() <= 9, "{} ghosts", p.reuse.ghosts());
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -433,10 +550,12 @@ fn matches_brute_force_reference_with_full_reranks() {
 }
 
 fn check_against_reference(full_rerank_on_change: bool, seed: u64) {
+    // The reference orders un-hinted blocks by plain LRU.
     let cfg = ValueConfig {
         adaptive_horizon: 0.0,
         rerank_ms: u64::MAX / 4,
         full_rerank_on_change,
+        reuse_horizon: 0.0,
         ..ValueConfig::default()
     };
     let mut p: ValuePolicy<u64> = ValuePolicy::new(cfg.clone());
