@@ -172,6 +172,9 @@ pub struct ServerConfig {
     pub max_agent_lease_ms: u64,
     /// Live agents each namespace may hold. Default 10,000.
     pub max_agents_per_namespace: usize,
+    /// On a graceful shutdown, how long memory-tier blocks may be copied to
+    /// the disk tier (hottest first); zero skips it. Default 20 s.
+    pub shutdown_spill: std::time::Duration,
     /// Store settings.
     pub store: StoreConfig,
     /// TLS, tokens, per-client limits.
@@ -191,6 +194,7 @@ impl Default for ServerConfig {
             pin_quota_blocks: DEFAULT_PIN_QUOTA_BLOCKS,
             max_agent_lease_ms: DEFAULT_MAX_AGENT_LEASE_MS,
             max_agents_per_namespace: DEFAULT_MAX_AGENTS_PER_NAMESPACE,
+            shutdown_spill: std::time::Duration::from_secs(20),
             store: StoreConfig::default(),
             security: SecurityConfig::default(),
         }

@@ -79,6 +79,10 @@ struct Args {
     /// Do not move blocks read from a lower tier up.
     #[arg(long, env = "KVTIER_NO_PROMOTE", default_value_t = false)]
     no_promote: bool,
+    /// On SIGTERM, copy memory-tier blocks to the disk tier (hottest first) for
+    /// at most this long, so a restart keeps the hot set; 0 turns it off.
+    #[arg(long, env = "KVTIER_SHUTDOWN_SPILL_MS", default_value_t = 20_000)]
+    shutdown_spill_ms: u64,
     /// TLS certificate chain (PEM); with --tls-key, gRPC is served over TLS.
     #[arg(long, env = "KVTIER_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -136,6 +140,7 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
         pin_quota_blocks: args.pin_quota_blocks,
         max_agent_lease_ms: args.max_agent_lease_ms,
         max_agents_per_namespace: args.max_agents_per_namespace,
+        shutdown_spill: std::time::Duration::from_millis(args.shutdown_spill_ms),
         allowed_namespaces: args
             .allowed_namespaces
             .into_iter()

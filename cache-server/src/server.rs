@@ -351,6 +351,18 @@ pub async fn run(
     if let Some(task) = reload_task {
         task.abort();
     }
+    if !config.shutdown_spill.is_zero() {
+        let budget = config.shutdown_spill;
+        let spilled = tokio::task::block_in_place(|| store.spill_to_disk(budget));
+        tracing::info!(
+            kept = spilled.kept,
+            kept_bytes = spilled.kept_bytes,
+            no_room = spilled.no_room,
+            left_by_deadline = spilled.left,
+            failed = spilled.failed,
+            "memory tiers spilled to disk for the restart (hottest first)"
+        );
+    }
     tracing::info!("gRPC stopped; flushing the disk tier");
     tokio::task::block_in_place(|| store.flush())?;
     if let Some(task) = metrics_task {

@@ -375,25 +375,53 @@ async fn restart_serves_every_acknowledged_block_even_after_kill_9() -> anyhow::
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_exits_zero_and_keeps_disk_blocks() -> anyhow::Result<()> {
+/// Puts 12 blocks of 64 KiB into a server whose host tier holds 4, stops it
+/// with SIGTERM, restarts it, and counts the blocks it serves again.
+async fn blocks_kept_across_graceful_restart(extra: &[&str]) -> anyhow::Result<(usize, String)> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let mut server = ServerProcess::start(&data, &["--host-capacity", "256KiB"])?;
+    let mut args = vec!["--host-capacity", "256KiB"];
+    args.extend_from_slice(extra);
+    let mut server = ServerProcess::start(&data, &args)?;
     let mut client = server.client().await?;
     let session = handshake(&mut client, "ns", config(16, 64 * KIB as u64)).await?;
     let hashes = prompt_hashes(5, 12, 16);
     put_chain(&mut client, &session, &hashes, 64 * KIB).await?;
     drop(client);
     assert_eq!(server.terminate()?, 0, "log:\n{}", server.log());
-    assert!(server.log().contains("stopped cleanly"));
+    let log = server.log();
+    assert!(log.contains("stopped cleanly"));
 
     let server = ServerProcess::start(&data, &["--host-capacity", "256KiB"])?;
     let mut client = server.client().await?;
     let session = handshake(&mut client, "ns", config(16, 64 * KIB as u64)).await?;
     let got = get_all(&mut client, &session, &hashes).await?;
-    // 4 blocks fit the host tier and are gone with the process; 8 were demoted to disk.
-    assert_eq!(got.iter().filter(|b| b.found).count(), 8);
+    for block in got.iter().filter(|b| b.found) {
+        assert_eq!(
+            block.payload,
+            payload_for(block.hash, 64 * KIB),
+            "wrong bytes after restart"
+        );
+    }
+    Ok((got.iter().filter(|b| b.found).count(), log))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_spills_the_host_tier_to_disk() -> anyhow::Result<()> {
+    let (kept, log) = blocks_kept_across_graceful_restart(&[]).await?;
+    // 8 were demoted to disk while running; the 4 in the host tier were spilled at SIGTERM.
+    assert_eq!(kept, 12, "log:\n{log}");
+    assert!(
+        log.contains("spilled to disk") && log.contains("kept=4"),
+        "log:\n{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_without_spill_keeps_only_disk_blocks() -> anyhow::Result<()> {
+    let (kept, _) = blocks_kept_across_graceful_restart(&["--shutdown-spill-ms", "0"]).await?;
+    assert_eq!(kept, 8, "4 blocks lived in the host tier only");
     Ok(())
 }
 

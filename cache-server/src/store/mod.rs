@@ -49,7 +49,9 @@ mod publish;
 mod tiers;
 mod types;
 
-pub use types::{Hit, PutOutcome, ResidentBlock, StoreError, StoreSnapshot, TierUsage};
+pub use types::{
+    Hit, PutOutcome, ResidentBlock, SpillReport, StoreError, StoreSnapshot, TierUsage,
+};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -301,6 +303,17 @@ impl TieredStore {
     /// Tier of each key (`None` when absent), without reading any payload.
     pub fn lookup(&self, keys: &[BlockKey]) -> Vec<Option<Tier>> {
         self.state.lock().index.lookup(keys)
+    }
+
+    /// Copies the memory tiers' blocks to the disk tier, hottest first by the
+    /// policy's order, into the disk's free room, for at most `budget`
+    /// (graceful shutdown: a restart rebuilds the index from the disk tier
+    /// alone). The store is for shutting down afterwards: the policy then
+    /// believes every block is on disk.
+    pub fn spill_to_disk(&self, budget: std::time::Duration) -> SpillReport {
+        let deadline = Instant::now() + budget;
+        let now = self.now_ms();
+        self.state.lock().spill_to_disk(&self.tiers, deadline, now)
     }
 
     /// Flushes the disk tier (graceful shutdown).

@@ -9,12 +9,14 @@
 //! covers) and does its tier I/O there too, through [`Tiers`]; see the
 //! store's module doc for how that would split.
 
+use std::time::Instant;
+
 use kvtier_policy::{BlockInfo, EvictionPolicy};
 
 use super::index::{Entry, Index};
 use super::publish::{self, Publisher};
 use super::tiers::Tiers;
-use super::types::{PutOutcome, StoreError};
+use super::types::{PutOutcome, SpillReport, StoreError};
 use crate::block::{Block, BlockKey};
 use crate::tier::{Tier, TierError};
 
@@ -198,6 +200,62 @@ impl State {
         }
         self.relocate(tiers, key, entry, to, now);
         publish::tier_gauges(&self.index);
+    }
+
+    /// Copies the memory tiers' blocks (GPU, then host) to the disk tier,
+    /// hottest first by the policy's order, into the disk's free room only
+    /// (the disk's own blocks stay), until `deadline`. For a graceful
+    /// shutdown: memory tiers do not survive a restart, the disk tier does.
+    /// Leaves the policy believing every memory block is on disk: call it
+    /// last.
+    pub(super) fn spill_to_disk(
+        &mut self,
+        tiers: &Tiers,
+        deadline: Instant,
+        now: u64,
+    ) -> SpillReport {
+        let mut report = SpillReport::default();
+        if tiers.disk().is_none() {
+            return report;
+        }
+        for from in [Tier::Gpu, Tier::Host] {
+            // The policy's eviction order, coldest first: take each victim and
+            // tell the policy it left, so the next call names the next one.
+            let mut order = Vec::with_capacity(self.index.blocks(from) as usize);
+            while let Some(key) = self.policy.victim(from, now) {
+                self.policy.on_move(key, Tier::Disk, now);
+                order.push(key);
+            }
+            for key in order.into_iter().rev() {
+                let Some(entry) = self.index.get(&key).filter(|e| e.tier == from) else {
+                    continue;
+                };
+                if Instant::now() >= deadline {
+                    report.left += 1;
+                    continue;
+                }
+                if self.index.used(Tier::Disk) + entry.bytes > tiers.capacity(Tier::Disk) {
+                    report.no_room += 1;
+                    continue;
+                }
+                match tiers
+                    .read_for_move(key, from)
+                    .and_then(|block| tiers.write(Tier::Disk, key, &block))
+                {
+                    Ok(()) => {
+                        self.relocate(tiers, key, entry, Tier::Disk, now);
+                        report.kept += 1;
+                        report.kept_bytes += entry.bytes;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "spill to disk failed");
+                        report.failed += 1;
+                    }
+                }
+            }
+        }
+        publish::tier_gauges(&self.index);
+        report
     }
 
     /// Bookkeeping of a block already written to `to`: leave its old tier,

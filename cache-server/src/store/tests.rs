@@ -194,3 +194,59 @@ fn snapshot_lists_resident_blocks_consistent_with_event_ids() {
     // every namespace when unfiltered
     assert_eq!(store.subscribe_with_snapshot(None).blocks.len(), 4);
 }
+
+#[test]
+fn shutdown_spill_keeps_the_hottest_memory_blocks_that_fit_on_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Host holds all 10 blocks; the disk has room for 3 of them.
+    let cfg = config(dir.path(), 1 << 20, 3 * 1000 + 500);
+    let store = open(&cfg);
+    for i in 0..10u64 {
+        store.put(BlockKey::new(1, i), block(i, 1000)).expect("put");
+    }
+    // LRU: 7, 2 and 5 are the most recently used, 5 the hottest.
+    for i in [7u64, 2, 5] {
+        store
+            .get(BlockKey::new(1, i))
+            .expect("get")
+            .expect("present");
+    }
+    assert_eq!(store.usage()[Tier::Disk.index()].blocks, 0);
+    let report = store.spill_to_disk(std::time::Duration::from_secs(10));
+    assert_eq!(
+        report,
+        SpillReport {
+            kept: 3,
+            kept_bytes: 3000,
+            no_room: 7,
+            left: 0,
+            failed: 0
+        }
+    );
+    store.flush().expect("flush");
+    drop(store);
+    // A restart rebuilds the index from the disk tier alone: the hot three are there.
+    let reopened = open(&cfg);
+    let keys: Vec<BlockKey> = (0..10u64).map(|i| BlockKey::new(1, i)).collect();
+    let tiers = reopened.lookup(&keys);
+    let kept: Vec<u64> = (0..10u64)
+        .filter(|&i| tiers[i as usize].is_some())
+        .collect();
+    assert_eq!(kept, vec![2, 5, 7]);
+    let hit = reopened
+        .get(BlockKey::new(1, 5))
+        .expect("get")
+        .expect("present");
+    assert_eq!(hit.block, block(5, 1000));
+}
+
+#[test]
+fn shutdown_spill_stops_at_its_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&config(dir.path(), 1 << 20, 1 << 30));
+    for i in 0..20u64 {
+        store.put(BlockKey::new(1, i), block(i, 100)).expect("put");
+    }
+    let report = store.spill_to_disk(std::time::Duration::ZERO);
+    assert_eq!((report.kept, report.left), (0, 20));
+}

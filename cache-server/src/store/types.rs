@@ -26,6 +26,21 @@ pub enum StoreError {
     Tier(#[from] TierError),
 }
 
+/// What a shutdown spill ([`super::TieredStore::spill_to_disk`]) kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpillReport {
+    /// Memory-tier blocks now on disk.
+    pub kept: u64,
+    /// Their payload bytes.
+    pub kept_bytes: u64,
+    /// Blocks the disk tier had no free room for (the coldest).
+    pub no_room: u64,
+    /// Blocks not reached by the deadline.
+    pub left: u64,
+    /// Blocks whose copy failed.
+    pub failed: u64,
+}
+
 /// Where a `put` left the block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PutOutcome {
