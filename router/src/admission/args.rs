@@ -22,20 +22,24 @@ pub enum AdmissionArgsError {
 #[derive(Debug, Clone, clap::Args)]
 pub struct AdmissionArgs {
     /// Queue calls at the router while every available worker is busy (`on`),
-    /// or send each call at once whatever the load (`off`).
-    #[arg(long, env = "KVTIER_ROUTER_ADMISSION_QUEUE", default_value = "on", value_parser = ["on", "off"])]
+    /// or send each call at once whatever the load (`off`); `auto`: on when the
+    /// workers schedule first come first served (`--worker-scheduling fcfs`),
+    /// off when their engines order their own queue by priority (measured: the
+    /// router's queue then only adds a wait, see bench/RESULTS.md).
+    #[arg(long, env = "KVTIER_ROUTER_ADMISSION_QUEUE", default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub admission_queue: String,
+    /// How the workers' engines order their own prefill queue: `fcfs` (vLLM's
+    /// default) or `priority` (vLLM `--scheduling-policy priority`, which honours
+    /// the hint's priority itself). Decides `--admission-queue auto`.
+    #[arg(long, env = "KVTIER_ROUTER_WORKER_SCHEDULING", default_value = "fcfs", value_parser = ["fcfs", "priority"])]
+    pub worker_scheduling: String,
     /// A worker is busy at this many queued prefill tokens; 0 derives the
     /// bound from its measured prefill rate × --busy-target-wait-ms (16,384
     /// tokens until measured).
     #[arg(long, env = "KVTIER_ROUTER_BUSY_PREFILL_TOKENS", default_value_t = 0)]
     pub busy_prefill_tokens: u64,
     /// Queueing delay a worker may hold before it is busy, for the derived bound.
-    #[arg(
-        long,
-        env = "KVTIER_ROUTER_BUSY_TARGET_WAIT_MS",
-        default_value_t = 1_000
-    )]
+    #[arg(long, env = "KVTIER_ROUTER_BUSY_TARGET_WAIT_MS", default_value_t = 250)]
     pub busy_target_wait_ms: u64,
     /// A worker is busy at this many running calls (prefill or decode); 0: no bound.
     #[arg(long, env = "KVTIER_ROUTER_BUSY_RUNNING_CALLS", default_value_t = 0)]
@@ -67,7 +71,12 @@ impl AdmissionArgs {
         if self.busy_prefill_tokens == 0 && self.busy_target_wait_ms == 0 {
             return Err(AdmissionArgsError::TargetWait);
         }
-        if self.admission_queue == "off" {
+        let on = match self.admission_queue.as_str() {
+            "on" => true,
+            "off" => false,
+            _ => self.worker_scheduling != "priority",
+        };
+        if !on {
             return Ok(None);
         }
         Ok(Some(AdmissionConfig {
@@ -112,6 +121,13 @@ mod tests {
     fn the_defaults_are_the_documented_ones() {
         assert_eq!(parse(&[]), Ok(Some(AdmissionConfig::default())));
         assert_eq!(parse(&["--admission-queue", "off"]), Ok(None));
+        // Engines that order by priority themselves: the router's queue steps aside...
+        assert_eq!(parse(&["--worker-scheduling", "priority"]), Ok(None));
+        // ...unless asked for.
+        assert_eq!(
+            parse(&["--worker-scheduling", "priority", "--admission-queue", "on"]),
+            Ok(Some(AdmissionConfig::default()))
+        );
     }
 
     #[test]

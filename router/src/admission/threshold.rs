@@ -29,7 +29,8 @@ pub struct ThresholdConfig {
     /// Busy at this many running calls (prefill or decode); 0: no bound. Default 0.
     pub busy_running_calls: u32,
     /// The queueing delay a worker may hold before it counts as busy, when
-    /// the bound is derived. Default 1 s.
+    /// the bound is derived. Default 250 ms (bench/RESULTS.md, "Overload": with
+    /// 1 s the latency-sensitive p99 fell to 0.63x of no queue, with 250 ms to 0.27x).
     pub target_wait: Duration,
     /// The derived bound before a worker's rate is measured. Default 16,384
     /// tokens (about a second of a modest GPU's prefill).
@@ -41,7 +42,7 @@ impl Default for ThresholdConfig {
         Self {
             busy_prefill_tokens: 0,
             busy_running_calls: 0,
-            target_wait: Duration::from_secs(1),
+            target_wait: Duration::from_millis(250),
             unmeasured_prefill_tokens: 16_384,
         }
     }
