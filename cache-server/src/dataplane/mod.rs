@@ -144,11 +144,11 @@ pub async fn serve(
             accepted = accept(&listener) => match accepted {
                 Ok(Accepted::Tcp(stream, remote)) => {
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(connection(stream, Some(remote), Arc::clone(&state), conn_stop.clone()));
+                    conns.spawn(serve_connection(stream, Some(remote), Arc::clone(&state), conn_stop.clone()));
                 }
                 #[cfg(unix)]
                 Ok(Accepted::Unix(stream)) => {
-                    conns.spawn(connection(stream, None, Arc::clone(&state), conn_stop.clone()));
+                    conns.spawn(serve_connection(stream, None, Arc::clone(&state), conn_stop.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "data plane: accept failed");
@@ -250,7 +250,12 @@ fn from_grpc(status: &tonic::Status) -> (Status, u32) {
     }
 }
 
-async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+/// Serves one accepted connection: HELLO, then pipelined PUT and GET frames,
+/// until the client closes it, a frame is malformed (`PROTOCOL`, then close)
+/// or `stop` turns true (or its sender is dropped). [`serve`] runs it for
+/// every connection it accepts; the `data_plane` fuzz target drives it over
+/// in-memory streams.
+pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     remote: Option<SocketAddr>,
     state: Arc<ServiceState>,
