@@ -255,11 +255,14 @@ class Fleet:
 
         self.procs = procs
         tokenizer = str(write_tiny_tokenizer(tmp / "model"))
+        # Pools go beneath the agent's --pool-dir (its default where /dev/shm exists).
+        shm = Path("/dev/shm/kvtier") if os.access("/dev/shm", os.W_OK) else tmp
+        shm.mkdir(parents=True, exist_ok=True)
         line = start_ready(procs, "kvtier-agent", [
             bins["kvtier-agent"], "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-            "--server", f"http://{server_grpc}", "--worker-id", "w0", "--staging-bytes", "8MiB"], tmp)
+            "--server", f"http://{server_grpc}", "--worker-id", "w0", "--staging-bytes", "8MiB",
+            "--pool-dir", str(shm)], tmp)
         self.agent_grpc, self.agent_metrics = field(line, "grpc"), field(line, "metrics")
-        shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else tmp
         self.pool = shm / f"kvtier-dash-pool-{os.getpid()}"
         line = start_ready(procs, "kvtier-sim-worker", [
             bins["kvtier-sim-worker"], "--listen", "127.0.0.1:0", "--agent", f"http://{self.agent_grpc}",

@@ -6,11 +6,16 @@ use std::path::Path;
 
 pub use tempfile::{tempdir, tempdir_in, TempDir};
 
-/// A temporary directory in `/dev/shm` when the host has one, else in the
-/// system's temporary directory.
+/// Where `kvtier-agent` accepts shared-memory pools by default (its
+/// `--pool-dir`): pool files of tests and benchmarks go beneath it.
+pub const AGENT_POOL_DIR: &str = "/dev/shm/kvtier";
+
+/// A temporary directory beneath [`AGENT_POOL_DIR`] when the host has
+/// `/dev/shm`, else in the system's temporary directory (an agent then needs
+/// `--pool-dir` pointing there).
 pub fn shm_tempdir() -> std::io::Result<TempDir> {
-    if Path::new("/dev/shm").is_dir() {
-        if let Ok(dir) = tempdir_in("/dev/shm") {
+    if Path::new("/dev/shm").is_dir() && std::fs::create_dir_all(AGENT_POOL_DIR).is_ok() {
+        if let Ok(dir) = tempdir_in(AGENT_POOL_DIR) {
             return Ok(dir);
         }
     }

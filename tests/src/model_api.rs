@@ -220,15 +220,10 @@ pub fn error_shape(api: Api, body: &Value, kind: &str) -> bool {
     }
 }
 
-/// A temporary directory in `/dev/shm` when there is one (pool files), else in
-/// the system temp dir.
+/// A temporary directory for pool files, where the agent accepts them
+/// (`kvtier_testkit::dir::shm_tempdir`).
 pub fn shm_dir() -> Result<tempfile::TempDir> {
-    if std::path::Path::new("/dev/shm").is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in("/dev/shm") {
-            return Ok(dir);
-        }
-    }
-    Ok(tempfile::tempdir()?)
+    Ok(kvtier_testkit::dir::shm_tempdir()?)
 }
 
 /// The prompt model the simulated workers and the router build from

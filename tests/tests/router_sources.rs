@@ -40,12 +40,7 @@ fn sim_config() -> HashingConfig {
 }
 
 fn shm_dir() -> anyhow::Result<tempfile::TempDir> {
-    if Path::new("/dev/shm").is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in("/dev/shm") {
-            return Ok(dir);
-        }
-    }
-    Ok(tempfile::tempdir()?)
+    Ok(kvtier_testkit::dir::shm_tempdir()?)
 }
 
 fn new_index() -> SharedIndex {

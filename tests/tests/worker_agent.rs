@@ -17,15 +17,10 @@ const BLOCK_BYTES: u64 = 64 * 1024;
 /// Tokens per block (the agent's and the simulated engine's default).
 const BLOCK_TOKENS: usize = 16;
 
-/// A directory for pool files: `/dev/shm` when the host has it (as an engine
-/// would use), else the ordinary temp dir.
+/// A directory for pool files where the agent accepts them (beneath
+/// `/dev/shm/kvtier`, as an engine would use).
 fn shm_dir() -> anyhow::Result<tempfile::TempDir> {
-    if Path::new("/dev/shm").is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in("/dev/shm") {
-            return Ok(dir);
-        }
-    }
-    Ok(tempfile::tempdir()?)
+    Ok(kvtier_testkit::dir::shm_tempdir()?)
 }
 
 fn num(fields: &std::collections::HashMap<String, String>, key: &str) -> u64 {
@@ -370,6 +365,35 @@ async fn events_are_gap_free_and_a_gap_resyncs_from_a_snapshot() -> anyhow::Resu
     let ids = [30u64, 31, 33];
     let gap = ids.windows(2).find(|w| w[1] != w[0] + 1);
     assert_eq!(gap, Some(&[31, 33][..]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_outside_the_pool_directory_are_refused_untouched() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let shm = shm_dir()?;
+    let server = ServerProcess::start(&dir.path().join("data"), &[])?;
+    let a = AgentProcess::start(&dir.path().join("a.log"), server.grpc, &[])?;
+    let mut agent = a.client().await?;
+    // Any file the agent's user can write, outside /dev/shm/kvtier: a caller
+    // must not get it copied into the cache or overwritten with cache bytes.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, vec![0x5au8; 64 * 65_536])?;
+    let err = attach(&mut agent, &victim, sim_config())
+        .await
+        .expect_err("a file outside the pool directory was attached");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("--pool-dir"), "{}", err.message());
+    // A symbolic link inside the directory, pointing at it, is refused too.
+    let link = shm.path().join("link");
+    std::os::unix::fs::symlink(&victim, &link)?;
+    let err = attach(&mut agent, &link, sim_config())
+        .await
+        .expect_err("a symbolic link was followed");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(std::fs::read(&victim)?.iter().all(|&b| b == 0x5a));
+    // The same kind of file beneath the directory attaches.
+    attach(&mut agent, &shm.path().join("pool"), sim_config()).await?;
     Ok(())
 }
 

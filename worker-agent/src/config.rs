@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use kvtier_proto::hashing::DEFAULT_SEED;
 
+/// Default directory of shared-memory pools.
+pub const DEFAULT_POOL_DIR: &str = "/dev/shm/kvtier";
+
 /// The hashing configuration this agent expects every attached engine (and the
 /// cache server) to use. `block_bytes` and `kv_layout` come from the engine's
 /// pool; `model` is only compared when set.
@@ -57,6 +60,12 @@ pub struct AgentConfig {
     pub worker_id: String,
     /// Hashing configuration attached engines must use.
     pub hashing: ExpectedHashing,
+    /// Where shared-memory pools may be: files beneath this directory only,
+    /// regular, not symbolic links, owned by `pool_owner_uid`. Default
+    /// `/dev/shm/kvtier`.
+    pub pool_dir: PathBuf,
+    /// Owner every pool file must have; `None`: the agent's own user. Default `None`.
+    pub pool_owner_uid: Option<u32>,
     /// Bytes of staging memory (split into block-sized buffers, at least 2). Default 256 MiB.
     pub staging_bytes: u64,
     /// Connections to the cache server; a large Offload/Onboard is split over
@@ -96,6 +105,8 @@ impl Default for AgentConfig {
             server_data: None,
             worker_id: "worker-0".into(),
             hashing: ExpectedHashing::default(),
+            pool_dir: PathBuf::from(DEFAULT_POOL_DIR),
+            pool_owner_uid: None,
             staging_bytes: 256 << 20,
             tier_connections: 4,
             max_blocks_per_call: 65_536,

@@ -14,6 +14,10 @@ pub enum AgentError {
     /// No pool attached, or the request names an older attachment.
     #[error("no such pool: {0}")]
     NoPool(String),
+    /// The engine asked to attach a file the agent may not touch (outside its
+    /// pool directory, a symbolic link, not a regular file, another owner).
+    #[error("pool refused: {0}")]
+    PoolRefused(String),
     /// The pool's memory could not be reached (mapping, CUDA IPC, ...).
     #[error("pool memory: {0}")]
     Memory(String),
@@ -41,6 +45,7 @@ impl From<AgentError> for Status {
             AgentError::InvalidRequest(_) => Status::invalid_argument(msg),
             AgentError::ConfigMismatch(_) => Status::failed_precondition(msg),
             AgentError::NoPool(_) => Status::failed_precondition(msg),
+            AgentError::PoolRefused(_) => Status::permission_denied(msg),
             AgentError::Memory(_) | AgentError::Cuda(_) => Status::failed_precondition(msg),
             AgentError::Tier(s) => match s.code() {
                 // A refusal by the server keeps its code; transport trouble is UNAVAILABLE.

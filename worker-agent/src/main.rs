@@ -28,6 +28,13 @@ struct Args {
     /// Also serve on this Unix socket.
     #[arg(long, env = "KVTIER_AGENT_UDS")]
     uds: Option<PathBuf>,
+    /// Shared-memory pools may only be files beneath this directory (regular
+    /// files, no symbolic links, owned by --pool-owner-uid); created at start.
+    #[arg(long, env = "KVTIER_AGENT_POOL_DIR", default_value = kvtier_worker_agent::config::DEFAULT_POOL_DIR)]
+    pool_dir: PathBuf,
+    /// Owner every pool file must have (a numeric uid); default: the agent's own user.
+    #[arg(long, env = "KVTIER_AGENT_POOL_OWNER_UID")]
+    pool_owner_uid: Option<u32>,
     /// Prometheus /metrics listen address; "off" disables it.
     #[arg(
         long,
@@ -130,6 +137,8 @@ impl TryFrom<Args> for AgentConfig {
             server_client,
             metrics_listen,
             uds: a.uds,
+            pool_dir: a.pool_dir,
+            pool_owner_uid: a.pool_owner_uid,
             server: a.server,
             server_data: a.server_data,
             worker_id: a.worker_id,

@@ -64,6 +64,11 @@ pub async fn run(
         },
     };
 
+    // Engines create their pools here; AttachPool accepts nothing else.
+    if let Err(e) = std::fs::create_dir_all(&config.pool_dir) {
+        tracing::warn!(dir = %config.pool_dir.display(), error = %e, "cannot create the pool directory; shared-memory attaches will be refused");
+    }
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let state = AgentState::new(config.clone(), stop_rx.clone())?;
     let service = WorkerServiceServer::new(Service::new(state.clone()))

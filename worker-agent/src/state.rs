@@ -15,7 +15,8 @@ use crate::config::AgentConfig;
 use crate::datapath::AttachedPool;
 use crate::error::AgentError;
 use crate::events::EventLog;
-use crate::memory::{shm::ShmPool, Geometry, PoolMemory};
+use crate::memory::shm::{own_uid, PoolAccess, ShmPool};
+use crate::memory::{Geometry, PoolMemory};
 use crate::staging::StagingPool;
 use crate::stats::Stats;
 use crate::tier::{connect_lazy, TierSession};
@@ -166,7 +167,15 @@ impl AgentState {
         let memory: Arc<dyn PoolMemory> = match req.memory {
             Some(attach_pool_request::Memory::SharedMemory(shm)) => {
                 let geometry = Geometry::from_layout(&layout, shm.offset)?;
-                Arc::new(ShmPool::open(std::path::Path::new(&shm.path), geometry)?)
+                let access = PoolAccess {
+                    dir: self.config.pool_dir.clone(),
+                    owner_uid: self.config.pool_owner_uid.unwrap_or_else(own_uid),
+                };
+                Arc::new(ShmPool::open(
+                    std::path::Path::new(&shm.path),
+                    geometry,
+                    &access,
+                )?)
             }
             Some(attach_pool_request::Memory::CudaIpc(ipc)) => cuda_pool(&layout, ipc)?,
             None => return Err(AgentError::InvalidRequest("pool memory missing".into())),

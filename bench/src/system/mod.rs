@@ -593,8 +593,11 @@ fn fleet_spec(
     let dir = tempfile::Builder::new()
         .prefix("kvtier-system-")
         .tempdir()?;
-    let shm_base = if std::path::Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
+    // Beneath the agents' default --pool-dir.
+    let shm_base = if std::path::Path::new("/dev/shm").is_dir()
+        && std::fs::create_dir_all(kvtier_testkit::dir::AGENT_POOL_DIR).is_ok()
+    {
+        PathBuf::from(kvtier_testkit::dir::AGENT_POOL_DIR)
     } else {
         std::env::temp_dir()
     };

@@ -28,8 +28,8 @@ class ConnectorConfig:
     """Model name checked by the agent and server; empty: the served model name."""
     staging_bytes: int = 256 << 20
     """Shared-memory staging size; at least 8 blocks."""
-    shm_dir: str = "/dev/shm"
-    """Directory of the staging file (a tmpfs)."""
+    shm_dir: str = "/dev/shm/kvtier"
+    """Directory of the staging file: a tmpfs beneath the agent's ``--pool-dir``."""
     lookup_timeout_ms: int = 200
     """Deadline of the scheduler's lookup; past it: 0 external tokens."""
     load_timeout_ms: int = 5000

@@ -22,13 +22,14 @@ from kvtier_vllm.layout import BlockView, KvLayout
 
 
 class StagingPool:
-    """``slots`` kvtier blocks in a file under ``directory`` (``/dev/shm`` by default)."""
+    """``slots`` kvtier blocks in a file under ``directory`` (``/dev/shm/kvtier`` by default)."""
 
-    def __init__(self, layout: KvLayout, slots: int, directory: str = "/dev/shm") -> None:
+    def __init__(self, layout: KvLayout, slots: int, directory: str = "/dev/shm/kvtier") -> None:
         if slots < 1:
             raise ValueError(f"staging needs at least one slot, got {slots}")
         self.layout = layout
         self.slots = slots
+        os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, f"kvtier-vllm-{os.getpid()}-{uuid.uuid4().hex[:12]}")
         size = slots * layout.block_bytes
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)

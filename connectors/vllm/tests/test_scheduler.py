@@ -208,10 +208,10 @@ def test_mismatched_layout_is_refused_loudly(engines, tiny_model) -> None:  # ty
     a.run()
     # Same namespace, other head size: the cache server refuses the handshake.
     agent_addr = "unix://" + agent_a.field("uds")
-    before = set(os.listdir("/dev/shm"))
+    before = set(os.listdir("/dev/shm/kvtier"))
     with pytest.raises(RuntimeError, match="refused this engine's KV layout"):
         Engine(model=tiny_model, agent=agent_addr, head_size=32)
-    assert set(os.listdir("/dev/shm")) <= before, "a refused engine left its staging file"
+    assert set(os.listdir("/dev/shm/kvtier")) <= before, "a refused engine left its staging file"
 
 
 def test_block_size_mismatch_is_refused(kvtier_server, tiny_model, vllm_installed) -> None:  # type: ignore[no-untyped-def]

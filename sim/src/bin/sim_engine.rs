@@ -33,7 +33,7 @@ struct Common {
     /// Agent endpoint: http://host:port or unix:/path.
     #[arg(long, env = "KVTIER_AGENT", default_value = "http://127.0.0.1:50061")]
     agent: String,
-    /// Pool file (e.g. /dev/shm/kvtier-sim-pool); created if absent.
+    /// Pool file (e.g. /dev/shm/kvtier/sim-pool, beneath the agent's --pool-dir); created if absent.
     #[arg(long, env = "KVTIER_SIM_POOL")]
     pool: PathBuf,
     /// Blocks in the pool.

@@ -35,7 +35,7 @@ struct Args {
     /// kvtier-agent endpoint: http://host:port or unix:/path; "off" runs without one.
     #[arg(long, env = "KVTIER_AGENT", default_value = "http://127.0.0.1:50061")]
     agent: String,
-    /// Pool file (e.g. /dev/shm/kvtier-sim-worker-0); created if absent.
+    /// Pool file (e.g. /dev/shm/kvtier/sim-worker-0, beneath the agent's --pool-dir); created if absent.
     #[arg(long, env = "KVTIER_SIM_POOL")]
     pool: PathBuf,
     /// Pool capacity in blocks (the worker's bounded prefix cache).
