@@ -32,6 +32,9 @@ pub(crate) struct Node<K> {
     pub children: u8,
     /// The reuse model's clock at the last insert or read.
     pub stamp: u64,
+    /// Order of the last insert or read among all blocks (ties of density
+    /// go to the least recent, so an untrained model is exactly LRU).
+    pub touch: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +107,7 @@ impl<K: Copy> Lists<K> {
             hits: 0,
             children: 0,
             stamp: 0,
+            touch: 0,
         };
         let slot = match self.free.pop() {
             Some(slot) => {

@@ -138,6 +138,8 @@ pub struct ValuePolicy<K> {
     inserts_at: u64,
     /// What un-hinted blocks taught about reuse.
     reuse: ReuseModel<K>,
+    /// Inserts and reads of un-hinted blocks so far (their recency order).
+    touches: u64,
 }
 
 impl<K: Copy + Eq + Hash> Default for ValuePolicy<K> {
@@ -171,6 +173,7 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
             recent_inserts: 0.0,
             inserts_at: 0,
             reuse,
+            touches: 0,
         }
     }
 
@@ -191,21 +194,29 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
         Tier::ALL.iter().map(|&t| self.lists.tier_len(t)).sum()
     }
 
-    /// The least valuable un-hinted block of `tier`.
+    /// The least valuable un-hinted block of `tier`: the class tail of lowest
+    /// density, the least recent on a tie (so before the model has learned
+    /// anything, every density being equal, the order is LRU).
     fn generic_victim(&self, tier: Tier) -> Option<u32> {
         if !self.learning() {
             return self.lists.back(GENERIC, tier);
         }
-        let mut best: Option<(f64, u32)> = None;
+        let mut best: Option<(f64, u64, u32)> = None;
         for c in 0..reuse::CLASSES {
             if let Some(slot) = self.lists.back(GENERIC + c, tier) {
-                let d = self.reuse.density(c, self.lists.node(slot).stamp);
-                if best.is_none_or(|(bd, _)| d < bd) {
-                    best = Some((d, slot));
+                let n = self.lists.node(slot);
+                let d = self.reuse.density(c, n.stamp);
+                if best.is_none_or(|(bd, bt, _)| d < bd || (d == bd && n.touch < bt)) {
+                    best = Some((d, n.touch, slot));
                 }
             }
         }
-        best.map(|(_, slot)| slot)
+        best.map(|(_, _, slot)| slot)
+    }
+
+    fn next_touch(&mut self) -> u64 {
+        self.touches += 1;
+        self.touches
     }
 
     /// The configuration in use.
@@ -304,10 +315,12 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
         let fresh = self.reuse.insert(key, resident);
         let list = self.generic_list(fresh.hits, fresh.children);
         let slot = self.lists.alloc(key, tier, list);
+        let touch = self.next_touch();
         let n = self.lists.node_mut(slot);
         n.hits = fresh.hits;
         n.children = fresh.children;
         n.stamp = self.reuse.clock();
+        n.touch = touch;
         self.index.insert(key, slot);
         self.reuse.start(list - GENERIC);
         // Fan-out: the parent gained a child.
@@ -347,9 +360,11 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
             self.reuse.reused(n.list - GENERIC, n.stamp);
         }
         let clock = self.reuse.clock();
+        let touch = self.next_touch();
         let n = self.lists.node_mut(slot);
         n.hits = n.hits.saturating_add(1);
         n.stamp = clock;
+        n.touch = touch;
         let (hits, children) = (n.hits, n.children);
         let to = self.generic_list(hits, children);
         self.reuse.start(to - GENERIC);

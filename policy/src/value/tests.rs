@@ -239,6 +239,26 @@ fn learned_order_keeps_reused_prefixes_over_dead_leaves() {
 }
 
 #[test]
+fn an_untrained_model_orders_unhinted_blocks_as_lru() {
+    // Fewer inserts than one refresh period: every density is equal.
+    let mut p: ValuePolicy<u64> = ValuePolicy::new(fixed_cfg());
+    let mut lru = crate::Lru::<u64>::new();
+    let (mut rp, mut rl) = Default::default();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for now in 0..300u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // A chain under one of 8 roots, 1 to 4 blocks deep.
+        let root = x % 8;
+        let ids: Vec<u64> = (0..=(x >> 8) % 4).map(|d| root * 10 + d).collect();
+        let a = request(&mut p, &mut rp, &ids, now, 10);
+        let b = request(&mut lru, &mut rl, &ids, now, 10);
+        assert_eq!((a, &rp), (b, &rl), "request {now}");
+    }
+}
+
+#[test]
 fn fan_out_counts_children_that_arrive_before_their_parent() {
     let mut p: ValuePolicy<u64> = ValuePolicy::new(fixed_cfg());
     let mut resident = std::collections::HashSet::new();
