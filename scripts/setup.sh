@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test kvtier:
 # libclang (RocksDB's bindgen), and the Python packages of the chart and
-# dashboard checks. Idempotent and quick when everything is there.
+# dashboard checks, and the vLLM connector tests' venv. Idempotent and quick
+# when everything is there. `scripts/setup.sh --build-only` stops after the
+# system packages (enough to build and run the binaries).
 set -euo pipefail
 
 need_apt=()
@@ -13,6 +15,12 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# `--build-only`: what building and running the binaries needs, nothing more
+# (the Python environments below are for the tests).
+if [ "${1:-}" = "--build-only" ]; then
+  exit 0
 fi
 
 # The official OpenAI and Anthropic Python SDKs, which the tests drive the
