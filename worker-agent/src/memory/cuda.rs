@@ -82,12 +82,35 @@ impl CudaIpcPool {
                 sys::CUipcMem_flags_enum::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32,
             )
         })?;
-        Ok(Self {
+        // Owned from here: an early return closes the handle (Drop).
+        let pool = Self {
             ctx,
             base,
             geometry,
             ipc_opened: true,
-        })
+        };
+        pool.check_allocation_covers_layout()?;
+        Ok(pool)
+    }
+
+    /// Refuses a layout that reaches past the allocation behind the handle:
+    /// copies there would read or write another allocation's memory.
+    fn check_allocation_covers_layout(&self) -> Result<()> {
+        let need = self.geometry.required_len()?;
+        let mut alloc_base: sys::CUdeviceptr = 0;
+        let mut alloc_size: usize = 0;
+        // SAFETY: both out-pointers are valid; `base` is a live device pointer.
+        check("cuMemGetAddressRange", unsafe {
+            sys::cuMemGetAddressRange_v2(&mut alloc_base, &mut alloc_size, self.base)
+        })?;
+        let available = (alloc_size as u64).saturating_sub(self.base - alloc_base);
+        if available < need {
+            return Err(AgentError::PoolRefused(format!(
+                "the CUDA allocation behind the IPC handle holds {available} bytes from the pool's \
+                 start, but the pool layout needs {need}"
+            )));
+        }
+        Ok(())
     }
 
     /// A pool over an allocation of this process.
