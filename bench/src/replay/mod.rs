@@ -88,6 +88,15 @@ pub struct Args {
     /// kvtier: weight of the population gap distribution against an agent's own gaps.
     #[arg(long, default_value_t = ValueConfig::default().prior_weight)]
     pub prior_weight: f64,
+    /// How kvtier learns that an agent ended: `harness` sends EndAgent at each
+    /// agent's last answer (only a harness that knows the session is over can);
+    /// `lease` sends no end signal, so agents end when silent for --lease-ms,
+    /// as behind the router's HTTP front.
+    #[arg(long, default_value = "harness", value_parser = ["harness", "lease"])]
+    pub end_signal: String,
+    /// Agents' lease for `--end-signal lease` (ms); default the server's.
+    #[arg(long, default_value_t = kvtier_policy::AgentSpec::DEFAULT_LEASE_MS)]
+    pub lease_ms: u64,
     /// kvtier: un-hinted blocks' reuse horizon, in resident blocks' worth of
     /// inserts (0 = plain LRU for blocks no hint covers).
     #[arg(long, default_value_t = ValueConfig::default().reuse_horizon)]
@@ -150,14 +159,28 @@ fn run_job(
     let w = args.workers as usize;
     let per_worker = cap / w;
     match policy {
-        PolicyName::Lru => sim::simulate(trace, per_worker, w, false, Lru::new, progress).rate(),
+        PolicyName::Lru => sim::simulate(
+            trace,
+            per_worker,
+            w,
+            sim::Lifecycle::Off,
+            Lru::new,
+            progress,
+        )
+        .rate(),
         PolicyName::Kvtier => {
             let cfg = args.value_config();
+            let lifecycle = match args.end_signal.as_str() {
+                "lease" => sim::Lifecycle::LeaseExpiry {
+                    lease_ms: args.lease_ms,
+                },
+                _ => sim::Lifecycle::HarnessEnds,
+            };
             sim::simulate(
                 trace,
                 per_worker,
                 w,
-                true,
+                lifecycle,
                 || ValuePolicy::new(cfg.clone()),
                 progress,
             )
@@ -272,6 +295,10 @@ pub fn run(args: Args) -> Result<()> {
         ideal: ideal(&trace),
         stagger_s: args.stagger,
         workers: args.workers as usize,
+        end_signal: match args.end_signal.as_str() {
+            "lease" => format!("lease expiry only ({} ms)", args.lease_ms),
+            _ => "harness EndAgent at the last answer".into(),
+        },
         rows,
         seconds: started.elapsed().as_secs_f64(),
     };

@@ -44,6 +44,9 @@ pub struct Report {
     pub stagger_s: f64,
     /// Number of workers (caches) requests were routed over.
     pub workers: usize,
+    /// How kvtier learned of agents' ends: `harness` (EndAgent at the last
+    /// answer) or `lease <ms>` (no end signal, lease expiry only).
+    pub end_signal: String,
     /// One row per capacity.
     pub rows: Vec<Row>,
     /// Wall time of the run (s).
@@ -63,8 +66,14 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{}: {} requests, {} blocks, {} unique, ideal {:.2}%, W={}",
-            self.trace, self.requests, self.blocks, self.unique_blocks, self.ideal, self.workers
+            "{}: {} requests, {} blocks, {} unique, ideal {:.2}%, W={}, agents' ends: {}",
+            self.trace,
+            self.requests,
+            self.blocks,
+            self.unique_blocks,
+            self.ideal,
+            self.workers,
+            self.end_signal
         );
         let _ = writeln!(s, "| C | C blocks | LRU | kvtier | Belady | gap closed |");
         let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");

@@ -89,15 +89,32 @@ pub fn route(res: &Residency, ids: &[u32], served: &[u64], i: usize) -> usize {
     best.map_or(0, |(_, _, k)| k)
 }
 
+/// What the policy learns about agents' lives in a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Nothing: block accesses only.
+    Off,
+    /// Registration, calls and answers, and `EndAgent` exactly at each agent's
+    /// last answer: what only a harness that knows the session is over can send.
+    HarnessEnds,
+    /// The same without any end signal: an agent ends when it has been silent
+    /// (no call, no answer) for `lease_ms`, as the server's lease expiry does;
+    /// a later call registers it again. What the router's HTTP front gives.
+    LeaseExpiry {
+        /// The agents' lease.
+        lease_ms: u64,
+    },
+}
+
 /// Replays `trace` through `workers` instances from `make`, each holding at
-/// most `capacity` blocks. With `lifecycle`, the policy also gets what a live
+/// most `capacity` blocks. With a `lifecycle`, the policy also gets what a live
 /// server would learn about agents (registration with parent, each call's
-/// context, the stop reason once answered, the end at an agent's last call).
+/// context, the stop reason once answered, and their ends as `lifecycle` says).
 pub fn simulate<P: EvictionPolicy<u32>>(
     trace: &Trace,
     capacity: usize,
     workers: usize,
-    lifecycle: bool,
+    lifecycle: Lifecycle,
     make: impl Fn() -> P,
     progress: &AtomicU64,
 ) -> Outcome {
@@ -111,7 +128,14 @@ pub fn simulate<P: EvictionPolicy<u32>>(
     };
     let mut registered = vec![false; trace.agents.len()];
     let mut visited = vec![0u64; trace.agents.len()];
-    let events = if lifecycle {
+    // Lease expiry: (deadline, agent), and each live agent's current deadline.
+    let mut leases: std::collections::BTreeSet<(u64, u32)> = std::collections::BTreeSet::new();
+    let mut deadline = vec![0u64; trace.agents.len()];
+    let lease_ms = match lifecycle {
+        Lifecycle::LeaseExpiry { lease_ms } => Some(lease_ms),
+        _ => None,
+    };
+    let events = if lifecycle != Lifecycle::Off {
         trace.events()
     } else {
         (0..trace.requests.len() as u32)
@@ -120,6 +144,41 @@ pub fn simulate<P: EvictionPolicy<u32>>(
     };
     let mut done = 0u64;
     for ev in events {
+        if let Some(lease) = lease_ms {
+            let (now, agent) = match ev {
+                Event::Request(i) => {
+                    let r = &trace.requests[i as usize];
+                    (r.time_ms, r.agent)
+                }
+                Event::Answer(i) => {
+                    let r = &trace.requests[i as usize];
+                    (r.answered_ms, r.agent)
+                }
+            };
+            // Every agent silent past its lease ends first, as the server's sweep does.
+            while let Some(&(due, a)) = leases.first() {
+                if due > now {
+                    break;
+                }
+                leases.remove(&(due, a));
+                let a = a as usize;
+                registered[a] = false;
+                for (k, q) in policies.iter_mut().enumerate() {
+                    if visited[a] >> k & 1 == 1 {
+                        q.on_agent_end(a as u64, due);
+                    }
+                }
+                visited[a] = 0;
+            }
+            if agent != NO_AGENT {
+                let a = agent as usize;
+                if registered[a] || matches!(ev, Event::Request(_)) {
+                    leases.remove(&(deadline[a], agent));
+                    deadline[a] = now + lease;
+                    leases.insert((deadline[a], agent));
+                }
+            }
+        }
         match ev {
             Event::Request(i) => {
                 let i = i as usize;
@@ -147,7 +206,7 @@ pub fn simulate<P: EvictionPolicy<u32>>(
                         resident[w] += 1;
                     }
                 }
-                if lifecycle && r.agent != NO_AGENT {
+                if lifecycle != Lifecycle::Off && r.agent != NO_AGENT {
                     let a = r.agent as usize;
                     if !registered[a] {
                         registered[a] = true;
@@ -183,8 +242,11 @@ pub fn simulate<P: EvictionPolicy<u32>>(
                     ended: r.stop,
                     ..Answer::default()
                 };
+                if !registered[r.agent as usize] {
+                    continue; // ended by its lease before the answer came
+                }
                 policies[w].on_agent_answered(u64::from(r.agent), &answer, r.answered_ms);
-                if r.last_of_agent {
+                if r.last_of_agent && lifecycle == Lifecycle::HarnessEnds {
                     for (k, q) in policies.iter_mut().enumerate() {
                         if visited[r.agent as usize] >> k & 1 == 1 {
                             q.on_agent_end(u64::from(r.agent), r.answered_ms);

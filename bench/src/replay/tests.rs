@@ -96,7 +96,7 @@ fn belady_is_the_exact_optimum_on_chained_ids() {
         for cap in 1..5 {
             let b = belady::hits(&t, cap, 1, &progress);
             assert_eq!(b, exhaustive(&t, cap), "seed {seed} cap {cap}");
-            let lru = sim::simulate(&t, cap, 1, false, Lru::new, &progress);
+            let lru = sim::simulate(&t, cap, 1, sim::Lifecycle::Off, Lru::new, &progress);
             assert!(lru.hits <= b);
         }
     }
@@ -107,7 +107,7 @@ fn lru_evicts_a_requests_tail_first() {
     let t = trace_of(&[vec![0, 1, 2], vec![0, 1, 2], vec![0, 1, 3], vec![0, 1, 2]]);
     let progress = AtomicU64::new(0);
     // Capacity 2: only the head (0, 1) of each request survives.
-    let out = sim::simulate(&t, 2, 1, false, Lru::new, &progress);
+    let out = sim::simulate(&t, 2, 1, sim::Lifecycle::Off, Lru::new, &progress);
     assert_eq!(out.hits, 2 + 2 + 2);
     assert_eq!(out.total, 12);
 }
@@ -206,6 +206,7 @@ fn report_table_json_and_svg() {
         ideal: 50.0,
         stagger_s: 0.0,
         workers: 1,
+        end_signal: "harness".into(),
         rows: vec![
             Row {
                 fraction: 0.01,
@@ -241,4 +242,88 @@ fn report_table_json_and_svg() {
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("<polyline").count(), 3);
     assert!(svg.contains("kv-cache-tester: hit rate vs capacity"));
+}
+
+/// An LRU that also writes down what it hears about agents' lives, into a log
+/// its test keeps (the replay owns its policies).
+struct AgentLog {
+    lru: Lru<u32>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, u64)>>>,
+}
+
+impl kvtier_policy::EvictionPolicy<u32> for AgentLog {
+    fn name(&self) -> &'static str {
+        "agent-log"
+    }
+    fn on_insert(
+        &mut self,
+        key: u32,
+        tier: kvtier_policy::Tier,
+        info: kvtier_policy::BlockInfo<u32>,
+        now: u64,
+    ) {
+        self.lru.on_insert(key, tier, info, now);
+    }
+    fn on_hit(&mut self, key: u32, now: u64) {
+        self.lru.on_hit(key, now);
+    }
+    fn on_move(&mut self, key: u32, to: kvtier_policy::Tier, now: u64) {
+        self.lru.on_move(key, to, now);
+    }
+    fn on_remove(&mut self, key: u32) {
+        self.lru.on_remove(key);
+    }
+    fn victim(&mut self, tier: kvtier_policy::Tier, now: u64) -> Option<u32> {
+        self.lru.victim(tier, now)
+    }
+    fn len(&self, tier: kvtier_policy::Tier) -> usize {
+        self.lru.len(tier)
+    }
+    fn on_agent_register(&mut self, _agent: u64, _spec: &kvtier_policy::AgentSpec, now: u64) {
+        self.log.lock().expect("log").push(("register", now));
+    }
+    fn on_agent_end(&mut self, _agent: u64, now: u64) {
+        self.log.lock().expect("log").push(("end", now));
+    }
+}
+
+#[test]
+fn lease_mode_ends_silent_agents_by_expiry_and_never_at_the_last_answer() {
+    // One agent calls at t=0, 100 and 10,000 (each answered 10 ms later); the
+    // last call is marked as its last.
+    let mut t = trace_of(&[vec![0, 1], vec![0, 1, 2], vec![0, 1, 2, 3]]);
+    t.agents.push(super::trace::Agent { parent: None });
+    for (r, at) in t.requests.iter_mut().zip([0u64, 100, 10_000]) {
+        r.agent = 0;
+        r.time_ms = at;
+        r.answered_ms = at + 10;
+    }
+    t.requests[2].last_of_agent = true;
+    let progress = AtomicU64::new(0);
+    let events = |lifecycle| {
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let make = || AgentLog {
+            lru: Lru::new(),
+            log: log.clone(),
+        };
+        sim::simulate(&t, 100, 1, lifecycle, make, &progress);
+        let out = log.lock().expect("log").clone();
+        out
+    };
+    // Harness: registered once, ended at the last answer.
+    assert_eq!(
+        events(sim::Lifecycle::HarnessEnds),
+        vec![("register", 0), ("end", 10_010)]
+    );
+    // Lease 1 s: the silence between t=110 and t=10,000 ends it at 1,110; the
+    // last call registers it again; nothing ends it at its last answer.
+    assert_eq!(
+        events(sim::Lifecycle::LeaseExpiry { lease_ms: 1_000 }),
+        vec![("register", 0), ("end", 1_110), ("register", 10_000)]
+    );
+    // A lease longer than every silence: never ended.
+    assert_eq!(
+        events(sim::Lifecycle::LeaseExpiry { lease_ms: 60_000 }),
+        vec![("register", 0)]
+    );
 }
