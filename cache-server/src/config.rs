@@ -12,6 +12,18 @@ pub const DEFAULT_PIN_QUOTA_BLOCKS: u64 = 65_536;
 pub const DEFAULT_MAX_AGENT_LEASE_MS: u64 = 60 * 60 * 1000;
 /// Default cap on live agents per namespace.
 pub const DEFAULT_MAX_AGENTS_PER_NAMESPACE: usize = 10_000;
+/// Default data-plane idle timeout: a connection silent between frames for
+/// this long is closed (five minutes; clients reconnect on demand).
+pub const DEFAULT_DATA_IDLE_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+/// Default frame deadline: once a data-plane frame has begun, the rest of it
+/// (header, payload or hash list) must arrive within this; it is also the
+/// longest wait for each message of a gRPC Put stream. 30 s moves a 64 MiB
+/// block at about 2 MB/s.
+pub const DEFAULT_FRAME_TIMEOUT_MS: u64 = 30_000;
+/// Default per-client concurrency (requests in flight per token principal,
+/// or per IP address without tokens): half the default server-wide
+/// `max_concurrent_requests`, so that one client can never hold every slot.
+pub const DEFAULT_CLIENT_MAX_CONCURRENT: usize = 128;
 
 /// The byte-size syntax of every flag (`512MiB`, `2GiB`, `1.5GB`, `4096`).
 pub use kvtier_process::size::parse_byte_size;
@@ -72,9 +84,9 @@ impl std::str::FromStr for PolicyKind {
     }
 }
 
-/// TLS, authentication and per-client limits (all off by default, which is
-/// only accepted on loopback listeners).
-#[derive(Debug, Clone, Default)]
+/// TLS, authentication and per-client limits (TLS and tokens off by
+/// default, which is only accepted on loopback listeners).
+#[derive(Debug, Clone)]
 pub struct SecurityConfig {
     /// Server certificate, key and optional client CA (mTLS). Default none.
     pub tls: Option<kvtier_security::tls::ServerTlsFiles>,
@@ -87,8 +99,25 @@ pub struct SecurityConfig {
     /// Serve `/metrics` without TLS even when gRPC has TLS (still subject to
     /// the loopback rule). Default false: `/metrics` uses gRPC's certificate.
     pub metrics_plaintext: bool,
-    /// Per-client limits. Default unlimited.
+    /// Per-client limits. Default: [`DEFAULT_CLIENT_MAX_CONCURRENT`] requests
+    /// in flight per client, byte rate unlimited.
     pub limits: kvtier_security::LimitConfig,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            tokens_file: None,
+            tokens_text: None,
+            allow_plaintext: false,
+            metrics_plaintext: false,
+            limits: kvtier_security::LimitConfig {
+                max_concurrent: DEFAULT_CLIENT_MAX_CONCURRENT,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// Where the binary data plane listens (see [`crate::dataplane`]).
@@ -160,8 +189,18 @@ pub struct ServerConfig {
     pub data_listen: DataListen,
     /// Largest payload accepted for one block, in bytes. Default 64 MiB.
     pub max_block_bytes: u64,
-    /// Requests served at once; more wait in line up to `max_queued_requests`. Default 256.
+    /// Requests served at once; more wait up to 2 s for a slot. Default 256.
+    /// A data-plane PUT takes its slot only once its payload has arrived in
+    /// full, a gRPC Put stream once its first message has.
     pub max_concurrent_requests: usize,
+    /// Data plane: a connection silent between frames for this long is
+    /// closed. Default 5 minutes ([`DEFAULT_DATA_IDLE_TIMEOUT_MS`]).
+    pub data_idle_timeout: std::time::Duration,
+    /// Once a data-plane frame has begun, the rest of it must arrive within
+    /// this, else the connection is closed; also the longest wait for each
+    /// message of a gRPC Put stream (then `DEADLINE_EXCEEDED`). Default 30 s
+    /// ([`DEFAULT_FRAME_TIMEOUT_MS`]).
+    pub frame_timeout: std::time::Duration,
     /// Namespaces a handshake may create; empty allows any. Default empty.
     pub allowed_namespaces: Vec<String>,
     /// Eviction policy. Default [`PolicyKind::Value`].
@@ -189,6 +228,8 @@ impl Default for ServerConfig {
             data_listen: DataListen::default_for(SocketAddr::from(([127, 0, 0, 1], 50051))),
             max_block_bytes: 64 << 20,
             max_concurrent_requests: 256,
+            data_idle_timeout: std::time::Duration::from_millis(DEFAULT_DATA_IDLE_TIMEOUT_MS),
+            frame_timeout: std::time::Duration::from_millis(DEFAULT_FRAME_TIMEOUT_MS),
             allowed_namespaces: Vec::new(),
             policy: PolicyKind::default(),
             pin_quota_blocks: DEFAULT_PIN_QUOTA_BLOCKS,

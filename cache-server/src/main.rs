@@ -56,8 +56,18 @@ struct Args {
     #[arg(long, env = "KVTIER_MAX_BLOCK_BYTES", default_value = "64MiB", value_parser = parse_byte_size)]
     max_block_bytes: u64,
     /// Requests served at once; beyond that, requests wait up to 2 s, then get RESOURCE_EXHAUSTED.
+    /// A data-plane PUT takes its slot only once its payload has arrived, a gRPC Put stream once
+    /// its first message has.
     #[arg(long, env = "KVTIER_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
     max_concurrent_requests: usize,
+    /// Data plane: a connection silent between frames for this many ms is closed.
+    #[arg(long, env = "KVTIER_DATA_IDLE_TIMEOUT_MS", default_value_t = kvtier_cache_server::config::DEFAULT_DATA_IDLE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    data_idle_timeout_ms: u64,
+    /// Once a data-plane frame has begun, the rest of it (payload included) must arrive within
+    /// this many ms, else the connection is closed; also the longest wait for each message of a
+    /// gRPC Put stream (then DEADLINE_EXCEEDED).
+    #[arg(long, env = "KVTIER_FRAME_TIMEOUT_MS", default_value_t = kvtier_cache_server::config::DEFAULT_FRAME_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    frame_timeout_ms: u64,
     /// Comma-separated namespaces a handshake may create; empty allows any.
     #[arg(long, env = "KVTIER_ALLOWED_NAMESPACES", value_delimiter = ',')]
     allowed_namespaces: Vec<String>,
@@ -106,7 +116,7 @@ struct Args {
     #[arg(long, env = "KVTIER_METRICS_PLAINTEXT", default_value_t = false)]
     metrics_plaintext: bool,
     /// Requests one client (token principal, or IP without tokens) may have in flight; 0: unlimited.
-    #[arg(long, env = "KVTIER_CLIENT_MAX_CONCURRENT", default_value_t = 0)]
+    #[arg(long, env = "KVTIER_CLIENT_MAX_CONCURRENT", default_value_t = kvtier_cache_server::config::DEFAULT_CLIENT_MAX_CONCURRENT)]
     client_max_concurrent: usize,
     /// Payload bytes per second one client may move (Put in + Get out); 0: unlimited.
     #[arg(long, env = "KVTIER_CLIENT_MAX_BYTES_PER_SEC", default_value = "0", value_parser = parse_byte_size)]
@@ -136,6 +146,8 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
         data_listen,
         max_block_bytes: args.max_block_bytes,
         max_concurrent_requests: args.max_concurrent_requests,
+        data_idle_timeout: std::time::Duration::from_millis(args.data_idle_timeout_ms),
+        frame_timeout: std::time::Duration::from_millis(args.frame_timeout_ms),
         policy: args.policy,
         pin_quota_blocks: args.pin_quota_blocks,
         max_agent_lease_ms: args.max_agent_lease_ms,

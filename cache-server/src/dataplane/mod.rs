@@ -26,11 +26,20 @@
 //! namespace's `block_bytes` (else `INVALID` with the reason, and the
 //! connection goes on), the server's request slots and the per-client
 //! concurrency and byte-rate limits apply per frame (`BUSY` with
-//! `retry_after_ms`, the RESOURCE_EXHAUSTED of gRPC), a disk block that fails
+//! `retry_after_ms`, the RESOURCE_EXHAUSTED of gRPC; a PUT takes its client's
+//! slot before its payload and the server's only once the payload is
+//! complete), a disk block that fails
 //! its checksum is a `MISS`, hits and misses count in the same metrics as
 //! gRPC Get (`op="get"`), and stores publish the same block events. A
 //! malformed frame gets a `PROTOCOL` answer that says what was wrong, then
 //! the connection is closed.
+//!
+//! Deadlines ([`Deadlines`]): a connection silent between frames for longer
+//! than the idle timeout is closed; once a frame's first byte has arrived,
+//! the rest of it (header, payload, hash list) must arrive within the frame
+//! deadline, else the connection is closed (with a `PROTOCOL` answer when it
+//! can still be written). A client that stalls mid-frame therefore holds no
+//! server-wide slot at all, and its own client slot only until the deadline.
 //!
 //! Acknowledgement: `OK`/`EXISTS` for a PUT is sent once the block is stored
 //! in the tier the answer names; `tier` = disk means it is in RocksDB (its
@@ -46,6 +55,7 @@
 /// them without linking the server); re-exported here.
 pub use kvtier_proto::dataplane::{client, wire};
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,6 +83,55 @@ use wire::{
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connections get to finish their current frame at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the answer to a connection closed by a deadline may take to
+/// write (the client may not be reading either).
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// Read deadlines of a connection after HELLO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Longest silence between frames; then the connection is closed.
+    pub idle: Duration,
+    /// Once a frame's first byte has arrived, how long the rest of it
+    /// (header, PUT payload, GET hash list) may take; then the connection is
+    /// closed.
+    pub frame: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_millis(crate::config::DEFAULT_DATA_IDLE_TIMEOUT_MS),
+            frame: Duration::from_millis(crate::config::DEFAULT_FRAME_TIMEOUT_MS),
+        }
+    }
+}
+
+/// Runs `read` until `deadline`; past it, a `TimedOut` error.
+async fn by<T>(
+    deadline: tokio::time::Instant,
+    read: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "frame deadline passed",
+        )),
+    }
+}
+
+/// Closes a connection whose deadline passed, telling the client why when
+/// that can be written within [`CLOSE_GRACE`].
+async fn close_timed_out<W: AsyncWrite + Unpin>(w: &mut W, message: &str) {
+    metrics::counter!(m::REQUESTS_REJECTED, "method" => "data_timeout").increment(1);
+    tracing::debug!(message, "data plane: deadline passed; closing");
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        let _ = send_error(w, Status::Protocol, 0, message, 0).await;
+        let _ = w.shutdown().await;
+    })
+    .await;
+}
 
 /// A bound data-plane listener.
 #[derive(Debug)]
@@ -130,10 +189,11 @@ impl DataListener {
 
 /// Serves the data plane on `listener` until `stop` turns true; then stops
 /// accepting and gives open connections [`DRAIN_TIMEOUT`] to finish the
-/// frame they are in.
+/// frame they are in. Connections follow `deadlines`.
 pub async fn serve(
     listener: DataListener,
     state: Arc<ServiceState>,
+    deadlines: Deadlines,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conns = tokio::task::JoinSet::new();
@@ -144,11 +204,11 @@ pub async fn serve(
             accepted = accept(&listener) => match accepted {
                 Ok(Accepted::Tcp(stream, remote)) => {
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(serve_connection(stream, Some(remote), Arc::clone(&state), conn_stop.clone()));
+                    conns.spawn(serve_connection_with(stream, Some(remote), Arc::clone(&state), deadlines, conn_stop.clone()));
                 }
                 #[cfg(unix)]
                 Ok(Accepted::Unix(stream)) => {
-                    conns.spawn(serve_connection(stream, None, Arc::clone(&state), conn_stop.clone()));
+                    conns.spawn(serve_connection_with(stream, None, Arc::clone(&state), deadlines, conn_stop.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "data plane: accept failed");
@@ -254,11 +314,24 @@ fn from_grpc(status: &tonic::Status) -> (Status, u32) {
 /// until the client closes it, a frame is malformed (`PROTOCOL`, then close)
 /// or `stop` turns true (or its sender is dropped). [`serve`] runs it for
 /// every connection it accepts; the `data_plane` fuzz target drives it over
-/// in-memory streams.
+/// in-memory streams. Default [`Deadlines`].
 pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    s: S,
+    remote: Option<SocketAddr>,
+    state: Arc<ServiceState>,
+    stop: watch::Receiver<bool>,
+) {
+    serve_connection_with(s, remote, state, Deadlines::default(), stop).await;
+}
+
+/// [`serve_connection`] with `deadlines`: a connection silent between frames
+/// for longer than `deadlines.idle` is closed, and so is one whose frame has
+/// begun but not completed within `deadlines.frame`.
+pub async fn serve_connection_with<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     remote: Option<SocketAddr>,
     state: Arc<ServiceState>,
+    deadlines: Deadlines,
     mut stop: watch::Receiver<bool>,
 ) {
     let conn = match tokio::time::timeout(HELLO_TIMEOUT, hello(&mut s, remote, &state)).await {
@@ -289,18 +362,45 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut scratch = Vec::new();
     loop {
         let mut head = [0u8; HEADER_LEN];
-        let stopping = tokio::select! {
-            read = s.read_exact(&mut head) => {
-                if read.is_err() {
-                    return; // closed by the client (or broken)
-                }
-                false
+        // Between frames: wait for a frame's first bytes, at most the idle
+        // timeout. (`read` is cancel-safe; nothing is lost to `stop`.)
+        let first = tokio::select! {
+            read = tokio::time::timeout(deadlines.idle, s.read(&mut head)) => match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return, // closed by the client (or broken)
+                Ok(Ok(n)) => Some(n),
+                Err(_) => None,
+            },
+            () = stopped(&mut stop) => {
+                let _ = s.shutdown().await;
+                return;
             }
-            () = stopped(&mut stop) => true,
         };
-        if stopping {
-            let _ = s.shutdown().await;
+        let Some(first) = first else {
+            close_timed_out(
+                &mut s,
+                &format!(
+                    "idle for {} ms between frames (--data-idle-timeout-ms); closing, reconnect to go on",
+                    deadlines.idle.as_millis()
+                ),
+            )
+            .await;
             return;
+        };
+        // The frame has begun: the rest of it (header and body) by the deadline.
+        let deadline = tokio::time::Instant::now() + deadlines.frame;
+        let frame_late = || {
+            format!(
+                "frame incomplete {} ms after it began (--frame-timeout-ms); closing",
+                deadlines.frame.as_millis()
+            )
+        };
+        match by(deadline, s.read_exact(&mut head[first..])).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                close_timed_out(&mut s, &frame_late()).await;
+                return;
+            }
+            Err(_) => return,
         }
         let head = match RequestHeader::decode(&head) {
             Ok(h) => h,
@@ -310,9 +410,9 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let flow = if head.op == Op::Put as u8 {
-            put(&mut s, head, &conn, &state, &mut scratch).await
+            put(&mut s, head, &conn, &state, &mut scratch, deadline).await
         } else if head.op == Op::Get as u8 {
-            get(&mut s, head, &conn, &state).await
+            get(&mut s, head, &conn, &state, deadline).await
         } else {
             Ok(protocol_error(
                 &mut s,
@@ -322,6 +422,10 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         };
         match flow {
             Ok(Flow::Continue) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                close_timed_out(&mut s, &frame_late()).await;
+                return;
+            }
             Ok(Flow::Close) | Err(_) => return,
         }
     }
@@ -450,6 +554,7 @@ struct Refusal {
     hash: u64,
     started: Instant,
     max_len: u64,
+    deadline: tokio::time::Instant,
 }
 
 impl Refusal {
@@ -469,18 +574,23 @@ impl Refusal {
             let _ = s.shutdown().await;
             return Ok(Flow::Close);
         }
-        drain(s, self.len, scratch).await?;
+        by(self.deadline, drain(s, self.len, scratch)).await?;
         send_error(s, status, self.hash, &message, retry).await?;
         Ok(Flow::Continue)
     }
 }
 
+/// A PUT: validation, the client's slot and byte-rate charge, the payload
+/// (by `deadline`), then the server's slot and the store. The server-wide
+/// slot is taken only once the payload is complete, so a client that stalls
+/// mid-payload holds none.
 async fn put<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     head: RequestHeader,
     conn: &Conn,
     state: &ServiceState,
     scratch: &mut Vec<u8>,
+    deadline: tokio::time::Instant,
 ) -> std::io::Result<Flow> {
     let started = Instant::now();
     let ns = &conn.namespace;
@@ -500,6 +610,7 @@ async fn put<S: AsyncRead + AsyncWrite + Unpin>(
         hash: head.hash,
         started,
         max_len: state.max_message_bytes,
+        deadline,
     };
     if len != ns.config.block_bytes {
         return refusal
@@ -530,7 +641,9 @@ async fn put<S: AsyncRead + AsyncWrite + Unpin>(
             )
             .await;
     }
-    let _permit = match state.admit("data_put", &conn.client).await {
+    // The client's slot before the payload (it bounds what one client can
+    // have buffered); refused at once when the client is at its limit.
+    let _client_slot = match state.client_slot("data_put", &conn.client) {
         Ok(p) => p,
         Err(st) => {
             let (status, retry) = from_grpc(&st);
@@ -546,7 +659,17 @@ async fn put<S: AsyncRead + AsyncWrite + Unpin>(
             .send(s, scratch, Status::Busy, t.to_string(), retry)
             .await;
     }
-    let payload = read_exact_bytes(s, len as usize).await?;
+    let payload = by(deadline, read_exact_bytes(s, len as usize)).await?;
+    // The server's slot, now that the payload is here.
+    let _server_slot = match state.server_slot("data_put").await {
+        Ok(p) => p,
+        Err(st) => {
+            let (status, retry) = from_grpc(&st);
+            observe("data_put", started, status);
+            send_error(s, status, head.hash, st.message(), retry).await?;
+            return Ok(Flow::Continue);
+        }
+    };
     let key = BlockKey::new(ns.id, head.hash);
     let parent = (head.flags & FLAG_PARENT != 0).then_some(head.parent);
     let block = Block { parent, payload };
@@ -580,6 +703,7 @@ async fn get<S: AsyncRead + AsyncWrite + Unpin>(
     head: RequestHeader,
     conn: &Conn,
     state: &ServiceState,
+    deadline: tokio::time::Instant,
 ) -> std::io::Result<Flow> {
     let started = Instant::now();
     let ns = &conn.namespace;
@@ -606,7 +730,7 @@ async fn get<S: AsyncRead + AsyncWrite + Unpin>(
     let hashes: Vec<u64> = if count == 0 {
         vec![head.hash]
     } else {
-        let raw = read_exact_bytes(s, count * 8).await?;
+        let raw = by(deadline, read_exact_bytes(s, count * 8)).await?;
         raw.chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
             .collect()

@@ -95,15 +95,34 @@ impl ServiceState {
     /// at its own limit) and one of the server's, waiting briefly; refuses
     /// with RESOURCE_EXHAUSTED and a retry hint when the server stays saturated.
     pub async fn admit(&self, method: &'static str, client: &Client) -> Result<Admission, Status> {
-        let client_permit = self.limits.acquire(&client.id).map_err(|t| {
+        let client_permit = self.client_slot(method, client)?;
+        let server_permit = self.server_slot(method).await?;
+        Ok(Admission {
+            _client: client_permit,
+            _server: server_permit,
+        })
+    }
+
+    /// Takes one of `client`'s request slots, or refuses at once with
+    /// RESOURCE_EXHAUSTED and a retry hint. Holds no server-wide slot: PUTs
+    /// take this one before their payload arrives (it bounds what one client
+    /// can keep buffered) and the server's only once the payload is complete.
+    pub fn client_slot(
+        &self,
+        method: &'static str,
+        client: &Client,
+    ) -> Result<ClientPermit, Status> {
+        self.limits.acquire(&client.id).map_err(|t| {
             metrics::counter!(m::REQUESTS_REJECTED, "method" => method).increment(1);
             Status::from(t)
-        })?;
+        })
+    }
+
+    /// Takes one of the server's request slots, waiting up to 2 s; then
+    /// RESOURCE_EXHAUSTED with a retry hint.
+    pub async fn server_slot(&self, method: &'static str) -> Result<OwnedSemaphorePermit, Status> {
         match tokio::time::timeout(ADMISSION_WAIT, self.admission.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(Admission {
-                _client: client_permit,
-                _server: permit,
-            }),
+            Ok(Ok(permit)) => Ok(permit),
             _ => {
                 metrics::counter!(m::REQUESTS_REJECTED, "method" => method).increment(1);
                 let mut status = Status::resource_exhausted(format!(
@@ -149,12 +168,24 @@ fn observe<T>(method: &'static str, started: Instant, result: &Result<T, Status>
 #[derive(Debug, Clone)]
 pub struct CacheServiceImpl {
     state: Arc<ServiceState>,
+    put_message_timeout: Duration,
 }
 
 impl CacheServiceImpl {
     /// A service over shared state.
     pub fn new(state: Arc<ServiceState>) -> Self {
-        Self { state }
+        Self {
+            state,
+            put_message_timeout: Duration::from_millis(crate::config::DEFAULT_FRAME_TIMEOUT_MS),
+        }
+    }
+
+    /// Sets the longest wait for each message of a Put stream (the server's
+    /// `--frame-timeout-ms`); a stream silent for longer ends with
+    /// DEADLINE_EXCEEDED and frees its slots.
+    pub fn with_put_message_timeout(mut self, timeout: Duration) -> Self {
+        self.put_message_timeout = timeout;
+        self
     }
 }
 
@@ -179,7 +210,9 @@ impl CacheService for CacheServiceImpl {
         request: Request<Streaming<PutRequest>>,
     ) -> Result<Response<PutResponse>, Status> {
         let started = Instant::now();
-        let result = put::handle(&self.state, request).await.map(Response::new);
+        let result = put::handle(&self.state, request, self.put_message_timeout)
+            .await
+            .map(Response::new);
         observe("put", started, &result);
         result
     }

@@ -1,5 +1,17 @@
 //! `Put`: a client stream of blocks, one per message, each validated against
 //! the namespace's configuration before it is stored.
+//!
+//! Slots: the stream holds one of its client's request slots from start to
+//! end (per-client concurrency), and a server-wide slot from the moment its
+//! first message has arrived in full (a stream that never sends one holds
+//! none of the server's). Each message must arrive within the message
+//! timeout (`--frame-timeout-ms`) of the previous one, else the stream ends
+//! with DEADLINE_EXCEEDED: a client that stops sending mid-way holds its
+//! slots at most that long. (Holding the server slot for the rest of the
+//! stream, rather than per message, keeps the streams being read, and so
+//! their buffered messages, to `--max-concurrent-requests`.)
+
+use std::time::Duration;
 
 use futures::StreamExt;
 use tonic::{Request, Status, Streaming};
@@ -16,16 +28,34 @@ use kvtier_security::Client;
 pub(super) async fn handle(
     state: &ServiceState,
     request: Request<Streaming<PutRequest>>,
+    message_timeout: Duration,
 ) -> Result<PutResponse, Status> {
     let client = Client::of(&request);
-    let _permit = state.admit("put", &client).await?;
+    let _client_slot = state.client_slot("put", &client)?;
     let metadata = request.metadata().clone();
     let mut stream = request.into_inner();
     let mut namespace: Option<Namespace> = None;
     let mut response = PutResponse::default();
     let mut index = 0usize;
-    while let Some(message) = stream.next().await {
-        let message = message?;
+    let mut server_slot = None;
+    loop {
+        let message = match tokio::time::timeout(message_timeout, stream.next()).await {
+            Ok(Some(message)) => message?,
+            Ok(None) => break,
+            Err(_) => {
+                metrics::counter!(m::REQUESTS_REJECTED, "method" => "put_timeout").increment(1);
+                tracing::debug!(client = %client.id, index, "Put stream stalled; ended");
+                return Err(Status::deadline_exceeded(format!(
+                    "message {index} of the Put stream did not arrive within {} ms \
+                     (--frame-timeout-ms); the {index} blocks before it were stored",
+                    message_timeout.as_millis()
+                )));
+            }
+        };
+        // The server's slot, once the first whole message is here.
+        if server_slot.is_none() {
+            server_slot = Some(state.server_slot("put").await?);
+        }
         let ns = match &namespace {
             Some(ns) => ns,
             None => namespace.insert(state.sessions.resolve(
