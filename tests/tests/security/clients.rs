@@ -71,7 +71,7 @@ async fn the_agent_and_the_router_reach_a_server_with_tls_and_tokens() -> Result
 
     // The agent: an engine offloads 16 blocks through it and onboards them
     // back into other pool blocks, bit for bit.
-    let shm = tempfile::tempdir()?;
+    let shm = kvtier_testkit::dir::shm_tempdir()?; // beneath the agent's --pool-dir
     let pool = shm.path().join("pool");
     let mut args = secure.to_vec();
     args.extend(["--server-token-file", &worker_token_file]);
