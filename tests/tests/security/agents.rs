@@ -80,16 +80,12 @@ fn denied<T: std::fmt::Debug>(result: Result<T, Status>, what: &str, says: &str)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn agent_lifecycle_calls_need_write_access_and_belong_to_their_token() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let tokens = dir.path().join("tokens");
-    std::fs::write(
-        &tokens,
-        token_line("harness-a", "tok-a", "tenant=acme team/*=rw")
+    let server = Proc::start_with_tokens(
+        dir.path(),
+        &(token_line("harness-a", "tok-a", "tenant=acme team/*=rw")
             + &token_line("harness-b", "tok-b", "tenant=acme team/*=rw")
-            + &token_line("reader", "tok-r", "tenant=acme team/*=r"),
-    )?;
-    let server = Proc::start(
-        &dir.path().join("data"),
-        &["--tokens-file", &tokens.display().to_string()],
+            + &token_line("reader", "tok-r", "tenant=acme team/*=r")),
+        &[],
     )?;
     let mut c = server.client().await?;
     let cfg = config(16, 256);

@@ -89,17 +89,13 @@ fn median(mut v: Vec<Duration>) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tenants_with_identical_prompts_share_nothing_and_learn_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let tokens = dir.path().join("tokens");
-    std::fs::write(
-        &tokens,
-        token_line("alice", "tok-a", "tenant=a a/*=rw")
+    let server = Proc::start_with_tokens(
+        dir.path(),
+        &(token_line("alice", "tok-a", "tenant=a a/*=rw")
             + &token_line("bob", "tok-b", "tenant=b b/*=rw")
             // A misconfigured grant: bob's reader may read a/*, but a/* belongs to tenant a.
-            + &token_line("bob-reader", "tok-br", "tenant=b b/*=r a/*=r"),
-    )?;
-    let server = Proc::start(
-        &dir.path().join("data"),
-        &["--tokens-file", &tokens.display().to_string()],
+            + &token_line("bob-reader", "tok-br", "tenant=b b/*=r a/*=r")),
+        &[],
     )?;
     let mut c = server.client().await?;
     let cfg = config(BLOCK_TOKENS as u32, 256);

@@ -24,17 +24,11 @@ fn retry_hint(status: &tonic::Status) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn per_client_limits_answer_resource_exhausted_with_retry_hint() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let tokens = dir.path().join("tokens");
-    std::fs::write(
-        &tokens,
-        token_line("greedy", "tok-g", "tenant=t shared/*=rw")
-            + &token_line("polite", "tok-p", "tenant=t shared/*=rw"),
-    )?;
-    let server = Proc::start(
-        &dir.path().join("data"),
+    let server = Proc::start_with_tokens(
+        dir.path(),
+        &(token_line("greedy", "tok-g", "tenant=t shared/*=rw")
+            + &token_line("polite", "tok-p", "tenant=t shared/*=rw")),
         &[
-            "--tokens-file",
-            &tokens.display().to_string(),
             "--client-max-concurrent",
             "2",
             "--client-max-bytes-per-sec",

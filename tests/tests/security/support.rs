@@ -34,6 +34,17 @@ impl Proc {
         Self::start_with(data_dir, &["--listen", "127.0.0.1:0"], args)
     }
 
+    /// Like [`Proc::start`] on `dir/data`, accepting the token-file lines
+    /// `tokens` (written to `dir/tokens`, see [`token_line`]), plus `args`.
+    pub fn start_with_tokens(dir: &Path, tokens: &str, args: &[&str]) -> Result<Self> {
+        let file = dir.join("tokens");
+        std::fs::write(&file, tokens)?;
+        let file = file.display().to_string();
+        let mut all = vec!["--tokens-file", file.as_str()];
+        all.extend_from_slice(args);
+        Self::start(&dir.join("data"), &all)
+    }
+
     /// Like [`Proc::start`] with explicit listen arguments.
     pub fn start_with(data_dir: &Path, listen: &[&str], args: &[&str]) -> Result<Self> {
         match Self::spawn(data_dir, listen, args)? {
