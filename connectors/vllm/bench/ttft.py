@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 
@@ -26,6 +24,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 TESTS = HERE.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
+import engine_runner  # noqa: E402
 import procs  # noqa: E402
 import tiny_model  # noqa: E402
 
@@ -35,32 +34,14 @@ BS = 32
 def engine(
     model: pathlib.Path, prompts: pathlib.Path, agent: str = "", extra: list[str] | None = None
 ) -> dict:  # type: ignore[type-arg]
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "VLLM_CPU_KVCACHE_SPACE": "2"}
-    args = [
-        sys.executable,
-        str(TESTS / "engine_runner.py"),
-        "--model",
-        str(model),
-        "--prompts",
-        str(prompts),
-        "--probe-only",
-        "--block-size",
-        str(BS),
-        "--namespace",
-        "bench",
-        "--warmup",
-        "8",
-        *(extra or []),
-    ]
+    args = ["--probe-only", "--block-size", str(BS), "--namespace", "bench", "--warmup", "8"]
+    args += extra or []
     if agent:
         args += ["--agent", agent]
-    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1800)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
-    if r.returncode != 0 or not lines:
-        return {
-            "error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"rc {r.returncode}"
-        }
-    return json.loads(lines[-1][len("RESULT ") :])  # type: ignore[no-any-return]
+    try:
+        return engine_runner.run(model, prompts, args, kv_cache_gib=2, timeout_s=1800)
+    except engine_runner.EngineFailed as err:
+        return {"error": str(err).strip().splitlines()[-1]}
 
 
 def main() -> int:

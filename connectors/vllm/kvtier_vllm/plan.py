@@ -152,11 +152,9 @@ class Planner:
             if st is None:
                 continue
             st.block_ids = list(new.block_ids[0])
-            # Blocks computed before this step (local prefix hits) are not saved again.
-            local = new.num_computed_tokens // self.block_size
-            if st.pending_load is not None:
-                local -= len(st.pending_load.hashes)
-            st.saved_blocks = max(st.saved_blocks, local)
+            # Blocks computed before this step (local prefix hits, and the load
+            # after_alloc planned) are not saved again.
+            st.saved_blocks = max(st.saved_blocks, new.num_computed_tokens // self.block_size)
             steps.append((new.req_id, new.num_computed_tokens))
         cached = scheduler_output.scheduled_cached_reqs
         for i, req_id in enumerate(cached.req_ids):

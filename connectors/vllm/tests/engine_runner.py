@@ -10,8 +10,39 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
+import subprocess
 import sys
 import time
+from typing import Any
+
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1]
+
+
+class EngineFailed(RuntimeError):
+    """The engine process exited without a result; the message ends with its stderr."""
+
+
+def run(
+    model: pathlib.Path,
+    prompts: pathlib.Path,
+    args: list[str],
+    kv_cache_gib: int = 1,
+    timeout_s: float = 600,
+) -> dict[str, Any]:
+    """Runs this script in a new process with ``--model``, ``--prompts`` and
+    ``args``; returns its RESULT line, decoded."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(PACKAGE_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+    }
+    cmd = [sys.executable, __file__, "--model", str(model), "--prompts", str(prompts), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    if r.returncode != 0 or not lines:
+        raise EngineFailed(f"engine failed (rc {r.returncode}):\n{r.stderr[-6000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])  # type: ignore[no-any-return]
 
 
 def main() -> int:

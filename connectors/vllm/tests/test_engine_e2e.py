@@ -7,17 +7,14 @@ which proves the loaded KV is really used."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import random
-import subprocess
-import sys
 import urllib.request
 
+import engine_runner
 import procs
 
 BS = 32
-HERE = pathlib.Path(__file__).resolve().parent
 
 
 def run_engine(
@@ -27,32 +24,10 @@ def run_engine(
     namespace: str = "e2e",
     max_tokens: int = 8,
 ) -> dict:  # type: ignore[type-arg]
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-    }
-    args = [
-        sys.executable,
-        str(HERE / "engine_runner.py"),
-        "--model",
-        str(model),
-        "--prompts",
-        str(prompts_file),
-        "--max-tokens",
-        str(max_tokens),
-        "--block-size",
-        str(BS),
-        "--namespace",
-        namespace,
-    ]
+    args = ["--max-tokens", str(max_tokens), "--block-size", str(BS), "--namespace", namespace]
     if agent:
         args += ["--agent", agent]
-    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
-    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
-    if r.returncode != 0 or not lines:
-        raise AssertionError(f"engine failed (rc {r.returncode}):\n{r.stderr[-6000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])  # type: ignore[no-any-return]
+    return engine_runner.run(model, prompts_file, args)
 
 
 def metric(url: str, name: str, *labels: str) -> float:

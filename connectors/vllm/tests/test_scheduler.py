@@ -50,12 +50,18 @@ def agent_stats(agent: procs.Process):  # type: ignore[no-untyped-def]
         client.close()
 
 
+def computed_by_an_engine(engines, tokens: list[int]):  # type: ignore[no-untyped-def]
+    """An engine (and its agent) that computed ``tokens``: the tier holds their blocks."""
+    a, agent = engines()
+    a.add("a", tokens)
+    a.run()
+    return a, agent
+
+
 def test_hit_miss_and_partial_prefix(engines) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(1)
     shared = prompt(rng, 8 * BS + 5)
-    a, _agent_a = engines()
-    a.add("a-1", shared)
-    a.run()
+    a, _agent_a = computed_by_an_engine(engines, shared)
     assert a.worker.totals["saved_blocks"] >= 8
     assert a.worker.totals["stored_blocks"] >= 8
 
@@ -95,9 +101,7 @@ def test_agent_down_gives_zero_tokens_fast(engines, tiny_model) -> None:  # type
 
     rng = random.Random(2)
     shared = prompt(rng, 6 * BS + 1)
-    a, _ = engines()
-    a.add("a", shared)
-    a.run()
+    computed_by_an_engine(engines, shared)
     # An engine whose agent address refuses connections.
     dead = Engine(model=tiny_model, agent="127.0.0.1:1", extra={"retry_interval_ms": 60_000})
     try:
@@ -161,9 +165,7 @@ def test_slow_agent_is_bounded_by_lookup_timeout(tiny_model, vllm_installed) -> 
 def test_load_failure_after_promise_is_recomputed(engines) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(4)
     shared = prompt(rng, 6 * BS + 3)
-    a, _ = engines()
-    a.add("a", shared)
-    a.run()
+    computed_by_an_engine(engines, shared)
     b, agent_b = engines()
     b.add("b", shared, max_tokens=3)
     out = b.schedule()
@@ -203,9 +205,7 @@ def test_preemption_and_abort_leak_no_staging_slot(engines) -> None:  # type: ig
 def test_mismatched_layout_is_refused_loudly(engines, tiny_model) -> None:  # type: ignore[no-untyped-def]
     from sched_harness import Engine
 
-    a, agent_a = engines()
-    a.add("a", prompt(random.Random(6), 2 * BS + 1))
-    a.run()
+    _, agent_a = computed_by_an_engine(engines, prompt(random.Random(6), 2 * BS + 1))
     # Same namespace, other head size: the cache server refuses the handshake.
     agent_addr = "unix://" + agent_a.field("uds")
     before = set(os.listdir("/dev/shm/kvtier"))
@@ -225,9 +225,7 @@ def test_block_size_mismatch_is_refused(kvtier_server, tiny_model, vllm_installe
 def test_cache_server_down_gives_zero_tokens(engines, kvtier_server) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(8)
     shared = prompt(rng, 4 * BS + 1)
-    a, _ = engines()
-    a.add("a", shared)
-    a.run()
+    computed_by_an_engine(engines, shared)
     b, _agent_b = engines()
     kvtier_server.kill()  # the tier is gone; the agent is up
     b.add("b", shared)
