@@ -243,6 +243,11 @@ impl AgentRegistry {
         Ok(ended)
     }
 
+    /// When the next lease runs out, if any agent is live.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.leases.first().map(|&(deadline, _)| deadline)
+    }
+
     /// Ends every agent silent past its lease (and its descendants); returns the ended ids.
     pub fn expire(&mut self, now_ms: u64) -> Vec<AgentId> {
         let mut ended = Vec::new();

@@ -95,7 +95,7 @@ pub struct Args {
     #[arg(long, default_value = "harness", value_parser = ["harness", "lease"])]
     pub end_signal: String,
     /// Agents' lease for `--end-signal lease` (ms); default the server's.
-    #[arg(long, default_value_t = kvtier_policy::AgentSpec::DEFAULT_LEASE_MS)]
+    #[arg(long, default_value_t = kvtier_policy::AgentSpec::DEFAULT_LEASE_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub lease_ms: u64,
     /// kvtier: un-hinted blocks' reuse horizon, in resident blocks' worth of
     /// inserts (0 = plain LRU for blocks no hint covers).

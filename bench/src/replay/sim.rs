@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kvtier_policy::{AgentSpec, Answer, BlockInfo, EvictionPolicy, Tier};
+use kvtier_policy::{AgentRegistry, AgentSpec, Answer, BlockInfo, EvictionPolicy, Tier};
 
 use super::trace::{Event, Trace, NO_AGENT};
 
@@ -97,9 +97,10 @@ pub enum Lifecycle {
     /// Registration, calls and answers, and `EndAgent` exactly at each agent's
     /// last answer: what only a harness that knows the session is over can send.
     HarnessEnds,
-    /// The same without any end signal: an agent ends when it has been silent
-    /// (no call, no answer) for `lease_ms`, as the server's lease expiry does;
-    /// a later call registers it again. What the router's HTTP front gives.
+    /// The same without any end signal: agents live and end in the server's
+    /// own [`AgentRegistry`] (a call or an answer renews the agent's lease and
+    /// its ancestors'; one silent for `lease_ms` ends with its descendants); a
+    /// later call registers it again. What the router's HTTP front gives.
     LeaseExpiry {
         /// The agents' lease.
         lease_ms: u64,
@@ -128,13 +129,12 @@ pub fn simulate<P: EvictionPolicy<u32>>(
     };
     let mut registered = vec![false; trace.agents.len()];
     let mut visited = vec![0u64; trace.agents.len()];
-    // Lease expiry: (deadline, agent), and each live agent's current deadline.
-    let mut leases: std::collections::BTreeSet<(u64, u32)> = std::collections::BTreeSet::new();
-    let mut deadline = vec![0u64; trace.agents.len()];
+    // Lease expiry: the server's registry decides who is live.
     let lease_ms = match lifecycle {
         Lifecycle::LeaseExpiry { lease_ms } => Some(lease_ms),
         _ => None,
     };
+    let mut registry = AgentRegistry::new(u64::MAX);
     let events = if lifecycle != Lifecycle::Off {
         trace.events()
     } else {
@@ -155,28 +155,42 @@ pub fn simulate<P: EvictionPolicy<u32>>(
                     (r.answered_ms, r.agent)
                 }
             };
-            // Every agent silent past its lease ends first, as the server's sweep does.
-            while let Some(&(due, a)) = leases.first() {
-                if due > now {
-                    break;
-                }
-                leases.remove(&(due, a));
-                let a = a as usize;
-                registered[a] = false;
-                for (k, q) in policies.iter_mut().enumerate() {
-                    if visited[a] >> k & 1 == 1 {
-                        q.on_agent_end(a as u64, due);
+            // Every agent silent past its lease ends first, at its deadline.
+            while let Some(due) = registry.next_expiry().filter(|&due| due <= now) {
+                for ended in registry.expire(due) {
+                    let a = ended as usize;
+                    registered[a] = false;
+                    for (k, q) in policies.iter_mut().enumerate() {
+                        if visited[a] >> k & 1 == 1 {
+                            q.on_agent_end(ended, due);
+                        }
                     }
+                    visited[a] = 0;
                 }
-                visited[a] = 0;
             }
             if agent != NO_AGENT {
-                let a = agent as usize;
-                if registered[a] || matches!(ev, Event::Request(_)) {
-                    leases.remove(&(deadline[a], agent));
-                    deadline[a] = now + lease;
-                    leases.insert((deadline[a], agent));
-                }
+                let id = u64::from(agent);
+                // An answer for an agent its lease already ended renews nothing
+                // (the registry answers "unknown agent", as the server would).
+                let _ = match ev {
+                    Event::Request(i) => {
+                        if registry.get(id).is_none() {
+                            // A sub-agent whose parent already ended registers as a root.
+                            let parent = trace.agents[agent as usize]
+                                .parent
+                                .map(u64::from)
+                                .filter(|&p| registry.get(p).is_some());
+                            let spec = AgentSpec {
+                                parent,
+                                lease_ms: lease,
+                                ..AgentSpec::default()
+                            };
+                            let _ = registry.register(id, spec, now);
+                        }
+                        registry.call(id, trace.requests[i as usize].len as usize, now)
+                    }
+                    Event::Answer(_) => registry.answered(id, &Answer::default(), now),
+                };
             }
         }
         match ev {

@@ -128,3 +128,18 @@ fn pins_are_bounded_per_namespace() {
     r.end(2, 11).unwrap();
     assert_eq!(r.pinned("ns"), 0);
 }
+
+#[test]
+fn next_expiry_is_the_earliest_live_lease() {
+    let mut r = AgentRegistry::new(100);
+    assert_eq!(r.next_expiry(), None);
+    r.register(1, spec(None), 0).expect("register");
+    r.register(2, spec(None), 500).expect("register");
+    assert_eq!(r.next_expiry(), Some(1_000));
+    r.call(1, 4, 800).expect("call renews");
+    assert_eq!(r.next_expiry(), Some(1_500));
+    assert_eq!(r.expire(1_500), vec![2]);
+    assert_eq!(r.next_expiry(), Some(1_800));
+    assert_eq!(r.expire(1_800), vec![1]);
+    assert_eq!(r.next_expiry(), None);
+}
