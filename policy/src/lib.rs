@@ -28,7 +28,7 @@
 //! | `Hint` (call arrived, blocks known) | [`AgentRegistry::call`] | [`EvictionPolicy::on_agent_call`] |
 //! | `Hint` (call answered) | [`AgentRegistry::answered`] | [`EvictionPolicy::on_agent_answered`] |
 //! | `EndAgent` | [`AgentRegistry::end`] → ended ids | [`EvictionPolicy::on_agent_end`] for each |
-//! | periodic tick | [`AgentRegistry::expire`] → ended ids | [`EvictionPolicy::on_agent_end`] for each |
+//! | periodic tick | [`AgentRegistry::expire`] → ended ids | [`EvictionPolicy::on_agent_expired`] for each |
 //!
 //! Send `on_agent_call` after the call's blocks were inserted (keys not
 //! resident are ignored); a hint that carries both the blocks and the ending
@@ -143,4 +143,11 @@ pub trait EvictionPolicy<K: Copy + Eq + Hash>: Send {
     /// `agent` ended (explicitly or by lease expiry). Blocks only it held fall
     /// to the bottom of the eviction order.
     fn on_agent_end(&mut self, _agent: AgentId, _now_ms: u64) {}
+
+    /// `agent` ended because its lease expired: it was silent for its whole
+    /// lease and never called again. A policy that forecasts calls learns from
+    /// it that a wait may never end in a call; the default is [`Self::on_agent_end`].
+    fn on_agent_expired(&mut self, agent: AgentId, now_ms: u64) {
+        self.on_agent_end(agent, now_ms);
+    }
 }

@@ -162,7 +162,7 @@ pub fn simulate<P: EvictionPolicy<u32>>(
                     registered[a] = false;
                     for (k, q) in policies.iter_mut().enumerate() {
                         if visited[a] >> k & 1 == 1 {
-                            q.on_agent_end(ended, due);
+                            q.on_agent_expired(ended, due);
                         }
                     }
                     visited[a] = 0;

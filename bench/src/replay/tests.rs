@@ -285,6 +285,9 @@ impl kvtier_policy::EvictionPolicy<u32> for AgentLog {
     fn on_agent_end(&mut self, _agent: u64, now: u64) {
         self.log.lock().expect("log").push(("end", now));
     }
+    fn on_agent_expired(&mut self, _agent: u64, now: u64) {
+        self.log.lock().expect("log").push(("expired", now));
+    }
 }
 
 #[test]
@@ -315,11 +318,12 @@ fn lease_mode_ends_silent_agents_by_expiry_and_never_at_the_last_answer() {
         events(sim::Lifecycle::HarnessEnds),
         vec![("register", 0), ("end", 10_010)]
     );
-    // Lease 1 s: the silence between t=110 and t=10,000 ends it at 1,110; the
-    // last call registers it again; nothing ends it at its last answer.
+    // Lease 1 s: the silence between t=110 and t=10,000 ends it at 1,110 (as
+    // an expiry, which the policy may learn from); the last call registers it
+    // again; nothing ends it at its last answer.
     assert_eq!(
         events(sim::Lifecycle::LeaseExpiry { lease_ms: 1_000 }),
-        vec![("register", 0), ("end", 1_110), ("register", 10_000)]
+        vec![("register", 0), ("expired", 1_110), ("register", 10_000)]
     );
     // A lease longer than every silence: never ended.
     assert_eq!(

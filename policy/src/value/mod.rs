@@ -474,6 +474,15 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
         self.touch(a);
     }
 
+    fn on_agent_expired(&mut self, agent: AgentId, now_ms: u64) {
+        if let Some(&a) = self.agent_index.get(&agent) {
+            let forecaster = &mut self.forecaster;
+            let st = self.agents[a as usize].as_ref().expect("agent slot in use");
+            st.learn_never(forecaster);
+        }
+        self.on_agent_end(agent, now_ms);
+    }
+
     fn on_agent_end(&mut self, agent: AgentId, now_ms: u64) {
         let Some(a) = self.agent_index.remove(&agent) else {
             return;

@@ -481,6 +481,20 @@ impl Reference {
         }
     }
 
+    /// Mirror AgentState::learn_never, then end.
+    fn expired(&mut self, a: AgentId, now: u64) {
+        if let Some(st) = self.agents.get(&a) {
+            if let Phase::Answered { end, .. } = st.phase {
+                self.forecaster
+                    .record_never(Gap::AfterAnswer(end), &st.gaps);
+            }
+            if st.seq > 0 {
+                self.forecaster.record_never(Gap::AfterCall, &st.gaps);
+            }
+        }
+        self.end(a, now);
+    }
+
     fn end(&mut self, a: AgentId, now: u64) {
         let Some(st) = self.agents.remove(&a) else {
             return;
@@ -622,9 +636,13 @@ fn check_against_reference(full_rerank_on_change: bool, seed: u64) {
                 p.on_agent_answered(agent, &answer(ended), now);
                 r.answered(agent, &answer(ended), now);
             }
-            6 => {
+            6 if rnd(2) == 0 => {
                 p.on_agent_end(agent, now);
                 r.end(agent, now);
+            }
+            6 => {
+                p.on_agent_expired(agent, now);
+                r.expired(agent, now);
             }
             7 => {
                 let key = rnd(6) * 1_000 + rnd(14);
@@ -654,4 +672,53 @@ fn check_against_reference(full_rerank_on_change: bool, seed: u64) {
             assert_eq!(p.len(t), n, "step {step}");
         }
     }
+}
+
+/// Teaches `p` that end-of-turn waits last a minute and tool-call waits ten;
+/// then 60 agents go silent after an end of turn, each ended by `end`.
+fn silent_agents(p: &mut ValuePolicy<u64>, end: fn(&mut ValuePolicy<u64>, AgentId, u64)) -> u64 {
+    let mut t = 0;
+    for _ in 0..40 {
+        call(p, 100, &[1000], t);
+        p.on_agent_answered(100, &answer(CallEnd::EndOfTurn), t + 10);
+        t += 60_010;
+        call(p, 100, &[1000], t);
+        p.on_agent_answered(100, &answer(CallEnd::ToolCall), t + 10);
+        t += 600_010;
+    }
+    for a in 200..260 {
+        call(p, a, &[a * 10], t);
+        p.on_agent_answered(a, &answer(CallEnd::EndOfTurn), t + 10);
+        end(p, a, t + 1_800_010);
+    }
+    p.on_agent_end(100, t);
+    drain(p, Tier::Host, t + 1_800_010);
+    t + 1_800_010
+}
+
+#[test]
+fn agents_ended_by_lease_expiry_teach_that_silent_waits_may_never_end() {
+    let cfg = ValueConfig {
+        horizon_ms: 3_600_000,
+        ..fixed_cfg()
+    };
+    let order = |end: fn(&mut ValuePolicy<u64>, AgentId, u64)| {
+        let mut p = ValuePolicy::new(cfg.clone());
+        let t = silent_agents(&mut p, end);
+        // Agent 1 just ended its turn, agent 2 just called a tool.
+        call(&mut p, 1, &[1, 2], t);
+        call(&mut p, 2, &[3, 4], t);
+        p.on_agent_answered(1, &answer(CallEnd::EndOfTurn), t + 10);
+        p.on_agent_answered(2, &answer(CallEnd::ToolCall), t + 10);
+        drain(&mut p, Tier::Host, t + 30_000)
+    };
+    // Ended explicitly, the silent agents teach nothing: the call expected
+    // within a minute is kept over the one expected in ten.
+    assert_eq!(order(|p, a, now| p.on_agent_end(a, now)), vec![4, 3, 2, 1]);
+    // Ended by their leases, they show that most ends of turn are final:
+    // the agent that just ended its turn now goes first.
+    assert_eq!(
+        order(|p, a, now| p.on_agent_expired(a, now)),
+        vec![2, 1, 4, 3]
+    );
 }
