@@ -11,6 +11,8 @@
 //! - [`lru`]: the baseline, least recently used first.
 //! - [`value`]: the value- and lifecycle-aware policy kvtier runs.
 //! - [`forecast`]: the online forecast of each agent's next call.
+//! - [`prefetch`]: which lower-tier blocks to move up ahead of their agents'
+//!   forecast calls, within a budget, displacing only lower-valued blocks.
 //! - [`lifecycle`]: the agent registry (registration, leases, pin quotas)
 //!   whose outcomes the server forwards to the policy.
 //! - [`agent`]: agent-level types shared by the two.
@@ -38,6 +40,7 @@ pub mod agent;
 pub mod forecast;
 pub mod lifecycle;
 pub mod lru;
+pub mod prefetch;
 pub mod value;
 
 use std::hash::Hash;
@@ -45,6 +48,7 @@ use std::hash::Hash;
 pub use agent::{AgentId, AgentSpec, Answer, CallEnd};
 pub use lifecycle::{AgentRegistry, LifecycleError};
 pub use lru::Lru;
+pub use prefetch::{BlockValue, Plan};
 pub use value::{ValueConfig, ValuePolicy};
 
 /// A storage tier, highest (fastest) first. Ordering follows speed: `Gpu < Host < Disk`.

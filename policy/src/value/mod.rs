@@ -29,6 +29,7 @@
 
 mod agents;
 mod lists;
+mod placement;
 mod rank;
 mod reuse;
 

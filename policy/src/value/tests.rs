@@ -722,3 +722,86 @@ fn agents_ended_by_lease_expiry_teach_that_silent_waits_may_never_end() {
         vec![2, 1, 4, 3]
     );
 }
+
+#[test]
+fn eviction_candidates_list_the_victims_in_order() {
+    let mut p = ValuePolicy::new(fixed_cfg());
+    call(&mut p, 1, &[1, 2, 3], 0);
+    call(&mut p, 2, &[4, 5], 1);
+    call(&mut p, 3, &[6, 7], 2);
+    call(&mut p, 1, &[1, 8], 3); // 2 and 3 go stale
+    p.on_agent_answered(1, &answer(CallEnd::ToolCall), 4);
+    p.on_agent_answered(2, &answer(CallEnd::EndOfTurn), 5);
+    p.on_agent_end(3, 6); // 6 and 7 ended
+    for k in 20..26 {
+        p.on_insert(k, Tier::Host, info(), 7); // un-hinted
+    }
+    p.on_hit(21, 8);
+    p.on_move(5, Tier::Disk, 9);
+    let listed: Vec<u64> = p
+        .eviction_candidates(Tier::Host, 100, 10)
+        .iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(listed, drain(&mut p, Tier::Host, 10));
+    assert_eq!(listed.len(), 13);
+    assert_eq!(listed[..4], [7, 6, 2, 3]);
+}
+
+#[test]
+fn promotion_candidates_go_by_forecast_then_head_first() {
+    let mut p = ValuePolicy::new(fixed_cfg());
+    call(&mut p, 1, &[1, 2, 3], 0);
+    call(&mut p, 2, &[4, 5, 6], 1);
+    p.on_agent_answered(1, &answer(CallEnd::EndOfTurn), 2);
+    p.on_agent_answered(2, &answer(CallEnd::ToolCall), 3);
+    // Everything goes down in eviction order (1's tail first, then 2's).
+    let mut order = Vec::new();
+    while let Some(v) = p.victim(Tier::Host, 4) {
+        p.on_move(v, Tier::Disk, 4);
+        order.push(v);
+    }
+    assert_eq!(order, vec![3, 2, 1, 6, 5, 4]);
+    // The tool caller is expected back first: its context, head first.
+    let cand = p.promotion_candidates(Tier::Disk, 4, 5);
+    let keys: Vec<u64> = cand.iter().map(|e| e.0).collect();
+    assert_eq!(keys, vec![4, 5, 6, 1]);
+    assert!(cand[0].1.cmp_value(&cand[3].1).is_gt());
+    // Moved up tail first, the head is again the last to leave.
+    for &k in keys[..3].iter().rev() {
+        p.on_move(k, Tier::Host, 6);
+    }
+    assert_eq!(drain(&mut p, Tier::Host, 7), vec![6, 5, 4]);
+}
+
+#[test]
+fn a_prefetch_round_swaps_a_soon_callers_blocks_for_a_late_callers() {
+    use crate::prefetch::plan;
+    let mut p = ValuePolicy::new(fixed_cfg());
+    call(&mut p, 1, &[1, 2], 0);
+    call(&mut p, 2, &[3, 4], 1);
+    p.on_agent_answered(1, &answer(CallEnd::ToolCall), 2);
+    p.on_agent_answered(2, &answer(CallEnd::EndOfTurn), 3);
+    // Agent 1's context went down to disk (tail first, as evicted); agent
+    // 2's is on host, which holds 2 blocks.
+    p.on_move(2, Tier::Disk, 4);
+    p.on_move(1, Tier::Disk, 4);
+    let cand = p.promotion_candidates(Tier::Disk, 8, 5);
+    let vict = p.eviction_candidates(Tier::Host, 8, 5);
+    let round = plan(&cand, &vict, 0, 8);
+    assert_eq!(round.promote, vec![1, 2]);
+    assert_eq!(round.demote, vec![4, 3]);
+    // With a budget of one block, only the head moves.
+    let round = plan(&cand, &vict, 0, 1);
+    assert_eq!((round.promote, round.demote), (vec![1], vec![4]));
+    // Once agent 1's blocks are up, nothing is worth moving.
+    for k in [4, 3] {
+        p.on_move(k, Tier::Disk, 6);
+    }
+    for k in [2, 1] {
+        p.on_move(k, Tier::Host, 6);
+    }
+    let cand = p.promotion_candidates(Tier::Disk, 8, 7);
+    let vict = p.eviction_candidates(Tier::Host, 8, 7);
+    assert_eq!(plan(&cand, &vict, 0, 8), crate::Plan::default());
+}
