@@ -59,12 +59,13 @@ pub struct ValueConfig {
     /// agent's next call still counts as "soon". The starting value when
     /// adaptive, else fixed. Default 30 s.
     pub horizon_ms: u64,
-    /// When > 0, the horizon follows the cache: this factor times the cache's
-    /// turnover time, resident blocks / recent insert rate (Little's law). A
-    /// bigger or calmer cache keeps blocks longer, so a call further away is
-    /// still "soon". Default 0.5.
+    /// When > 0, the horizon follows the cache: this factor times the
+    /// turnover time of its top non-empty tier, that tier's blocks / the
+    /// recent rate of blocks entering it (Little's law; one tier: resident
+    /// blocks / insert rate). A bigger or calmer cache keeps blocks longer,
+    /// so a call further away is still "soon". Default 0.5.
     pub adaptive_horizon: f64,
-    /// Time constant of the insert-rate average (ms). Default 10 minutes.
+    /// Time constant of the inflow-rate average (ms). Default 10 minutes.
     pub rate_window_ms: u64,
     /// How many of its own gaps an agent needs before they weigh as much as the
     /// population's. Default 2.
@@ -133,10 +134,11 @@ pub struct ValuePolicy<K> {
     /// Agents whose state changed since their key was last computed.
     touched: Vec<u32>,
     ranked_at: u64,
-    /// Inserts, exponentially decayed with `rate_window_ms` (≈ rate × window).
-    recent_inserts: f64,
-    /// Time `recent_inserts` was last decayed to.
-    inserts_at: u64,
+    /// Per tier, blocks that entered it (inserts and moves), exponentially
+    /// decayed with `rate_window_ms` (≈ rate × window).
+    recent_inflow: [f64; 3],
+    /// Time `recent_inflow` was last decayed to.
+    inflow_at: u64,
     /// What un-hinted blocks taught about reuse.
     reuse: ReuseModel<K>,
     /// Inserts and reads of un-hinted blocks so far (their recency order).
@@ -171,8 +173,8 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
             cursor: [0; 3],
             touched: Vec::new(),
             ranked_at: 0,
-            recent_inserts: 0.0,
-            inserts_at: 0,
+            recent_inflow: [0.0; 3],
+            inflow_at: 0,
             reuse,
             touches: 0,
         }
@@ -306,7 +308,7 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
             self.on_hit(key, now_ms);
             return;
         }
-        self.count_insert(now_ms);
+        self.count_inflow(tier, now_ms);
         if !self.learning() {
             let slot = self.lists.alloc(key, tier, GENERIC);
             self.index.insert(key, slot);
@@ -372,11 +374,15 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
         self.lists.move_front(slot, to, tier);
     }
 
-    fn on_move(&mut self, key: K, to: Tier, _now_ms: u64) {
+    fn on_move(&mut self, key: K, to: Tier, now_ms: u64) {
         let Some(&slot) = self.index.get(&key) else {
             return;
         };
-        let list = self.lists.node(slot).list;
+        let n = self.lists.node(slot);
+        let list = n.list;
+        if n.tier != to {
+            self.count_inflow(to, now_ms);
+        }
         self.lists.move_front(slot, list, to);
         self.note_agent_list(list, to);
     }

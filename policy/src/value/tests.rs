@@ -805,3 +805,37 @@ fn a_prefetch_round_swaps_a_soon_callers_blocks_for_a_late_callers() {
     let vict = p.eviction_candidates(Tier::Host, 8, 7);
     assert_eq!(plan(&cand, &vict, 0, 8), crate::Plan::default());
 }
+
+#[test]
+fn the_horizon_follows_the_top_tiers_turnover() {
+    let hour = 3_600_000;
+    let fill_host = |p: &mut ValuePolicy<u64>| {
+        for k in 0..100 {
+            p.on_insert(k, Tier::Host, info(), hour + k * 100);
+        }
+    };
+    let mut host_only: ValuePolicy<u64> = ValuePolicy::default();
+    fill_host(&mut host_only);
+    // A large disk tier filled an hour earlier, below the same host tier.
+    let mut p: ValuePolicy<u64> = ValuePolicy::default();
+    for k in 1_000..11_000 {
+        p.on_insert(k, Tier::Disk, info(), 0);
+    }
+    fill_host(&mut p);
+    let h = p.horizon_ms();
+    assert_eq!(h, host_only.horizon_ms());
+    // Moves into host count as inflow: host turns over faster.
+    let now = hour + 9_900;
+    for k in 1_000..1_100 {
+        p.on_move(k, Tier::Host, now);
+    }
+    for k in 0..100 {
+        p.on_move(k, Tier::Disk, now);
+    }
+    assert!(p.horizon_ms() < h);
+    // With host empty, the slow disk's own turnover rules.
+    for k in 1_000..1_100 {
+        p.on_move(k, Tier::Disk, now);
+    }
+    assert!(p.horizon_ms() > 10 * h);
+}
