@@ -129,6 +129,11 @@ pub struct Args {
     /// stream reads in an interval, interval ÷ --disk-ms).
     #[arg(long)]
     pub prefetch_budget: Option<usize>,
+    /// Tiered: a prefetch round values agents by their hit density with an
+    /// eviction clock of this mean (ms): how soon a call must come to be
+    /// worth moving for. 0 = the policy's own ranking.
+    #[arg(long, default_value_t = 2_000)]
+    pub prefetch_horizon_ms: u64,
 }
 
 impl Args {
@@ -401,6 +406,8 @@ fn run_tiered(args: &Args, trace: &Trace, bar: &ProgressBar, started: Instant) -
                             costs,
                             interval_ms: args.prefetch_interval_ms,
                             budget,
+                            prefetch_horizon_ms: (args.prefetch_horizon_ms > 0)
+                                .then_some(args.prefetch_horizon_ms),
                         };
                         let o = tiered::simulate(trace, &setup, lifecycle, v, &cfg, &progress);
                         out.push(((c, v), o));

@@ -16,7 +16,9 @@
 //! - `kvtier`: the value policy, promote on hit, no prefetch;
 //! - `kvtier+prefetch`: the same plus a prefetch round every
 //!   `interval_ms`: [`kvtier_policy::prefetch::plan`] over the policy's
-//!   promotion and eviction candidates, at most `budget` blocks a round. The
+//!   promotion and eviction candidates (agents valued with an eviction
+//!   clock of mean `prefetch_horizon_ms`, how soon a call must come to be
+//!   worth moving for), at most `budget` blocks a round. The
 //!   round's demotions happen at once; its promotions land at the next round
 //!   (a disk read takes time): a call arriving meanwhile is served from disk
 //!   and promotes what it reads, and a landing block that is no longer on
@@ -72,6 +74,10 @@ pub struct Setup {
     pub interval_ms: u64,
     /// Blocks a prefetch round may move up (what the disk reads in one interval).
     pub budget: usize,
+    /// Mean eviction clock (ms) with which a prefetch round values agents:
+    /// how soon a call must come to be worth moving for. `None`: the
+    /// policy's own ranking (the host tier's turnover).
+    pub prefetch_horizon_ms: Option<u64>,
 }
 
 /// Which policy and prefetch a run uses.
@@ -166,14 +172,22 @@ fn settle<P: EvictionPolicy<u32>>(p: &mut P, tiers: &mut Tiers, setup: &Setup, n
     }
 }
 
-/// One prefetch round of the value policy: candidates, victims, plan.
-fn plan_round(p: &mut ValuePolicy<u32>, free: usize, budget: usize, now: u64) -> Plan<u32> {
-    let cand = p.promotion_candidates(Tier::Disk, budget, now);
+/// One prefetch round of the value policy: candidates, victims, plan;
+/// agents valued with an eviction clock of mean `horizon` (ms; `None`: the
+/// policy's own ranking).
+fn plan_round(
+    p: &mut ValuePolicy<u32>,
+    free: usize,
+    budget: usize,
+    horizon: Option<u64>,
+    now: u64,
+) -> Plan<u32> {
+    let cand = p.promotion_candidates(Tier::Disk, budget, horizon, now);
     if cand.is_empty() {
         return Plan::default();
     }
     let need = budget.min(cand.len()).saturating_sub(free);
-    let vict = p.eviction_candidates(Tier::Host, need, now);
+    let vict = p.eviction_candidates(Tier::Host, need, horizon, now);
     kvtier_policy::prefetch::plan(&cand, &vict, free, budget)
 }
 
@@ -209,7 +223,7 @@ pub fn simulate(
     }
 }
 
-type Planner<P> = fn(&mut P, usize, usize, u64) -> Plan<u32>;
+type Planner<P> = fn(&mut P, usize, usize, Option<u64>, u64) -> Plan<u32>;
 
 fn run<P: EvictionPolicy<u32>>(
     trace: &Trace,
@@ -255,7 +269,7 @@ fn run<P: EvictionPolicy<u32>>(
                 landing.clear();
                 settle(p, &mut tiers, setup, t);
                 let free = setup.host_blocks.saturating_sub(tiers.host);
-                let round = planner(p, free, setup.budget, t);
+                let round = planner(p, free, setup.budget, setup.prefetch_horizon_ms, t);
                 for &v in &round.demote {
                     p.on_move(v, Tier::Disk, t);
                     tiers.set(v, DISK);

@@ -21,28 +21,59 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
         })
     }
 
+    /// Live agents least valuable first with their values: the policy's own
+    /// ranking, or (with `horizon_ms`) one computed now with that eviction
+    /// clock, e.g. a prefetch's lead time.
+    fn ranked(&mut self, horizon_ms: Option<u64>, now_ms: u64) -> Vec<(u32, BlockValue)> {
+        self.rerank(now_ms);
+        let Some(h) = horizon_ms else {
+            return self
+                .order
+                .iter()
+                .filter_map(|&a| Some((a, self.agent_value(a)?)))
+                .collect();
+        };
+        let d = self.forecaster.discount(h);
+        let mut out: Vec<(u32, BlockValue)> = self
+            .order
+            .iter()
+            .filter_map(|&a| {
+                let st = self.agents[a as usize].as_ref()?;
+                let k = st.rank_key(&self.forecaster, &d, now_ms, a);
+                Some((
+                    a,
+                    BlockValue {
+                        class: AGENT_CLASS + k.0,
+                        density: k.1,
+                    },
+                ))
+            })
+            .collect();
+        out.sort_by(|x, y| x.1.cmp_value(&y.1));
+        out
+    }
+
     /// Up to `limit` blocks of `tier` most worth moving up, most valuable
     /// first: the context blocks live agents own, agent by agent from the
     /// most valuable (the agent's forecast of its next call), each context
     /// head first, so a partial move still leaves a usable prefix. Move them
     /// in reverse order (tail first, as a call touches them), so that within
-    /// a context the head stays the last to leave. Agent ranks are brought up
-    /// to date at `now_ms` first.
+    /// a context the head stays the last to leave. Agents are valued by the
+    /// policy's ranking, brought up to date at `now_ms`, or with
+    /// `horizon_ms`, by their hit density with an eviction clock of that mean
+    /// (how soon a call must come to be worth the move).
     pub fn promotion_candidates(
         &mut self,
         tier: Tier,
         limit: usize,
+        horizon_ms: Option<u64>,
         now_ms: u64,
     ) -> Vec<(K, BlockValue)> {
-        self.rerank(now_ms);
         let mut out = Vec::new();
-        for &a in self.order.iter().rev() {
+        for (a, value) in self.ranked(horizon_ms, now_ms).into_iter().rev() {
             if out.len() >= limit {
                 break;
             }
-            let Some(value) = self.agent_value(a) else {
-                continue;
-            };
             let mut cur = self.lists.front(AGENT_BASE + a, tier);
             while let Some(slot) = cur {
                 if out.len() >= limit {
@@ -55,17 +86,20 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
         out
     }
 
-    /// Up to `limit` blocks of `tier` in the order [`crate::EvictionPolicy::victim`]
-    /// would pick them (if nothing changed meanwhile), each with its value:
+    /// Up to `limit` blocks of `tier` in eviction order, each with its value:
     /// ended, stale, un-hinted (learned order), then live agents from the
-    /// least valuable, each context tail first.
+    /// least valuable, each context tail first. With `horizon_ms` = `None`
+    /// this is the order [`crate::EvictionPolicy::victim`] would pick them in
+    /// (if nothing changed meanwhile); with a horizon, agents are valued as
+    /// in [`Self::promotion_candidates`].
     pub fn eviction_candidates(
         &mut self,
         tier: Tier,
         limit: usize,
+        horizon_ms: Option<u64>,
         now_ms: u64,
     ) -> Vec<(K, BlockValue)> {
-        self.rerank(now_ms);
+        let ranked = self.ranked(horizon_ms, now_ms);
         let mut out = Vec::new();
         for (list, class) in [(ENDED, 0u8), (STALE, 1)] {
             let mut cur = self.lists.back(list, tier);
@@ -79,10 +113,7 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
             }
         }
         self.generic_in_order(tier, limit, &mut out);
-        for &a in &self.order {
-            let Some(value) = self.agent_value(a) else {
-                continue;
-            };
+        for (a, value) in ranked {
             let mut cur = self.lists.back(AGENT_BASE + a, tier);
             while let Some(slot) = cur {
                 if out.len() >= limit {

@@ -739,7 +739,7 @@ fn eviction_candidates_list_the_victims_in_order() {
     p.on_hit(21, 8);
     p.on_move(5, Tier::Disk, 9);
     let listed: Vec<u64> = p
-        .eviction_candidates(Tier::Host, 100, 10)
+        .eviction_candidates(Tier::Host, 100, None, 10)
         .iter()
         .map(|e| e.0)
         .collect();
@@ -763,7 +763,7 @@ fn promotion_candidates_go_by_forecast_then_head_first() {
     }
     assert_eq!(order, vec![3, 2, 1, 6, 5, 4]);
     // The tool caller is expected back first: its context, head first.
-    let cand = p.promotion_candidates(Tier::Disk, 4, 5);
+    let cand = p.promotion_candidates(Tier::Disk, 4, None, 5);
     let keys: Vec<u64> = cand.iter().map(|e| e.0).collect();
     assert_eq!(keys, vec![4, 5, 6, 1]);
     assert!(cand[0].1.cmp_value(&cand[3].1).is_gt());
@@ -786,8 +786,8 @@ fn a_prefetch_round_swaps_a_soon_callers_blocks_for_a_late_callers() {
     // 2's is on host, which holds 2 blocks.
     p.on_move(2, Tier::Disk, 4);
     p.on_move(1, Tier::Disk, 4);
-    let cand = p.promotion_candidates(Tier::Disk, 8, 5);
-    let vict = p.eviction_candidates(Tier::Host, 8, 5);
+    let cand = p.promotion_candidates(Tier::Disk, 8, None, 5);
+    let vict = p.eviction_candidates(Tier::Host, 8, None, 5);
     let round = plan(&cand, &vict, 0, 8);
     assert_eq!(round.promote, vec![1, 2]);
     assert_eq!(round.demote, vec![4, 3]);
@@ -801,8 +801,8 @@ fn a_prefetch_round_swaps_a_soon_callers_blocks_for_a_late_callers() {
     for k in [2, 1] {
         p.on_move(k, Tier::Host, 6);
     }
-    let cand = p.promotion_candidates(Tier::Disk, 8, 7);
-    let vict = p.eviction_candidates(Tier::Host, 8, 7);
+    let cand = p.promotion_candidates(Tier::Disk, 8, None, 7);
+    let vict = p.eviction_candidates(Tier::Host, 8, None, 7);
     assert_eq!(plan(&cand, &vict, 0, 8), crate::Plan::default());
 }
 
