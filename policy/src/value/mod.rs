@@ -50,6 +50,10 @@ const STALE: u32 = 1;
 /// The first of the un-hinted classes' lists (one per [`reuse::class`]).
 const GENERIC: u32 = 2;
 const AGENT_BASE: u32 = GENERIC + reuse::CLASSES;
+/// Not a list: an orphan goes to the un-hinted list of its class, starting a
+/// fresh lifetime there (blocks of an agent whose lease expired: no longer
+/// anyone's context, but not known to be dead either).
+const UNHINTED: u32 = u32::MAX;
 
 /// Tunables of [`ValuePolicy`].
 ///
@@ -276,7 +280,7 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
 
     /// Removes agent `a`'s reference from the node at `slot` unless it is from
     /// call `keep_seq`; if `a` owned the node, hands it to the live agent that
-    /// named it last, or to `orphan_list`.
+    /// named it last, or to `orphan_list` (or [`UNHINTED`]).
     fn drop_ref(&mut self, slot: u32, a: u32, keep_seq: Option<u32>, orphan_list: u32) {
         let n = self.lists.node_mut(slot);
         let Some(pos) = n.refs.iter().position(|r| r.agent == a) else {
@@ -289,9 +293,28 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
         if n.list == AGENT_BASE + a {
             let tier = n.tier;
             let to = n.refs.last().map_or(orphan_list, |r| AGENT_BASE + r.agent);
-            self.lists.move_front(slot, to, tier);
-            self.note_agent_list(to, tier);
+            self.orphan(slot, to, tier);
         }
+    }
+
+    /// Moves the node at `slot` to the front of `list` in `tier`; for
+    /// [`UNHINTED`], to its un-hinted class list as a new lifetime.
+    fn orphan(&mut self, slot: u32, list: u32, tier: Tier) {
+        if list != UNHINTED {
+            self.lists.move_front(slot, list, tier);
+            self.note_agent_list(list, tier);
+            return;
+        }
+        let n = self.lists.node(slot);
+        let to = self.generic_list(n.hits, n.children);
+        if self.learning() {
+            let (clock, touch) = (self.reuse.clock(), self.next_touch());
+            let n = self.lists.node_mut(slot);
+            n.stamp = clock;
+            n.touch = touch;
+            self.reuse.start(to - GENERIC);
+        }
+        self.lists.move_front(slot, to, tier);
     }
 
     /// A block entered `list` in `tier`: make sure the victim cursor of that
@@ -500,24 +523,35 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
             let st = self.agents[a as usize].as_ref().expect("agent slot in use");
             st.learn_never(forecaster);
         }
-        self.on_agent_end(agent, now_ms);
+        // Its blocks are no one's context now, but it may come back (a wait
+        // longer than the lease): they join the un-hinted blocks, after stale
+        // branches, rather than the ended ones.
+        self.end_agent(agent, now_ms, UNHINTED);
     }
 
     fn on_agent_end(&mut self, agent: AgentId, now_ms: u64) {
+        self.end_agent(agent, now_ms, ENDED);
+    }
+}
+
+impl<K: Copy + Eq + Hash> ValuePolicy<K> {
+    /// Ends `agent`: blocks only it held go to `orphan_list` ([`ENDED`] or
+    /// [`UNHINTED`]), shared ones pass to another live holder.
+    fn end_agent(&mut self, agent: AgentId, now_ms: u64, orphan_list: u32) {
         let Some(a) = self.agent_index.remove(&agent) else {
             return;
         };
         let context = std::mem::take(&mut self.agent(a).context);
         for key in context.iter().rev() {
             if let Some(&slot) = self.index.get(key) {
-                self.drop_ref(slot, a, None, ENDED);
+                self.drop_ref(slot, a, None, orphan_list);
             }
         }
         // Every block the agent owned was in its context; this is a safety net.
         for tier in Tier::ALL {
             while let Some(slot) = self.lists.back(AGENT_BASE + a, tier) {
                 self.lists.node_mut(slot).refs.retain(|r| r.agent != a);
-                self.lists.move_front(slot, ENDED, tier);
+                self.orphan(slot, orphan_list, tier);
             }
         }
         // A sub-agent's end is its parent's tool result: the parent calls

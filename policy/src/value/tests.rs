@@ -492,15 +492,20 @@ impl Reference {
                 self.forecaster.record_never(Gap::AfterCall, &st.gaps);
             }
         }
-        self.end(a, now);
+        // Its blocks become un-hinted (most recent), not ended.
+        self.end_as(a, now, Class::Generic);
     }
 
     fn end(&mut self, a: AgentId, now: u64) {
+        self.end_as(a, now, Class::Ended);
+    }
+
+    fn end_as(&mut self, a: AgentId, now: u64, orphan: Class) {
         let Some(st) = self.agents.remove(&a) else {
             return;
         };
         for &k in st.context.iter().rev() {
-            self.drop_ref(k, a, None, Class::Ended);
+            self.drop_ref(k, a, None, orphan);
         }
         let mut left: Vec<(u64, u64)> = self
             .blocks
@@ -510,7 +515,7 @@ impl Reference {
             .collect();
         left.sort_unstable();
         for (_, k) in left {
-            self.touch(k, Class::Ended);
+            self.touch(k, orphan);
         }
         if let Some(p) = st.parent.and_then(|p| self.agents.get_mut(&p)) {
             if matches!(p.phase, Phase::Answered { .. }) {
@@ -838,4 +843,26 @@ fn the_horizon_follows_the_top_tiers_turnover() {
         p.on_move(k, Tier::Disk, now);
     }
     assert!(p.horizon_ms() > 10 * h);
+}
+
+#[test]
+fn an_expired_agents_blocks_wait_after_stale_branches_an_ended_agents_go_first() {
+    let order = |expire: bool| {
+        let mut p = ValuePolicy::new(fixed_cfg());
+        call(&mut p, 1, &[1, 2, 3], 0);
+        call(&mut p, 2, &[10, 11], 1);
+        call(&mut p, 2, &[10, 12], 2); // 11 is a stale branch
+        p.on_agent_answered(1, &answer(CallEnd::EndOfTurn), 3);
+        if expire {
+            p.on_agent_expired(1, 1_800_003);
+        } else {
+            p.on_agent_end(1, 3);
+        }
+        drain(&mut p, Tier::Host, 1_800_004)
+    };
+    // Ended: dead, first out, tail first.
+    assert_eq!(order(false), vec![3, 2, 1, 11, 12, 10]);
+    // Expired: it may come back, so its context waits with the un-hinted
+    // blocks (tail first), after stale branches and before live contexts.
+    assert_eq!(order(true), vec![11, 3, 2, 1, 12, 10]);
 }
