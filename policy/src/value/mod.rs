@@ -3,10 +3,12 @@
 //! # Eviction order
 //! Blocks are kept in classes; a tier's victim is the least valuable block of
 //! the first non-empty class of that tier:
-//! 1. **ended**: blocks that only ended agents referenced, oldest end first;
+//! 1. **ended**: blocks that only explicitly ended agents referenced, oldest
+//!    end first;
 //! 2. **stale**: blocks that live agents named once but no longer hold in their
 //!    latest context (abandoned branches, compacted history);
-//! 3. **generic**: blocks no agent hint covers, in one LRU list per class
+//! 3. **generic**: blocks no agent hint covers (among them the contexts of
+//!    agents whose lease expired: they may come back), in one LRU list per class
 //!    (read again or not × leaf or inner node of the prefix tree); the victim is the class tail with the lowest learned
 //!    hit density at its age (see [`reuse`]; with
 //!    [`ValueConfig::reuse_horizon`] = 0 this is exactly LRU);
