@@ -365,7 +365,7 @@ fn run_tiered(args: &Args, trace: &Trace, bar: &ProgressBar, started: Instant) -
         bail!("--tiered replays one cache (--workers 1)");
     }
     if let Some(d) = args.disk_capacity {
-        if !(d > 0.0) {
+        if d.is_nan() || d <= 0.0 {
             bail!("--disk-capacity must be > 0 (omit it for an unlimited disk)");
         }
     }
@@ -452,7 +452,7 @@ fn run_tiered(args: &Args, trace: &Trace, bar: &ProgressBar, started: Instant) -
         trace: trace.name.clone(),
         requests: trace.requests.len(),
         unique_blocks: trace.unique_blocks,
-        end_signal: end_signal(&args),
+        end_signal: end_signal(args),
         costs,
         disk_blocks,
         interval_ms: args.prefetch_interval_ms,
