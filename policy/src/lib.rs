@@ -11,6 +11,8 @@
 //! - [`lru`]: the baseline, least recently used first.
 //! - [`value`]: the value- and lifecycle-aware policy kvtier runs.
 //! - [`forecast`]: the online forecast of each agent's next call.
+//! - [`prefetch`]: which lower-tier blocks to move up ahead of their agents'
+//!   forecast calls, within a budget, displacing only lower-valued blocks.
 //! - [`lifecycle`]: the agent registry (registration, leases, pin quotas)
 //!   whose outcomes the server forwards to the policy.
 //! - [`agent`]: agent-level types shared by the two.
@@ -28,7 +30,7 @@
 //! | `Hint` (call arrived, blocks known) | [`AgentRegistry::call`] | [`EvictionPolicy::on_agent_call`] |
 //! | `Hint` (call answered) | [`AgentRegistry::answered`] | [`EvictionPolicy::on_agent_answered`] |
 //! | `EndAgent` | [`AgentRegistry::end`] → ended ids | [`EvictionPolicy::on_agent_end`] for each |
-//! | periodic tick | [`AgentRegistry::expire`] → ended ids | [`EvictionPolicy::on_agent_end`] for each |
+//! | periodic tick | [`AgentRegistry::expire`] → ended ids | [`EvictionPolicy::on_agent_expired`] for each |
 //!
 //! Send `on_agent_call` after the call's blocks were inserted (keys not
 //! resident are ignored); a hint that carries both the blocks and the ending
@@ -38,6 +40,7 @@ pub mod agent;
 pub mod forecast;
 pub mod lifecycle;
 pub mod lru;
+pub mod prefetch;
 pub mod value;
 
 use std::hash::Hash;
@@ -45,6 +48,7 @@ use std::hash::Hash;
 pub use agent::{AgentId, AgentSpec, Answer, CallEnd};
 pub use lifecycle::{AgentRegistry, LifecycleError};
 pub use lru::Lru;
+pub use prefetch::{BlockValue, Plan};
 pub use value::{ValueConfig, ValuePolicy};
 
 /// A storage tier, highest (fastest) first. Ordering follows speed: `Gpu < Host < Disk`.
@@ -143,4 +147,11 @@ pub trait EvictionPolicy<K: Copy + Eq + Hash>: Send {
     /// `agent` ended (explicitly or by lease expiry). Blocks only it held fall
     /// to the bottom of the eviction order.
     fn on_agent_end(&mut self, _agent: AgentId, _now_ms: u64) {}
+
+    /// `agent` ended because its lease expired: it was silent for its whole
+    /// lease and never called again. A policy that forecasts calls learns from
+    /// it that a wait may never end in a call; the default is [`Self::on_agent_end`].
+    fn on_agent_expired(&mut self, agent: AgentId, now_ms: u64) {
+        self.on_agent_end(agent, now_ms);
+    }
 }

@@ -9,16 +9,20 @@
 //! # Layout
 //! - [`trace`]: the in-memory trace; [`kvct`] and [`mooncake`] read the formats.
 //! - [`sim`]: the replay loop and bounded-load affinity routing.
+//! - [`feed`]: what the policies learn about agents (calls, answers, ends).
+//! - [`tiered`]: host + disk tiers, hits by tier, modeled TTFT, prefetch.
 //! - [`belady`]: the offline optimum.
 //! - [`report`]: table, JSON and SVG.
 //! - [`speed`]: the policy eviction-rate microbenchmark.
 
 pub mod belady;
+pub mod feed;
 pub mod kvct;
 pub mod mooncake;
 pub mod report;
 pub mod sim;
 pub mod speed;
+pub mod tiered;
 pub mod trace;
 
 use std::path::PathBuf;
@@ -101,6 +105,35 @@ pub struct Args {
     /// inserts (0 = plain LRU for blocks no hint covers).
     #[arg(long, default_value_t = ValueConfig::default().reuse_horizon)]
     pub reuse_horizon: f64,
+    /// Tiered replay: `--capacity` is the host tier, a disk tier sits below
+    /// it; reports hits by tier and modeled TTFT for LRU (promote on hit),
+    /// kvtier without and with prefetch, and an oracle prefetch (W = 1).
+    #[arg(long)]
+    pub tiered: bool,
+    /// Tiered: disk capacity as a fraction of unique blocks (default unlimited).
+    #[arg(long)]
+    pub disk_capacity: Option<f64>,
+    /// Tiered: cost of a block loaded from host (ms).
+    #[arg(long, default_value_t = tiered::HOST_MS)]
+    pub host_ms: f64,
+    /// Tiered: cost of a block loaded from disk (ms); also the prefetch link's time per block.
+    #[arg(long, default_value_t = tiered::DISK_MS)]
+    pub disk_ms: f64,
+    /// Tiered: cost of a block recomputed (ms).
+    #[arg(long, default_value_t = tiered::RECOMPUTE_MS)]
+    pub recompute_ms: f64,
+    /// Tiered: time between prefetch rounds (ms).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub prefetch_interval_ms: u64,
+    /// Tiered: blocks a prefetch round may move up (default: what one disk
+    /// stream reads in an interval, interval ÷ --disk-ms).
+    #[arg(long)]
+    pub prefetch_budget: Option<usize>,
+    /// Tiered: a prefetch round values agents by their hit density with an
+    /// eviction clock of this mean (ms): how soon a call must come to be
+    /// worth moving for. 0 = the policy's own ranking.
+    #[arg(long, default_value_t = 2_000)]
+    pub prefetch_horizon_ms: u64,
 }
 
 impl Args {
@@ -170,12 +203,7 @@ fn run_job(
         .rate(),
         PolicyName::Kvtier => {
             let cfg = args.value_config();
-            let lifecycle = match args.end_signal.as_str() {
-                "lease" => sim::Lifecycle::LeaseExpiry {
-                    lease_ms: args.lease_ms,
-                },
-                _ => sim::Lifecycle::HarnessEnds,
-            };
+            let lifecycle = lifecycle(args);
             sim::simulate(
                 trace,
                 per_worker,
@@ -212,6 +240,9 @@ pub fn run(args: Args) -> Result<()> {
         .progress_chars("=> "),
     );
     let trace = load(&args, &bar)?;
+    if args.tiered {
+        return run_tiered(&args, &trace, &bar, started);
+    }
     let n = trace.requests.len() as u64;
     let jobs: Vec<Job> = (0..args.capacity.len())
         .flat_map(|c| args.policies.iter().map(move |&p| (c, p)))
@@ -295,10 +326,7 @@ pub fn run(args: Args) -> Result<()> {
         ideal: ideal(&trace),
         stagger_s: args.stagger,
         workers: args.workers as usize,
-        end_signal: match args.end_signal.as_str() {
-            "lease" => format!("lease expiry only ({} ms)", args.lease_ms),
-            _ => "harness EndAgent at the last answer".into(),
-        },
+        end_signal: end_signal(&args),
         rows,
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -311,6 +339,132 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.svg {
         std::fs::write(path, report.svg())
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn lifecycle(args: &Args) -> sim::Lifecycle {
+    match args.end_signal.as_str() {
+        "lease" => sim::Lifecycle::LeaseExpiry {
+            lease_ms: args.lease_ms,
+        },
+        _ => sim::Lifecycle::HarnessEnds,
+    }
+}
+
+fn end_signal(args: &Args) -> String {
+    match args.end_signal.as_str() {
+        "lease" => format!("lease expiry only ({} ms)", args.lease_ms),
+        _ => "harness EndAgent at the last answer".into(),
+    }
+}
+
+/// The tiered replay: every variant at every host capacity, in parallel.
+fn run_tiered(args: &Args, trace: &Trace, bar: &ProgressBar, started: Instant) -> Result<()> {
+    if args.workers != 1 {
+        bail!("--tiered replays one cache (--workers 1)");
+    }
+    if let Some(d) = args.disk_capacity {
+        if d.is_nan() || d <= 0.0 {
+            bail!("--disk-capacity must be > 0 (omit it for an unlimited disk)");
+        }
+    }
+    let costs = tiered::Costs {
+        host_ms: args.host_ms,
+        disk_ms: args.disk_ms,
+        recompute_ms: args.recompute_ms,
+    };
+    let budget = args.prefetch_budget.unwrap_or_else(|| {
+        kvtier_policy::prefetch::budget_blocks(args.prefetch_interval_ms, args.disk_ms)
+    });
+    let blocks = |f: f64| (f * trace.unique_blocks as f64).round() as usize;
+    let disk_blocks = args.disk_capacity.map(blocks);
+    let jobs: Vec<(usize, tiered::Variant)> = (0..args.capacity.len())
+        .flat_map(|c| tiered::Variant::ALL.into_iter().map(move |v| (c, v)))
+        .collect();
+    bar.set_position(0);
+    bar.set_length(jobs.len() as u64 * trace.requests.len() as u64);
+    bar.set_message("replaying tiers");
+    let cfg = args.value_config();
+    let progress = AtomicU64::new(0);
+    let next = AtomicU64::new(0);
+    let finished = AtomicBool::new(false);
+    let lifecycle = lifecycle(args);
+    let results: Vec<((usize, tiered::Variant), tiered::Outcome)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.threads.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let j = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(&(c, v)) = jobs.get(j) else {
+                            break;
+                        };
+                        let setup = tiered::Setup {
+                            host_blocks: blocks(args.capacity[c]),
+                            disk_blocks,
+                            costs,
+                            interval_ms: args.prefetch_interval_ms,
+                            budget,
+                            prefetch_horizon_ms: (args.prefetch_horizon_ms > 0)
+                                .then_some(args.prefetch_horizon_ms),
+                        };
+                        let o = tiered::simulate(trace, &setup, lifecycle, v, &cfg, &progress);
+                        out.push(((c, v), o));
+                    }
+                    out
+                })
+            })
+            .collect();
+        scope.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                bar.set_position(progress.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let all = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect();
+        finished.store(true, Ordering::Relaxed);
+        all
+    });
+    bar.finish_and_clear();
+    let capacities = args
+        .capacity
+        .iter()
+        .enumerate()
+        .map(|(c, &fraction)| tiered::CapacityRows {
+            fraction,
+            host_blocks: blocks(fraction),
+            rows: tiered::Variant::ALL
+                .iter()
+                .filter_map(|&v| {
+                    results
+                        .iter()
+                        .find(|(job, _)| *job == (c, v))
+                        .map(|(_, o)| tiered::VariantRow::new(v, o))
+                })
+                .collect(),
+        })
+        .collect();
+    let report = tiered::Report {
+        trace: trace.name.clone(),
+        requests: trace.requests.len(),
+        unique_blocks: trace.unique_blocks,
+        end_signal: end_signal(args),
+        costs,
+        disk_blocks,
+        interval_ms: args.prefetch_interval_ms,
+        budget,
+        capacities,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+        println!("({:.1} s)", report.seconds);
     }
     Ok(())
 }

@@ -3,9 +3,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kvtier_policy::{AgentRegistry, AgentSpec, Answer, BlockInfo, EvictionPolicy, Tier};
+use kvtier_policy::{BlockInfo, EvictionPolicy, Tier};
 
-use super::trace::{Event, Trace, NO_AGENT};
+use super::feed::AgentFeed;
+pub use super::feed::Lifecycle;
+use super::trace::{Event, Trace};
 
 /// Block-weighted outcome of one replay.
 #[derive(Debug, Clone, Default)]
@@ -89,24 +91,6 @@ pub fn route(res: &Residency, ids: &[u32], served: &[u64], i: usize) -> usize {
     best.map_or(0, |(_, _, k)| k)
 }
 
-/// What the policy learns about agents' lives in a replay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lifecycle {
-    /// Nothing: block accesses only.
-    Off,
-    /// Registration, calls and answers, and `EndAgent` exactly at each agent's
-    /// last answer: what only a harness that knows the session is over can send.
-    HarnessEnds,
-    /// The same without any end signal: agents live and end in the server's
-    /// own [`AgentRegistry`] (a call or an answer renews the agent's lease and
-    /// its ancestors'; one silent for `lease_ms` ends with its descendants); a
-    /// later call registers it again. What the router's HTTP front gives.
-    LeaseExpiry {
-        /// The agents' lease.
-        lease_ms: u64,
-    },
-}
-
 /// Replays `trace` through `workers` instances from `make`, each holding at
 /// most `capacity` blocks. With a `lifecycle`, the policy also gets what a live
 /// server would learn about agents (registration with parent, each call's
@@ -127,72 +111,10 @@ pub fn simulate<P: EvictionPolicy<u32>>(
         routes: vec![0; trace.requests.len()],
         ..Outcome::default()
     };
-    let mut registered = vec![false; trace.agents.len()];
-    let mut visited = vec![0u64; trace.agents.len()];
-    // Lease expiry: the server's registry decides who is live.
-    let lease_ms = match lifecycle {
-        Lifecycle::LeaseExpiry { lease_ms } => Some(lease_ms),
-        _ => None,
-    };
-    let mut registry = AgentRegistry::new(u64::MAX);
-    let events = if lifecycle != Lifecycle::Off {
-        trace.events()
-    } else {
-        (0..trace.requests.len() as u32)
-            .map(Event::Request)
-            .collect()
-    };
+    let mut feed = AgentFeed::new(trace, lifecycle);
     let mut done = 0u64;
-    for ev in events {
-        if let Some(lease) = lease_ms {
-            let (now, agent) = match ev {
-                Event::Request(i) => {
-                    let r = &trace.requests[i as usize];
-                    (r.time_ms, r.agent)
-                }
-                Event::Answer(i) => {
-                    let r = &trace.requests[i as usize];
-                    (r.answered_ms, r.agent)
-                }
-            };
-            // Every agent silent past its lease ends first, at its deadline.
-            while let Some(due) = registry.next_expiry().filter(|&due| due <= now) {
-                for ended in registry.expire(due) {
-                    let a = ended as usize;
-                    registered[a] = false;
-                    for (k, q) in policies.iter_mut().enumerate() {
-                        if visited[a] >> k & 1 == 1 {
-                            q.on_agent_end(ended, due);
-                        }
-                    }
-                    visited[a] = 0;
-                }
-            }
-            if agent != NO_AGENT {
-                let id = u64::from(agent);
-                // An answer for an agent its lease already ended renews nothing
-                // (the registry answers "unknown agent", as the server would).
-                let _ = match ev {
-                    Event::Request(i) => {
-                        if registry.get(id).is_none() {
-                            // A sub-agent whose parent already ended registers as a root.
-                            let parent = trace.agents[agent as usize]
-                                .parent
-                                .map(u64::from)
-                                .filter(|&p| registry.get(p).is_some());
-                            let spec = AgentSpec {
-                                parent,
-                                lease_ms: lease,
-                                ..AgentSpec::default()
-                            };
-                            let _ = registry.register(id, spec, now);
-                        }
-                        registry.call(id, trace.requests[i as usize].len as usize, now)
-                    }
-                    Event::Answer(_) => registry.answered(id, &Answer::default(), now),
-                };
-            }
-        }
+    for ev in feed.events(trace) {
+        feed.before(trace, ev, &mut policies);
         match ev {
             Event::Request(i) => {
                 let i = i as usize;
@@ -220,21 +142,7 @@ pub fn simulate<P: EvictionPolicy<u32>>(
                         resident[w] += 1;
                     }
                 }
-                if lifecycle != Lifecycle::Off && r.agent != NO_AGENT {
-                    let a = r.agent as usize;
-                    if !registered[a] {
-                        registered[a] = true;
-                        let spec = AgentSpec {
-                            parent: trace.agents[a].parent.map(u64::from),
-                            ..AgentSpec::default()
-                        };
-                        for q in policies.iter_mut() {
-                            q.on_agent_register(a as u64, &spec, now);
-                        }
-                    }
-                    visited[a] |= 1 << w;
-                    policies[w].on_agent_call(a as u64, ids, now);
-                }
+                feed.call(trace, i, w, &mut policies);
                 let p = &mut policies[w];
                 while resident[w] > capacity {
                     let Some(v) = p.victim(Tier::Host, now) else {
@@ -250,23 +158,8 @@ pub fn simulate<P: EvictionPolicy<u32>>(
                 }
             }
             Event::Answer(i) => {
-                let r = &trace.requests[i as usize];
                 let w = out.routes[i as usize] as usize;
-                let answer = Answer {
-                    ended: r.stop,
-                    ..Answer::default()
-                };
-                if !registered[r.agent as usize] {
-                    continue; // ended by its lease before the answer came
-                }
-                policies[w].on_agent_answered(u64::from(r.agent), &answer, r.answered_ms);
-                if r.last_of_agent && lifecycle == Lifecycle::HarnessEnds {
-                    for (k, q) in policies.iter_mut().enumerate() {
-                        if visited[r.agent as usize] >> k & 1 == 1 {
-                            q.on_agent_end(u64::from(r.agent), r.answered_ms);
-                        }
-                    }
-                }
+                feed.answer(trace, i as usize, w, &mut policies);
             }
         }
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use kvtier_policy::{CallEnd, Lru};
 
 use super::trace::{Event, Request, Trace, NO_AGENT};
-use super::{belady, kvct, sim};
+use super::{belady, kvct, sim, tiered};
 
 fn trace_of(requests: &[Vec<u32>]) -> Trace {
     let mut t = Trace::default();
@@ -285,6 +285,9 @@ impl kvtier_policy::EvictionPolicy<u32> for AgentLog {
     fn on_agent_end(&mut self, _agent: u64, now: u64) {
         self.log.lock().expect("log").push(("end", now));
     }
+    fn on_agent_expired(&mut self, _agent: u64, now: u64) {
+        self.log.lock().expect("log").push(("expired", now));
+    }
 }
 
 #[test]
@@ -315,15 +318,90 @@ fn lease_mode_ends_silent_agents_by_expiry_and_never_at_the_last_answer() {
         events(sim::Lifecycle::HarnessEnds),
         vec![("register", 0), ("end", 10_010)]
     );
-    // Lease 1 s: the silence between t=110 and t=10,000 ends it at 1,110; the
-    // last call registers it again; nothing ends it at its last answer.
+    // Lease 1 s: the silence between t=110 and t=10,000 ends it at 1,110 (as
+    // an expiry, which the policy may learn from); the last call registers it
+    // again; nothing ends it at its last answer.
     assert_eq!(
         events(sim::Lifecycle::LeaseExpiry { lease_ms: 1_000 }),
-        vec![("register", 0), ("end", 1_110), ("register", 10_000)]
+        vec![("register", 0), ("expired", 1_110), ("register", 10_000)]
     );
     // A lease longer than every silence: never ended.
     assert_eq!(
         events(sim::Lifecycle::LeaseExpiry { lease_ms: 60_000 }),
         vec![("register", 0)]
     );
+}
+
+/// Agent 0 calls at 0 (its turn ends at 1,000), agent 1 calls at 1,500 and
+/// ends at its answer at 2,000, agent 0 calls again at `again` with the
+/// same context. Host holds 4 blocks: agent 1's call pushes agent 0's
+/// context down to disk.
+fn two_agents(again: u64) -> Trace {
+    let mut t = trace_of(&[vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![0, 1, 2, 3]]);
+    t.agents.push(super::trace::Agent { parent: None });
+    t.agents.push(super::trace::Agent { parent: None });
+    let plan = [(0, 0, 1_000), (1, 1_500, 2_000), (0, again, again + 10)];
+    for (r, (agent, at, answered)) in t.requests.iter_mut().zip(plan) {
+        r.agent = agent;
+        r.time_ms = at;
+        r.answered_ms = answered;
+        r.stop = CallEnd::EndOfTurn;
+    }
+    t.requests[1].last_of_agent = true;
+    t.requests[2].last_of_agent = true;
+    t
+}
+
+fn tiered_run(t: &Trace, v: tiered::Variant, budget: usize) -> tiered::Outcome {
+    let setup = tiered::Setup {
+        host_blocks: 4,
+        disk_blocks: None,
+        costs: tiered::Costs {
+            host_ms: 1.0,
+            disk_ms: 10.0,
+            recompute_ms: 100.0,
+        },
+        interval_ms: 1_000,
+        budget,
+        prefetch_horizon_ms: None,
+    };
+    let cfg = kvtier_policy::ValueConfig::default();
+    let progress = AtomicU64::new(0);
+    tiered::simulate(t, &setup, sim::Lifecycle::HarnessEnds, v, &cfg, &progress)
+}
+
+#[test]
+fn tiered_replay_serves_by_tier_and_prefetch_moves_a_context_up_before_its_call() {
+    use tiered::Variant::*;
+    let t = two_agents(20_000);
+    let hits = |o: &tiered::Outcome| (o.host_hits, o.disk_hits, o.total);
+    // Without prefetch agent 0's second call reads its context from disk.
+    for v in [Lru, Kvtier] {
+        let o = tiered_run(&t, v, 2);
+        assert_eq!(hits(&o), (0, 4, 12), "{v:?}");
+        assert_eq!(o.ttft_ms, vec![400.0, 400.0, 40.0]);
+        assert_eq!((o.prefetched, o.displaced), (0, 0));
+    }
+    // Once agent 1 ended, prefetch rounds (2 blocks each, landing a round
+    // later) swap its ended blocks for agent 0's context.
+    let o = tiered_run(&t, KvtierPrefetch, 2);
+    assert_eq!(hits(&o), (4, 0, 12));
+    assert_eq!(o.ttft_ms[2], 4.0);
+    assert_eq!((o.prefetched, o.displaced), (4, 4));
+    // No budget, no move.
+    let o = tiered_run(&t, KvtierPrefetch, 0);
+    assert_eq!((hits(&o), o.prefetched), ((0, 4, 12), 0));
+    // The oracle moves exactly the call's disk prefix up, just before it.
+    let o = tiered_run(&t, Oracle, 0);
+    assert_eq!((hits(&o), o.ttft_ms[2]), ((4, 0, 12), 4.0));
+}
+
+#[test]
+fn a_call_arriving_mid_prefetch_is_served_from_disk_and_the_landing_skipped() {
+    // Agent 0 calls at 3,500: the round at 3,000 planned its head, which
+    // lands only at 4,000.
+    let o = tiered_run(&two_agents(3_500), tiered::Variant::KvtierPrefetch, 2);
+    assert_eq!((o.host_hits, o.disk_hits), (0, 4));
+    assert_eq!(o.prefetched, 0);
+    assert_eq!(o.displaced, 2);
 }

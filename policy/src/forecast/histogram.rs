@@ -80,11 +80,15 @@ impl Discount {
     }
 }
 
-/// Gap counts over the log-spaced bins.
+/// Gap counts over the log-spaced bins, plus the weight of waits that never
+/// ended in a call (agents that went silent until their lease expired).
 #[derive(Debug, Clone)]
 pub struct GapHistogram {
     counts: [f32; BINS],
+    /// Σ counts (finite gaps only).
     total: f32,
+    /// Waits that ended without a call: mass at an infinite gap.
+    never: f32,
 }
 
 impl Default for GapHistogram {
@@ -92,6 +96,7 @@ impl Default for GapHistogram {
         Self {
             counts: [0.0; BINS],
             total: 0.0,
+            never: 0.0,
         }
     }
 }
@@ -104,23 +109,40 @@ impl GapHistogram {
         self.total += w;
     }
 
+    /// Adds one wait that never ended in a call, with weight `w`.
+    pub fn record_never(&mut self, w: f32) {
+        self.never += w;
+    }
+
     /// Multiplies every count by `f` (forgetting old behaviour).
     pub fn decay(&mut self, f: f32) {
         for c in &mut self.counts {
             *c *= f;
         }
         self.total *= f;
+        self.never *= f;
     }
 
-    /// Total weight recorded.
+    /// Total weight of finite gaps recorded.
     pub fn total(&self) -> f64 {
         f64::from(self.total)
     }
 
+    /// Weight of waits that never ended in a call.
+    pub fn never(&self) -> f64 {
+        f64::from(self.never)
+    }
+
+    /// Everything recorded: finite gaps and waits that never ended.
+    pub fn mass(&self) -> f64 {
+        f64::from(self.total) + f64::from(self.never)
+    }
+
     /// Exponentially discounted hits and occupancy from `w` on, with an
     /// eviction clock of mean `d.mean_ms()`: `(∫_w^∞ f(x) e^{-(x-w)/t} dx,
-    /// ∫_w^∞ S(x) e^{-(x-w)/t} dx)`, unnormalised. One `exp` per call: the
-    /// rest comes from the table in `d`.
+    /// ∫_w^∞ S(x) e^{-(x-w)/t} dx)`, unnormalised, over the finite gaps only
+    /// (see [`GapHistogram::never`]). One `exp` per call: the rest comes from
+    /// the table in `d`.
     pub fn discounted(&self, edges: &Edges, w: f64, d: &Discount) -> (f64, f64) {
         if self.total <= 0.0 || w >= edges.ms[BINS] {
             return (0.0, 0.0);

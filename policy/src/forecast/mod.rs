@@ -24,6 +24,18 @@
 //! that usually answers fast but is overdue sees its density fall as it waits,
 //! at the rate its own and the population's gap distribution say: no fixed
 //! "overdue" rule.
+//!
+//! Agents that go silent and end by lease expiry teach the population that a
+//! wait of that kind may never end in a call ([`Forecaster::record_never`]).
+//! With `p` the population's share of such waits (an agent's own history
+//! cannot know it: it holds only the waits the agent came back from), the
+//! blended finite distribution (hits `h(w)`, occupancy `o(w)` as above) is
+//! mixed with a point at an infinite gap, which adds no hit and `T` of
+//! occupancy: `density(w) = (1-p)·h(w) / ((1-p)·o(w) + p·T)`, with `h`, `o`
+//! normalised so that `o(w)` is the survival-weighted remaining wait. Early in
+//! a wait the finite part dominates; once an agent is overdue (its remaining
+//! finite mass small) the `p·T` term does, and its density falls toward that
+//! of an ended agent before its lease runs out.
 
 mod histogram;
 
@@ -124,6 +136,17 @@ impl Forecaster {
         h.record(&self.edges, gap_ms, 1.0);
     }
 
+    /// Records that an agent waited on the clock of `gap` and never called
+    /// again (it went silent until its lease expired): mass at an infinite
+    /// gap in the population's distributions. Agents that only ever end
+    /// explicitly never add any, so their forecasts are unchanged.
+    pub fn record_never(&mut self, gap: Gap, agent: &AgentGaps) {
+        let i = gap.index();
+        let prev = agent.previous[i].map_or(3, usize::from);
+        self.by_previous[i][prev].record_never(1.0);
+        self.global[i].record_never(1.0);
+    }
+
     /// Hit density of an agent that has waited `waited_ms` on the clock of
     /// `gap` (since its last answer, or since its last call while in flight),
     /// with an eviction clock of mean `d.mean_ms()`: the chance of a call
@@ -141,16 +164,21 @@ impl Forecaster {
         let own = &agent.hist[i];
         let (gh, go) = population.discounted(&self.edges, w, d);
         let (lh, lo) = own.discounted(&self.edges, w, d);
-        // Blend the normalised distributions: the agent's own history weighs
-        // its (decayed) count of gaps, the population `prior_weight`.
+        // Blend the normalised distributions of finite gaps: the agent's own
+        // history weighs its (decayed) count of gaps, the population
+        // `prior_weight`.
         let (gt, lt) = (population.total().max(1e-9), own.total());
         let wl = lt / (lt + self.prior_weight);
         let (ng, nl) = ((1.0 - wl) / gt, if lt > 0.0 { wl / lt } else { 0.0 });
-        let hits = ng * gh + nl * lh;
-        let occupancy = ng * go + nl * lo;
+        // The chance that this wait never ends in a call comes from the
+        // population alone: an agent's own history holds only the waits it
+        // came back from.
+        let never = population.never() / population.mass().max(1e-9);
+        let hits = (1.0 - never) * (ng * gh + nl * lh);
+        let occupancy = (1.0 - never) * (ng * go + nl * lo) + never * d.mean_ms();
         // Waited past everything ever observed: worth less the longer it waits.
         let floor = 1e-12 / (1.0 + w);
-        if occupancy <= 1e-9 {
+        if hits <= 0.0 || occupancy <= 1e-9 {
             return floor;
         }
         (hits / occupancy).max(floor)

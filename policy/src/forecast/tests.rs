@@ -95,3 +95,77 @@ fn an_agents_own_history_shifts_its_forecast() {
     let d = f.discount(30_000);
     assert!(f.density(g, 1_000, &d, &fast) > 5.0 * f.density(g, 1_000, &d, &slow));
 }
+
+/// Waits after an end of turn come back in about a minute, after a tool call
+/// in about ten; `never` of every 10 end-of-turn waits ended by lease expiry.
+fn turn_fast_tool_slow(never: usize) -> Forecaster {
+    let mut f = Forecaster::new(2.0, 1.0);
+    let mut a = AgentGaps::default();
+    for i in 0..100 {
+        f.record(
+            Gap::AfterAnswer(CallEnd::EndOfTurn),
+            55_000 + 100 * i,
+            &mut a,
+        );
+        f.record(
+            Gap::AfterAnswer(CallEnd::ToolCall),
+            590_000 + 200 * i,
+            &mut a,
+        );
+    }
+    for _ in 0..10 * never {
+        f.record_never(Gap::AfterAnswer(CallEnd::EndOfTurn), &AgentGaps::default());
+    }
+    f
+}
+
+#[test]
+fn waits_that_never_end_lower_the_value_of_that_kind() {
+    let (turn, tool) = (
+        Gap::AfterAnswer(CallEnd::EndOfTurn),
+        Gap::AfterAnswer(CallEnd::ToolCall),
+    );
+    let fresh = AgentGaps::default();
+    let d = Forecaster::new(2.0, 1.0).discount(3_600_000);
+    // Without expiries, a call expected in 30 s beats one expected in 9.5 min.
+    let f = turn_fast_tool_slow(0);
+    assert!(f.density(turn, 30_000, &d, &fresh) > f.density(tool, 30_000, &d, &fresh));
+    // When 9 of 10 end-of-turn waits never end in a call, the sure call in
+    // 9.5 min is worth more than the probable nothing, at this horizon.
+    let g = turn_fast_tool_slow(9);
+    assert!(g.density(turn, 30_000, &d, &fresh) < g.density(tool, 30_000, &d, &fresh));
+    // Kinds that never ended silently keep their value exactly.
+    assert_eq!(
+        f.density(tool, 30_000, &d, &fresh),
+        g.density(tool, 30_000, &d, &fresh)
+    );
+}
+
+#[test]
+fn an_agents_own_returns_do_not_hide_that_waits_may_never_end() {
+    let turn = Gap::AfterAnswer(CallEnd::EndOfTurn);
+    let d = Forecaster::new(2.0, 1.0).discount(600_000);
+    let (mut f, mut g) = (turn_fast_tool_slow(0), turn_fast_tool_slow(0));
+    // An agent that came back from 50 waits of its own; in `g`, as many
+    // agents with the same recent history never came back.
+    let (mut own_f, mut own_g) = (AgentGaps::default(), AgentGaps::default());
+    for _ in 0..50 {
+        f.record(turn, 60_000, &mut own_f);
+        g.record(turn, 60_000, &mut own_g);
+    }
+    for _ in 0..50 {
+        g.record_never(turn, &own_g);
+    }
+    // Its own history dominates the blend, yet the population's share of
+    // such waits that never ended (1 in 2) still halves its expected hits,
+    // and more so once it is overdue.
+    for w in [10_000, 55_000] {
+        let (plain, never) = (
+            f.density(turn, w, &d, &own_f),
+            g.density(turn, w, &d, &own_g),
+        );
+        assert!(never < 0.6 * plain, "waited {w}: {never} vs {plain}");
+    }
+    let drop = |w| g.density(turn, w, &d, &own_g) / f.density(turn, w, &d, &own_f);
+    assert!(drop(55_000) < drop(10_000));
+}

@@ -77,6 +77,18 @@ impl<K> AgentState<K> {
         }
     }
 
+    /// Learns that the wait this agent is in never ended in a call (its
+    /// lease expired): on the clock of its last answer's ending, and on the
+    /// call-to-call clock its last call started.
+    pub fn learn_never(&self, forecaster: &mut Forecaster) {
+        if let Phase::Answered { end, .. } = self.phase {
+            forecaster.record_never(Gap::AfterAnswer(end), &self.gaps);
+        }
+        if self.seq > 0 {
+            forecaster.record_never(Gap::AfterCall, &self.gaps);
+        }
+    }
+
     /// Ranking key: `(class, value, last activity)`, ascending = evicted
     /// first. Classes: 0 ordinary, 1 kept warm, 2 pinned. Within class 0 the
     /// value is the agent's weight times the hit density of its next call:

@@ -95,6 +95,24 @@ impl<K: Copy> Lists<K> {
         (t != NIL).then_some(t)
     }
 
+    /// Most valuable end of a list (evicted last).
+    pub fn front(&self, list: u32, tier: Tier) -> Option<u32> {
+        let h = self.ends.get(list as usize)?[tier.index()].head;
+        (h != NIL).then_some(h)
+    }
+
+    /// The node after `slot` toward the back of its list (evicted sooner).
+    pub fn toward_back(&self, slot: u32) -> Option<u32> {
+        let n = self.nodes[slot as usize].next;
+        (n != NIL).then_some(n)
+    }
+
+    /// The node before `slot` toward the front of its list (evicted later).
+    pub fn toward_front(&self, slot: u32) -> Option<u32> {
+        let p = self.nodes[slot as usize].prev;
+        (p != NIL).then_some(p)
+    }
+
     /// A new node at the front of `list` in `tier`.
     pub fn alloc(&mut self, key: K, tier: Tier, list: u32) -> u32 {
         let node = Node {

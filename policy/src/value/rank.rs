@@ -8,23 +8,38 @@ use super::ValuePolicy;
 use crate::Tier;
 
 impl<K: Copy + Eq + Hash> ValuePolicy<K> {
-    /// The horizon of the hit density now in use (ms).
+    /// The horizon of the hit density now in use (ms): with an adaptive
+    /// horizon, the factor times the turnover time of the top non-empty tier
+    /// (its blocks / the recent rate of blocks entering it, by insert or
+    /// move). One ranking orders every tier, and it serves the busiest
+    /// decision: which block leaves the fastest tier. With a single tier
+    /// this is the whole cache's turnover.
     pub fn horizon_ms(&self) -> u64 {
-        if self.cfg.adaptive_horizon <= 0.0 || self.recent_inserts < 1.0 {
+        if self.cfg.adaptive_horizon <= 0.0 {
             return self.cfg.horizon_ms;
         }
-        let resident: usize = Tier::ALL.iter().map(|&t| self.lists.tier_len(t)).sum();
-        let turnover = resident as f64 * self.cfg.rate_window_ms as f64 / self.recent_inserts;
+        let Some(top) = Tier::ALL.into_iter().find(|&t| self.lists.tier_len(t) > 0) else {
+            return self.cfg.horizon_ms;
+        };
+        let inflow = self.recent_inflow[top.index()];
+        if inflow < 1.0 {
+            return self.cfg.horizon_ms;
+        }
+        let turnover = self.lists.tier_len(top) as f64 * self.cfg.rate_window_ms as f64 / inflow;
         (self.cfg.adaptive_horizon * turnover).clamp(1_000.0, 86_400_000.0) as u64
     }
 
-    pub(super) fn count_insert(&mut self, now_ms: u64) {
-        let dt = now_ms.saturating_sub(self.inserts_at);
+    /// A block entered `tier` (a new block, or a move).
+    pub(super) fn count_inflow(&mut self, tier: Tier, now_ms: u64) {
+        let dt = now_ms.saturating_sub(self.inflow_at);
         if dt > 0 {
-            self.recent_inserts *= (-(dt as f64) / self.cfg.rate_window_ms.max(1) as f64).exp();
-            self.inserts_at = now_ms;
+            let f = (-(dt as f64) / self.cfg.rate_window_ms.max(1) as f64).exp();
+            for r in &mut self.recent_inflow {
+                *r *= f;
+            }
+            self.inflow_at = now_ms;
         }
-        self.recent_inserts += 1.0;
+        self.recent_inflow[tier.index()] += 1.0;
     }
 
     /// Marks agent `slot` for a fresh rank key at the next victim query.

@@ -481,12 +481,31 @@ impl Reference {
         }
     }
 
+    /// Mirror AgentState::learn_never, then end.
+    fn expired(&mut self, a: AgentId, now: u64) {
+        if let Some(st) = self.agents.get(&a) {
+            if let Phase::Answered { end, .. } = st.phase {
+                self.forecaster
+                    .record_never(Gap::AfterAnswer(end), &st.gaps);
+            }
+            if st.seq > 0 {
+                self.forecaster.record_never(Gap::AfterCall, &st.gaps);
+            }
+        }
+        // Its blocks become un-hinted (most recent), not ended.
+        self.end_as(a, now, Class::Generic);
+    }
+
     fn end(&mut self, a: AgentId, now: u64) {
+        self.end_as(a, now, Class::Ended);
+    }
+
+    fn end_as(&mut self, a: AgentId, now: u64, orphan: Class) {
         let Some(st) = self.agents.remove(&a) else {
             return;
         };
         for &k in st.context.iter().rev() {
-            self.drop_ref(k, a, None, Class::Ended);
+            self.drop_ref(k, a, None, orphan);
         }
         let mut left: Vec<(u64, u64)> = self
             .blocks
@@ -496,7 +515,7 @@ impl Reference {
             .collect();
         left.sort_unstable();
         for (_, k) in left {
-            self.touch(k, Class::Ended);
+            self.touch(k, orphan);
         }
         if let Some(p) = st.parent.and_then(|p| self.agents.get_mut(&p)) {
             if matches!(p.phase, Phase::Answered { .. }) {
@@ -622,9 +641,13 @@ fn check_against_reference(full_rerank_on_change: bool, seed: u64) {
                 p.on_agent_answered(agent, &answer(ended), now);
                 r.answered(agent, &answer(ended), now);
             }
-            6 => {
+            6 if rnd(2) == 0 => {
                 p.on_agent_end(agent, now);
                 r.end(agent, now);
+            }
+            6 => {
+                p.on_agent_expired(agent, now);
+                r.expired(agent, now);
             }
             7 => {
                 let key = rnd(6) * 1_000 + rnd(14);
@@ -654,4 +677,192 @@ fn check_against_reference(full_rerank_on_change: bool, seed: u64) {
             assert_eq!(p.len(t), n, "step {step}");
         }
     }
+}
+
+/// Teaches `p` that end-of-turn waits last a minute and tool-call waits ten;
+/// then 60 agents go silent after an end of turn, each ended by `end`.
+fn silent_agents(p: &mut ValuePolicy<u64>, end: fn(&mut ValuePolicy<u64>, AgentId, u64)) -> u64 {
+    let mut t = 0;
+    for _ in 0..40 {
+        call(p, 100, &[1000], t);
+        p.on_agent_answered(100, &answer(CallEnd::EndOfTurn), t + 10);
+        t += 60_010;
+        call(p, 100, &[1000], t);
+        p.on_agent_answered(100, &answer(CallEnd::ToolCall), t + 10);
+        t += 600_010;
+    }
+    for a in 200..260 {
+        call(p, a, &[a * 10], t);
+        p.on_agent_answered(a, &answer(CallEnd::EndOfTurn), t + 10);
+        end(p, a, t + 1_800_010);
+    }
+    p.on_agent_end(100, t);
+    drain(p, Tier::Host, t + 1_800_010);
+    t + 1_800_010
+}
+
+#[test]
+fn agents_ended_by_lease_expiry_teach_that_silent_waits_may_never_end() {
+    let cfg = ValueConfig {
+        horizon_ms: 3_600_000,
+        ..fixed_cfg()
+    };
+    let order = |end: fn(&mut ValuePolicy<u64>, AgentId, u64)| {
+        let mut p = ValuePolicy::new(cfg.clone());
+        let t = silent_agents(&mut p, end);
+        // Agent 1 just ended its turn, agent 2 just called a tool.
+        call(&mut p, 1, &[1, 2], t);
+        call(&mut p, 2, &[3, 4], t);
+        p.on_agent_answered(1, &answer(CallEnd::EndOfTurn), t + 10);
+        p.on_agent_answered(2, &answer(CallEnd::ToolCall), t + 10);
+        drain(&mut p, Tier::Host, t + 30_000)
+    };
+    // Ended explicitly, the silent agents teach nothing: the call expected
+    // within a minute is kept over the one expected in ten.
+    assert_eq!(order(|p, a, now| p.on_agent_end(a, now)), vec![4, 3, 2, 1]);
+    // Ended by their leases, they show that most ends of turn are final:
+    // the agent that just ended its turn now goes first.
+    assert_eq!(
+        order(|p, a, now| p.on_agent_expired(a, now)),
+        vec![2, 1, 4, 3]
+    );
+}
+
+#[test]
+fn eviction_candidates_list_the_victims_in_order() {
+    let mut p = ValuePolicy::new(fixed_cfg());
+    call(&mut p, 1, &[1, 2, 3], 0);
+    call(&mut p, 2, &[4, 5], 1);
+    call(&mut p, 3, &[6, 7], 2);
+    call(&mut p, 1, &[1, 8], 3); // 2 and 3 go stale
+    p.on_agent_answered(1, &answer(CallEnd::ToolCall), 4);
+    p.on_agent_answered(2, &answer(CallEnd::EndOfTurn), 5);
+    p.on_agent_end(3, 6); // 6 and 7 ended
+    for k in 20..26 {
+        p.on_insert(k, Tier::Host, info(), 7); // un-hinted
+    }
+    p.on_hit(21, 8);
+    p.on_move(5, Tier::Disk, 9);
+    let listed: Vec<u64> = p
+        .eviction_candidates(Tier::Host, 100, None, 10)
+        .iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(listed, drain(&mut p, Tier::Host, 10));
+    assert_eq!(listed.len(), 13);
+    assert_eq!(listed[..4], [7, 6, 2, 3]);
+}
+
+#[test]
+fn promotion_candidates_go_by_forecast_then_head_first() {
+    let mut p = ValuePolicy::new(fixed_cfg());
+    call(&mut p, 1, &[1, 2, 3], 0);
+    call(&mut p, 2, &[4, 5, 6], 1);
+    p.on_agent_answered(1, &answer(CallEnd::EndOfTurn), 2);
+    p.on_agent_answered(2, &answer(CallEnd::ToolCall), 3);
+    // Everything goes down in eviction order (1's tail first, then 2's).
+    let mut order = Vec::new();
+    while let Some(v) = p.victim(Tier::Host, 4) {
+        p.on_move(v, Tier::Disk, 4);
+        order.push(v);
+    }
+    assert_eq!(order, vec![3, 2, 1, 6, 5, 4]);
+    // The tool caller is expected back first: its context, head first.
+    let cand = p.promotion_candidates(Tier::Disk, 4, None, 5);
+    let keys: Vec<u64> = cand.iter().map(|e| e.0).collect();
+    assert_eq!(keys, vec![4, 5, 6, 1]);
+    assert!(cand[0].1.cmp_value(&cand[3].1).is_gt());
+    // Moved up tail first, the head is again the last to leave.
+    for &k in keys[..3].iter().rev() {
+        p.on_move(k, Tier::Host, 6);
+    }
+    assert_eq!(drain(&mut p, Tier::Host, 7), vec![6, 5, 4]);
+}
+
+#[test]
+fn a_prefetch_round_swaps_a_soon_callers_blocks_for_a_late_callers() {
+    use crate::prefetch::plan;
+    let mut p = ValuePolicy::new(fixed_cfg());
+    call(&mut p, 1, &[1, 2], 0);
+    call(&mut p, 2, &[3, 4], 1);
+    p.on_agent_answered(1, &answer(CallEnd::ToolCall), 2);
+    p.on_agent_answered(2, &answer(CallEnd::EndOfTurn), 3);
+    // Agent 1's context went down to disk (tail first, as evicted); agent
+    // 2's is on host, which holds 2 blocks.
+    p.on_move(2, Tier::Disk, 4);
+    p.on_move(1, Tier::Disk, 4);
+    let cand = p.promotion_candidates(Tier::Disk, 8, None, 5);
+    let vict = p.eviction_candidates(Tier::Host, 8, None, 5);
+    let round = plan(&cand, &vict, 0, 8);
+    assert_eq!(round.promote, vec![1, 2]);
+    assert_eq!(round.demote, vec![4, 3]);
+    // With a budget of one block, only the head moves.
+    let round = plan(&cand, &vict, 0, 1);
+    assert_eq!((round.promote, round.demote), (vec![1], vec![4]));
+    // Once agent 1's blocks are up, nothing is worth moving.
+    for k in [4, 3] {
+        p.on_move(k, Tier::Disk, 6);
+    }
+    for k in [2, 1] {
+        p.on_move(k, Tier::Host, 6);
+    }
+    let cand = p.promotion_candidates(Tier::Disk, 8, None, 7);
+    let vict = p.eviction_candidates(Tier::Host, 8, None, 7);
+    assert_eq!(plan(&cand, &vict, 0, 8), crate::Plan::default());
+}
+
+#[test]
+fn the_horizon_follows_the_top_tiers_turnover() {
+    let hour = 3_600_000;
+    let fill_host = |p: &mut ValuePolicy<u64>| {
+        for k in 0..100 {
+            p.on_insert(k, Tier::Host, info(), hour + k * 100);
+        }
+    };
+    let mut host_only: ValuePolicy<u64> = ValuePolicy::default();
+    fill_host(&mut host_only);
+    // A large disk tier filled an hour earlier, below the same host tier.
+    let mut p: ValuePolicy<u64> = ValuePolicy::default();
+    for k in 1_000..11_000 {
+        p.on_insert(k, Tier::Disk, info(), 0);
+    }
+    fill_host(&mut p);
+    let h = p.horizon_ms();
+    assert_eq!(h, host_only.horizon_ms());
+    // Moves into host count as inflow: host turns over faster.
+    let now = hour + 9_900;
+    for k in 1_000..1_100 {
+        p.on_move(k, Tier::Host, now);
+    }
+    for k in 0..100 {
+        p.on_move(k, Tier::Disk, now);
+    }
+    assert!(p.horizon_ms() < h);
+    // With host empty, the slow disk's own turnover rules.
+    for k in 1_000..1_100 {
+        p.on_move(k, Tier::Disk, now);
+    }
+    assert!(p.horizon_ms() > 10 * h);
+}
+
+#[test]
+fn an_expired_agents_blocks_wait_after_stale_branches_an_ended_agents_go_first() {
+    let order = |expire: bool| {
+        let mut p = ValuePolicy::new(fixed_cfg());
+        call(&mut p, 1, &[1, 2, 3], 0);
+        call(&mut p, 2, &[10, 11], 1);
+        call(&mut p, 2, &[10, 12], 2); // 11 is a stale branch
+        p.on_agent_answered(1, &answer(CallEnd::EndOfTurn), 3);
+        if expire {
+            p.on_agent_expired(1, 1_800_003);
+        } else {
+            p.on_agent_end(1, 3);
+        }
+        drain(&mut p, Tier::Host, 1_800_004)
+    };
+    // Ended: dead, first out, tail first.
+    assert_eq!(order(false), vec![3, 2, 1, 11, 12, 10]);
+    // Expired: it may come back, so its context waits with the un-hinted
+    // blocks (tail first), after stale branches and before live contexts.
+    assert_eq!(order(true), vec![11, 3, 2, 1, 12, 10]);
 }
