@@ -49,6 +49,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import helm_python as helm
 import jsonschema
@@ -286,14 +287,20 @@ def stop(p: subprocess.Popen, timeout: float = 20) -> int:
         return -9
 
 
-def grpc_health(addr: str, service: str) -> str:
-    """grpc.health.v1.Health/Check as kubelet's gRPC probe makes it (plaintext); returns the
-    status name or the error. The messages are encoded by hand: no generated stubs needed."""
+def grpc_health(addr: str, service: str, ca: Path | None = None) -> str:
+    """grpc.health.v1.Health/Check as kubelet's gRPC probe makes it (plaintext; over TLS trusting
+    `ca` when given); returns the status name or the error. The messages are encoded by hand: no
+    generated stubs needed."""
     import grpc  # type: ignore
 
     svc = service.encode()
     request = (b"\x0a" + bytes([len(svc)]) + svc) if svc else b""
-    with grpc.insecure_channel(addr) as channel:
+    if ca is not None:
+        creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+        opened = grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+    else:
+        opened = grpc.insecure_channel(addr)
+    with opened as channel:
         check = channel.unary_unary("/grpc.health.v1.Health/Check",
                                     request_serializer=lambda b: b, response_deserializer=lambda b: b)
         try:
@@ -308,29 +315,66 @@ def openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
+def test_pki(tmp: Path) -> tuple[Path, Callable[[str, str], tuple[Path, Path]]]:
+    """A throwaway CA under tmp/pki and a function signing leaf certificates with it."""
+    pki = tmp / "pki"
+    pki.mkdir(exist_ok=True)
+    ca_key, ca = pki / "ca.key", pki / "ca.crt"
+    if not ca.exists():
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+                "-subj", "/CN=chart check CA", "-keyout", str(ca_key), "-out", str(ca))
+
+    def leaf(name: str, ext: str) -> tuple[Path, Path]:
+        key, csr, crt, extfile = pki / f"{name}.key", pki / f"{name}.csr", pki / f"{name}.crt", pki / f"{name}.ext"
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", str(key), "-out", str(csr))
+        extfile.write_text(ext)
+        openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+                "-days", "1", "-extfile", str(extfile), "-out", str(crt))
+        return crt, key
+
+    return ca, leaf
+
+
+SERVER_EXT = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+
+
+def router_own_stand_in(args: list[str], tmp: Path) -> Path | None:
+    """The router's own files the chart mounts from Secrets (--tls-cert/--tls-key of its fronts,
+    --tokens-file, --agent-token-file, --agent-ca), written for real in their stead; rewrites
+    their paths in `args`. Returns the CA its fronts' certificate chains to (None: plaintext)."""
+    ca = None
+    if "--tls-cert" in args:
+        ca, leaf = test_pki(tmp)
+        crt, key = leaf("router", SERVER_EXT)
+        args[args.index("--tls-cert") + 1] = str(crt)
+        args[args.index("--tls-key") + 1] = str(key)
+    if "--tokens-file" in args:
+        token = "chart-check-router-client"
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        namespace = args[args.index("--namespace") + 1]
+        path = tmp / "router-tokens"
+        path.write_text(f"client sha256:{digest} {namespace}=rw\n")
+        args[args.index("--tokens-file") + 1] = str(path)
+    if "--agent-token-file" in args:
+        path = tmp / "agent.token"
+        path.write_text("chart-check-agent-token\n")
+        args[args.index("--agent-token-file") + 1] = str(path)
+    if "--agent-ca" in args:
+        agent_ca, _ = test_pki(tmp)
+        args[args.index("--agent-ca") + 1] = str(agent_ca)
+    return ca
+
+
 def secure_stand_in(args: list[str], tmp: Path) -> list[str]:
     """For a chart that gives the router --server-ca / --server-cert / --server-token-file (files
     mounted from Secrets), writes real ones in their stead (a CA, a server certificate for
     127.0.0.1, a client certificate, a token) and returns the stand-in kvtier-server's matching
     --tls-cert/--tls-key/--tls-client-ca/--tokens; rewrites the router's paths in `args`."""
     secure: list[str] = []
-    pki = tmp / "pki"
     if "--server-ca" in args:
-        pki.mkdir(exist_ok=True)
-        ca_key, ca = pki / "ca.key", pki / "ca.crt"
-        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
-                "-subj", "/CN=chart check CA", "-keyout", str(ca_key), "-out", str(ca))
-
-        def leaf(name: str, ext: str) -> tuple[Path, Path]:
-            key, csr, crt, extfile = pki / f"{name}.key", pki / f"{name}.csr", pki / f"{name}.crt", pki / f"{name}.ext"
-            openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
-                    "-keyout", str(key), "-out", str(csr))
-            extfile.write_text(ext)
-            openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
-                    "-days", "1", "-extfile", str(extfile), "-out", str(crt))
-            return crt, key
-
-        crt, key = leaf("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+        ca, leaf = test_pki(tmp)
+        crt, key = leaf("server", SERVER_EXT)
         secure += ["--tls-cert", str(crt), "--tls-key", str(key)]
         args[args.index("--server-ca") + 1] = str(ca)
         if "--server-cert" in args:
@@ -365,6 +409,7 @@ def start_router_with_args(router_bin: str, server_bin: str | None, args: list[s
     server = None
     notes = []
     try:
+        front_ca = router_own_stand_in(args, tmp)
         if "--tokenizer" in args:
             i = args.index("--tokenizer")
             args[i + 1] = str(write_tiny_tokenizer(tmp / "model"))
@@ -395,13 +440,19 @@ def start_router_with_args(router_bin: str, server_bin: str | None, args: list[s
         ok = bool(m)
         if m:
             http, grpc_addr = m.group(1), m.group(2)
+            import ssl
             import urllib.request
-            with urllib.request.urlopen(f"http://{http}/health", timeout=5) as r:
+            scheme, context = "http", None
+            if front_ca is not None:
+                scheme, context = "https", ssl.create_default_context(cafile=str(front_ca))
+                context.check_hostname = False
+                notes.append("fronts over TLS")
+            with urllib.request.urlopen(f"{scheme}://{http}/health", timeout=5, context=context) as r:
                 health = r.status
-            with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as r:
+            with urllib.request.urlopen(f"{scheme}://{http}/metrics", timeout=5, context=context) as r:
                 metrics = r.read().decode()
-            probe = grpc_health(grpc_addr, ROUTER_HEALTH_SERVICE)
-            whole = grpc_health(grpc_addr, "")
+            probe = grpc_health(grpc_addr, ROUTER_HEALTH_SERVICE, front_ca)
+            whole = grpc_health(grpc_addr, "", front_ca)
             has_metrics = "kvtier_router_workers_available" in metrics
             ok = health == 200 and has_metrics and probe == "SERVING" and whole == "SERVING"
             notes.append(f"/health {health}, /metrics {'has' if has_metrics else 'lacks'} kvtier_router_workers_available, "
@@ -515,10 +566,33 @@ def check_router(checks: Checks, label: str, docs: list[dict], merged: dict, ser
     else:
         checks.check("--tokenizer" not in flags and tok["mountPath"] not in mounts, f"{label}: no tokenizer configured -> no --tokenizer, no volume")
     startup, ready, live = rc.get("startupProbe", {}), rc.get("readinessProbe", {}), rc.get("livenessProbe", {})
-    checks.check(startup.get("grpc", {}).get("port") == r["grpcPort"] and startup["grpc"].get("service") == ROUTER_HEALTH_SERVICE
-                 and live.get("grpc", {}).get("port") == r["grpcPort"]
-                 and ready.get("httpGet", {}).get("path") == "/health" and ready["httpGet"].get("port") == "http",
-                 f"{label}: router startup/liveness are gRPC health probes ({ROUTER_HEALTH_SERVICE} / \"\"), readiness GET /health on the HTTP port")
+    if r["tls"]["secretName"]:
+        checks.check(startup.get("tcpSocket", {}).get("port") == r["grpcPort"] and live.get("tcpSocket", {}).get("port") == r["grpcPort"]
+                     and ready.get("httpGet", {}).get("path") == "/health" and ready["httpGet"].get("scheme") == "HTTPS",
+                     f"{label}: router with TLS: startup/liveness TCP checks of the gRPC port (kubelet's gRPC probes are plaintext), readiness GET /health over HTTPS")
+    else:
+        checks.check(startup.get("grpc", {}).get("port") == r["grpcPort"] and startup["grpc"].get("service") == ROUTER_HEALTH_SERVICE
+                     and live.get("grpc", {}).get("port") == r["grpcPort"]
+                     and ready.get("httpGet", {}).get("path") == "/health" and ready["httpGet"].get("port") == "http",
+                     f"{label}: router startup/liveness are gRPC health probes ({ROUTER_HEALTH_SERVICE} / \"\"), readiness GET /health on the HTTP port")
+    own = {"--tls-cert": (r["tls"]["secretName"], "/etc/kvtier/router-tls/tls.crt"),
+           "--tls-key": (r["tls"]["secretName"], "/etc/kvtier/router-tls/tls.key"),
+           "--tokens-file": (r["auth"]["tokensSecretName"], f"/etc/kvtier/router-tokens/{r['auth']['tokensSecretKey']}"),
+           "--agent-token-file": (r["agentToken"]["secretName"], f"/etc/kvtier/agent-token/{r['agentToken']['secretKey']}"),
+           "--agent-ca": (r["agentCASecretName"], "/etc/kvtier/agent-ca/ca.crt")}
+    want_own = {f: [p] for f, (secret, p) in own.items() if secret}
+    got_own = {f: flags[f] for f in own if f in flags}
+    own_mounts = {m["mountPath"]: m for m in rc.get("volumeMounts", [])}
+    own_vols = {v["name"]: v for v in pod.get("volumes", [])}
+    unmounted = [f for f, (secret, p) in own.items() if secret and not (
+        (m := own_mounts.get(p.rsplit("/", 1)[0])) and m.get("readOnly")
+        and own_vols.get(m["name"], {}).get("secret", {}).get("secretName") == secret)]
+    checks.check(got_own == want_own and not unmounted,
+                 f"{label}: router tls/auth/agentToken/agentCASecretName -> {sorted(got_own) or 'no front TLS or token flags'}, each in its read-only Secret volume"
+                 + ("" if got_own == want_own and not unmounted else f" (want {want_own}, unmounted {unmounted})"))
+    plain = "--allow-plaintext" in flags
+    checks.check(plain != bool(r["tls"]["secretName"]),
+                 f"{label}: router fronts {'TLS' if r['tls']['secretName'] else 'plaintext on the pod network, explicitly (--allow-plaintext)'}")
     ports = {p["name"]: p for p in svc[0]["spec"]["ports"]}
     cports = {p["name"]: p["containerPort"] for p in rc["ports"]}
     checks.check(set(ports) == {"http", "grpc"} and ports["http"]["port"] == r["httpPort"] and ports["grpc"]["port"] == r["grpcPort"]
@@ -758,8 +832,10 @@ def check_sidecar(checks: Checks, agent_bin: str | None) -> None:
         flags = flag_values(a["args"])
         expect_server = f"http://{RELEASE}-kvtier-cache.{NAMESPACE}.svc:50051"
         checks.check(flags.get("--server") == [expect_server], f"sidecar: --server defaults to the release's cache Service ({flags.get('--server')})")
-        checks.check(flags.get("--salt") == ["llama-8b"] and flags.get("--listen") == ["127.0.0.1:50061"] and flags.get("--worker-id") == ["$(POD_NAME)"],
-                     f"sidecar: values -> flags (--salt {flags.get('--salt')}, --listen {flags.get('--listen')}, --worker-id {flags.get('--worker-id')})")
+        checks.check(flags.get("--salt") == ["llama-8b"] and flags.get("--uds") == ["/dev/shm/kvtier/agent.sock"]
+                     and "--listen" not in flags and flags.get("--worker-id") == ["$(POD_NAME)"],
+                     f"sidecar: values -> flags, the engine's Unix socket in the shared /dev/shm and no TCP listener by default "
+                     f"(--salt {flags.get('--salt')}, --uds {flags.get('--uds')}, --listen {flags.get('--listen')}, --worker-id {flags.get('--worker-id')})")
         checks.check(flags.get("--metrics-listen") == ["0.0.0.0:9465"] and [p.get("name") for p in a.get("ports", [])] == ["kvtier-metrics"],
                      f"sidecar: /metrics on the pod network for Prometheus (--metrics-listen {flags.get('--metrics-listen')}, port {a.get('ports')})")
         checks.check(any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod.get("volumes", [])),
@@ -770,9 +846,16 @@ def check_sidecar(checks: Checks, agent_bin: str | None) -> None:
         app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
         checks.check(a["image"].endswith(f":{app_version}"), f"sidecar: image tag defaults to the chart's appVersion ({a['image']})")
         checks.check("readinessProbe" not in a and "livenessProbe" not in a,
-                     "sidecar: no probes while the agent listens on loopback (kubelet dials the pod IP)")
+                     "sidecar: no probes while the agent serves only its Unix socket (kubelet dials the pod IP)")
         exposed = yaml.safe_load(PARENT_VALUES)
         exposed["kvtier"]["workerAgent"]["listenHost"] = "0.0.0.0"
+        try:
+            render(parent, exposed)
+            checks.check(False, "sidecar: a pod-network listener without workerAgent.auth is refused: it rendered")
+        except helm.HelmError as e:  # type: ignore[attr-defined]
+            checks.check("tokensSecretName" in str(e),
+                         f"sidecar: a pod-network listener without workerAgent.auth is refused ({str(e).splitlines()[-1][-100:]})")
+        exposed["kvtier"]["workerAgent"]["auth"] = {"tokensSecretName": "kvtier-agent-tokens"}
         docs2, _ = render(parent, exposed)
         dep2 = [d for d in docs2 if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm"]
         a2 = [c for c in dep2[0]["spec"]["template"]["spec"]["containers"] if c["name"] == "kvtier-agent"][0] if dep2 else {}
@@ -780,8 +863,25 @@ def check_sidecar(checks: Checks, agent_bin: str | None) -> None:
         checks.check(probe.get("port") == 50061 and probe.get("service") == "kvtier.v1.WorkerService"
                      and a2.get("livenessProbe", {}).get("grpc", {}).get("port") == 50061,
                      f"sidecar: listening on 0.0.0.0 adds grpc.health.v1 probes on the agent port ({probe})")
+        f2 = flag_values(a2.get("args", []))
+        mounts2 = {m["mountPath"]: m for m in a2.get("volumeMounts", [])}
+        vols2 = {v["name"]: v for v in dep2[0]["spec"]["template"]["spec"].get("volumes", [])} if dep2 else {}
+        m2 = mounts2.get("/etc/kvtier/agent-tokens", {})
+        checks.check(f2.get("--listen") == ["0.0.0.0:50061"] and f2.get("--tokens-file") == ["/etc/kvtier/agent-tokens/tokens"]
+                     and m2.get("readOnly") and vols2.get(m2.get("name", ""), {}).get("secret", {}).get("secretName") == "kvtier-agent-tokens",
+                     f"sidecar: listenHost 0.0.0.0 with workerAgent.auth -> --listen, --tokens-file from its read-only Secret ({f2.get('--listen')}, {f2.get('--tokens-file')})")
+        flags.update(f2)
         if dep2:
             validate_docs(checks, "sidecar-exposed", [dep2[0]])
+        exposed["kvtier"]["workerAgent"]["tls"] = {"secretName": "kvtier-agent-tls"}
+        docs5, _ = render(parent, exposed)
+        dep5 = [d for d in docs5 if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm"]
+        a5 = [c for c in dep5[0]["spec"]["template"]["spec"]["containers"] if c["name"] == "kvtier-agent"][0] if dep5 else {}
+        f5 = flag_values(a5.get("args", []))
+        checks.check(f5.get("--tls-cert") == ["/etc/kvtier/agent-tls/tls.crt"] and f5.get("--tls-key") == ["/etc/kvtier/agent-tls/tls.key"]
+                     and a5.get("readinessProbe", {}).get("tcpSocket", {}).get("port") == 50061,
+                     f"sidecar: workerAgent.tls -> --tls-cert/--tls-key and TCP probes (kubelet's gRPC probes are plaintext) ({a5.get('readinessProbe')})")
+        flags.update(f5)
         checks.check("--server-data" not in flags, "sidecar: payloads over gRPC unless workerAgent.dataPlane")
         with_data = yaml.safe_load(PARENT_VALUES)
         with_data["kvtier"]["workerAgent"]["dataPlane"] = True
@@ -854,6 +954,9 @@ def check_render_refuses(checks: Checks) -> None:
         "a router tokenizer from both a ConfigMap and a volume": {"router": {"enabled": True, "workers": [WORKER], "tokenizer": {
             "configMapName": "tok", "volume": {"emptyDir": {}}}}},
         "a router chat template without a tokenizer volume": {"router": {"enabled": True, "workers": [WORKER], "tokenizer": {"chatTemplate": "t.jinja"}}},
+        "a router in plaintext beside a cache server with TLS": {"cache": {"tls": {"enabled": True, "secretName": "s"}},
+                                                                  "cacheClient": {"caSecretName": "ca"},
+                                                                  "router": {"enabled": True, "workers": [WORKER]}},
         "a worker-agent PodMonitor without a pod selector": {"serviceMonitor": {"enabled": True, "workerAgents": {"enabled": True}}},
         "a worker-agent PodMonitor for a loopback-only agent /metrics": {"serviceMonitor": {"enabled": True, "workerAgents": {
             "enabled": True, "selector": {"matchLabels": {"app": "vllm"}}}}, "workerAgent": {"metricsHost": "127.0.0.1"}},

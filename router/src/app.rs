@@ -9,6 +9,9 @@ use crate::routing::ModelRouter;
 
 /// One model the router serves.
 pub struct ModelState {
+    /// The model's cache-server namespace: the unit of access on the router's
+    /// fronts (a token's grants name namespaces, as on the cache server).
+    pub namespace: String,
     /// Placement.
     pub router: ModelRouter,
     /// Template and tokenizer (the HTTP front and token-id queries need them;

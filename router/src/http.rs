@@ -12,6 +12,13 @@
 //! busy, calls wait in the model's admission queue ([`crate::admission`])
 //! before routing; a refused call gets 429 or 503 with Retry-After, and an
 //! admitted one the header `x-kvtier-queued-ms`.
+//!
+//! With tokens on (`--tokens-file`), a model call needs a bearer token with
+//! write access to the model's namespace (a call writes KV and drives the
+//! agent lifecycle on the cache server): 401 without a valid token, 403
+//! without the grant; `/v1/models` lists what the caller may read; the
+//! router's own token check consumes the `authorization` header, which is
+//! then not forwarded to the workers. `/health` and `/metrics` stay open.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,6 +37,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use kvtier_prompt::{Api, ApiError, ModelCall};
 use kvtier_proto::v1::{CallEnding, HintRequest};
+use kvtier_security::front::{denied_message, Need};
+use kvtier_security::{Authenticator, Client};
 
 use crate::admission::Rejected;
 use crate::app::{ModelState, Models};
@@ -51,6 +60,7 @@ pub struct HttpFront {
     client: reqwest::Client,
     metrics: Option<PrometheusHandle>,
     max_body_bytes: usize,
+    auth: Arc<Authenticator>,
 }
 
 impl HttpFront {
@@ -66,6 +76,7 @@ impl HttpFront {
             client,
             metrics,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            auth: Authenticator::disabled(),
         })
     }
 
@@ -73,6 +84,45 @@ impl HttpFront {
     pub fn with_max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
         self
+    }
+
+    /// Checks bearer tokens on model calls and `/v1/models` (see the module docs).
+    pub fn with_auth(mut self, auth: Arc<Authenticator>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// The caller of a request: 401 in the API's shape without a valid token
+    /// (when tokens are on).
+    fn client(&self, headers: &HeaderMap) -> Result<Client, ApiError> {
+        let header = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        let principal = self.auth.authenticate_header(header).map_err(|status| {
+            api_error(401, "authentication_error", status.message().to_string())
+        })?;
+        Ok(Authenticator::client(principal, None))
+    }
+}
+
+/// 403 in the API's shape unless `client` may do `need` in the model's namespace.
+fn authorize(client: &Client, model: &ModelState, need: Need, what: &str) -> Result<(), ApiError> {
+    let Some(principal) = &client.principal else {
+        return Ok(());
+    };
+    let access = principal.access(&model.namespace);
+    let ok = match need {
+        Need::Read => access.read,
+        Need::Write => access.write,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(api_error(
+            403,
+            "permission_error",
+            denied_message(&principal.name, access, &model.namespace, need, what),
+        ))
     }
 }
 
@@ -181,6 +231,7 @@ async fn call(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    let client = front.client(headers)?;
     let header_pairs: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(k, v)| {
@@ -202,6 +253,7 @@ async fn call(
             ),
         )
     })?;
+    authorize(&client, model, Need::Write, "a model call")?;
     let prompt = model.prompt.as_ref().ok_or_else(|| {
         api_error(
             503,
@@ -255,7 +307,7 @@ async fn call(
         let request = front
             .client
             .post(&url)
-            .headers(forwarded_request_headers(headers))
+            .headers(forwarded_request_headers(headers, front.auth.enabled()))
             .body(body.clone());
         histogram!(m::OVERHEAD_SECONDS).record(started.elapsed().as_secs_f64());
         match request.send().await {
@@ -498,10 +550,14 @@ fn is_hop_header(name: &HeaderName) -> bool {
     )
 }
 
-fn forwarded_request_headers(headers: &HeaderMap) -> HeaderMap {
+/// The headers a worker receives: not hop-by-hop ones, and not the caller's
+/// `authorization` when the router consumed it (`router_auth`): a kvtier
+/// token is for the router, not for every worker behind it.
+fn forwarded_request_headers(headers: &HeaderMap, router_auth: bool) -> HeaderMap {
     headers
         .iter()
         .filter(|(name, _)| !is_hop_header(name))
+        .filter(|(name, _)| !(router_auth && *name == axum::http::header::AUTHORIZATION))
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect()
 }
@@ -510,14 +566,20 @@ fn is_forwarded_response_header(name: &HeaderName) -> bool {
     !is_hop_header(name)
 }
 
-async fn list_models(State(front): State<Arc<HttpFront>>) -> impl IntoResponse {
+async fn list_models(State(front): State<Arc<HttpFront>>, headers: HeaderMap) -> Response {
+    let client = match front.client(&headers) {
+        Ok(client) => client,
+        Err(error) => return error_response(Api::ChatCompletions, &error),
+    };
     let data: Vec<serde_json::Value> = front
         .models
-        .names()
-        .into_iter()
-        .map(|name| serde_json::json!({"id": name, "object": "model", "owned_by": "kvtier"}))
+        .iter()
+        .filter(|model| authorize(&client, model, Need::Read, "listing the model").is_ok())
+        .map(|model| {
+            serde_json::json!({"id": model.router.model(), "object": "model", "owned_by": "kvtier"})
+        })
         .collect();
-    axum::Json(serde_json::json!({"object": "list", "data": data}))
+    axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
 }
 
 async fn render_metrics(State(front): State<Arc<HttpFront>>) -> Response {
@@ -554,9 +616,15 @@ mod tests {
         headers.insert("host", HeaderValue::from_static("router"));
         headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
         headers.insert("x-kvtier-agent-id", HeaderValue::from_static("a1"));
-        let forwarded = forwarded_request_headers(&headers);
-        assert_eq!(forwarded.len(), 2);
+        headers.insert("authorization", HeaderValue::from_static("Bearer t"));
+        let forwarded = forwarded_request_headers(&headers, false);
+        assert_eq!(forwarded.len(), 3);
         assert!(forwarded.contains_key("anthropic-version"));
         assert!(forwarded.contains_key("x-kvtier-agent-id"));
+        assert!(forwarded.contains_key("authorization"));
+        // The router's own token stays with the router.
+        let forwarded = forwarded_request_headers(&headers, true);
+        assert_eq!(forwarded.len(), 2);
+        assert!(!forwarded.contains_key("authorization"));
     }
 }

@@ -63,6 +63,26 @@ struct Args {
     cache_server: String,
     #[command(flatten)]
     server_client: kvtier_security::ServerClientArgs,
+    /// TLS, bearer tokens and the plaintext rule of the router's own HTTP and
+    /// gRPC fronts (the cache server's flags of the same names). With tokens,
+    /// a call needs a grant on the model's namespace: read for FindMatches,
+    /// Route and ListWorkers, write for model calls over HTTP, ReportLoad and
+    /// agent lifecycle calls.
+    #[command(flatten)]
+    front_security: kvtier_security::FrontSecurityArgs,
+    /// Bearer token presented to the workers' agents (needed when an agent
+    /// serves TCP with --tokens-file). Prefer --agent-token-file.
+    #[arg(long, env = "KVTIER_AGENT_TOKEN", hide_env_values = true)]
+    agent_token: Option<String>,
+    /// File holding the agents' bearer token.
+    #[arg(long, env = "KVTIER_AGENT_TOKEN_FILE", conflicts_with = "agent_token")]
+    agent_token_file: Option<PathBuf>,
+    /// CA (PEM) that agents' certificates chain to (for https:// agent URLs).
+    #[arg(long, env = "KVTIER_AGENT_CA")]
+    agent_ca: Option<PathBuf>,
+    /// Name to verify in the agents' certificates (default: each URL's host).
+    #[arg(long, env = "KVTIER_AGENT_TLS_DOMAIN", requires = "agent_ca")]
+    agent_tls_domain: Option<String>,
     /// The model served (the `model` field of requests; also the namespace's
     /// HashingConfig.model).
     #[arg(long, env = "KVTIER_MODEL", default_value = "sim-model")]
@@ -166,11 +186,27 @@ fn start_config(args: &Args) -> anyhow::Result<StartConfig> {
     models_file::validate(&models)?;
     // TLS files and the token are read once, before any model starts.
     let security = args.server_client.resolve(&args.cache_server)?;
+    // The agents' credentials, in the cache client's shape (the scheme only
+    // says whether a CA was given; each agent URL picks TLS by its own).
+    let agent_client = kvtier_security::ServerClientArgs {
+        server_token: args.agent_token.clone(),
+        server_token_file: args.agent_token_file.clone(),
+        server_ca: args.agent_ca.clone(),
+        server_tls_domain: args.agent_tls_domain.clone(),
+        ..Default::default()
+    }
+    .resolve(if args.agent_ca.is_some() {
+        "https://agents"
+    } else {
+        "http://agents"
+    })
+    .context("the agents' credentials (--agent-token[-file], --agent-ca)")?;
     let admission = args.admission.config()?;
     Ok(StartConfig {
         models,
         cache_server: (!args.cache_server.is_empty()).then(|| args.cache_server.clone()),
         security,
+        agent_client,
         weights,
         routing: if args.routing == "round-robin" {
             RoutingMode::RoundRobin
@@ -198,6 +234,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         http_listen: args.http_listen,
         grpc_listen: args.grpc_listen,
         max_body_bytes: args.max_body_bytes,
+        security: args
+            .front_security
+            .resolve()
+            .context("the router's front security (--tls-cert, --tokens-file)")?,
     };
     let running = server::serve(started, &front, Some(metrics)).await?;
     ready::announce(format_args!(

@@ -14,6 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use kvtier_security::{FrontSecurity, SecurityError};
+use tonic::service::interceptor::InterceptedService;
+
 use crate::http::{self, HttpFront};
 use crate::service::RouterGrpc;
 use crate::startup::Started;
@@ -31,6 +34,8 @@ pub struct FrontConfig {
     pub grpc_listen: SocketAddr,
     /// Largest request body accepted by the HTTP front (larger: 413).
     pub max_body_bytes: usize,
+    /// TLS, bearer tokens and the plaintext rule of both fronts.
+    pub security: FrontSecurity,
 }
 
 /// Why the router could not serve.
@@ -57,6 +62,15 @@ pub enum ServeError {
     /// A bound listener has no local address.
     #[error(transparent)]
     LocalAddr(std::io::Error),
+    /// TLS files, the token file or the plaintext rule.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The token reload handler cannot be installed.
+    #[error("install the SIGHUP handler for token reloads")]
+    Signal(#[source] std::io::Error),
+    /// gRPC TLS cannot be configured.
+    #[error("gRPC TLS")]
+    GrpcTls(#[source] tonic::transport::Error),
     /// The HTTP front's client to the workers cannot be built.
     #[error("build the HTTP client")]
     HttpClient(#[source] reqwest::Error),
@@ -81,6 +95,7 @@ pub struct Running {
     sources: Vec<JoinHandle<()>>,
     http_task: JoinHandle<std::io::Result<()>>,
     grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    reload_task: Option<JoinHandle<()>>,
 }
 
 /// Binds both listeners and serves `started`'s models on them.
@@ -112,36 +127,70 @@ pub async fn serve(
         grpc: grpc_listener.local_addr().map_err(ServeError::LocalAddr)?,
     };
 
+    let security = &front.security;
+    let http_tls = security.http_tls("the router's HTTP front", addrs.http)?;
+    let grpc_tls = security.grpc_tls("the router's gRPC front", addrs.grpc)?;
+    let reload_task = security.spawn_reload().map_err(ServeError::Signal)?;
+
     let http_front = Arc::new(
         HttpFront::new(models.clone(), metrics)
             .map_err(ServeError::HttpClient)?
-            .with_max_body_bytes(front.max_body_bytes),
+            .with_max_body_bytes(front.max_body_bytes)
+            .with_auth(Arc::clone(&security.auth)),
     );
     let mut http_stop = stop_rx.clone();
-    let http_task = tokio::spawn(async move {
-        // Small SSE frames must leave at once (no Nagle delay).
-        let listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, http::app(http_front))
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
+    let app = http::app(http_front);
+    let http_shutdown = async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    };
+    let http_task = match http_tls {
+        Some(tls) => {
+            let listener = kvtier_security::http_tls::TlsListener::new(http_listener, tls)
+                .map_err(ServeError::LocalAddr)?;
+            // Small SSE frames must leave at once (no Nagle delay).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tls| {
+                let _ = tls.get_ref().0.set_nodelay(true);
+            });
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(http_shutdown)
+                    .await
             })
-            .await
-    });
+        }
+        None => {
+            let listener = axum::serve::ListenerExt::tap_io(http_listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(http_shutdown)
+                    .await
+            })
+        }
+    };
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<RouterServiceServer<RouterGrpc>>()
         .await;
     let mut grpc_stop = stop_rx;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = grpc_tls {
+        builder = builder.tls_config(tls).map_err(ServeError::GrpcTls)?;
+    }
+    // With tokens on, every RouterService call carries its caller (the
+    // service authorizes it per namespace); health probes stay open.
+    let router_service = InterceptedService::new(
+        RouterServiceServer::new(RouterGrpc::new(models)),
+        security.auth.interceptor(),
+    );
     let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             // Token-id queries exceed HTTP/2's default 64 KiB window: larger
             // windows, and no Nagle delay on replies.
             .initial_stream_window_size(4 << 20)
             .initial_connection_window_size(16 << 20)
             .add_service(health_service)
-            .add_service(RouterServiceServer::new(RouterGrpc::new(models)))
+            .add_service(router_service)
             .serve_with_incoming_shutdown(
                 tokio_stream::StreamExt::map(
                     tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
@@ -163,6 +212,7 @@ pub async fn serve(
         sources,
         http_task,
         grpc_task,
+        reload_task,
     })
 }
 
@@ -171,6 +221,9 @@ impl Running {
     /// get up to [`DRAIN`] to finish.
     pub async fn stop(self) {
         let _ = self.stop_tx.send(true);
+        if let Some(task) = &self.reload_task {
+            task.abort();
+        }
         for task in self.sources {
             let _ = task.await;
         }

@@ -1,5 +1,8 @@
 //! `kvtier.v1.RouterService`: a thin gRPC shell over [`crate::routing`] and
-//! [`crate::lifecycle`].
+//! [`crate::lifecycle`]. With tokens on, every call is authorized against
+//! the model's namespace: queries (FindMatches, Route, ListWorkers) need
+//! read access, anything that changes what others see (ReportLoad, agent
+//! lifecycle, a committed Route) needs write access.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use kvtier_proto::v1::router_service_server::RouterService;
 use kvtier_proto::v1::*;
+use kvtier_security::{front::require, Client, Need};
 
 use crate::app::{ModelState, Models};
 use crate::index::WorkerOverlap;
@@ -42,6 +46,20 @@ impl RouterGrpc {
                 self.models.names().join(", ")
             ))
         })
+    }
+
+    /// The model named `name`, when `client` may do `need` in its namespace
+    /// (PERMISSION_DENIED otherwise, naming the grant that is missing).
+    fn model_for(
+        &self,
+        client: &Client,
+        name: &str,
+        need: Need,
+        call: &str,
+    ) -> Result<&Arc<ModelState>, Status> {
+        let model = self.model(name)?;
+        require(client, &model.namespace, need, call)?;
+        Ok(model)
     }
 
     /// The model and the sequence hashes a query names.
@@ -147,8 +165,13 @@ impl RouterService for RouterGrpc {
         request: Request<FindMatchesRequest>,
     ) -> Result<Response<FindMatchesResponse>, Status> {
         let started = Instant::now();
+        let client = Client::of(&request);
         let result = (|| {
             let mut request = request.into_inner();
+            if let Some(prefix) = &request.prefix {
+                // Which prefixes are cached is the namespace's business only.
+                self.model_for(&client, &prefix.model, Need::Read, "FindMatches")?;
+            }
             let (model, hashes, _) = self.resolve(request.prefix.take())?;
             let router = &model.router;
             let (matches, overlaps) = router
@@ -175,8 +198,18 @@ impl RouterService for RouterGrpc {
         request: Request<RouteRequest>,
     ) -> Result<Response<RouteResponse>, Status> {
         let started = Instant::now();
+        let client = Client::of(&request);
         let result = (|| {
             let mut request = request.into_inner();
+            if let Some(prefix) = &request.prefix {
+                // A committed decision changes the agent's affinity: a write.
+                let (need, call) = if request.commit {
+                    (Need::Write, "Route with commit")
+                } else {
+                    (Need::Read, "Route")
+                };
+                self.model_for(&client, &prefix.model, need, call)?;
+            }
             let (model, hashes, tokens) = self.resolve(request.prefix.take())?;
             let hints = request.hints.unwrap_or_default();
             if !(-8..=8).contains(&hints.priority) {
@@ -249,8 +282,10 @@ impl RouterService for RouterGrpc {
         &self,
         request: Request<ReportLoadRequest>,
     ) -> Result<Response<ReportLoadResponse>, Status> {
+        let client = Client::of(&request);
         let request = request.into_inner();
-        let model = self.model(&request.model)?;
+        // Load steers every later decision of the model: a write.
+        let model = self.model_for(&client, &request.model, Need::Write, "ReportLoad")?;
         if !model
             .router
             .workers()
@@ -276,11 +311,16 @@ impl RouterService for RouterGrpc {
         &self,
         request: Request<ListWorkersRequest>,
     ) -> Result<Response<ListWorkersResponse>, Status> {
+        let client = Client::of(&request);
         let request = request.into_inner();
         let models: Vec<&Arc<ModelState>> = if request.model.is_empty() {
-            self.models.iter().collect()
+            // Every model the caller may read; the others are not listed.
+            self.models
+                .iter()
+                .filter(|m| require(&client, &m.namespace, Need::Read, "ListWorkers").is_ok())
+                .collect()
         } else {
-            vec![self.model(&request.model)?]
+            vec![self.model_for(&client, &request.model, Need::Read, "ListWorkers")?]
         };
         let mut workers = Vec::new();
         for model in models {
@@ -312,8 +352,9 @@ impl RouterService for RouterGrpc {
         &self,
         request: Request<RouterRegisterAgentRequest>,
     ) -> Result<Response<RegisterAgentResponse>, Status> {
+        let client = Client::of(&request);
         let request = request.into_inner();
-        let model = self.model(&request.model)?;
+        let model = self.model_for(&client, &request.model, Need::Write, "RegisterAgent")?;
         let agent = AgentSpec {
             agent_id: request.agent_id,
             parent_agent_id: request.parent_agent_id,
@@ -330,8 +371,9 @@ impl RouterService for RouterGrpc {
         &self,
         request: Request<RouterHintRequest>,
     ) -> Result<Response<HintResponse>, Status> {
+        let client = Client::of(&request);
         let request = request.into_inner();
-        let model = self.model(&request.model)?;
+        let model = self.model_for(&client, &request.model, Need::Write, "Hint")?;
         let blocks = match &request.prefix {
             Some(prefix) if !(prefix.hashes.is_empty() && prefix.token_ids.is_empty()) => {
                 let prefix = PrefixQuery {
@@ -359,8 +401,9 @@ impl RouterService for RouterGrpc {
         &self,
         request: Request<RouterEndAgentRequest>,
     ) -> Result<Response<EndAgentResponse>, Status> {
+        let client = Client::of(&request);
         let request = request.into_inner();
-        let model = self.model(&request.model)?;
+        let model = self.model_for(&client, &request.model, Need::Write, "EndAgent")?;
         Ok(Response::new(
             Self::lifecycle(model)?.end_agent(&request.agent_id).await?,
         ))

@@ -134,15 +134,31 @@ impl Authenticator {
         if !self.enabled() {
             return Ok(None);
         }
-        let header = metadata
-            .get("authorization")
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "this server requires a bearer token: send `authorization: Bearer <token>`",
-                )
-            })?
-            .to_str()
-            .map_err(|_| Status::unauthenticated("authorization header is not ASCII"))?;
+        let header = match metadata.get("authorization") {
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .map_err(|_| Status::unauthenticated("authorization header is not ASCII"))?,
+            ),
+            None => None,
+        };
+        self.authenticate_header(header)
+    }
+
+    /// The same check on an `authorization` header's text (HTTP fronts);
+    /// `None` when the request has no such header.
+    pub fn authenticate_header(
+        &self,
+        header: Option<&str>,
+    ) -> Result<Option<Arc<Principal>>, Status> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let header = header.ok_or_else(|| {
+            Status::unauthenticated(
+                "this server requires a bearer token: send `authorization: Bearer <token>`",
+            )
+        })?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -157,6 +173,17 @@ impl Authenticator {
             .ok_or_else(|| Status::unauthenticated("unknown or revoked token"))
     }
 
+    /// The [`Client`] of an authenticated principal (or an anonymous one).
+    pub fn client(principal: Option<Arc<Principal>>, remote: Option<SocketAddr>) -> Client {
+        match principal {
+            Some(principal) => Client {
+                id: format!("principal:{}", principal.name).into(),
+                principal: Some(principal),
+            },
+            None => Client::anonymous(remote),
+        }
+    }
+
     /// A tonic interceptor: authenticates and stamps the request with its [`Client`].
     pub fn interceptor(
         self: &Arc<Self>,
@@ -164,13 +191,8 @@ impl Authenticator {
     {
         let auth = Arc::clone(self);
         move |mut request: Request<()>| {
-            let client = match auth.authenticate(request.metadata())? {
-                Some(principal) => Client {
-                    id: format!("principal:{}", principal.name).into(),
-                    principal: Some(principal),
-                },
-                None => Client::anonymous(request.remote_addr()),
-            };
+            let principal = auth.authenticate(request.metadata())?;
+            let client = Authenticator::client(principal, request.remote_addr());
             request.extensions_mut().insert(client);
             Ok(request)
         }

@@ -22,7 +22,7 @@ pub type AuthChannel = InterceptedService<Channel, BearerToken>;
 
 /// Adds `authorization: Bearer <token>` to every request; without a token it
 /// leaves requests as they are.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BearerToken(Option<MetadataValue<Ascii>>);
 
 impl BearerToken {
@@ -145,7 +145,7 @@ impl ServerClientArgs {
 
 /// How to reach the cache server: TLS material (for `https://`) and the
 /// bearer token.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServerClient {
     tls: Option<ClientTlsFiles>,
     token: Option<String>,
@@ -180,6 +180,15 @@ impl ServerClient {
                 .tls_config(client_config(files)?)
                 .map_err(|e| SecurityError::Tls(e.to_string())),
             None => Ok(endpoint),
+        }
+    }
+
+    /// The same token without TLS (for a plaintext endpoint of a peer whose
+    /// other endpoints use TLS).
+    pub fn without_tls(&self) -> ServerClient {
+        ServerClient {
+            tls: None,
+            ..self.clone()
         }
     }
 

@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`client`] — the client side: flags, TLS and the bearer token with
 //!   which the worker agent and the router reach a secured cache server.
+//! - [`front`] — the same TLS, tokens and plaintext rule for the agent's and
+//!   the router's listeners, and the per-namespace access check of their calls.
 //! - [`tls`] — rustls server/client configuration from PEM files (optional
 //!   mTLS), and the plaintext rule (loopback only unless explicitly allowed).
 //! - [`tokens`] — bearer tokens hashed at rest (SHA-256), principals, tenants
@@ -17,6 +19,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod front;
 pub mod http_tls;
 pub mod limits;
 pub mod tls;
@@ -24,6 +27,7 @@ pub mod tokens;
 
 pub use auth::{Authenticator, Client};
 pub use client::{AuthChannel, BearerToken, ServerClient, ServerClientArgs};
+pub use front::{FrontSecurity, FrontSecurityArgs, Need};
 pub use limits::{ClientLimiter, ClientPermit, LimitConfig, Throttled};
 pub use tokens::{hash_token, token_digest_line, Access, Principal, TokenTable};
 

@@ -175,6 +175,7 @@ fn fast_worker_config(expiry: Duration) -> WorkerSourceConfig {
         connect_timeout: Duration::from_secs(1),
         keepalive: Duration::from_secs(5),
         expiry,
+        ..WorkerSourceConfig::default()
     }
 }
 

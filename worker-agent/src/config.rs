@@ -1,7 +1,7 @@
 //! Agent settings. Every field has a default so that an agent starts on a
 //! laptop next to a simulated engine with no setup.
 
-use kvtier_security::ServerClient;
+use kvtier_security::{FrontSecurity, ServerClient};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +10,10 @@ use kvtier_proto::hashing::DEFAULT_SEED;
 
 /// Default directory of shared-memory pools.
 pub const DEFAULT_POOL_DIR: &str = "/dev/shm/kvtier";
+
+/// Default Unix socket of the agent: beside the pools, so one shared
+/// `/dev/shm` (an in-memory volume in Kubernetes) carries both.
+pub const DEFAULT_UDS: &str = "/dev/shm/kvtier/agent.sock";
 
 /// The hashing configuration this agent expects every attached engine (and the
 /// cache server) to use. `block_bytes` and `kv_layout` come from the engine's
@@ -40,10 +44,16 @@ impl Default for ExpectedHashing {
 /// Everything the agent needs to run.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// gRPC listen address (loopback TCP). Default `127.0.0.1:50061`.
-    pub listen: SocketAddr,
-    /// Optional Unix socket path served alongside TCP. Default none.
+    /// TCP gRPC listen address, only when asked for (then with the
+    /// plaintext rule, TLS and tokens of `security`). Default none.
+    pub listen: Option<SocketAddr>,
+    /// Unix socket the engine reaches the agent on. Default
+    /// `/dev/shm/kvtier/agent.sock` ([`DEFAULT_UDS`]); `None` with `listen`
+    /// set serves TCP only. One of the two must be set.
     pub uds: Option<PathBuf>,
+    /// TLS, bearer tokens and the plaintext rule of the TCP listener (tokens
+    /// also apply on the Unix socket). Default: no TLS, no tokens.
+    pub security: FrontSecurity,
     /// Prometheus `/metrics` listen address; `None` disables it. Default `127.0.0.1:9465`.
     pub metrics_listen: Option<SocketAddr>,
     /// Cache server gRPC endpoint. Default `http://127.0.0.1:50051`.
@@ -97,8 +107,9 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50061)),
-            uds: None,
+            listen: None,
+            uds: Some(PathBuf::from(DEFAULT_UDS)),
+            security: FrontSecurity::open(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9465))),
             server: "http://127.0.0.1:50051".into(),
             server_client: ServerClient::plain(),

@@ -33,6 +33,9 @@ pub enum AgentError {
     /// The `cuda` feature path failed (library absent, driver error, ...).
     #[error("cuda: {0}")]
     Cuda(String),
+    /// A listener cannot be set up (socket in use, TLS files, the plaintext rule).
+    #[error("listener: {0}")]
+    Listener(String),
     /// I/O error (binding, files).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -56,7 +59,7 @@ impl From<AgentError> for Status {
             },
             AgentError::DataPlane(_) => Status::unavailable(msg),
             AgentError::Timeout(_) => Status::deadline_exceeded(msg),
-            AgentError::Io(_) => Status::internal(msg),
+            AgentError::Io(_) | AgentError::Listener(_) => Status::internal(msg),
         }
     }
 }

@@ -22,12 +22,18 @@ kvtier_process::global_allocator!();
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// gRPC listen address (port 0 picks a free port; the bound address is printed).
-    #[arg(long, env = "KVTIER_AGENT_LISTEN", default_value = "127.0.0.1:50061")]
-    listen: SocketAddr,
-    /// Also serve on this Unix socket.
+    /// Unix socket the engine reaches the agent on (mode 0660); "off" serves
+    /// TCP only. Default /dev/shm/kvtier/agent.sock, or off when --listen is
+    /// given without --uds.
     #[arg(long, env = "KVTIER_AGENT_UDS")]
-    uds: Option<PathBuf>,
+    uds: Option<String>,
+    /// Also (or only, with --uds off) serve gRPC on TCP at this address (port 0
+    /// picks a free port; the bound address is printed). Off by default; a
+    /// non-loopback address needs --tokens-file and --tls-cert/--tls-key.
+    #[arg(long, env = "KVTIER_AGENT_LISTEN")]
+    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    security: kvtier_security::FrontSecurityArgs,
     /// Shared-memory pools may only be files beneath this directory (regular
     /// files, no symbolic links, owned by --pool-owner-uid); created at start.
     #[arg(long, env = "KVTIER_AGENT_POOL_DIR", default_value = kvtier_worker_agent::config::DEFAULT_POOL_DIR)]
@@ -132,11 +138,25 @@ impl TryFrom<Args> for AgentConfig {
                 a.server
             );
         }
+        let uds = match (a.uds.as_deref(), a.listen) {
+            (Some("off"), None) => anyhow::bail!(
+                "--uds off needs --listen: the agent must serve on a Unix socket or on TCP"
+            ),
+            (Some("off"), Some(_)) | (None, Some(_)) => None,
+            (Some(""), _) => anyhow::bail!("--uds is empty: give a socket path or \"off\""),
+            (Some(path), _) => Some(PathBuf::from(path)),
+            (None, None) => Some(PathBuf::from(kvtier_worker_agent::config::DEFAULT_UDS)),
+        };
+        let security = a
+            .security
+            .resolve()
+            .context("the agent's listener security (--tls-cert, --tokens-file)")?;
         Ok(Self {
             listen: a.listen,
+            security,
             server_client,
             metrics_listen,
-            uds: a.uds,
+            uds,
             pool_dir: a.pool_dir,
             pool_owner_uid: a.pool_owner_uid,
             server: a.server,
@@ -174,7 +194,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     server::run(config, shutdown::signals()?, |addrs| {
         ready::announce(format_args!(
             "kvtier-agent ready grpc={} uds={} metrics={}",
-            addrs.grpc,
+            ready::or_off(addrs.grpc),
             ready::or_off(addrs.uds.as_ref().map(|p| p.display())),
             ready::or_off(addrs.metrics)
         ));

@@ -78,16 +78,18 @@ Worker-agent sidecar container, for your inference pod's `containers:` list:
     {{- include "kvtier.workerAgent.container" (dict "root" . "values" .Values.kvtier) | nindent 4 }}
 
 "root" is the including chart's top context, "values" the kvtier values (.Values.kvtier when kvtier
-is a subchart of yours, .Values inside this chart). By default the container listens on loopback
-only; the engine reaches it at 127.0.0.1:<workerAgent.port>. Pair it with
+is a subchart of yours, .Values inside this chart). By default the agent serves only a Unix
+socket, workerAgent.uds (/dev/shm/kvtier/agent.sock), which the engine reaches through the shared
+kvtier-shm volume; TCP (workerAgent.listenHost) is off. Pair it with
 "kvtier.workerAgent.volumes" in the pod's `volumes:` (a memory-backed /dev/shm shared with the
 engine, for shared-memory KV pools), and mount `kvtier-shm` at /dev/shm in the engine too.
 kvtier-agent serves grpc.health.v1 ("kvtier.v1.WorkerService"), and /metrics on
 workerAgent.metricsHost:metricsPort (container port `kvtier-metrics` when not on loopback).
-For the router to reach the agent (it subscribes to the agent's events), listenHost must not be
-loopback either. Kubelet's gRPC probes dial the
-pod IP, so the sidecar gets readiness and liveness probes only when workerAgent.listenHost is
-not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
+For the router to reach the agent (it subscribes to the agent's events), listenHost must be a
+pod address (0.0.0.0), which kvtier-agent allows only with bearer tokens (workerAgent.auth;
+the router presents router.agentToken). Kubelet's gRPC probes dial the pod IP, so the sidecar
+gets readiness and liveness probes only on such a listener (TCP checks with workerAgent.tls);
+without TCP it has none.
 */}}
 {{- define "kvtier.workerAgent.container" -}}
 {{- $v := .values -}}
@@ -103,6 +105,13 @@ not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
 {{- $cache := printf "%s-cache" (include "kvtier.fullnameFrom" .) | trunc 63 | trimSuffix "-" -}}
 {{- $endpoint = printf "%s://%s.%s.svc:%d" (ternary "https" "http" $v.cache.tls.enabled) $cache .root.Release.Namespace (int $v.cache.grpcPort) -}}
 {{- end -}}
+{{- if and (not $a.uds) (not $a.listenHost) -}}
+{{- fail "workerAgent: set uds (the engine's Unix socket) or listenHost (TCP); kvtier-agent needs one to serve on" -}}
+{{- end -}}
+{{- $tcpExposed := and $a.listenHost (not (hasPrefix "127." (toString $a.listenHost))) -}}
+{{- if and $tcpExposed (not $a.auth.tokensSecretName) -}}
+{{- fail "workerAgent.listenHost on the pod network needs workerAgent.auth.tokensSecretName: kvtier-agent refuses a non-loopback TCP listener without bearer tokens (whoever reaches it could copy files into the cache and cache bytes into pools)" -}}
+{{- end -}}
 {{- $dataEndpoint := $a.cacheDataEndpoint -}}
 {{- if and $a.dataPlane (not $dataEndpoint) -}}
 {{- if or (not $v.cache.dataPort) $v.cache.tls.enabled -}}
@@ -116,11 +125,21 @@ not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
   imagePullPolicy: {{ $v.image.pullPolicy }}
   command: {{ toJson $a.command }}
   args:
+    - --uds
+    - {{ default "off" $a.uds | quote }}
+    {{- if $a.listenHost }}
     - --listen
     - {{ printf "%s:%d" $a.listenHost (int $a.port) | quote }}
-    {{- with $a.uds }}
-    - --uds
-    - {{ . | quote }}
+    {{- end }}
+    {{- with $a.auth.tokensSecretName }}
+    - --tokens-file
+    - {{ printf "/etc/kvtier/agent-tokens/%s" $a.auth.tokensSecretKey | quote }}
+    {{- end }}
+    {{- if $a.tls.secretName }}
+    - --tls-cert
+    - /etc/kvtier/agent-tls/tls.crt
+    - --tls-key
+    - /etc/kvtier/agent-tls/tls.key
     {{- end }}
     - --metrics-listen
     - {{ ternary (printf "%s:%d" $a.metricsHost (int $a.metricsPort)) "off" (ne (toString $a.metricsHost) "") | quote }}
@@ -166,7 +185,18 @@ not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
       containerPort: {{ int $a.metricsPort }}
       protocol: TCP
   {{- end }}
-  {{- if not (hasPrefix "127." (toString $a.listenHost)) }}
+  {{- if and $tcpExposed $a.tls.secretName }}
+  {{- /* Kubelet's gRPC probes speak plaintext only: with TLS, probe the port over TCP. */}}
+  readinessProbe:
+    tcpSocket:
+      port: {{ int $a.port }}
+    periodSeconds: 5
+  livenessProbe:
+    tcpSocket:
+      port: {{ int $a.port }}
+    periodSeconds: 10
+    failureThreshold: 6
+  {{- else if $tcpExposed }}
   readinessProbe:
     grpc:
       port: {{ int $a.port }}
@@ -186,6 +216,16 @@ not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
   volumeMounts:
     - name: kvtier-shm
       mountPath: /dev/shm
+    {{- if $a.auth.tokensSecretName }}
+    - name: kvtier-agent-tokens
+      mountPath: /etc/kvtier/agent-tokens
+      readOnly: true
+    {{- end }}
+    {{- if $a.tls.secretName }}
+    - name: kvtier-agent-tls
+      mountPath: /etc/kvtier/agent-tls
+      readOnly: true
+    {{- end }}
     {{- include "kvtier.cacheClient.mounts" $client | nindent 4 }}
 {{- end }}
 
@@ -194,6 +234,16 @@ not a loopback address (e.g. 0.0.0.0); on loopback (the default) it has none.
 - name: kvtier-shm
   emptyDir:
     medium: Memory
+{{- with .values.workerAgent.auth.tokensSecretName }}
+- name: kvtier-agent-tokens
+  secret:
+    secretName: {{ . | quote }}
+{{- end }}
+{{- with .values.workerAgent.tls.secretName }}
+- name: kvtier-agent-tls
+  secret:
+    secretName: {{ . | quote }}
+{{- end }}
 {{- include "kvtier.cacheClient.volumes" (dict "values" .values "token" .values.workerAgent.cacheToken) }}
 {{- end }}
 

@@ -16,8 +16,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ConnectorConfig:
-    agent: str = "127.0.0.1:50061"
-    """kvtier-agent address: ``unix:///run/kvtier/agent.sock`` or ``host:port``."""
+    agent: str = "unix:///dev/shm/kvtier/agent.sock"
+    """kvtier-agent address: ``unix:///path`` (default: the agent's default socket) or ``host:port``."""
     namespace: str = "vllm"
     """Cache-server namespace the blocks belong to."""
     seed: int = DEFAULT_SEED

@@ -13,7 +13,7 @@ from kvtier_vllm.staging import StagingPool
 
 def test_config_defaults_env_and_errors() -> None:
     cfg = ConnectorConfig.from_extra({}, env={})
-    assert cfg.agent == "127.0.0.1:50061" and cfg.lookup_timeout_ms == 200
+    assert cfg.agent == "unix:///dev/shm/kvtier/agent.sock" and cfg.lookup_timeout_ms == 200
     cfg = ConnectorConfig.from_extra(
         {"agent": "unix:///run/a.sock"}, env={"KVTIER_NAMESPACE": "ns", "KVTIER_SEED": "7"}
     )

@@ -11,7 +11,9 @@ use kvtier_proto::v1::worker_service_client::WorkerServiceClient;
 use kvtier_proto::v1::{SubscribeWorkerEventsRequest, WorkerEvent};
 
 use super::backoff::Backoff;
-use super::connect::connect;
+use kvtier_security::ServerClient;
+
+use super::connect::connect_secure;
 use super::state::WorkerStates;
 use super::sync::{apply_worker_step, WorkerStep, WorkerSync};
 use crate::index::{SharedIndex, WorkerSlot};
@@ -42,6 +44,9 @@ pub struct WorkerSourceConfig {
     pub keepalive: Duration,
     /// A worker unavailable for longer than this has its index entries cleared.
     pub expiry: Duration,
+    /// How to reach the agents: the bearer token their TCP fronts require
+    /// (`--tokens-file` on the agent), and the CA for `https://` agent URLs.
+    pub agent_client: ServerClient,
 }
 
 impl Default for WorkerSourceConfig {
@@ -52,6 +57,7 @@ impl Default for WorkerSourceConfig {
             connect_timeout: Duration::from_secs(2),
             keepalive: Duration::from_secs(5),
             expiry: Duration::from_secs(10),
+            agent_client: ServerClient::plain(),
         }
     }
 }
@@ -79,6 +85,7 @@ pub fn spawn_worker_source(
         config,
         shutdown,
         down_since: Some(Instant::now()),
+        outage_logged: false,
         expired: false,
     };
     tokio::spawn(task.run())
@@ -105,6 +112,8 @@ struct WorkerTask {
     down_since: Option<Instant>,
     /// Its entries were cleared after the expiry (until it comes back).
     expired: bool,
+    /// This outage was logged as a warning (reset when the worker is up).
+    outage_logged: bool,
 }
 
 impl WorkerTask {
@@ -124,8 +133,16 @@ impl WorkerTask {
     async fn run(mut self) {
         tracing::info!(worker = self.id(), url = %self.endpoint.agent_url, "worker source started");
         'connect: while !self.stopping() {
-            let channel = match connect(
-                &self.endpoint.agent_url,
+            let url = &self.endpoint.agent_url;
+            // TLS for https:// agents only; the token goes to every agent.
+            let credentials = if url.starts_with("https://") {
+                self.config.agent_client.clone()
+            } else {
+                self.config.agent_client.without_tls()
+            };
+            let channel = match connect_secure(
+                url,
+                &credentials,
                 self.config.connect_timeout,
                 self.config.keepalive,
             )
@@ -139,7 +156,7 @@ impl WorkerTask {
                     continue;
                 }
             };
-            let mut client = WorkerServiceClient::new(channel)
+            let mut client = WorkerServiceClient::new(credentials.intercept(channel))
                 .max_decoding_message_size(MAX_EVENT_MESSAGE_BYTES);
             while !self.stopping() {
                 let from = self.sync.resume_from();
@@ -246,6 +263,7 @@ impl WorkerTask {
 
     fn up(&mut self) {
         self.down_since = None;
+        self.outage_logged = false;
         self.states.set_up(&self.endpoint.worker_id);
     }
 
@@ -253,7 +271,11 @@ impl WorkerTask {
         if self.down_since.is_none() {
             self.down_since = Some(Instant::now());
         }
-        if self.states.set_down(&self.endpoint.worker_id, reason) {
+        // The first failure of an outage is a warning even for a worker that
+        // never came up (e.g. its agent refuses this router's token).
+        let first = !self.outage_logged;
+        self.outage_logged = true;
+        if self.states.set_down(&self.endpoint.worker_id, reason) || first {
             tracing::warn!(worker = self.id(), %reason, "worker unavailable");
         } else {
             tracing::debug!(worker = self.id(), %reason, "worker still unavailable");

@@ -36,6 +36,8 @@ pub struct StartConfig {
     pub cache_server: Option<String>,
     /// How to reach the cache server (TLS material, token).
     pub security: ServerClient,
+    /// How to reach the workers' agents (token; CA for `https://` agents).
+    pub agent_client: ServerClient,
     /// The cost model's weights (see [`weights_from_flags`]).
     pub weights: CostWeights,
     /// How workers are picked.

@@ -85,6 +85,7 @@ pub(super) async fn start_model(
     let states = sources::WorkerStates::new(config.unreachable);
     let source_config = sources::WorkerSourceConfig {
         expiry: config.expiry,
+        agent_client: config.agent_client.clone(),
         ..sources::WorkerSourceConfig::default()
     };
     let mut source_tasks = Vec::new();
@@ -127,6 +128,7 @@ pub(super) async fn start_model(
     };
     Ok(StartedModel {
         state: ModelState {
+            namespace: spec.namespace.clone(),
             router,
             prompt,
             lifecycle,

@@ -4,7 +4,8 @@
 //! bounded memory under 10x overload, kill -9 during heavy writes (20
 //! rounds), a full disk, and stalled clients; the worker agent and the
 //! router reaching a server with TLS and tokens; agent lifecycle calls that
-//! need write access, belong to their token, and are capped.
+//! need write access, belong to their token, and are capped; the agent's and
+//! the router's own fronts (Unix socket, TLS, tokens, namespace access).
 //!
 //! Build the binaries first: `cargo build --release --workspace --bins`.
 
@@ -12,6 +13,7 @@ mod agents;
 mod auth;
 mod clients;
 mod faults;
+mod fronts;
 mod limits;
 mod support;
 mod tls;
