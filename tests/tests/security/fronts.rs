@@ -319,7 +319,6 @@ async fn the_router_authorizes_every_call_against_the_model_namespace() -> Resul
     let end = || RouterEndAgentRequest {
         model: "m".into(),
         agent_id: "a1".into(),
-        ..Default::default()
     };
     let err = client
         .end_agent(authed(end(), "tok-reader"))
