@@ -297,7 +297,13 @@ impl AgentBook {
         }
         self.store.with_policy(|policy, now| {
             for &agent in ended {
-                policy.on_agent_end(agent, now);
+                // A lease that ran out is evidence that a wait may never end
+                // in a call; the policy learns from it (issue 20).
+                if reason == "lease" {
+                    policy.on_agent_expired(agent, now);
+                } else {
+                    policy.on_agent_end(agent, now);
+                }
             }
         });
         let mut names = self.names.lock();
