@@ -101,7 +101,7 @@ fn live_slots_never_alias() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x % 3 == 0 && !live.is_empty() {
+        if x.is_multiple_of(3) && !live.is_empty() {
             let i = (x as usize / 3) % live.len();
             live.swap_remove(i);
             continue;
