@@ -3,7 +3,8 @@
 # same run:
 #   throughput      put/get of 2 MiB blocks: kvtier data plane and gRPC vs plain
 #                   loopback TCP and Redis 7 (Debian's redis-server, installed
-#                   here when missing), same connections; warm restart
+#                   here when missing; a client pipelined like kvtier's, and
+#                   redis-benchmark -P beside it), same connections; warm restart
 #   index           router index query latency (alone, with a paced and a
 #                   saturating writer) and whole routing decisions per second,
 #                   vs a per-block walk

@@ -1,7 +1,8 @@
 //! `kvtier-bench throughput`: put/get of large blocks through a real
 //! `kvtier-server` on loopback, over gRPC and over its binary data plane,
 //! side by side with a plain TCP copy of the same bytes over the same number
-//! of connections (and Redis 7 SET/GET when `redis-server` is installed), all
+//! of connections (and Redis 7 SET/GET when `redis-server` is installed,
+//! pipelined like kvtier's client, plus `redis-benchmark -P` beside it), all
 //! measured in one run; plus warm-restart time of the server with the data
 //! set on disk, against a cold start.
 //!
@@ -41,6 +42,13 @@ pub struct Args {
     /// kvtier-server binary (default: next to this binary).
     #[arg(long, env = "KVTIER_SERVER_BIN")]
     server_bin: Option<PathBuf>,
+    /// The server's host capacity (at least blocks × block size: each
+    /// round's gets must find its puts). Default: room for every round of
+    /// both paths, so that nothing is evicted; smaller, later rounds put
+    /// into slots recycled from evicted blocks (the steady state of a full
+    /// cache).
+    #[arg(long, value_parser = parse_size)]
+    host_capacity: Option<u64>,
     /// Skip the Redis baseline even when redis-server is installed.
     #[arg(long)]
     no_redis: bool,
@@ -306,6 +314,11 @@ fn tcp_copy(connections: usize, bytes_each: u64, chunk: usize, keep: bool) -> Re
 mod data_plane;
 mod redis;
 
+/// Pipeline depth of the `redis-benchmark` run (`-P`): its client buffers
+/// that many values per connection; beyond a few 2 MiB values in flight the
+/// socket buffers, not the depth, bound a connection.
+const REDIS_BENCHMARK_DEPTH: usize = 16;
+
 /// The median round (zero without rounds).
 fn mid(v: &[Duration]) -> Duration {
     median(v).unwrap_or_default()
@@ -330,12 +343,25 @@ async fn run_async(args: Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     // Room for every round of both paths: the measurement must not depend
     // on eviction.
-    let host_capacity = format!("{}", total * (2 * args.rounds as u64 + 1));
-    let (server, _) = Server::start(
-        &bin,
-        &dir.path().join("tput"),
-        &["--host-capacity", &host_capacity, "--disk-capacity", "0"],
-    )?;
+    let host_capacity = args
+        .host_capacity
+        .unwrap_or(total * (2 * args.rounds as u64 + 1));
+    if host_capacity < total {
+        bail!("--host-capacity must hold at least one round ({total} bytes)");
+    }
+    let host_capacity_arg = host_capacity.to_string();
+    let mut server_args = vec![
+        "--host-capacity",
+        &host_capacity_arg,
+        "--disk-capacity",
+        "0",
+    ];
+    if args.host_capacity.is_some() {
+        // An LRU order: a later round's puts evict the earlier rounds'
+        // blocks, never the ones this round reads back.
+        server_args.extend(["--policy", "lru"]);
+    }
+    let (server, _) = Server::start(&bin, &dir.path().join("tput"), &server_args)?;
     let mut clients = Vec::new();
     for _ in 0..args.connections {
         let mut c = connect(server.grpc).await?;
@@ -394,6 +420,14 @@ async fn run_async(args: Args) -> Result<()> {
         }
     }
     let rss = server.rss_bytes();
+    let r_bench = redis.as_ref().map(|r| {
+        r.redis_benchmark(
+            args.connections,
+            args.blocks,
+            REDIS_BENCHMARK_DEPTH.min(args.blocks.div_ceil(args.connections)),
+            block,
+        )
+    });
     drop(clients);
     drop(dp_clients);
     server.terminate()?;
@@ -424,18 +458,21 @@ async fn run_async(args: Args) -> Result<()> {
     }
     if let Some(rss) = rss {
         let paths = if dput.is_empty() { 1 } else { 2 };
-        let held = total * args.rounds as u64 * paths;
+        let held = (total * args.rounds as u64 * paths).min(host_capacity);
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
         println!(
-            "server RSS {:.0} MiB holding {:.0} MiB of blocks ({:.2}x)",
-            rss as f64 / (1 << 20) as f64,
-            held as f64 / (1 << 20) as f64,
-            rss as f64 / held as f64
+            "server RSS {:.0} MiB holding {:.0} MiB of blocks ({:.2}x), host capacity {:.0} MiB ({:.2}x)",
+            mib(rss),
+            mib(held),
+            rss as f64 / held as f64,
+            mib(host_capacity),
+            rss as f64 / host_capacity as f64
         );
     }
     if !rset.is_empty() {
         let (rs, rg) = (mid(&rset), mid(&rget));
-        row("redis 7 SET", rs);
-        row("redis 7 GET", rg);
+        row("redis 7 SET (pipelined)", rs);
+        row("redis 7 GET (pipelined)", rg);
         println!(
             "kvtier/redis: put {:.2}x, get {:.2}x",
             rs.as_secs_f64() / mid(&put).as_secs_f64(),
@@ -447,6 +484,18 @@ async fn run_async(args: Args) -> Result<()> {
                 rs.as_secs_f64() / mid(&dput).as_secs_f64(),
                 rg.as_secs_f64() / mid(&dget).as_secs_f64()
             );
+        }
+        // Beside it, Redis's own load generator, pipelined.
+        let per = REDIS_BENCHMARK_DEPTH.min(args.blocks.div_ceil(args.connections));
+        match r_bench {
+            Some(Ok((set, get))) => println!(
+                "redis-benchmark -P {per} (one key overwritten, one hot value read back): \
+                 SET {set:.0} MiB/s ({:.2}x TCP), GET {get:.0} MiB/s ({:.2}x TCP)",
+                set / mib_s(total, tcp),
+                get / mib_s(total, tcp)
+            ),
+            Some(Err(e)) => println!("(redis-benchmark skipped: {e})"),
+            None => {}
         }
     } else {
         println!("(redis baseline skipped: redis-server not installed or --no-redis)");

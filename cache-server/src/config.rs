@@ -37,8 +37,12 @@ pub struct StoreConfig {
     pub gpu_capacity: u64,
     /// CUDA device ordinal for T0. Default 0.
     pub gpu_device: usize,
-    /// T1 host-memory capacity in bytes. Default 1 GiB.
+    /// T1 host-memory capacity in bytes, reserved at start as the host
+    /// tier's arena. Default 1 GiB.
     pub host_capacity: u64,
+    /// Fault the host arena's pages in at start (so that no put pays for
+    /// it); off, they are faulted on first use and kept. Default true.
+    pub host_prefault: bool,
     /// T2 disk capacity in payload bytes; 0 disables the disk tier. Default 16 GiB.
     pub disk_capacity: u64,
     /// Sync the RocksDB write-ahead log on every write (survives power loss,
@@ -55,6 +59,7 @@ impl Default for StoreConfig {
             gpu_capacity: 0,
             gpu_device: 0,
             host_capacity: 1 << 30,
+            host_prefault: true,
             disk_capacity: 16 << 30,
             sync_writes: false,
             promote_on_hit: true,

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`block`] — block keys, stored blocks and their checksums.
 //! - [`tier`] — one module per storage tier behind the [`tier::BlockTier`] seam:
-//!   [`tier::host`] (T1, host memory), [`tier::disk`] (T2, RocksDB with BlobDB),
+//!   [`tier::host`] (T1, host memory, in the slots of a pre-faulted
+//!   [`tier::arena`] reserved at start), [`tier::disk`] (T2, RocksDB with BlobDB),
 //!   `tier::gpu` (T0, GPU HBM through cudarc, `cuda` feature only).
 //! - [`store`] — [`store::TieredStore`], the facade that places blocks in the
 //!   highest tier with room, demotes under pressure in the order an

@@ -43,6 +43,9 @@ struct Args {
     /// Host-memory tier capacity (e.g. 512MiB, 8GiB).
     #[arg(long, env = "KVTIER_HOST_CAPACITY", default_value = "1GiB", value_parser = parse_byte_size)]
     host_capacity: u64,
+    /// Fault the host tier's memory in at start (it is reserved whole either way).
+    #[arg(long, env = "KVTIER_HOST_PREFAULT", default_value_t = true, action = clap::ArgAction::Set)]
+    host_prefault: bool,
     /// Disk tier capacity in payload bytes; 0 disables the disk tier.
     #[arg(long, env = "KVTIER_DISK_CAPACITY", default_value = "16GiB", value_parser = parse_byte_size)]
     disk_capacity: u64,
@@ -182,6 +185,7 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
             gpu_capacity: args.gpu_capacity,
             gpu_device: args.gpu_device,
             host_capacity: args.host_capacity,
+            host_prefault: args.host_prefault,
             disk_capacity: args.disk_capacity,
             sync_writes: args.sync_writes,
             promote_on_hit: !args.no_promote,

@@ -5,11 +5,12 @@
 //!
 //! Why: through gRPC every payload byte is copied three times in user space
 //! (protobuf encode, HTTP/2 reassembly, the host tier's own copy). Here the
-//! server reads each PUT payload with `read` calls straight into one buffer
-//! of exactly the block's size, which the host tier then keeps as it is
-//! ([`crate::store::TieredStore::put_owned`]); a GET writes the header and the
-//! store's `Bytes` with one vectored write. The only copies left are the
-//! kernel's.
+//! server reads each PUT payload with `read` calls straight into a slot of
+//! the host tier's pre-faulted arena
+//! ([`crate::store::TieredStore::receive_buffer`]), which the host tier then
+//! keeps as it is ([`crate::store::TieredStore::put_owned`]); a GET writes
+//! the header and the slot's `Bytes` with one vectored write. The only
+//! copies left are the kernel's.
 //!
 //! # Protocol (version 1)
 //!
@@ -659,7 +660,20 @@ async fn put<S: AsyncRead + AsyncWrite + Unpin>(
             .send(s, scratch, Status::Busy, t.to_string(), retry)
             .await;
     }
-    let payload = by(deadline, read_exact_bytes(s, len as usize)).await?;
+    let key = BlockKey::new(ns.id, head.hash);
+    // Straight into a slot of the host tier's arena (making room there, as
+    // the put would, when it is full); else into memory of our own.
+    let slot = match state.store.try_receive_buffer(len) {
+        Some(slot) => Some(slot),
+        None => tokio::task::block_in_place(|| state.store.receive_buffer(key, len)),
+    };
+    let payload = match slot {
+        Some(mut slot) => {
+            by(deadline, s.read_exact(&mut slot)).await?;
+            slot.freeze()
+        }
+        None => by(deadline, read_exact_bytes(s, len as usize)).await?,
+    };
     // The server's slot, now that the payload is here.
     let _server_slot = match state.server_slot("data_put").await {
         Ok(p) => p,
@@ -670,7 +684,6 @@ async fn put<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(Flow::Continue);
         }
     };
-    let key = BlockKey::new(ns.id, head.hash);
     let parent = (head.flags & FLAG_PARENT != 0).then_some(head.parent);
     let block = Block { parent, payload };
     let outcome = tokio::task::block_in_place(|| state.store.put_owned(key, block));

@@ -35,6 +35,7 @@ use kvtier_proto::v1::*;
 use crate::metrics as m;
 use crate::namespace::NamespaceRegistry;
 use crate::store::{StoreError, TieredStore};
+use crate::tier::TierError;
 use session::Sessions;
 
 /// Most hashes one Get or Lookup may carry.
@@ -149,6 +150,17 @@ pub fn store_status(err: StoreError) -> Status {
                 "disk tier full (no space left on the data volume): writes are refused until \
                  space is freed; reads keep working ({e})"
             ))
+        }
+        // Every host slot held by payloads still being read or received: a
+        // moment's overload, not a failure.
+        StoreError::Tier(TierError::NoSlot(_)) => {
+            let mut st = Status::resource_exhausted(format!(
+                "{err}: every slot is held by reads or writes in flight; retry shortly"
+            ));
+            if let Ok(v) = "50".parse() {
+                st.metadata_mut().insert("retry-after-ms", v);
+            }
+            st
         }
         StoreError::Tier(e) => Status::internal(format!("storage failure: {e}")),
     }

@@ -23,9 +23,11 @@
 //! every event (so ids follow the order of the changes, and a watcher's
 //! snapshot and subscription meet exactly), and the tier I/O that placement
 //! does: a put's write, the demotions that make room for it (a disk write
-//! each), a promotion's write, removals, and the memory-tier reads of
-//! [`TieredStore::get`]. Outside it: disk reads in `get` (verify, then
-//! re-check the index), opening and flushing.
+//! each), a promotion's write, removals, the memory-tier reads of
+//! [`TieredStore::get`], and the demotions [`TieredStore::receive_buffer`]
+//! makes when the host arena is full. Outside it: disk reads in `get`
+//! (verify, then re-check the index), a host-arena slot taken while the
+//! arena has one free (its own small lock), opening and flushing.
 //!
 //! # Where it would split
 //! - Index: `index::Index` changes only through `insert`, `remove` and
@@ -67,6 +69,7 @@ use crate::block::{Block, BlockKey};
 use crate::config::StoreConfig;
 use crate::events::StoreEvent;
 use crate::metrics as m;
+use crate::tier::arena::{ArenaUsage, SlotMut};
 use crate::tier::disk::DiskTier;
 use crate::tier::{BlockTier, ReadOutcome, Tier};
 use index::{Entry, Index};
@@ -188,6 +191,44 @@ impl TieredStore {
         self.tiers.host().resident_bytes()
     }
 
+    /// Occupancy of the host tier's arena (slots leased and recycled).
+    pub fn host_arena_usage(&self) -> ArenaUsage {
+        self.tiers.host().arena().usage()
+    }
+
+    /// [`TieredStore::receive_buffer`] when the arena has a free slot now;
+    /// never waits for the store's lock nor does I/O.
+    pub fn try_receive_buffer(&self, len: u64) -> Option<SlotMut> {
+        if len == 0 || len > self.tiers.capacity(Tier::Host) {
+            return None;
+        }
+        self.tiers.host().receive_buffer(usize::try_from(len).ok()?)
+    }
+
+    /// A slot of the host tier's arena to receive the `len`-byte payload of
+    /// a PUT of `key` into, so that [`TieredStore::put_owned`] keeps it with
+    /// no copy at all. When the arena is full (the steady state of a full
+    /// cache) the host tier's victims are demoted first, in the policy's
+    /// order, as the put itself would do. `None` when the host tier cannot
+    /// hold such a block, the block is already present, or no room can be
+    /// made: the caller then reads the payload into memory of its own.
+    /// May write to disk (demotions): call it where blocking is allowed.
+    pub fn receive_buffer(&self, key: BlockKey, len: u64) -> Option<SlotMut> {
+        if let Some(slot) = self.try_receive_buffer(len) {
+            return Some(slot);
+        }
+        if len == 0 || len > self.tiers.capacity(Tier::Host) {
+            return None;
+        }
+        let len = usize::try_from(len).ok()?;
+        let now = self.now_ms();
+        let mut state = self.state.lock();
+        if state.index.get(&key).is_some() {
+            return None;
+        }
+        state.free_host_slot(&self.tiers, len, now)
+    }
+
     /// Blocks held per namespace id.
     pub fn blocks_per_namespace(&self) -> HashMap<u32, u64> {
         self.state.lock().index.blocks_per_namespace()
@@ -225,10 +266,9 @@ impl TieredStore {
 
     /// Like [`TieredStore::put`], for a payload that is an allocation of
     /// exactly its length which the caller gives up (the data plane reads
-    /// each payload into one): the host tier keeps it as it is instead of
-    /// copying it (unless its memory is pinned). A payload that is a view into
-    /// a larger buffer must go through [`TieredStore::put`], or the host
-    /// tier's byte budget would undercount what the process holds.
+    /// each payload into a slot from [`TieredStore::receive_buffer`]): the
+    /// host tier keeps a payload that lies in its arena as it is, and copies
+    /// any other into a slot.
     pub fn put_owned(&self, key: BlockKey, block: Block) -> Result<PutOutcome, StoreError> {
         self.put_inner(key, block, true)
     }

@@ -18,7 +18,13 @@ use super::publish::{self, Publisher};
 use super::tiers::Tiers;
 use super::types::{PutOutcome, SpillReport, StoreError};
 use crate::block::{Block, BlockKey};
+use crate::tier::arena::SlotMut;
 use crate::tier::{Tier, TierError};
+
+/// Most blocks demoted beyond what the index's byte counts ask for, to find
+/// a host-arena slot (when slots of other sizes, or slots still held by
+/// reads in flight, fragment the arena); then the put goes to the next tier.
+const MAX_EXTRA_VICTIMS: usize = 64;
 
 /// What the store's lock covers: the index, the policy and the event
 /// publisher, which must change together.
@@ -66,12 +72,26 @@ impl State {
                 continue;
             }
             let Some(t) = tiers.get(tier) else { continue };
-            let written = if owned {
-                // (A cheap clone: the payload is reference-counted.)
-                t.put_owned(key, block.clone())
-            } else {
-                t.put(key, &block)
+            let write = || {
+                if owned {
+                    // (A cheap clone: the payload is reference-counted.)
+                    t.put_owned(key, block.clone())
+                } else {
+                    t.put(key, &block)
+                }
             };
+            let mut written = write();
+            // The host arena can lack a slot although the index has room
+            // (slots of other sizes, or held by reads in flight): free more.
+            let mut extra = 0;
+            while matches!(written, Err(TierError::NoSlot(_))) && extra < MAX_EXTRA_VICTIMS {
+                let Some(victim) = self.policy.victim(tier, now) else {
+                    break;
+                };
+                self.demote(tiers, victim, now);
+                extra += 1;
+                written = write();
+            }
             match written {
                 Ok(()) => {
                     self.admit(key, tier, bytes, block.parent, now);
@@ -94,6 +114,30 @@ impl State {
                 largest: tiers.largest(),
             },
         })
+    }
+
+    /// A host-arena slot of `len` bytes to receive a payload into, made by
+    /// demoting the host tier's victims in the policy's order (at most
+    /// [`MAX_EXTRA_VICTIMS`]): what the put of that payload would do anyway.
+    pub(super) fn free_host_slot(
+        &mut self,
+        tiers: &Tiers,
+        len: usize,
+        now: u64,
+    ) -> Option<SlotMut> {
+        let mut slot = None;
+        for _ in 0..MAX_EXTRA_VICTIMS {
+            let Some(victim) = self.policy.victim(Tier::Host, now) else {
+                break;
+            };
+            self.demote(tiers, victim, now);
+            slot = tiers.host().receive_buffer(len);
+            if slot.is_some() {
+                break;
+            }
+        }
+        publish::tier_gauges(&self.index);
+        slot
     }
 
     /// Bookkeeping of a new block already written to `tier`.

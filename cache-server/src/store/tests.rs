@@ -250,3 +250,93 @@ fn shutdown_spill_stops_at_its_deadline() {
     let report = store.spill_to_disk(std::time::Duration::ZERO);
     assert_eq!((report.kept, report.left), (0, 20));
 }
+
+#[test]
+fn a_payload_received_into_a_host_slot_is_kept_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&config(dir.path(), 3 * 4096, 1 << 20));
+    let key = BlockKey::new(1, 7);
+    let mut slot = store.try_receive_buffer(4096).expect("free slot");
+    slot.fill(5);
+    let payload = slot.freeze();
+    let ptr = payload.as_ptr();
+    let out = store
+        .put_owned(
+            key,
+            Block {
+                parent: None,
+                payload,
+            },
+        )
+        .expect("put");
+    assert_eq!(out.tier, Tier::Host);
+    let hit = store.get(key).expect("get").expect("hit");
+    assert_eq!(
+        hit.block.payload.as_ptr(),
+        ptr,
+        "no copy between receive and get"
+    );
+    assert_eq!(store.host_arena_usage().live, 4096);
+}
+
+#[test]
+fn a_full_arena_makes_room_for_a_receive_by_demoting_in_policy_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&config(dir.path(), 3 * 4096, 1 << 20));
+    for i in 0..3u64 {
+        store.put(BlockKey::new(1, i), block(i, 4096)).expect("put");
+    }
+    assert!(store.try_receive_buffer(4096).is_none(), "arena full");
+    // Already present: no room is made for it.
+    assert!(store.receive_buffer(BlockKey::new(1, 0), 4096).is_none());
+    assert_eq!(store.usage()[Tier::Disk.index()].blocks, 0);
+    // A new block: the least recently used (block 0) goes to disk.
+    let mut slot = store
+        .receive_buffer(BlockKey::new(1, 3), 4096)
+        .expect("room made");
+    slot.fill(1);
+    let tiers = store.lookup(&[0, 1, 2].map(|h| BlockKey::new(1, h)));
+    assert_eq!(
+        tiers,
+        vec![Some(Tier::Disk), Some(Tier::Host), Some(Tier::Host)]
+    );
+    store
+        .put_owned(
+            BlockKey::new(1, 3),
+            Block {
+                parent: None,
+                payload: slot.freeze(),
+            },
+        )
+        .expect("put");
+    let usage = store.usage();
+    assert_eq!(usage[Tier::Host.index()].blocks, 3);
+    assert_eq!(
+        store.host_arena_usage().live as u64,
+        usage[Tier::Host.index()].used_bytes
+    );
+    // The demoted block reads back intact from disk.
+    let hit = store.get(BlockKey::new(1, 0)).expect("get").expect("hit");
+    assert_eq!(hit.block, block(0, 4096));
+}
+
+#[test]
+fn arena_fragmentation_demotes_more_rather_than_failing() {
+    // Slots of one size fill the arena; a block of another size needs
+    // neighbours freed and merged: the put demotes until it fits.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&config(dir.path(), 8 * 1024, 1 << 20));
+    for i in 0..8u64 {
+        store.put(BlockKey::new(1, i), block(i, 1000)).expect("put");
+    }
+    let big = BlockKey::new(1, 100);
+    let out = store.put(big, block(100, 4000)).expect("put");
+    assert_eq!(out.tier, Tier::Host);
+    let host = store.usage()[Tier::Host.index()];
+    assert!(host.used_bytes <= 8 * 1024);
+    assert_eq!(store.host_resident_bytes(), host.used_bytes);
+    for i in 0..8u64 {
+        let hit = store.get(BlockKey::new(1, i)).expect("get").expect("hit");
+        assert_eq!(hit.block, block(i, 1000));
+    }
+}

@@ -8,6 +8,7 @@
 
 use crate::block::{Block, BlockKey};
 use crate::config::StoreConfig;
+use crate::tier::arena::HostArena;
 use crate::tier::disk::DiskTier;
 use crate::tier::host::HostTier;
 use crate::tier::{BlockTier, ReadOutcome, Tier, TierError};
@@ -24,8 +25,8 @@ pub(super) struct Tiers {
 
 impl Tiers {
     /// Opens the disk tier in `config.data_dir` (when its capacity is
-    /// non-zero), the GPU tier and pinned host memory (`cuda` feature), and
-    /// the host tier.
+    /// non-zero), the GPU tier (`cuda` feature), and the host tier with its
+    /// arena of `config.host_capacity` bytes (pinned with the `cuda` feature).
     pub fn open(config: &StoreConfig) -> Result<Self, TierError> {
         let disk = if config.disk_capacity > 0 {
             std::fs::create_dir_all(&config.data_dir).map_err(|e| TierError::Malformed {
@@ -51,17 +52,27 @@ impl Tiers {
             }
             0
         };
+        let arena = HostArena::reserve(config.host_capacity, config.host_prefault)?;
         #[cfg(feature = "cuda")]
-        let host = match crate::tier::pinned::PinnedMemory::open(config.gpu_device) {
-            Some(pinned) => HostTier::new(Box::new(pinned)),
-            None => HostTier::default(),
-        };
+        let pinned = crate::tier::pinned::pin_arena(&arena, config.gpu_device);
         #[cfg(not(feature = "cuda"))]
-        let host = HostTier::default();
-        tracing::info!(memory = host.memory_name(), "host tier");
+        let pinned = false;
+        let setup = arena.setup();
+        tracing::info!(
+            bytes = setup.bytes,
+            huge_pages = setup.huge_pages,
+            prefaulted = setup.prefaulted,
+            prefault_ms = setup.prefault_time.as_millis() as u64,
+            pinned,
+            "host tier arena reserved"
+        );
+        // The arena's size (the capacity rounded down to its slot alignment)
+        // is the host tier's capacity.
+        let host_capacity = setup.bytes as u64;
+        let host = HostTier::new(arena);
         let capacity = [
             gpu_capacity,
-            config.host_capacity,
+            host_capacity,
             if disk.is_some() {
                 config.disk_capacity
             } else {

@@ -5,6 +5,7 @@
 //! [`crate::store::TieredStore`] moves blocks between tiers by reading from one
 //! and writing to the next.
 
+pub mod arena;
 pub mod disk;
 #[cfg(feature = "cuda")]
 pub mod gpu;
@@ -32,6 +33,13 @@ pub enum TierError {
     /// The GPU tier failed.
     #[error("gpu tier: {0}")]
     Gpu(String),
+    /// The host tier's memory could not be reserved.
+    #[error("host tier: {0}")]
+    Memory(String),
+    /// The host arena has no free slot for a payload of this many bytes
+    /// now (its blocks, or payloads still being read, hold it all).
+    #[error("host tier: no free slot for {0} bytes")]
+    NoSlot(u64),
 }
 
 /// The outcome of reading one block from a tier.
@@ -53,8 +61,9 @@ pub trait BlockTier: Send + Sync {
     fn put(&self, key: BlockKey, block: &Block) -> Result<(), TierError>;
     /// Stores a block whose payload the caller hands over as an allocation
     /// of exactly its length (see [`crate::store::TieredStore::put_owned`]):
-    /// a tier that keeps payloads in ordinary memory may keep it without
-    /// copying. Default: [`BlockTier::put`].
+    /// a tier whose memory already holds it (the host tier, for a payload
+    /// received into one of its arena's slots) may keep it without copying.
+    /// Default: [`BlockTier::put`].
     fn put_owned(&self, key: BlockKey, block: Block) -> Result<(), TierError> {
         self.put(key, &block)
     }

@@ -1,83 +1,77 @@
-//! Page-locked host memory for T1 when CUDA is present (`cuda` feature).
-//!
-//! Allocated with `cuMemHostAlloc(PORTABLE)` — not write-combined, because the
-//! host tier's bytes are read by the CPU too (network sends). Each block gets
-//! its own allocation, released when the last `Bytes` view of it drops.
+//! Page-locked host memory for T1 when CUDA is present (`cuda` feature): the
+//! host tier's whole arena is registered once with `cuMemHostRegister`
+//! (PORTABLE: every context sees it as pinned), instead of one pinned
+//! allocation per block, so that device copies from and to any slot run at
+//! full speed and no block pays for pinning. Not write-combined: the CPU
+//! reads the slots too (network sends).
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use cudarc::driver::{sys, CudaContext, PinnedHostSlice};
+use cudarc::driver::{sys, CudaContext};
 
-use super::host::HostMemory;
-use super::TierError;
+use super::arena::HostArena;
 
-/// Owns one pinned allocation filled once; read-only afterwards.
-struct PinnedBuf {
-    slice: PinnedHostSlice<u8>,
-    ptr: *const u8,
-    len: usize,
-}
-
-// SAFETY: `ptr` points into `slice`, which is Send + Sync and outlives it; the
-// buffer is never written after construction.
-unsafe impl Send for PinnedBuf {}
-unsafe impl Sync for PinnedBuf {}
-
-impl AsRef<[u8]> for PinnedBuf {
-    fn as_ref(&self) -> &[u8] {
-        let _ = &self.slice;
-        // SAFETY: ptr/len describe the live allocation owned by `slice`.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
-
-/// Pinned host memory of one CUDA context.
-#[derive(Debug)]
-pub struct PinnedMemory {
+/// The registration of one arena's region; ends it when dropped (which the
+/// arena does right before unmapping the region).
+struct Registration {
     ctx: Arc<CudaContext>,
+    ptr: *mut std::ffi::c_void,
 }
 
-impl PinnedMemory {
-    /// Pinned memory for device `ordinal`, or `None` (logged) without CUDA.
-    pub fn open(ordinal: usize) -> Option<Self> {
-        // SAFETY: only tries to dlopen libcuda; no CUDA call is made when it is absent.
-        if !unsafe { sys::is_culib_present() } {
-            tracing::info!("libcuda not found: host tier uses ordinary memory");
-            return None;
-        }
-        match CudaContext::new(ordinal) {
-            Ok(ctx) => Some(Self { ctx }),
-            Err(e) => {
-                tracing::warn!(ordinal, error = %e, "no CUDA device: host tier uses ordinary memory");
-                None
-            }
+// SAFETY: `ptr` is only passed back to the driver (cuMemHostUnregister), which
+// may be called from any thread once the context is bound to it.
+unsafe impl Send for Registration {}
+// SAFETY: as above; `Registration` has no `&self` methods that touch `ptr`.
+unsafe impl Sync for Registration {}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: `ptr` was registered by `pin_arena` and is still mapped
+            // (the arena drops this guard before unmapping).
+            let _ = unsafe { sys::cuMemHostUnregister(self.ptr) }.result();
         }
     }
 }
 
-impl HostMemory for PinnedMemory {
-    fn copy_in(&self, payload: &[u8]) -> Result<Bytes, TierError> {
-        let len = payload.len().max(1);
-        // SAFETY: the allocation is fully written below before anyone reads it.
-        let mut slice = unsafe {
-            self.ctx
-                .alloc_pinned_with_flags::<u8>(len, sys::CU_MEMHOSTALLOC_PORTABLE)
-        }
-        .map_err(|e| TierError::Gpu(format!("pinned allocation of {len} bytes: {e}")))?;
-        let dst = slice
-            .as_mut_slice()
-            .map_err(|e| TierError::Gpu(e.to_string()))?;
-        dst[..payload.len()].copy_from_slice(payload);
-        let ptr = dst.as_ptr();
-        Ok(Bytes::from_owner(PinnedBuf {
-            slice,
-            ptr,
-            len: payload.len(),
-        }))
+/// Registers `arena`'s region as pinned memory of device `ordinal`; `false`
+/// (logged) without CUDA or when the driver refuses, and the tier runs on
+/// ordinary (pageable) memory.
+pub fn pin_arena(arena: &HostArena, ordinal: usize) -> bool {
+    let (ptr, len) = arena.region();
+    if len == 0 {
+        return false;
     }
-
-    fn name(&self) -> &'static str {
-        "pinned"
+    // SAFETY: only tries to dlopen libcuda; no CUDA call is made when it is absent.
+    if !unsafe { sys::is_culib_present() } {
+        tracing::info!("libcuda not found: host tier uses pageable memory");
+        return false;
+    }
+    let ctx = match CudaContext::new(ordinal) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            tracing::warn!(ordinal, error = %e, "no CUDA device: host tier uses pageable memory");
+            return false;
+        }
+    };
+    if let Err(e) = ctx.bind_to_thread() {
+        tracing::warn!(error = %e, "cannot bind the CUDA context: host tier uses pageable memory");
+        return false;
+    }
+    let ptr = ptr.cast::<std::ffi::c_void>();
+    // SAFETY: ptr..ptr+len is the arena's live mapping, which outlives the
+    // registration (the arena drops the guard attached below before unmapping).
+    let registered =
+        unsafe { sys::cuMemHostRegister_v2(ptr, len, sys::CU_MEMHOSTREGISTER_PORTABLE) }.result();
+    match registered {
+        Ok(()) => {
+            arena.attach(Box::new(Registration { ctx, ptr }));
+            tracing::info!(bytes = len, "host arena registered as pinned memory");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(bytes = len, error = %e, "cuMemHostRegister failed: host tier uses pageable memory");
+            false
+        }
     }
 }
