@@ -17,7 +17,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ConnectorConfig:
     agent: str = "unix:///dev/shm/kvtier/agent.sock"
-    """kvtier-agent address: ``unix:///path`` (default: the agent's own default) or ``host:port``."""
+    """kvtier-agent address: ``unix:///path`` (default: the agent's socket) or ``host:port``."""
     namespace: str = "vllm"
     """Cache-server namespace the blocks belong to."""
     seed: int = DEFAULT_SEED
