@@ -15,6 +15,8 @@
 //!   (used for namespace configurations).
 //! - [`registration`]: a server's lease, keep-alive and re-registration.
 //! - [`membership`]: a client's snapshot + watch of the members.
+//! - [`sharded`]: a client of every shard: batches split by owner and sent
+//!   in parallel, prefix lookups combined, a failed shard a miss.
 //! - [`ClusterError`]: what the above can fail with.
 
 mod error;
@@ -23,6 +25,7 @@ pub mod member;
 pub mod membership;
 pub mod placement;
 pub mod registration;
+pub mod sharded;
 pub mod url;
 
 pub use error::ClusterError;
@@ -31,4 +34,5 @@ pub use member::{validate_node_id, Member, MemberState};
 pub use membership::{Membership, MembershipWatch};
 pub use placement::Placement;
 pub use registration::{Registration, RegistrationConfig, RegistrationStatus};
+pub use sharded::{PutSummary, ShardedClient};
 pub use url::ClusterUrl;

@@ -151,16 +151,8 @@ mod tests {
 
     /// Seeded block hashes (splitmix64), as random as real sequence hashes.
     fn hashes(n: usize, seed: u64) -> Vec<u64> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = s;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^ (z >> 31)
-            })
-            .collect()
+        let mut rng = kvtier_testkit::rng::SplitMix64::new(seed);
+        (0..n).map(|_| rng.next_u64()).collect()
     }
 
     fn counts(p: &Placement, keys: &[u64]) -> Vec<usize> {

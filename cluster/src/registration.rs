@@ -188,12 +188,13 @@ impl Registration {
         self.desired.send_replace(state);
     }
 
-    /// Stops the keep-alives and revokes the lease (the record goes at once).
-    pub async fn deregister(mut self) {
+    /// Stops the keep-alives and revokes the lease (the record goes at once
+    /// when etcd is reachable); waits up to 5 s for that.
+    pub async fn deregister(&self) {
         let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+        let mut status = self.status.clone();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| !s.registered)).await;
     }
 }
 
@@ -283,7 +284,7 @@ async fn maintain(
                 member.state = *desired.borrow_and_update();
                 let Some(renewed) = reregister(&etcd, &key, member, lease.ttl, &mut stop).await
                 else {
-                    return;
+                    return; // stopped while unregistered: nothing to revoke
                 };
                 lease = renewed;
                 status.send_modify(|s| {

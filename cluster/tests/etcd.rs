@@ -60,6 +60,22 @@ async fn until(
     m
 }
 
+/// The registration's status once it has registered `n` times (the record
+/// may reach a watcher a moment before the task notes it).
+async fn registrations(reg: &Registration, n: u64) -> kvtier_cluster::RegistrationStatus {
+    let mut rx = reg.subscribe();
+    let waited =
+        tokio::time::timeout(SLACK, rx.wait_for(|s| s.registrations >= n && s.registered)).await;
+    assert!(
+        waited.is_ok(),
+        "not registered {n} times: {:?}",
+        reg.status()
+    );
+    let status = reg.status();
+    assert_eq!(status.registrations, n, "{status:?}");
+    status
+}
+
 fn epoch(m: &Membership, id: &str) -> u64 {
     m.members.get(id).map_or(0, |m| m.epoch)
 }
@@ -132,9 +148,8 @@ async fn a_lost_lease_registers_again_with_a_new_epoch() {
     })
     .await;
     assert_eq!(m.members["n1"].grpc, first.members["n1"].grpc);
-    let status = reg.status();
+    let status = registrations(&reg, 2).await;
     assert!(status.registered);
-    assert_eq!(status.registrations, 2);
     assert_eq!(status.epoch, epoch(&m, "n1"));
 }
 
@@ -210,8 +225,8 @@ async fn etcd_restarts_with_and_without_its_data() {
     })
     .await;
     assert_eq!(m.ids(), ["a", "b"]);
-    assert_eq!(a.status().registrations, 2);
-    assert_eq!(b.status().registrations, 2);
+    registrations(&a, 2).await;
+    registrations(&b, 2).await;
     assert_eq!(
         etcd.create_or_get("/kvtier/namespaces/x", b"new")
             .await

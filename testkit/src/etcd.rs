@@ -53,11 +53,17 @@ impl EtcdProcess {
     /// Starts `bin` on two free loopback ports with an empty data directory
     /// and waits (up to 30 s) until its `/health` says true.
     pub fn start(bin: &Path) -> Result<Self, Error> {
+        Self::start_on(bin, free_port()?)
+    }
+
+    /// [`EtcdProcess::start`] with the client endpoint on `client_port` (a
+    /// test that points a server at etcd before etcd exists).
+    pub fn start_on(bin: &Path, client_port: u16) -> Result<Self, Error> {
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let mut etcd = Self {
             bin: bin.to_path_buf(),
             dir: tempfile::tempdir().map_err(Error::io("creating etcd's directory"))?,
-            client: loopback(free_port()?),
+            client: loopback(client_port),
             peer: loopback(free_port()?),
             process: None,
         };
