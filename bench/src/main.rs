@@ -2,6 +2,7 @@
 //! subcommand's flags and work live in its own module.
 
 mod agent_bench;
+mod cluster_bench;
 mod index_bench;
 mod router_service;
 mod system;
@@ -39,6 +40,9 @@ enum Command {
     /// System replay: a trace through kvtier-router, simulated workers, agents and
     /// kvtier-server, against round-robin and prefix-affinity baselines.
     System(system::Args),
+    /// Cluster placement (weighted rendezvous over N cache servers): balance at 1M blocks
+    /// and movement on join/leave against 1/(N+1) and against `hash mod N`, in process.
+    Cluster(cluster_bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -50,5 +54,6 @@ fn main() -> Result<()> {
         Command::RouterService(args) => router_service::run_blocking(args),
         Command::Index(args) => index_bench::run(args),
         Command::System(args) => system::run(args),
+        Command::Cluster(args) => cluster_bench::run(args),
     }
 }

@@ -223,6 +223,9 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     /// TLS, tokens, per-client limits.
     pub security: SecurityConfig,
+    /// Membership in a cluster (`--cluster`); `None`: a single server, as
+    /// before clusters existed. Default `None`.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 impl Default for ServerConfig {
@@ -243,6 +246,7 @@ impl Default for ServerConfig {
             shutdown_spill: std::time::Duration::from_secs(20),
             store: StoreConfig::default(),
             security: SecurityConfig::default(),
+            cluster: None,
         }
     }
 }

@@ -19,12 +19,15 @@
 //! - [`service`] — thin gRPC handlers over the library (one file per handler group).
 //! - [`server`] — wires everything and runs until a shutdown future completes.
 //! - [`config`] — server configuration with embedded defaults and byte-size parsing.
+//! - [`cluster`] — this server as a shard of a cluster: node id, registration
+//!   in etcd, cluster-wide namespace configurations (`kvtier-cluster`).
 //!
 //! Storage knows nothing of agents: lifecycle-aware ordering lives in the
 //! policy, which the store only consults.
 
 pub mod agents;
 pub mod block;
+pub mod cluster;
 pub mod config;
 pub mod dataplane;
 pub mod events;

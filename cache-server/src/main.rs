@@ -8,10 +8,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
+use kvtier_cache_server::cluster::ClusterSettings;
 use kvtier_cache_server::config::{
     parse_byte_size, DataListen, PolicyKind, SecurityConfig, ServerConfig, StoreConfig,
 };
 use kvtier_cache_server::server;
+use kvtier_cluster::ClusterUrl;
 use kvtier_process::{ready, shutdown, LogArgs};
 use kvtier_security::tls::ServerTlsFiles;
 use kvtier_security::LimitConfig;
@@ -127,8 +129,55 @@ struct Args {
     /// Byte-rate burst per client (default: one second's worth).
     #[arg(long, env = "KVTIER_CLIENT_BURST_BYTES", default_value = "0", value_parser = parse_byte_size)]
     client_burst_bytes: u64,
+    /// Join a cluster whose membership and namespace configurations are in etcd:
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` (key prefix default /kvtier). The
+    /// server registers before it prints its ready line; an unreachable etcd is
+    /// retried with a log line, a node id held by a live process is an error.
+    #[arg(long, env = "KVTIER_CLUSTER")]
+    cluster: Option<String>,
+    /// This node's id in the cluster (1-64 of A-Z a-z 0-9 . _ -). Stored in the data
+    /// directory on first start; later starts take it back (a different id is refused).
+    /// Default: the stored id, or a generated one.
+    #[arg(long, env = "KVTIER_NODE_ID", requires = "cluster")]
+    node_id: Option<String>,
+    /// gRPC address other parties dial (HOST:PORT); default the bound --listen address
+    /// (required when that is 0.0.0.0).
+    #[arg(long, env = "KVTIER_ADVERTISE", requires = "cluster")]
+    advertise: Option<String>,
+    /// Data-plane address other parties dial (HOST:PORT); default the bound TCP
+    /// --data-listen address.
+    #[arg(long, env = "KVTIER_ADVERTISE_DATA", requires = "cluster")]
+    advertise_data: Option<String>,
+    /// Lease TTL of this node's membership record, in seconds: a node that stops
+    /// renewing (killed, frozen, cut off) leaves the membership within this long.
+    #[arg(long, env = "KVTIER_CLUSTER_LEASE_TTL_S", default_value_t = kvtier_cache_server::cluster::DEFAULT_LEASE_TTL_S, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    cluster_lease_ttl_s: u64,
+    /// This node's share of the hash space relative to the others (e.g. 2 for twice
+    /// the memory and disk).
+    #[arg(long, env = "KVTIER_CLUSTER_WEIGHT", default_value_t = 1.0)]
+    cluster_weight: f64,
     #[command(flatten)]
     log: LogArgs,
+}
+
+fn cluster_from(args: &Args) -> anyhow::Result<Option<ClusterSettings>> {
+    let Some(text) = &args.cluster else {
+        return Ok(None);
+    };
+    if !(args.cluster_weight.is_finite() && args.cluster_weight > 0.0) {
+        anyhow::bail!(
+            "--cluster-weight must be a number > 0, got {}",
+            args.cluster_weight
+        );
+    }
+    Ok(Some(ClusterSettings {
+        url: ClusterUrl::parse(text)?,
+        node_id: args.node_id.clone(),
+        advertise: args.advertise.clone(),
+        advertise_data: args.advertise_data.clone(),
+        lease_ttl: std::time::Duration::from_secs(args.cluster_lease_ttl_s),
+        weight: args.cluster_weight,
+    }))
 }
 
 fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
@@ -143,6 +192,7 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
         None => DataListen::default_for(args.listen),
         Some(text) => DataListen::parse(text).map_err(anyhow::Error::msg)?,
     };
+    let cluster = cluster_from(&args)?;
     Ok(ServerConfig {
         listen: args.listen,
         metrics_listen,
@@ -190,6 +240,7 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
             sync_writes: args.sync_writes,
             promote_on_hit: !args.no_promote,
         },
+        cluster,
     })
 }
 
@@ -207,8 +258,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })?;
     // The handlers are installed here, before the ready line.
     server::run(config, grpc, metrics, shutdown::signals()?, |addrs| {
+        // In a cluster the line ends with ` node=<id>`.
+        let node = addrs
+            .node_id
+            .as_deref()
+            .map(|id| format!(" node={id}"))
+            .unwrap_or_default();
         ready::announce(format_args!(
-            "kvtier-server ready grpc={} metrics={} data={}",
+            "kvtier-server ready grpc={} metrics={} data={}{node}",
             addrs.grpc,
             ready::or_off(addrs.metrics),
             ready::or_off(addrs.data.as_ref())

@@ -47,6 +47,10 @@ pub enum NamespaceError {
     /// Persisting the configuration failed.
     #[error("cannot persist namespace configuration: {0}")]
     Storage(#[from] TierError),
+    /// The cluster's configuration store cannot be reached, so the
+    /// namespace cannot be created cluster-wide (see [`crate::cluster`]).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// A namespace as the server knows it.
@@ -230,31 +234,12 @@ impl NamespaceRegistry {
         tenant: Option<&str>,
         disk: Option<&DiskTier>,
     ) -> Result<(Namespace, bool), NamespaceError> {
-        validate_name(name)?;
-        let config = normalise(config.ok_or_else(|| {
-            NamespaceError::Invalid("handshake without a hashing config: set `config`".into())
-        })?);
-        if config.block_tokens == 0 {
-            return Err(NamespaceError::Invalid(
-                "config.block_tokens must be > 0 (e.g. 16 for vLLM)".into(),
-            ));
-        }
-        if config.block_bytes == 0 || config.block_bytes > self.max_block_bytes {
-            return Err(NamespaceError::Invalid(format!(
-                "config.block_bytes must be between 1 and {} (this server's --max-block-bytes), got {}",
-                self.max_block_bytes, config.block_bytes
-            )));
-        }
+        let config = self.validate_request(name, config)?;
         if let Some(existing) = self.by_name.read().get(name) {
             Self::check_tenant(existing, tenant)?;
             return Self::check(existing, &config).map(|()| (existing.clone(), false));
         }
-        if !self.allowed.is_empty() && !self.allowed.iter().any(|a| a == name) {
-            return Err(NamespaceError::NotAllowed {
-                name: name.to_string(),
-                allowed: self.allowed.join(", "),
-            });
-        }
+        self.check_allowed(name)?;
         let mut map = self.by_name.write();
         if let Some(existing) = map.get(name) {
             Self::check_tenant(existing, tenant)?;
@@ -289,6 +274,43 @@ impl NamespaceRegistry {
         Ok((ns, true))
     }
 
+    /// Checks a handshake's name and configuration on their own (not
+    /// against an existing namespace) and returns the configuration
+    /// normalised (seed 0 means the default seed).
+    pub fn validate_request(
+        &self,
+        name: &str,
+        config: Option<HashingConfig>,
+    ) -> Result<HashingConfig, NamespaceError> {
+        validate_name(name)?;
+        let config = normalise(config.ok_or_else(|| {
+            NamespaceError::Invalid("handshake without a hashing config: set `config`".into())
+        })?);
+        if config.block_tokens == 0 {
+            return Err(NamespaceError::Invalid(
+                "config.block_tokens must be > 0 (e.g. 16 for vLLM)".into(),
+            ));
+        }
+        if config.block_bytes == 0 || config.block_bytes > self.max_block_bytes {
+            return Err(NamespaceError::Invalid(format!(
+                "config.block_bytes must be between 1 and {} (this server's --max-block-bytes), got {}",
+                self.max_block_bytes, config.block_bytes
+            )));
+        }
+        Ok(config)
+    }
+
+    /// [`NamespaceError::NotAllowed`] unless `name` may be created here.
+    pub fn check_allowed(&self, name: &str) -> Result<(), NamespaceError> {
+        if !self.allowed.is_empty() && !self.allowed.iter().any(|a| a == name) {
+            return Err(NamespaceError::NotAllowed {
+                name: name.to_string(),
+                allowed: self.allowed.join(", "),
+            });
+        }
+        Ok(())
+    }
+
     fn check_tenant(existing: &Namespace, tenant: Option<&str>) -> Result<(), NamespaceError> {
         match tenant {
             Some(t) if !existing.tenant.is_empty() && existing.tenant != t => {
@@ -299,7 +321,18 @@ impl NamespaceRegistry {
     }
 
     fn check(existing: &Namespace, config: &HashingConfig) -> Result<(), NamespaceError> {
-        let diff = differing_fields(&existing.config, config);
+        Self::check_config(&existing.name, &existing.config, config)
+    }
+
+    /// [`NamespaceError::Mismatch`], naming the differing fields and both
+    /// configurations, when `sent` differs from `current`, the configuration
+    /// of namespace `name`.
+    pub fn check_config(
+        name: &str,
+        current: &HashingConfig,
+        sent: &HashingConfig,
+    ) -> Result<(), NamespaceError> {
+        let diff = differing_fields(current, sent);
         if diff.is_empty() {
             return Ok(());
         }
@@ -309,10 +342,10 @@ impl NamespaceRegistry {
             "hashing config mismatch for namespace '{}' (differs in {}): the namespace uses [{}], \
              this client sent [{}]. Blocks hashed or laid out differently can never match; \
              fix the client's configuration or use another namespace.",
-            existing.name,
+            name,
             diff.join(", "),
-            describe(&existing.config),
-            describe(config)
+            describe(current),
+            describe(sent)
         );
         Err(NamespaceError::Mismatch(msg))
     }

@@ -16,6 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::agents::{AgentBook, AgentLimits};
 use crate::block::BlockKey;
+use crate::cluster::ClusterNode;
 use crate::config::{DataListen, PolicyKind, ServerConfig};
 use crate::dataplane::{DataAddr, DataListener};
 use crate::metrics as m;
@@ -53,6 +54,9 @@ pub enum ServerError {
     /// The data plane cannot be served as configured.
     #[error("data plane: {0}")]
     DataPlane(String),
+    /// This server cannot join its cluster (`--cluster`).
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::JoinError),
 }
 
 /// Binds the data plane as configured (see [`DataListen`]). The data plane
@@ -138,6 +142,8 @@ pub struct BoundAddrs {
     pub metrics: Option<SocketAddr>,
     /// The binary data plane, when served.
     pub data: Option<DataAddr>,
+    /// This node's id in its cluster (`--cluster`).
+    pub node_id: Option<String>,
 }
 
 /// Binds the configured listeners.
@@ -222,6 +228,47 @@ pub async fn run(
         None
     };
     let data_listener = bind_data(&config, tls.is_some()).await?;
+
+    // One shutdown signal fans out to the listeners (and to a start-up that
+    // waits for etcd).
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let grpc_addr = grpc_listener.local_addr()?;
+    let data_addr = match &data_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    // In a cluster: register before serving (the listeners are bound, so
+    // clients that see the record early wait in the accept queue).
+    let cluster = match &config.cluster {
+        Some(settings) => {
+            let joined = ClusterNode::join(
+                settings,
+                &config.store.data_dir,
+                grpc_addr,
+                data_addr.as_ref(),
+                stop_rx.clone(),
+            )
+            .await;
+            match joined {
+                Ok(node) => Some(Arc::new(node)),
+                Err(crate::cluster::JoinError::Stopped) => {
+                    tracing::info!("stopped before joining the cluster");
+                    tokio::task::block_in_place(|| store.flush())?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => None,
+    };
     let state = Arc::new(ServiceState {
         store: Arc::clone(&store),
         namespaces,
@@ -243,17 +290,8 @@ pub async fn run(
         max_concurrent_requests: config.max_concurrent_requests.max(1),
         auth: Arc::clone(&auth),
         limits: ClientLimiter::new(config.security.limits),
+        cluster: cluster.clone(),
     });
-
-    // One shutdown signal fans out to both listeners.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
 
     // Ends agents silent past their lease; stops with the server.
     let lease_task = {
@@ -275,7 +313,6 @@ pub async fn run(
         })
     };
 
-    let grpc_addr = grpc_listener.local_addr()?;
     let mut metrics_addr = None;
     let mut metrics_task = None;
     if let Some(listener) = metrics_listener {
@@ -292,10 +329,6 @@ pub async fn run(
         }
     }
 
-    let data_addr = match &data_listener {
-        Some(l) => Some(l.local_addr()?),
-        None => None,
-    };
     let data_task = data_listener.map(|listener| {
         tokio::spawn(crate::dataplane::serve(
             listener,
@@ -327,6 +360,7 @@ pub async fn run(
         grpc: grpc_addr,
         metrics: metrics_addr,
         data: data_addr,
+        node_id: cluster.as_ref().map(|c| c.node_id().to_string()),
     });
     tracing::info!(%grpc_addr, ?metrics_addr, data = %data_display, tls = tls.is_some(), "kvtier-server serving");
 
@@ -351,6 +385,10 @@ pub async fn run(
         )
         .await?;
 
+    // Out of the membership before the (possibly long) spill to disk.
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     let _ = lease_task.await;
     if let Some(task) = data_task {
         let _ = task.await;

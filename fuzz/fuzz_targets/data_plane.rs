@@ -84,6 +84,7 @@ fn harness() -> &'static Harness {
             max_concurrent_requests: 4,
             auth: Authenticator::disabled(),
             limits: ClientLimiter::new(LimitConfig::default()),
+            cluster: None,
         });
         let (stop, _) = watch::channel(false);
         Harness {

@@ -17,11 +17,14 @@
 //! - [`stats`]: median and percentiles.
 //! - [`dir`]: temporary directories (in `/dev/shm` for pool files).
 //! - [`prereq`]: a missing prerequisite: `SKIPPED` on a laptop, a failure in CI.
+//! - [`etcd`]: a real etcd on loopback (the cluster tests): kill, restart
+//!   with or without its data.
 //! - [`Error`]: what the above can fail with.
 
 pub mod binary;
 pub mod dir;
 mod error;
+pub mod etcd;
 pub mod net;
 pub mod prereq;
 pub mod process;
@@ -32,6 +35,7 @@ pub mod stats;
 
 pub use binary::{binary, Binary};
 pub use error::{Error, NotReady};
+pub use etcd::{find_etcd, EtcdProcess};
 pub use net::{free_port, http_get};
-pub use process::{Launch, Process, ReadyLine, Stop};
+pub use process::{Launch, Process, ReadyLine, ReadyProbe, Stop};
 pub use prom::metric_sum;

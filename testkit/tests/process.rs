@@ -121,3 +121,49 @@ fn log_append_keeps_earlier_runs() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("run0") && text.contains("run1"), "{text}");
 }
+
+#[test]
+fn a_probe_replaces_the_ready_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("up");
+    let script = format!("sleep 0.3; touch {}; exec sleep 30", flag.display());
+    let probe_flag = flag.clone();
+    let p = sh(&script)
+        .ready_when(move || probe_flag.exists())
+        .spawn()
+        .unwrap();
+    assert!(flag.exists());
+    assert!(
+        p.ready_after() >= Duration::from_millis(250),
+        "{:?}",
+        p.ready_after()
+    );
+    assert_eq!(p.line().text(), "");
+    // A child that exits before its probe holds reports its exit code.
+    let err = sh("exit 4").ready_when(|| false).spawn().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotReady {
+                reason: NotReady::Exited(Some(4)),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = sh("exec sleep 30")
+        .ready_when(|| false)
+        .timeout(Duration::from_millis(300))
+        .spawn()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotReady {
+                reason: NotReady::Timeout(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -11,6 +11,7 @@
 //! - [`running`]: what every started binary shares (a log, kill, SIGTERM).
 //! - [`server`], [`agent`], [`sim_worker`], [`router`]: one file per binary.
 //! - [`model_api`]: the OpenAI / Anthropic request shapes of the HTTP front.
+//! - [`cluster`]: servers joined through a real etcd (`--cluster`).
 //! - here: hashing configs, prompts, payloads and the cache's gRPC calls.
 
 use anyhow::Result;
@@ -21,6 +22,7 @@ use kvtier_proto::v1::*;
 use tonic::transport::Channel;
 
 pub mod agent;
+pub mod cluster;
 pub mod model_api;
 pub mod router;
 pub mod running;

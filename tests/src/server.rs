@@ -19,6 +19,8 @@ pub struct ServerProcess {
     pub metrics: SocketAddr,
     /// Data directory (kept by the caller's `TempDir`).
     pub data_dir: PathBuf,
+    /// Its node id, when it runs in a cluster (`node=` of the ready line).
+    pub node: Option<String>,
 }
 
 process_handle!(ServerProcess);
@@ -65,8 +67,14 @@ impl ServerProcess {
                 None => SocketAddr::from(([127, 0, 0, 1], 0)),
             },
             data_dir: data_dir.to_path_buf(),
+            node: line.get("node").map(str::to_string),
             process,
         })
+    }
+
+    /// Sends `signal` (`kvtier_testkit::process::signal::SIGSTOP`, ...).
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        Ok(self.process.signal(signal)?)
     }
 
     /// A gRPC client connected to this server.

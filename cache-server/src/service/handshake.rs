@@ -11,8 +11,9 @@ use crate::namespace::{forbidden_message, NamespaceError};
 
 /// With authentication on, the caller's grants decide: some access to open a
 /// session, write access to create the namespace. Refusals carry one message
-/// whether the namespace exists or not.
-pub(super) fn handle(
+/// whether the namespace exists or not. In a cluster the configuration is
+/// checked against (or created in) etcd first ([`crate::cluster`]).
+pub(super) async fn handle(
     state: &ServiceState,
     client: &Client,
     request: HandshakeRequest,
@@ -31,9 +32,19 @@ pub(super) fn handle(
             Some(p.tenant.as_str())
         }
     };
-    let outcome = state
-        .namespaces
-        .handshake_as(&name, request.config, tenant, state.store.disk());
+    let cluster_check = match &state.cluster {
+        Some(cluster) => {
+            cluster
+                .check_namespace(&state.namespaces, &name, request.config.as_ref(), tenant)
+                .await
+        }
+        None => Ok(()),
+    };
+    let outcome = cluster_check.and_then(|()| {
+        state
+            .namespaces
+            .handshake_as(&name, request.config, tenant, state.store.disk())
+    });
     let (namespace, created) = match outcome {
         Ok(ok) => ok,
         Err(err) => {
@@ -51,6 +62,9 @@ pub(super) fn handle(
                     ("unknown", Status::not_found(err.to_string()))
                 }
                 NamespaceError::Storage(_) => ("error", Status::internal(err.to_string())),
+                NamespaceError::Unavailable(_) => {
+                    ("unavailable", Status::unavailable(err.to_string()))
+                }
             };
             tracing::warn!(namespace = %name, client = %request.client_name, error = %err, "handshake refused");
             metrics::counter!(m::HANDSHAKES, "result" => result).increment(1);

@@ -67,6 +67,8 @@ pub struct ServiceState {
     pub auth: Arc<Authenticator>,
     /// Per-client concurrency and byte-rate limits.
     pub limits: ClientLimiter,
+    /// This server's cluster membership (`--cluster`); `None`: a single server.
+    pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
 }
 
 impl ServiceState {
@@ -210,9 +212,12 @@ impl CacheService for CacheServiceImpl {
         request: Request<HandshakeRequest>,
     ) -> Result<Response<HandshakeResponse>, Status> {
         let started = Instant::now();
-        let result = self.state.client(&request).and_then(|client| {
-            handshake::handle(&self.state, &client, request.into_inner()).map(Response::new)
-        });
+        let result = match self.state.client(&request) {
+            Ok(client) => handshake::handle(&self.state, &client, request.into_inner())
+                .await
+                .map(Response::new),
+            Err(status) => Err(status),
+        };
         observe("handshake", started, &result);
         result
     }

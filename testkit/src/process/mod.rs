@@ -36,7 +36,7 @@ use crate::error::{Error, NotReady};
 
 /// Signal numbers for [`Process::signal`], so that callers need no libc.
 pub mod signal {
-    pub use libc::{SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGUSR1, SIGUSR2};
+    pub use libc::{SIGCONT, SIGHUP, SIGINT, SIGKILL, SIGSTOP, SIGTERM, SIGUSR1, SIGUSR2};
 }
 
 /// How a [`Process`] is stopped when it is dropped while still running.
@@ -57,6 +57,19 @@ enum Stderr {
     File(PathBuf, bool),
 }
 
+/// A check that a child without a ready line serves (e.g. a health
+/// endpoint answers); see [`Launch::ready_when`].
+pub struct ReadyProbe(Box<dyn FnMut() -> bool + Send>);
+
+impl std::fmt::Debug for ReadyProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadyProbe")
+    }
+}
+
+/// How often a [`ReadyProbe`] is asked.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+
 /// How to start a child and recognise its ready line. Defaults: stderr and
 /// stdin inherited, ready prefix `"<file name> ready"`, 60 s to get there,
 /// the first stdout line must be the ready one, SIGKILL on drop.
@@ -65,6 +78,7 @@ pub struct Launch {
     command: Command,
     name: String,
     ready: Option<String>,
+    probe: Option<ReadyProbe>,
     stderr: Stderr,
     timeout: Duration,
     skip_other_lines: bool,
@@ -91,6 +105,7 @@ impl Launch {
             command,
             name,
             ready: None,
+            probe: None,
             stderr: Stderr::Inherit,
             timeout: READY_TIMEOUT,
             skip_other_lines: false,
@@ -148,6 +163,14 @@ impl Launch {
     /// The ready line starts with `prefix` (default `"<name> ready"`).
     pub fn ready(mut self, prefix: impl Into<String>) -> Self {
         self.ready = Some(prefix.into());
+        self
+    }
+
+    /// For a program that prints no ready line (a third-party server): it is
+    /// ready once `probe` returns true (asked every 50 ms; its stdout is
+    /// drained and ignored). The [`Process`]'s ready line is then empty.
+    pub fn ready_when(mut self, probe: impl FnMut() -> bool + Send + 'static) -> Self {
+        self.probe = Some(ReadyProbe(Box::new(probe)));
         self
     }
 
@@ -210,6 +233,22 @@ impl Launch {
         };
         let lines = read_lines(stdout);
         let deadline = started + self.timeout;
+        if let Some(ReadyProbe(mut probe)) = self.probe.take() {
+            drop(lines);
+            loop {
+                if probe() {
+                    process.set_ready(ReadyLine::new(""), started.elapsed(), None);
+                    return Ok(process);
+                }
+                if let Some(code) = process.exited() {
+                    return Err(process.not_ready(NotReady::Exited(code)));
+                }
+                if Instant::now() >= deadline {
+                    return Err(process.not_ready(NotReady::Timeout(self.timeout)));
+                }
+                std::thread::sleep(PROBE_EVERY);
+            }
+        }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {

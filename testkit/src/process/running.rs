@@ -77,6 +77,14 @@ impl Process {
         None
     }
 
+    /// `Some(exit code)` once the child has exited on its own (the code is
+    /// `None` after a signal); `None` while it runs.
+    pub(super) fn exited(&mut self) -> Option<Option<i32>> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status.code())
+    }
+
     /// Kills (and reaps) the child and wraps `reason` with its log.
     pub(super) fn not_ready(mut self, reason: NotReady) -> Error {
         let _ = self.kill();
