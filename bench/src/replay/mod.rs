@@ -264,37 +264,8 @@ pub fn run(args: Args) -> Result<()> {
         .map(|&f| (f * trace.unique_blocks as f64).round() as usize)
         .collect();
 
-    let progress = AtomicU64::new(0);
-    let next = AtomicU64::new(0);
-    let finished = AtomicBool::new(false);
-    let results: Vec<(Job, f64)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..args.threads.max(1))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let j = next.fetch_add(1, Ordering::Relaxed) as usize;
-                        let Some(&(c, p)) = jobs.get(j) else {
-                            break;
-                        };
-                        out.push(((c, p), run_job(&trace, &args, caps[c], p, &progress)));
-                    }
-                    out
-                })
-            })
-            .collect();
-        scope.spawn(|| {
-            while !finished.load(Ordering::Relaxed) {
-                bar.set_position(progress.load(Ordering::Relaxed));
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
-        let all = handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect();
-        finished.store(true, Ordering::Relaxed);
-        all
+    let results: Vec<(Job, f64)> = run_parallel(&jobs, args.threads, &bar, |&(c, p), progress| {
+        run_job(&trace, &args, caps[c], p, progress)
     });
     bar.finish_and_clear();
 
@@ -359,6 +330,45 @@ fn end_signal(args: &Args) -> String {
     }
 }
 
+/// Runs `run` on every job over `threads` threads (each takes the next job
+/// until none is left) while `bar` shows the shared progress counter that
+/// the jobs advance; returns each job with its outcome.
+fn run_parallel<J: Copy + Send + Sync, O: Send>(
+    jobs: &[J],
+    threads: usize,
+    bar: &ProgressBar,
+    run: impl Fn(&J, &AtomicU64) -> O + Sync,
+) -> Vec<(J, O)> {
+    let progress = AtomicU64::new(0);
+    let next = AtomicU64::new(0);
+    let finished = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed) as usize) {
+                        out.push((*job, run(job, &progress)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        scope.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                bar.set_position(progress.load(Ordering::Relaxed));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let all = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect();
+        finished.store(true, Ordering::Relaxed);
+        all
+    })
+}
+
 /// The tiered replay: every variant at every host capacity, in parallel.
 fn run_tiered(args: &Args, trace: &Trace, bar: &ProgressBar, started: Instant) -> Result<()> {
     if args.workers != 1 {
@@ -386,49 +396,20 @@ fn run_tiered(args: &Args, trace: &Trace, bar: &ProgressBar, started: Instant) -
     bar.set_length(jobs.len() as u64 * trace.requests.len() as u64);
     bar.set_message("replaying tiers");
     let cfg = args.value_config();
-    let progress = AtomicU64::new(0);
-    let next = AtomicU64::new(0);
-    let finished = AtomicBool::new(false);
     let lifecycle = lifecycle(args);
-    let results: Vec<((usize, tiered::Variant), tiered::Outcome)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..args.threads.max(1))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let j = next.fetch_add(1, Ordering::Relaxed) as usize;
-                        let Some(&(c, v)) = jobs.get(j) else {
-                            break;
-                        };
-                        let setup = tiered::Setup {
-                            host_blocks: blocks(args.capacity[c]),
-                            disk_blocks,
-                            costs,
-                            interval_ms: args.prefetch_interval_ms,
-                            budget,
-                            prefetch_horizon_ms: (args.prefetch_horizon_ms > 0)
-                                .then_some(args.prefetch_horizon_ms),
-                        };
-                        let o = tiered::simulate(trace, &setup, lifecycle, v, &cfg, &progress);
-                        out.push(((c, v), o));
-                    }
-                    out
-                })
-            })
-            .collect();
-        scope.spawn(|| {
-            while !finished.load(Ordering::Relaxed) {
-                bar.set_position(progress.load(Ordering::Relaxed));
-                std::thread::sleep(Duration::from_millis(200));
-            }
+    let results: Vec<((usize, tiered::Variant), tiered::Outcome)> =
+        run_parallel(&jobs, args.threads, bar, |&(c, v), progress| {
+            let setup = tiered::Setup {
+                host_blocks: blocks(args.capacity[c]),
+                disk_blocks,
+                costs,
+                interval_ms: args.prefetch_interval_ms,
+                budget,
+                prefetch_horizon_ms: (args.prefetch_horizon_ms > 0)
+                    .then_some(args.prefetch_horizon_ms),
+            };
+            tiered::simulate(trace, &setup, lifecycle, v, &cfg, progress)
         });
-        let all = handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect();
-        finished.store(true, Ordering::Relaxed);
-        all
-    });
     bar.finish_and_clear();
     let capacities = args
         .capacity

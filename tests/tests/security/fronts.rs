@@ -131,24 +131,38 @@ async fn the_agent_serves_a_unix_socket_by_default_and_tcp_only_when_asked() -> 
     Ok(())
 }
 
+/// An agent on a Unix socket under `shm` and loopback TCP, accepting only the
+/// token `token` of `principal`; `extra` flags are appended. Returns it and
+/// its socket's path.
+fn agent_with_token(
+    dir: &Path,
+    shm: &Path,
+    principal: &str,
+    token: &str,
+    extra: &[&str],
+) -> Result<(Process, String)> {
+    let tokens = dir.join(format!("{principal}-tokens"));
+    std::fs::write(&tokens, token_line(principal, token, "acme/*=rw"))?;
+    let sock = shm.join("agent.sock").display().to_string();
+    let tokens = tokens.display().to_string();
+    let mut args = vec![
+        "--uds",
+        &sock,
+        "--listen",
+        "127.0.0.1:0",
+        "--tokens-file",
+        &tokens,
+    ];
+    args.extend_from_slice(extra);
+    let agent = started(spawn_agent(&dir.join("agent.log"), &args)?)?;
+    Ok((agent, sock))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_checks_tokens_on_both_listeners() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let shm = kvtier_testkit::dir::shm_tempdir()?;
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, token_line("engine", "tok-engine", "sim=rw"))?;
-    let sock = shm.path().join("agent.sock").display().to_string();
-    let agent = started(spawn_agent(
-        &dir.path().join("agent.log"),
-        &[
-            "--uds",
-            &sock,
-            "--listen",
-            "127.0.0.1:0",
-            "--tokens-file",
-            &tokens.display().to_string(),
-        ],
-    )?)?;
+    let (agent, sock) = agent_with_token(dir.path(), shm.path(), "engine", "tok-engine", &[])?;
     let tcp = format!("http://{}", agent.line().get("grpc").unwrap_or("?"));
     for endpoint in [tcp.as_str(), &format!("unix:{sock}")] {
         let err = agent_stats(endpoint, None)
@@ -166,10 +180,13 @@ async fn the_agent_checks_tokens_on_both_listeners() -> Result<()> {
     Ok(())
 }
 
-/// The router for the front tests: one model `m` in namespace `acme/m`, one
-/// (unreachable) worker, no cache server; `args` are appended.
-fn router(dir: &Path, args: &[&str]) -> Result<RouterProcess> {
-    let mut all = vec![
+/// A worker whose engine and agent are unreachable.
+const NO_WORKER: &str = "w0=http://127.0.0.1:1@http://127.0.0.1:1";
+
+/// The router flags of the front tests: one model `m` in namespace
+/// `acme/m`, `worker`, no cache server.
+fn model_args(worker: &str) -> Vec<&str> {
+    vec![
         "--cache-server",
         "",
         "--model",
@@ -177,8 +194,14 @@ fn router(dir: &Path, args: &[&str]) -> Result<RouterProcess> {
         "--namespace",
         "acme/m",
         "--worker",
-        "w0=http://127.0.0.1:1@http://127.0.0.1:1",
-    ];
+        worker,
+    ]
+}
+
+/// The router for the front tests ([`model_args`] with [`NO_WORKER`]); `args`
+/// are appended.
+fn router(dir: &Path, args: &[&str]) -> Result<RouterProcess> {
+    let mut all = model_args(NO_WORKER);
     all.extend_from_slice(args);
     RouterProcess::start(&dir.join("router.log"), &all)
 }
@@ -375,20 +398,8 @@ async fn the_router_fronts_serve_tls_and_refuse_plaintext_off_loopback() -> Resu
     let tokens = write_router_tokens(dir.path())?;
 
     // Plaintext on a non-loopback address is refused at start, naming the fix.
-    let mut args = vec![
-        "--http-listen",
-        "0.0.0.0:0",
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--cache-server",
-        "",
-        "--model",
-        "m",
-        "--namespace",
-        "acme/m",
-        "--worker",
-        "w0=http://127.0.0.1:1@http://127.0.0.1:1",
-    ];
+    let mut args = vec!["--http-listen", "0.0.0.0:0", "--grpc-listen", "127.0.0.1:0"];
+    args.extend(model_args(NO_WORKER));
     let launched = Launch::new(binary("kvtier-router", "KVTIER_ROUTER_BIN")?)
         .name("kvtier-router")
         .args(&args)
@@ -450,37 +461,19 @@ async fn the_router_fronts_serve_tls_and_refuse_plaintext_off_loopback() -> Resu
 async fn the_router_reaches_an_agent_that_requires_a_token() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let shm = kvtier_testkit::dir::shm_tempdir()?;
-    let tokens = dir.path().join("agent-tokens");
-    std::fs::write(&tokens, token_line("router", "tok-router", "acme/*=r"))?;
-    let sock = shm.path().join("agent.sock").display().to_string();
-    let agent = started(spawn_agent(
-        &dir.path().join("agent.log"),
-        &[
-            "--uds",
-            &sock,
-            "--listen",
-            "127.0.0.1:0",
-            "--worker-id",
-            "w0",
-            "--tokens-file",
-            &tokens.display().to_string(),
-        ],
-    )?)?;
+    let (agent, _) = agent_with_token(
+        dir.path(),
+        shm.path(),
+        "router",
+        "tok-router",
+        &["--worker-id", "w0"],
+    )?;
     let worker = format!(
         "w0=http://127.0.0.1:1@http://{}",
         agent.line().get("grpc").unwrap_or("?")
     );
     let start = |name: &str, extra: &[&str]| {
-        let mut args = vec![
-            "--cache-server",
-            "",
-            "--model",
-            "m",
-            "--namespace",
-            "acme/m",
-            "--worker",
-            worker.as_str(),
-        ];
+        let mut args = model_args(&worker);
         args.extend_from_slice(extra);
         RouterProcess::start(&dir.path().join(format!("{name}.log")), &args)
     };
