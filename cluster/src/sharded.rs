@@ -197,6 +197,23 @@ impl ShardedClient {
         Err(ShardFailed("session refused twice".into()))
     }
 
+    /// Runs `call` on shard `id` with a session and records the outcome (a
+    /// failure marks the shard down until the membership changes); `None`
+    /// when the shard is skipped or the call failed.
+    async fn on_shard<T, F, Fut>(&self, membership: &Membership, id: &str, call: F) -> Option<T>
+    where
+        F: Fn(CacheServiceClient<Channel>, String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut shard = self.shard(membership, id).await?;
+        let result = self.with_session(&mut shard, call).await;
+        let outcome = result
+            .as_ref()
+            .map(|_| shard.session.clone().unwrap_or_default());
+        self.settle(id, membership, outcome).await;
+        result.ok()
+    }
+
     /// Reads `hashes`; `None` for a miss (absent, or its shard failed).
     pub async fn get(&self, hashes: &[u64]) -> Vec<Option<Bytes>> {
         let membership = self.membership();
@@ -205,11 +222,8 @@ impl ShardedClient {
             let membership = Arc::clone(&membership);
             async move {
                 let wanted: Vec<u64> = indices.iter().map(|&i| hashes[i]).collect();
-                let Some(mut shard) = self.shard(&membership, &id).await else {
-                    return (indices, Vec::new());
-                };
                 let result = self
-                    .with_session(&mut shard, |mut client, session| {
+                    .on_shard(&membership, &id, |mut client, session| {
                         let wanted = wanted.clone();
                         async move {
                             let mut stream = client
@@ -231,12 +245,8 @@ impl ShardedClient {
                         }
                     })
                     .await;
-                let outcome = result
-                    .as_ref()
-                    .map(|_| shard.session.clone().unwrap_or_default());
-                self.settle(&id, &membership, outcome).await;
                 let mut found = result.unwrap_or_default();
-                let blocks = wanted.iter().map(|h| found.remove(h)).collect();
+                let blocks: Vec<_> = wanted.iter().map(|h| found.remove(h)).collect();
                 (indices, blocks)
             }
         });
@@ -259,11 +269,8 @@ impl ShardedClient {
             let (membership, blocks) = (Arc::clone(&membership), Arc::clone(&blocks));
             async move {
                 let n = indices.len();
-                let Some(mut shard) = self.shard(&membership, &id).await else {
-                    return (id, Err(n));
-                };
                 let result = self
-                    .with_session(&mut shard, |mut client, session| {
+                    .on_shard(&membership, &id, |mut client, session| {
                         let messages: Vec<_> = indices
                             .iter()
                             .enumerate()
@@ -274,16 +281,12 @@ impl ShardedClient {
                         async move { client.put(tokio_stream::iter(messages)).await }
                     })
                     .await;
-                let outcome = result
-                    .as_ref()
-                    .map(|_| shard.session.clone().unwrap_or_default());
-                self.settle(&id, &membership, outcome).await;
                 match result {
-                    Ok(r) => {
+                    Some(r) => {
                         let r = r.into_inner();
                         (id, Ok((r.stored + r.already_present) as usize))
                     }
-                    Err(_) => (id, Err(n)),
+                    None => (id, Err(n)),
                 }
             }
         });
@@ -315,11 +318,8 @@ impl ShardedClient {
             let membership = Arc::clone(&membership);
             async move {
                 let wanted: Vec<u64> = indices.iter().map(|&i| prefix[i]).collect();
-                let Some(mut shard) = self.shard(&membership, &id).await else {
-                    return (indices, Vec::new());
-                };
                 let result = self
-                    .with_session(&mut shard, |mut client, session| {
+                    .on_shard(&membership, &id, |mut client, session| {
                         let wanted = wanted.clone();
                         async move {
                             client
@@ -331,18 +331,14 @@ impl ShardedClient {
                         }
                     })
                     .await;
-                let outcome = result
-                    .as_ref()
-                    .map(|_| shard.session.clone().unwrap_or_default());
-                self.settle(&id, &membership, outcome).await;
                 let present = match result {
-                    Ok(r) => r
+                    Some(r) => r
                         .into_inner()
                         .tiers
                         .iter()
                         .map(|&t| t != Tier::None as i32)
                         .collect(),
-                    Err(_) => Vec::new(),
+                    None => Vec::new(),
                 };
                 (indices, present)
             }
