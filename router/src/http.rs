@@ -37,7 +37,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use kvtier_prompt::{Api, ApiError, ModelCall};
 use kvtier_proto::v1::{CallEnding, HintRequest};
-use kvtier_security::front::{denied_message, Need};
+use kvtier_security::front::{permitted, Need};
 use kvtier_security::{Authenticator, Client};
 
 use crate::admission::Rejected;
@@ -107,23 +107,8 @@ impl HttpFront {
 
 /// 403 in the API's shape unless `client` may do `need` in the model's namespace.
 fn authorize(client: &Client, model: &ModelState, need: Need, what: &str) -> Result<(), ApiError> {
-    let Some(principal) = &client.principal else {
-        return Ok(());
-    };
-    let access = principal.access(&model.namespace);
-    let ok = match need {
-        Need::Read => access.read,
-        Need::Write => access.write,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(api_error(
-            403,
-            "permission_error",
-            denied_message(&principal.name, access, &model.namespace, need, what),
-        ))
-    }
+    permitted(client, &model.namespace, need, what)
+        .map_err(|message| api_error(403, "permission_error", message))
 }
 
 /// The axum application.

@@ -169,8 +169,14 @@ pub enum Need {
 
 /// Checks that `client` may do `need` in `namespace`; `Ok` for anonymous
 /// callers when authentication is off (`client.principal` is `None`).
-/// `what` names the call for the message.
+/// `what` names the call for the message. gRPC fronts use this.
 pub fn require(client: &Client, namespace: &str, need: Need, what: &str) -> Result<(), Status> {
+    permitted(client, namespace, need, what).map_err(Status::permission_denied)
+}
+
+/// The check of [`require`] for any front: `Err` carries the refusal's
+/// message, naming the grant to add (an HTTP front answers it with 403).
+pub fn permitted(client: &Client, namespace: &str, need: Need, what: &str) -> Result<(), String> {
     let Some(principal) = &client.principal else {
         return Ok(());
     };
@@ -182,17 +188,17 @@ pub fn require(client: &Client, namespace: &str, need: Need, what: &str) -> Resu
     if ok {
         return Ok(());
     }
-    Err(Status::permission_denied(denied_message(
+    Err(denied_message(
         &principal.name,
         access,
         namespace,
         need,
         what,
-    )))
+    ))
 }
 
-/// The message of a refused call (shared by gRPC and HTTP fronts).
-pub fn denied_message(
+/// The message of a refused call.
+fn denied_message(
     principal: &str,
     access: Access,
     namespace: &str,
