@@ -5,7 +5,7 @@ No `helm` binary is needed: helm-python-sdk binds Helm v4's Go SDK (libhelm_c, s
 wheel), so `lint` and `render` below are Helm's own code, run offline.
 
 For each values set (defaults, ci/gpu-values.yaml, ci/full-values.yaml, ci/tls-values.yaml,
-ci/router-values.yaml):
+ci/router-values.yaml, ci/cluster-values.yaml):
   * `helm lint --strict` (kube versions 1.27, the chart's minimum, and the newest schemas): no
     errors, no warnings (values.schema.json included; it must also refuse bad values);
   * render, then validate every manifest against the Kubernetes JSON schemas of
@@ -22,7 +22,10 @@ ci/router-values.yaml):
     readiness probes, every flag one `kvtier-router --help` lists, and kvtier-router starts with
     the rendered arguments (listen addresses moved to loopback, --cache-server to a real
     kvtier-server on loopback, the tokenizer and chat template to generated stand-ins), answers
-    /health, /metrics and the grpc.health.v1 check its startup probe makes, and stops on SIGTERM.
+    /health, /metrics and the grpc.health.v1 check its startup probe makes, and stops on SIGTERM;
+  * cluster mode: --cluster/--node-id/--advertise from the pod's name, the chart's etcd; a real
+    etcd started with the chart's etcd arguments and two replicas' kvtier-server arguments
+    (downward-API variables expanded as kubelet does) register in it as their pod names.
 The worker-agent sidecar snippet is checked by rendering a throwaway parent chart that includes
 kvtier as a subchart and the named templates in its own Deployment; its flags are checked against
 `kvtier-agent --help`.
@@ -634,7 +637,7 @@ def check_values_set(checks: Checks, label: str, values_file: str | None, server
     with helm.Chart.load(str(CHART)) as chart:
         merged = chart.merge_values(values)  # Helm's own coalescing of values.yaml and overrides
     c = merged["cache"]
-    sts = by_kind(docs, "StatefulSet")
+    sts = [d for d in by_kind(docs, "StatefulSet") if d["metadata"]["name"] == f"{RELEASE}-kvtier-cache"]
     if not checks.check(len(sts) == 1, f"{label}: one cache StatefulSet"):
         return
     sts = sts[0]
@@ -716,7 +719,9 @@ def check_values_set(checks: Checks, label: str, values_file: str | None, server
     if server_flags is not None:
         unknown = sorted(f for f in flags if f not in server_flags)
         checks.check(not unknown, f"{label}: every flag the chart passes is one kvtier-server --help lists {unknown or ''}")
-        if server_bin and not gpu["enabled"]:
+        if server_bin and merged["cluster"]["enabled"]:
+            pass  # started by check_cluster, against a real etcd
+        elif server_bin and not gpu["enabled"]:
             with tempfile.TemporaryDirectory() as tmp:
                 ok, detail = start_with_args(server_bin, ctr["command"][1:] + ctr["args"], Path(tmp))
                 if "--tls-cert" in flags:
@@ -724,6 +729,8 @@ def check_values_set(checks: Checks, label: str, values_file: str | None, server
                 checks.check(ok, f"{label}: kvtier-server starts with the chart's arguments and stops cleanly on SIGTERM ({detail.strip()[:200]})")
         elif gpu["enabled"]:
             print(f"SKIP {label}: starting kvtier-server with GPU arguments needs a cuda build and a GPU")
+
+    check_cluster(checks, label, docs, merged, server_bin)
 
     router = [d for d in docs if d["metadata"]["name"] == f"{RELEASE}-kvtier-router"]
     r_enabled = merged["router"]["enabled"]
@@ -767,6 +774,142 @@ def check_values_set(checks: Checks, label: str, values_file: str | None, server
         same = set(data) == set(files) and all(json.loads(data[k]) == json.loads(files[k]) for k in files)
         checks.check(same, f"{label}: dashboards ConfigMap carries {sorted(files)} unchanged")
         checks.check(cms[0]["metadata"]["labels"].get("grafana_dashboard") == "1", f"{label}: ConfigMap has the Grafana sidecar label grafana_dashboard=1")
+
+
+def find_etcd() -> str | None:
+    """The etcd binary the Rust cluster tests use (testkit/src/etcd.rs): $KVTIER_ETCD_BIN, the one
+    scripts/setup.sh installs (~/.cache/kvtier-etcd/etcd), or etcd on PATH."""
+    for c in (os.environ.get("KVTIER_ETCD_BIN"), str(Path.home() / ".cache" / "kvtier-etcd" / "etcd"), shutil.which("etcd")):
+        if c and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def etcd_nodes(client: str, prefix: str) -> dict[str, dict]:
+    """The membership records under prefix/nodes/, read through etcd's JSON gateway (/v3/kv/range)."""
+    import base64
+    import urllib.request
+
+    key = f"{prefix}/nodes/".encode()
+    end = key[:-1] + bytes([key[-1] + 1])
+    body = json.dumps({"key": base64.b64encode(key).decode(), "range_end": base64.b64encode(end).decode()}).encode()
+    req = urllib.request.Request(f"http://{client}/v3/kv/range", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        kvs = json.loads(r.read()).get("kvs", [])
+    return {base64.b64decode(kv["key"]).decode().rsplit("/", 1)[-1]: json.loads(base64.b64decode(kv["value"])) for kv in kvs}
+
+
+def check_cluster(checks: Checks, label: str, docs: list[dict], merged: dict, server_bin: str | None) -> None:
+    """cluster.enabled: each replica registers in etcd under its pod name with its per-pod DNS name;
+    etcd.enabled: the chart's single-node etcd. With a server binary and an etcd binary, the chart's
+    etcd arguments start a real etcd and two replicas' kvtier-server arguments register in it."""
+    cl, e = merged["cluster"], merged["etcd"]
+    name = f"{RELEASE}-kvtier-cache"
+    sts = next(d for d in by_kind(docs, "StatefulSet") if d["metadata"]["name"] == name)
+    ctr = sts["spec"]["template"]["spec"]["containers"][0]
+    flags = flag_values(ctr["args"])
+    headless = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == f"{name}-headless")
+    etcd_objs = [d for d in docs if d["metadata"]["name"] == f"{RELEASE}-kvtier-etcd"]
+    checks.check(sorted(d["kind"] for d in etcd_objs) == (["Service", "StatefulSet"] if e["enabled"] else []),
+                 f"{label}: etcd Service and StatefulSet {'rendered' if e['enabled'] else 'absent'} ({sorted(d['kind'] for d in etcd_objs)})")
+    if not cl["enabled"]:
+        checks.check(not any(f in flags for f in ("--cluster", "--node-id", "--advertise")) and headless["spec"].get("publishNotReadyAddresses") is False,
+                     f"{label}: cluster off: no --cluster flags, headless Service publishes ready pods only")
+        return
+    endpoints = cl["etcdEndpoints"] or [f"{RELEASE}-kvtier-etcd.{NAMESPACE}.svc:{e['clientPort']}"]
+    url = f"etcd://{','.join(endpoints)}{cl['prefix']}"
+    advertise = f"$(POD_NAME).{name}-headless.$(POD_NAMESPACE).svc:{merged['cache']['grpcPort']}"
+    env = {v["name"]: v.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for v in ctr.get("env", [])}
+    checks.check(flags.get("--cluster") == [url] and flags.get("--node-id") == ["$(POD_NAME)"] and flags.get("--advertise") == [advertise]
+                 and flags.get("--cluster-lease-ttl-s") == [str(cl["leaseTtlSeconds"])]
+                 and env.get("POD_NAME") == "metadata.name" and env.get("POD_NAMESPACE") == "metadata.namespace",
+                 f"{label}: each replica joins {url} as its pod name, advertising {advertise} (POD_NAME/POD_NAMESPACE from the downward API)")
+    data_on = bool(merged["cache"]["dataPort"]) and not merged["cache"]["tls"]["enabled"]
+    checks.check(flags.get("--advertise-data") == ([advertise.rsplit(":", 1)[0] + f":{merged['cache']['dataPort']}"] if data_on else None),
+                 f"{label}: the data plane is advertised beside gRPC when it is on ({flags.get('--advertise-data')})")
+    checks.check(headless["spec"].get("publishNotReadyAddresses") is True,
+                 f"{label}: the headless Service publishes replicas before they are ready (they register before their readiness probe passes)")
+    if e["enabled"]:
+        svc = next(d for d in etcd_objs if d["kind"] == "Service")
+        ests = next(d for d in etcd_objs if d["kind"] == "StatefulSet")
+        pod_labels = ests["spec"]["template"]["metadata"]["labels"]
+        ectr = ests["spec"]["template"]["spec"]["containers"][0]
+        checks.check(all(pod_labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+                     and [p["port"] for p in svc["spec"]["ports"]] == [e["clientPort"]] and ests["spec"]["replicas"] == 1,
+                     f"{label}: the etcd Service selects the single etcd pod on port {e['clientPort']}")
+    if not server_bin:
+        return
+    etcd_bin = find_etcd()
+    if etcd_bin is None:
+        msg = f"{label}: starting the replicas against a real etcd needs etcd (scripts/setup.sh installs it into ~/.cache/kvtier-etcd)"
+        if os.environ.get("CI") == "true":
+            checks.check(False, msg)
+        else:
+            print(f"SKIP {msg}")
+        return
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        client = f"127.0.0.1:{free_port()}"
+        if e["enabled"]:
+            # The chart's own etcd arguments, with its addresses moved to loopback; a free peer
+            # port (the pod's default, localhost:2380, may be taken on this machine).
+            eargs = list(ectr["args"])
+            for flag, value in (("--data-dir", str(tmp / "etcd")), ("--listen-client-urls", f"http://{client}"),
+                                ("--advertise-client-urls", f"http://{client}"), ("--listen-metrics-urls", f"http://127.0.0.1:{free_port()}")):
+                eargs[eargs.index(flag) + 1] = value
+        else:
+            eargs = ["--name", "test", "--data-dir", str(tmp / "etcd"), "--listen-client-urls", f"http://{client}",
+                     "--advertise-client-urls", f"http://{client}"]
+        peer = f"http://127.0.0.1:{free_port()}"
+        ename = eargs[eargs.index("--name") + 1]
+        eargs += ["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", f"{ename}={peer}"]
+        etcd = subprocess.Popen([etcd_bin, *eargs], stdout=open(tmp / "etcd.log", "wb"), stderr=subprocess.STDOUT)
+        servers: list[subprocess.Popen] = []
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    etcd_nodes(client, cl["prefix"])
+                    break
+                except OSError:
+                    if etcd.poll() is not None or time.monotonic() > deadline:
+                        checks.check(False, f"{label}: etcd starts with the chart's arguments: {(tmp / 'etcd.log').read_text()[-400:]}")
+                        return
+                    time.sleep(0.2)
+            checks.check(True, f"{label}: etcd {'starts with the chart etcd StatefulSet arguments' if e['enabled'] else 'started'} on {client}")
+            pods = [f"{name}-{i}" for i in range(2)]
+            lines = []
+            for pod in pods:
+                # What kubelet does: $(POD_NAME) and $(POD_NAMESPACE) from the downward API.
+                args = [a.replace("$(POD_NAME)", pod).replace("$(POD_NAMESPACE)", NAMESPACE) for a in ctr["command"][1:] + ctr["args"]]
+                for flag, value in (("--listen", "127.0.0.1:0"), ("--metrics-listen", "127.0.0.1:0"), ("--data-dir", str(tmp / pod)),
+                                    ("--cluster", f"etcd://{client}{cl['prefix']}")):
+                    args[args.index(flag) + 1] = value
+                if "--data-listen" in args and args[args.index("--data-listen") + 1] != "off":
+                    args[args.index("--data-listen") + 1] = "127.0.0.1:0"
+                p, line = spawn_ready([server_bin, *args], "kvtier-server ready", tmp / f"{pod}.log")
+                servers.append(p)
+                lines.append(line or f"no ready line; log: {(tmp / f'{pod}.log').read_text()[-300:]}")
+            nodes = etcd_nodes(client, cl["prefix"])
+            want = {pod: f"{pod}.{name}-headless.{NAMESPACE}.svc:{merged['cache']['grpcPort']}" for pod in pods}
+            got = {k: v.get("grpc") for k, v in nodes.items()}
+            checks.check(all(line.endswith(f"node={pod}") for line, pod in zip(lines, pods)) and got == want,
+                         f"{label}: two replicas started with the chart's arguments register as their pod names with their per-pod DNS names ({got}; {lines})")
+            codes = [stop(p) for p in servers]
+            left = etcd_nodes(client, cl["prefix"])
+            checks.check(codes == [0, 0] and not left, f"{label}: on SIGTERM the replicas leave the membership at once and exit 0 ({codes}, left {sorted(left)})")
+        finally:
+            for p in servers:
+                stop(p)
+            stop(etcd)
 
 
 PARENT_CHART = """apiVersion: v2
@@ -957,6 +1100,7 @@ def check_render_refuses(checks: Checks) -> None:
         "a router in plaintext beside a cache server with TLS": {"cache": {"tls": {"enabled": True, "secretName": "s"}},
                                                                   "cacheClient": {"caSecretName": "ca"},
                                                                   "router": {"enabled": True, "workers": [WORKER]}},
+        "cluster mode without etcd (no cluster.etcdEndpoints, etcd.enabled false)": {"cluster": {"enabled": True}},
         "a worker-agent PodMonitor without a pod selector": {"serviceMonitor": {"enabled": True, "workerAgents": {"enabled": True}}},
         "a worker-agent PodMonitor for a loopback-only agent /metrics": {"serviceMonitor": {"enabled": True, "workerAgents": {
             "enabled": True, "selector": {"matchLabels": {"app": "vllm"}}}}, "workerAgent": {"metricsHost": "127.0.0.1"}},
@@ -988,6 +1132,8 @@ def check_schema_rejects(checks: Checks) -> None:
         "a negative cost weight": {"router": {"costWeights": {"queueWeight": -1}}},
         "a load factor below 1 (other than 0)": {"router": {"costWeights": {"loadFactor": 0.5}}},
         "a misspelt cost weight (router.costWeights.queueWieght)": {"router": {"costWeights": {"queueWieght": 1}}},
+        "an etcd endpoint without a port (cluster.etcdEndpoints: [etcd])": {"cluster": {"etcdEndpoints": ["etcd"]}},
+        "a cluster lease TTL of 0": {"cluster": {"leaseTtlSeconds": 0}},
     }
     for what, values in bad.items():
         report = helm.lint(str(CHART), values, strict=True)
@@ -1014,7 +1160,7 @@ def main() -> int:
     if router_bin is None:
         print("SKIP router flags and start-up checks: kvtier-router binary not built")
     for label, vf in (("default", None), ("gpu", "ci/gpu-values.yaml"), ("full", "ci/full-values.yaml"), ("tls", "ci/tls-values.yaml"),
-                      ("router", "ci/router-values.yaml")):
+                      ("router", "ci/router-values.yaml"), ("cluster", "ci/cluster-values.yaml")):
         check_values_set(checks, label, vf, server_bin, server_flags, router_bin, router_flags)
     check_schema_rejects(checks)
     check_render_refuses(checks)

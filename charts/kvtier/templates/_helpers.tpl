@@ -32,6 +32,27 @@ Names. "kvtier.fullnameFrom" takes (dict "root" $ "values" <kvtier values>) so t
 {{- printf "%s-router" (include "kvtier.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "kvtier.etcdName" -}}
+{{- printf "%s-etcd" (include "kvtier.fullnameFrom" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The cache cluster's --cluster URL, etcd://HOST:PORT[,HOST:PORT...]/PREFIX: cluster.etcdEndpoints,
+or the chart's own etcd (etcd.enabled). Takes (dict "root" $ "values" <kvtier values>), like
+"kvtier.fullnameFrom", so that the worker-agent sidecar in a parent chart computes the same URL.
+*/}}
+{{- define "kvtier.clusterUrl" -}}
+{{- $v := .values -}}
+{{- $endpoints := $v.cluster.etcdEndpoints -}}
+{{- if and (not $endpoints) $v.etcd.enabled -}}
+{{- $endpoints = list (printf "%s.%s.svc:%d" (include "kvtier.etcdName" .) .root.Release.Namespace (int $v.etcd.clientPort)) -}}
+{{- end -}}
+{{- if not $endpoints -}}
+{{- fail "cluster.enabled needs cluster.etcdEndpoints (HOST:PORT of your etcd) or etcd.enabled (the chart's single-node etcd, for trying it out)" -}}
+{{- end -}}
+{{- printf "etcd://%s%s" (join "," $endpoints) $v.cluster.prefix -}}
+{{- end }}
+
 {{- define "kvtier.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
