@@ -32,11 +32,12 @@ use tokio::sync::watch;
 
 use kvtier_cluster::{
     validate_node_id, Claim, ClusterError, ClusterUrl, Etcd, Member, MemberState, Registration,
-    RegistrationConfig,
+    RegistrationConfig, RegistrationStatus,
 };
 use kvtier_proto::v1::HashingConfig;
 
 use crate::dataplane::DataAddr;
+use crate::metrics as m;
 use crate::namespace::{Namespace, NamespaceError, NamespaceRegistry};
 
 /// The file in the data directory that holds this node's id.
@@ -224,6 +225,28 @@ impl NamespaceRecord {
     }
 }
 
+/// Follows the registration's status into the `kvtier_cluster_*` gauges
+/// and counter until the registration ends.
+fn publish_registration(node_id: String, mut status: watch::Receiver<RegistrationStatus>) {
+    tokio::spawn(async move {
+        loop {
+            let now = status.borrow_and_update().clone();
+            let labels = [("node_id", node_id.clone())];
+            metrics::gauge!(m::CLUSTER_REGISTERED, &labels).set(if now.registered {
+                1.0
+            } else {
+                0.0
+            });
+            // Epochs are milliseconds since 1970: exact in an f64.
+            metrics::gauge!(m::CLUSTER_EPOCH, &labels).set(now.epoch as f64);
+            metrics::counter!(m::CLUSTER_REGISTRATIONS, &labels).absolute(now.registrations);
+            if status.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// This server's membership in its cluster.
 #[derive(Debug)]
 pub struct ClusterNode {
@@ -284,6 +307,7 @@ impl ClusterNode {
             }
             pause = (pause * 2).min(START_RETRY_MAX);
         };
+        publish_registration(node_id.clone(), registration.subscribe());
         Ok(Self {
             etcd,
             registration,

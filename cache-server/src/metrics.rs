@@ -49,6 +49,15 @@ pub const AGENTS_ENDED: &str = "kvtier_agents_ended_total";
 pub const AGENT_HINTS: &str = "kvtier_agent_hints_total";
 /// Events a watcher missed because it fell behind.
 pub const EVENTS_DROPPED: &str = "kvtier_events_dropped_total";
+/// In a cluster (`--cluster`): 1 while this node's record is in etcd under a
+/// live lease, 0 while it is not (lease lost, re-registering), label `node_id`.
+pub const CLUSTER_REGISTERED: &str = "kvtier_cluster_registered";
+/// In a cluster: the epoch of this node's current record (milliseconds since
+/// the Unix epoch at registration; grows on every re-registration), label `node_id`.
+pub const CLUSTER_EPOCH: &str = "kvtier_cluster_epoch";
+/// In a cluster: registrations by this process (1 after start; each lost
+/// lease adds one), label `node_id`.
+pub const CLUSTER_REGISTRATIONS: &str = "kvtier_cluster_registrations_total";
 
 /// Installs the global Prometheus recorder and returns the handle that
 /// renders `/metrics`. Fails when another recorder is already installed.

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Every Grafana panel query, evaluated by a real Prometheus scraping a real kvtier fleet.
 
-1. Starts `kvtier-server` on loopback (ports 0, temp data dir, tiny host and disk tiers so that a
-   short workload demotes, promotes and evicts), a worker (`kvtier-agent` + `kvtier-sim-worker`,
+1. Starts two `kvtier-server`s as one cluster (shards "shard-a" and "shard-b", membership in a
+   real etcd on loopback; ports 0, temp data dirs, tiny host and disk tiers so that a short
+   workload demotes, promotes and evicts), a worker (`kvtier-agent` + `kvtier-sim-worker`,
    a simulated engine with a small pool, the tiny byte-level tokenizer of tiny_tokenizer.py),
    `kvtier-router` in front of it, and Debian's `prometheus` (free loopback port, temp storage,
-   1 s scrape interval) scraping the server, the agent, the worker and the router.
+   1 s scrape interval) scraping both servers, the agent, the worker and the router. Each
+   namespace's blocks live on one shard (agent-a on shard-a, agent-b on shard-b), as if placement
+   had put them there, so that every panel is checked over several servers.
 2. Drives a deterministic workload over gRPC from Python (stubs generated from
    proto/proto/kvtier/v1/cache.proto: this also proves the wire contract from Python): handshakes
    (one mismatch), Puts, Gets, Lookups, a WatchEvents subscriber, and one request refused for
@@ -14,11 +17,13 @@
    API (template variables and $__rate_interval substituted, every option of custom variables)
    and fails when a query errors, returns no series, returns NaN, or names a metric that
    kvtier-server does not export (names are read from cache-server/src/metrics.rs).
-4. Checks that the hit-rate panels equal the hit rate the workload computed on the client side:
-   each panel's own expression with rate(...[$__rate_interval]) turned into increase(...[W]),
-   evaluated at a scrape taken after the measured phase, where W reaches back exactly to a scrape
-   taken between warm-up and measured phase (so Prometheus neither extrapolates nor misses a
-   counter's first increment).
+4. Checks that the hit-rate panels (overall, by tier, namespace, priority and shard) equal the hit
+   rate the workload computed on the client side: each panel's own expression with
+   rate(X[$__rate_interval]) turned into the exact counter delta (X - X offset W), evaluated at a
+   time t_end by which every server was scraped after the measured phase, where W reaches back to
+   a time t_start by which every server was scraped after the warm-up (no counter moves between
+   those scrapes and the window's ends, so the delta is exact whatever each target's scrape phase;
+   increase() would extrapolate differently per target).
 5. Then (the cache server's window closed, so worker onboards do not touch its Get counts) drives
    model calls through the router's HTTP front from urllib: the three APIs, streamed and not, a
    shared prefix (HBM hits), documents that overflow the worker's pool (offloads, onboards from
@@ -26,6 +31,9 @@
    window, a call that waits in the router's admission queue and one refused for a full queue
    (429), then a call to a stopped worker (upstream error). The router's predicted-hit-rate panels
    must equal the ratio of its own counters read from its /metrics before and after the window.
+
+Needs etcd (scripts/setup.sh installs it into ~/.cache/kvtier-etcd; or KVTIER_ETCD_BIN): without it
+the test fails under CI=true and reports itself skipped elsewhere.
 
 Usage: dashboard_test.py [--server-bin PATH] [--prometheus-bin PATH] [--keep]
        (or KVTIER_SERVER_BIN; kvtier-agent, kvtier-sim-worker and kvtier-router from
@@ -76,6 +84,10 @@ AGENTS = {("agent-a", "planner"): "high", ("agent-b", "batch-eval"): "low"}
 AGENT_PRIORITY = {"high": 4, "normal": 0, "low": -4}
 # Counters that legitimately have no series after a short healthy run: their panels must use an
 # `or vector(0)` fallback, and only their names are checked against the exporter.
+# The cluster: namespace -> the shard (node id) holding its blocks; shard-b's disk tier is smaller
+# so that its 60 blocks are evicted from disk too.
+SHARD_OF = {"agent-a": "shard-a", "agent-b": "shard-b"}
+SHARD_DISK_CAPACITY = {"shard-a": DISK_CAPACITY, "shard-b": 32 * BLOCK_BYTES}
 MAY_BE_ABSENT = {"kvtier_checksum_failures_total", "kvtier_events_dropped_total", "kvtier_agent_engine_event_errors_total"}
 # The router fleet: the model, the cache-server namespace its worker attaches, bytes per block
 # (= the cache workload's, so both fill the server's tiny tiers alike), the worker's pool.
@@ -171,18 +183,51 @@ class Procs:
                 p.wait(timeout=5)
 
 
-def start_server(procs: Procs, binary: str, tmp: Path) -> tuple[str, str, subprocess.Popen]:
-    log = open(tmp / "kvtier-server.log", "wb")
+def find_etcd() -> str | None:
+    """The etcd the Rust cluster tests use (testkit/src/etcd.rs): $KVTIER_ETCD_BIN, the one
+    scripts/setup.sh installs (~/.cache/kvtier-etcd/etcd), or etcd on PATH."""
+    for c in (os.environ.get("KVTIER_ETCD_BIN"), str(Path.home() / ".cache" / "kvtier-etcd" / "etcd"), shutil.which("etcd")):
+        if c and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def start_etcd(procs: Procs, binary: str, tmp: Path) -> str:
+    """A single-member etcd on free loopback ports; returns its client HOST:PORT."""
+    client, peer = f"127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
+    log = open(tmp / "etcd.log", "wb")
+    p = procs.start("etcd", [binary, "--name", "dash", "--data-dir", str(tmp / "etcd"),
+                             "--listen-client-urls", f"http://{client}", "--advertise-client-urls", f"http://{client}",
+                             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                             "--initial-cluster", f"dash={peer}"], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if http_get(f"http://{client}/health", timeout=1)[0] == 200:
+                return client
+        except OSError:
+            pass
+        if p.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"etcd not healthy within 20 s; log: {(tmp / 'etcd.log').read_bytes()[-800:].decode(errors='replace')}")
+        time.sleep(0.1)
+
+
+def start_server(procs: Procs, binary: str, tmp: Path, etcd: str, node: str) -> tuple[str, str, subprocess.Popen]:
+    """kvtier-server as shard `node` of the cluster whose membership is in etcd."""
+    log = open(tmp / f"kvtier-server-{node}.log", "wb")
     p = procs.start(
-        "kvtier-server",
+        f"kvtier-server {node}",
         [
             binary,
             "--listen", "127.0.0.1:0",
             "--metrics-listen", "127.0.0.1:0",
-            "--data-dir", str(tmp / "data"),
+            "--data-dir", str(tmp / f"data-{node}"),
             "--host-capacity", str(HOST_CAPACITY),
-            "--disk-capacity", str(DISK_CAPACITY),
+            "--disk-capacity", str(SHARD_DISK_CAPACITY[node]),
             "--max-concurrent-requests", "1",
+            "--cluster", f"etcd://{etcd}/kvtier-dashboard-test",
+            "--node-id", node,
+            "--cluster-lease-ttl-s", "5",
         ],
         stdout=subprocess.PIPE,
         stderr=log,
@@ -204,12 +249,12 @@ def start_server(procs: Procs, binary: str, tmp: Path) -> tuple[str, str, subpro
     deadline = time.monotonic() + 30
     while not ready:
         if p.poll() is not None:
-            raise SystemExit(f"kvtier-server exited with {p.returncode}; log: {tmp / 'kvtier-server.log'}")
+            raise SystemExit(f"kvtier-server {node} exited with {p.returncode}; log: {tmp / f'kvtier-server-{node}.log'}")
         if time.monotonic() > deadline:
             raise SystemExit("kvtier-server printed no ready line within 30 s")
         time.sleep(0.05)
-    m = re.match(r"kvtier-server ready grpc=(\S+) metrics=(\S+)", ready[0])
-    if not m:
+    m = re.match(r"kvtier-server ready grpc=(\S+) metrics=(\S+).* node=(\S+)$", ready[0])
+    if not m or m.group(3) != node:
         raise SystemExit(f"unexpected ready line: {ready[0]!r}")
     return m.group(1), m.group(2), p
 
@@ -313,8 +358,8 @@ class Fleet:
             pass
 
 
-def start_prometheus(procs: Procs, binary: str, tmp: Path, targets: dict[str, str]) -> str:
-    """Prometheus scraping each job's target (job name: the binary)."""
+def start_prometheus(procs: Procs, binary: str, tmp: Path, targets: dict[str, list[str]]) -> str:
+    """Prometheus scraping each job's targets (job name: the binary)."""
     port = free_port()
     cfg = tmp / "prometheus.yml"
     cfg.write_text(
@@ -323,7 +368,7 @@ def start_prometheus(procs: Procs, binary: str, tmp: Path, targets: dict[str, st
         "  scrape_timeout: 1s\n"
         "  evaluation_interval: 1s\n"
         "scrape_configs:\n"
-        + "".join(f"  - job_name: {job}\n    static_configs:\n      - targets: ['{addr}']\n" for job, addr in targets.items())
+        + "".join(f"  - job_name: {job}\n    static_configs:\n      - targets: {json.dumps(addrs)}\n" for job, addrs in targets.items())
     )
     log = open(tmp / "prometheus.log", "wb")
     procs.start(
@@ -393,12 +438,14 @@ class Prom:
             time.sleep(0.2)
 
     def scrape_after(self, wall_ms: int, job: str = "kvtier-server") -> int:
-        """Timestamp (ms) of the first scrape of job that started after wall_ms."""
+        """Once every target of job was scraped after wall_ms: the newest of their scrape
+        timestamps (ms), so that at that time each target's latest sample is from after wall_ms."""
         deadline = time.monotonic() + 20
         while True:
-            v = self.scalar(f'max(timestamp(up{{job="{job}"}}))')
+            v = self.scalar(f'min(timestamp(up{{job="{job}"}}))')
             if v is not None and round(v * 1000) > wall_ms:
-                return round(v * 1000)
+                newest = self.scalar(f'max(timestamp(up{{job="{job}"}}))')
+                return round((newest if newest is not None else v) * 1000)
             if time.monotonic() > deadline:
                 raise SystemExit(f"no fresh scrape of {job} within 20 s (last {v}, wanted > {wall_ms / 1000:.3f})")
             time.sleep(0.2)
@@ -469,16 +516,29 @@ class Tally:
             for ns, total in self.lookups.items()
         }
 
+    def by_instance(self, instance_of: dict[str, str]) -> dict[str, float]:
+        """Per shard (Prometheus `instance`: its metrics address), given each namespace's shard."""
+        lookups: dict[str, int] = {}
+        hits: dict[str, int] = {}
+        for ns, n in self.lookups.items():
+            lookups[instance_of[ns]] = lookups.get(instance_of[ns], 0) + n
+        for (ns, _), n in self.hits.items():
+            hits[instance_of[ns]] = hits.get(instance_of[ns], 0) + n
+        return {i: hits.get(i, 0) / n for i, n in lookups.items()}
+
 
 class Workload:
-    def __init__(self, grpc_addr: str, pb, pb_grpc) -> None:
+    def __init__(self, grpc_of: dict[str, str], pb, pb_grpc) -> None:
+        """grpc_of: each namespace's shard (its gRPC address)."""
         import grpc  # type: ignore
 
         self.grpc = grpc
         self.pb = pb
-        self.channel = grpc.insecure_channel(grpc_addr)
-        grpc.channel_ready_future(self.channel).result(timeout=10)
-        self.stub = pb_grpc.CacheServiceStub(self.channel)
+        self.stubs = {}
+        for ns, addr in grpc_of.items():
+            channel = grpc.insecure_channel(addr)
+            grpc.channel_ready_future(channel).result(timeout=10)
+            self.stubs[ns] = pb_grpc.CacheServiceStub(channel)
         self.sessions: dict[str, str] = {}
         self.tier_names = {pb.TIER_HOST: "host", pb.TIER_DISK: "disk", pb.TIER_GPU: "gpu"}
         self.get_lookups = 0  # every Get block, warm-up included (to know when a scrape saw them)
@@ -491,12 +551,12 @@ class Workload:
         )
 
     def handshake(self, ns: str) -> None:
-        r = self.stub.Handshake(self.pb.HandshakeRequest(namespace=ns, config=self.config(ns), client_name="dashboard-test"), timeout=10)
+        r = self.stubs[ns].Handshake(self.pb.HandshakeRequest(namespace=ns, config=self.config(ns), client_name="dashboard-test"), timeout=10)
         self.sessions[ns] = r.session_id
 
     def handshake_mismatch(self, ns: str) -> bool:
         try:
-            self.stub.Handshake(self.pb.HandshakeRequest(namespace=ns, config=self.config(ns, BLOCK_BYTES * 2), client_name="dashboard-test"), timeout=10)
+            self.stubs[ns].Handshake(self.pb.HandshakeRequest(namespace=ns, config=self.config(ns, BLOCK_BYTES * 2), client_name="dashboard-test"), timeout=10)
         except self.grpc.RpcError as e:
             return e.code() == self.grpc.StatusCode.FAILED_PRECONDITION
         return False
@@ -523,13 +583,13 @@ class Workload:
             prev = h
 
     def put(self, ns: str, idx: range) -> None:
-        r = self.stub.Put(self.put_messages(ns, idx), timeout=20)
+        r = self.stubs[ns].Put(self.put_messages(ns, idx), timeout=20)
         assert r.stored + r.already_present == len(idx), r
 
     def get(self, ns: str, hashes: list[int], stop_at_first_miss: bool, tally: Tally | None, agent: str = "") -> None:
         req = self.pb.GetRequest(session_id=self.sessions[ns], hashes=hashes, stop_at_first_miss=stop_at_first_miss, agent_id=agent)
         n = 0
-        for resp in self.stub.Get(req, timeout=20):
+        for resp in self.stubs[ns].Get(req, timeout=20):
             assert resp.hash == hashes[n], (resp.hash, hashes[n])
             if resp.found:
                 assert resp.payload == self.payload(resp.hash), "payload differs from what was put"
@@ -541,15 +601,15 @@ class Workload:
         self.get_lookups += n
 
     def register(self, ns: str, agent: str, priority: int) -> None:
-        r = self.stub.RegisterAgent(self.pb.RegisterAgentRequest(session_id=self.sessions[ns], agent_id=agent, priority=priority, latency_sensitivity=0.5), timeout=10)
+        r = self.stubs[ns].RegisterAgent(self.pb.RegisterAgentRequest(session_id=self.sessions[ns], agent_id=agent, priority=priority, latency_sensitivity=0.5), timeout=10)
         assert r.created, f"agent {agent} not created"
 
     def lookup_tiers(self, ns: str, hashes: list[int]) -> list[str | None]:
-        r = self.stub.Lookup(self.pb.LookupRequest(session_id=self.sessions[ns], hashes=hashes), timeout=10)
+        r = self.stubs[ns].Lookup(self.pb.LookupRequest(session_id=self.sessions[ns], hashes=hashes), timeout=10)
         return [self.tier_names.get(t) for t in r.tiers]
 
     def watch(self, stop: threading.Event) -> threading.Thread:
-        call = self.stub.WatchEvents(self.pb.WatchEventsRequest(namespace=""))
+        call = self.stubs[NAMESPACES[0]].WatchEvents(self.pb.WatchEventsRequest(namespace=""))
 
         def run() -> None:
             try:
@@ -567,11 +627,11 @@ class Workload:
         """Holds the only request slot with an open Put stream, so that a Lookup is refused with
         RESOURCE_EXHAUSTED after the server's 2 s admission wait."""
         gate = threading.Event()
-        fut = self.stub.Put.future(self.put_messages(ns, range(200, 202), gate), timeout=20)
+        fut = self.stubs[ns].Put.future(self.put_messages(ns, range(200, 202), gate), timeout=20)
         time.sleep(0.3)
         refused = False
         try:
-            self.stub.Lookup(self.pb.LookupRequest(session_id=self.sessions[ns], hashes=[self.hash_of(ns, 0)]), timeout=10)
+            self.stubs[ns].Lookup(self.pb.LookupRequest(session_id=self.sessions[ns], hashes=[self.hash_of(ns, 0)]), timeout=10)
         except self.grpc.RpcError as e:
             refused = e.code() == self.grpc.StatusCode.RESOURCE_EXHAUSTED
         gate.set()
@@ -595,10 +655,10 @@ class Workload:
         for (ns, agent), cls in AGENTS.items():
             self.register(ns, agent, AGENT_PRIORITY[cls])
         self.register(NAMESPACES[0], "short-lived", 0)
-        self.stub.Hint(self.pb.HintRequest(session_id=self.sessions[NAMESPACES[0]], agent_id="planner",
+        self.stubs[NAMESPACES[0]].Hint(self.pb.HintRequest(session_id=self.sessions[NAMESPACES[0]], agent_id="planner",
                                            blocks=[self.hash_of(NAMESPACES[0], i) for i in range(4)],
                                            ending=self.pb.CALL_ENDING_TOOL_CALL), timeout=10)
-        self.stub.EndAgent(self.pb.EndAgentRequest(session_id=self.sessions[NAMESPACES[0]], agent_id="short-lived"), timeout=10)
+        self.stubs[NAMESPACES[0]].EndAgent(self.pb.EndAgentRequest(session_id=self.sessions[NAMESPACES[0]], agent_id="short-lived"), timeout=10)
         readers = [(ns, "") for ns in NAMESPACES] + list(AGENTS)
         for ns, agent in readers:
             self.touch_series(ns, agent)
@@ -986,7 +1046,16 @@ def hit_rate_panels(dashboards):
                     yield fname, dash, p["title"], t, (m.group(1) if m else None)
 
 
-def check_hit_rate(checks: Checks, prom: Prom, dashboards, tally: Tally, t_start_ms: int, t_end_ms: int) -> None:
+def exact_delta(expr: str, window: str) -> str:
+    """rate(X{...}[$__rate_interval]) -> (X{...} - X{...} offset window): the counter's exact
+    change over the window, when every target was scraped between each window end and the
+    nearest counter change (see the module doc)."""
+    return re.sub(r"rate\((\w+)(\{[^}]*\})?\[\$__rate_interval\]\)",
+                  lambda m: f"({m.group(1)}{m.group(2) or ''} - {m.group(1)}{m.group(2) or ''} offset {window})", expr)
+
+
+def check_hit_rate(checks: Checks, prom: Prom, dashboards, tally: Tally, t_start_ms: int, t_end_ms: int,
+                   instance_of: dict[str, str]) -> None:
     window = f"{t_end_ms - t_start_ms}ms"
     at = t_end_ms / 1000
     # Both ends of the window are scrapes: every counter must have a sample at both, or its
@@ -1005,12 +1074,14 @@ def check_hit_rate(checks: Checks, prom: Prom, dashboards, tally: Tally, t_start
         "tier": tally.by_tier(),
         "namespace": tally.by_namespace(),
         "priority": tally.by_priority(),
+        "instance": tally.by_instance(instance_of),
     }
     print(
         f"client-side (measured phase): {tally.total_hits()} of {tally.total_lookups()} blocks found, "
         f"hit rate {tally.rate():.6f}; by tier {json.dumps({k: round(v, 6) for k, v in tally.by_tier().items()})}; "
         f"by namespace {json.dumps({k: round(v, 6) for k, v in tally.by_namespace().items()})}; "
-        f"by priority {json.dumps({k: round(v, 6) for k, v in tally.by_priority().items()})}",
+        f"by priority {json.dumps({k: round(v, 6) for k, v in tally.by_priority().items()})}; "
+        f"by shard {json.dumps({k: round(v, 6) for k, v in tally.by_instance(instance_of).items()})}",
         flush=True,
     )
     found = 0
@@ -1018,7 +1089,7 @@ def check_hit_rate(checks: Checks, prom: Prom, dashboards, tally: Tally, t_start
         found += 1
         bindings = {k: v for k, v in variable_bindings(dash)[0].items()}
         bindings["op"] = "get"
-        expr = substitute(t["expr"].replace("rate(", "increase("), bindings, window)
+        expr = substitute(exact_delta(t["expr"], window), bindings, window)
         err, res = prom.query(expr, at)
         what = f"hit rate: {fname} '{title}' {t['refId']} equals the client's"
         if err or not res:
@@ -1034,7 +1105,7 @@ def check_hit_rate(checks: Checks, prom: Prom, dashboards, tally: Tally, t_start
         bad = {k: v for k, v in diffs.items() if not abs(v[0] - v[1]) <= TOL}
         detail = ", ".join(f"{k or 'all'}: panel {v[0]:.6f} client {v[1]:.6f}" for k, v in sorted(diffs.items()))
         checks.check(not bad, f"{what} ({detail})")
-    checks.check(found >= 4, f"hit rate: {found} hit-rate targets found (overall, by tier, by namespace, by priority)")
+    checks.check(found >= 5, f"hit rate: {found} hit-rate targets found (overall, by tier, by namespace, by priority, by shard)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1080,16 +1151,28 @@ def main() -> int:
     bins = {"kvtier-server": find_bin("kvtier-server", args.server_bin)}
     for name in ("kvtier-agent", "kvtier-sim-worker", "kvtier-router"):
         bins[name] = find_bin(name)
+    etcd_bin = find_etcd()
+    if etcd_bin is None:
+        msg = "dashboard test needs etcd for its two-shard cluster: run scripts/setup.sh (installs it into ~/.cache/kvtier-etcd) or set KVTIER_ETCD_BIN"
+        if os.environ.get("CI") == "true":
+            print(f"FAILED: {msg}\ndashboard: 0 passed, 1 failed")
+            return 1
+        print(f"SKIP {msg}")
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="kvtier-dash-"))
     procs = Procs()
     stop_watch = threading.Event()
     fleet: Fleet | None = None
     try:
         pb, pb_grpc = load_stubs(tmp)
-        grpc_addr, metrics_addr, server = start_server(procs, bins["kvtier-server"], tmp)
-        checks.check(grpc_addr.startswith("127.0.0.1:") and metrics_addr.startswith("127.0.0.1:"), f"kvtier-server on loopback: grpc={grpc_addr} metrics={metrics_addr}")
+        etcd = start_etcd(procs, etcd_bin, tmp)
+        shards = {node: start_server(procs, bins["kvtier-server"], tmp, etcd, node) for node in sorted(set(SHARD_OF.values()))}
+        checks.check(all(g.startswith("127.0.0.1:") and m.startswith("127.0.0.1:") for g, m, _ in shards.values()),
+                     f"two kvtier-servers on loopback registered as one cluster in etcd {etcd}: "
+                     + ", ".join(f"{n} grpc={g} metrics={m}" for n, (g, m, _) in shards.items()))
+        grpc_addr = shards[SHARD_OF[NAMESPACES[0]]][0]
         fleet = Fleet(procs, bins, tmp, grpc_addr)
-        targets = {"kvtier-server": metrics_addr, **fleet.targets()}
+        targets = {"kvtier-server": [m for _, m, _ in shards.values()], **{job: [addr] for job, addr in fleet.targets().items()}}
         checks.ok(f"fleet on loopback: agent metrics={fleet.agent_metrics}, sim worker http={fleet.worker_http}, router http={fleet.router_http}")
         prom = Prom(start_prometheus(procs, args.prometheus_bin, tmp, targets))
         for job in targets:
@@ -1100,7 +1183,7 @@ def main() -> int:
             check_dashboard_json(checks, fname, dash)
 
         # Phase 1: the cache server, driven over gRPC (the fleet idles: no Gets of its own).
-        wl = Workload(grpc_addr, pb, pb_grpc)
+        wl = Workload({ns: shards[SHARD_OF[ns]][0] for ns in NAMESPACES}, pb, pb_grpc)
         wl.watch(stop_watch)
         wl.warm_up(checks)
         warm_end = time.time_ns() // 1_000_000
@@ -1150,23 +1233,44 @@ def main() -> int:
         print(f"router answers by HTTP status: {rw.codes}", flush=True)
         time.sleep(1.5)  # one more scrape of the router and the agent after the error
 
+        # A shard frozen past its lease TTL (5 s) loses its membership record and re-registers
+        # with a new epoch when it resumes: the re-registration panel must show it, for it alone.
+        frozen = shards["shard-b"][2]
+        epoch = prom.scalar('max(kvtier_cluster_epoch{node_id="shard-b"})')
+        frozen.send_signal(signal.SIGSTOP)
+        time.sleep(7)
+        frozen.send_signal(signal.SIGCONT)
+        prom.wait('max(kvtier_cluster_registrations_total{node_id="shard-b"})', lambda v: v >= 2, "shard-b's re-registration in a scrape", timeout=30)
+        new_epoch = prom.scalar('max(kvtier_cluster_epoch{node_id="shard-b"})')
+        checks.check(epoch is not None and new_epoch is not None and new_epoch > epoch,
+                     f"cluster: shard-b frozen past its lease TTL re-registered with a new epoch ({epoch} -> {new_epoch})")
+
         _, res = prom.query('count by (__name__) ({__name__=~"kvtier_.*"})')
         live = {r["metric"]["__name__"] for r in res}
-        for binary, addr in (("kvtier-server", metrics_addr), ("kvtier-router", fleet.router_http), ("kvtier-agent", fleet.agent_metrics)):
+        scraped = [("kvtier-server", m) for _, m, _ in shards.values()] + [("kvtier-router", fleet.router_http), ("kvtier-agent", fleet.agent_metrics)]
+        for binary, addr in scraped:
             code, body = http_get(f"http://{addr}/metrics")
             text_names = set(re.findall(r"^(kvtier_[a-z0-9_]+)", body.decode(), re.M))
             unexported = sorted(text_names - declared[binary])
-            checks.check(code == 200 and not unexported, f"every metric on {binary}'s /metrics is declared in {METRICS_RS[binary].relative_to(REPO)} {unexported or ''}")
+            checks.check(code == 200 and not unexported, f"every metric on {binary} {addr}'s /metrics is declared in {METRICS_RS[binary].relative_to(REPO)} {unexported or ''}")
         unused = sorted(n for n in exported if not n.endswith(("_bucket", "_sum")) and not any(n in t["expr"] for _, d in dashboards for p in panels_of(d) for t in p.get("targets", [])))
         if unused:
             print(f"NOTE exported but on no panel: {unused}", flush=True)
 
-        check_hit_rate(checks, prom, dashboards, tally, t_start, t_end)
+        check_hit_rate(checks, prom, dashboards, tally, t_start, t_end, {ns: shards[SHARD_OF[ns]][1] for ns in NAMESPACES})
         check_router_hit_rate(checks, prom, dashboards, before, after, r_start, r_end)
 
         # Every panel, at "now", over a window that covers the whole run.
         rate_interval = f"{int(time.monotonic() - started) + 10}s"
         evaluate_panels(checks, prom, dashboards, exported, live, rate_interval)
+        for fname, dash in dashboards:
+            for p in panels_of(dash):
+                if p.get("title") == "Re-registrations (lost leases)":
+                    expr = substitute(p["targets"][0]["expr"], variable_bindings(dash)[0], rate_interval)
+                    _, res = prom.query(expr)
+                    got = {r["metric"].get("node_id"): float(r["value"][1]) for r in res}
+                    checks.check(got.get("shard-b", 0) > 0 and got.get("shard-a") == 0,
+                                 f"{fname} '{p['title']}' shows shard-b's lost lease and none for shard-a ({got})")
         # The error panels must show the errors the workload caused (not just their 0 fallback).
         for fname, dash in dashboards:
             for p in panels_of(dash):
@@ -1178,7 +1282,9 @@ def main() -> int:
                     # the first error): only the series that moved count.
                     moved = sum(1 for r in res if float(r["value"][1]) > 0)
                     checks.check(top > 0 and moved == 1, f"{fname} '{p['title']}' shows the workload's errors ({moved} of {len(res)} series moved, max {top:.4g}/s)")
-        checks.check(server.poll() is None, "kvtier-server still running after the workload")
+        checks.check(all(p.poll() is None for _, _, p in shards.values()), "both kvtier-servers still running after the workload")
+        registered = prom.scalar('sum(kvtier_cluster_registered{job="kvtier-server"})')
+        checks.check(registered == len(shards), f"cluster: Prometheus sees {registered} of {len(shards)} shards registered in etcd (kvtier_cluster_registered)")
         alive = {name: p.poll() is None for name, p in procs.procs if name in ("kvtier-agent", "kvtier-router")}
         checks.check(all(alive.values()), f"kvtier-agent and kvtier-router still running after the workload {alive}")
     except (SystemExit, TimeoutError, AssertionError) as e:
@@ -1189,7 +1295,7 @@ def main() -> int:
         procs.stop_all()
         if fleet is not None:
             fleet.cleanup()
-        for name in ("kvtier-server.log", "kvtier-agent.log", "kvtier-sim-worker.log", "kvtier-router.log", "prometheus.log"):
+        for name in ("etcd.log", *(f"kvtier-server-{n}.log" for n in sorted(set(SHARD_OF.values()))), "kvtier-agent.log", "kvtier-sim-worker.log", "kvtier-router.log", "prometheus.log"):
             log = tmp / name
             if checks.failed and log.exists():
                 print(f"--- {name} (last 2000 bytes)\n{log.read_bytes()[-2000:].decode(errors='replace')}")
