@@ -69,6 +69,10 @@ pub struct ClusterSettings {
     pub lease_ttl: Duration,
     /// Share of the hash space relative to the other members. Default 1.
     pub weight: f64,
+    /// `--cluster-drain-s`: on a stop signal, stay in the membership as
+    /// `draining` this long (reads served, no new writes routed here)
+    /// before leaving. Zero (the default): leave at once.
+    pub drain: Duration,
 }
 
 /// Why this server cannot join its cluster.
@@ -324,6 +328,13 @@ impl ClusterNode {
     /// The registration (status, draining).
     pub fn registration(&self) -> &Registration {
         &self.registration
+    }
+
+    /// Marks this node `draining` in its membership record: clients stop
+    /// routing writes here and keep reading what it holds until it leaves.
+    pub fn drain(&self) {
+        tracing::info!(node = %self.node_id, "cluster: draining (no new writes; reads served until this node leaves)");
+        self.registration.set_state(MemberState::Draining);
     }
 
     /// Leaves the cluster at once (a graceful stop): the lease is revoked.

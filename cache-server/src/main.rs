@@ -156,6 +156,10 @@ struct Args {
     /// the memory and disk).
     #[arg(long, env = "KVTIER_CLUSTER_WEIGHT", default_value_t = 1.0)]
     cluster_weight: f64,
+    /// On SIGTERM, stay in the cluster as `draining` this many seconds (reads are
+    /// served, clients send no new writes here) before leaving; 0: leave at once.
+    #[arg(long, env = "KVTIER_CLUSTER_DRAIN_S", default_value_t = 0, requires = "cluster", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    cluster_drain_s: u64,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -177,6 +181,7 @@ fn cluster_from(args: &Args) -> anyhow::Result<Option<ClusterSettings>> {
         advertise_data: args.advertise_data.clone(),
         lease_ttl: std::time::Duration::from_secs(args.cluster_lease_ttl_s),
         weight: args.cluster_weight,
+        drain: std::time::Duration::from_secs(args.cluster_drain_s),
     }))
 }
 

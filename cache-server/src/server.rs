@@ -231,11 +231,14 @@ pub async fn run(
 
     // One shutdown signal fans out to the listeners (and to a start-up that
     // waits for etcd).
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // In a cluster with `--cluster-drain-s`, the stop of the listeners
+    // waits out the drain (below); `term_rx` is the signal itself.
+    let (term_tx, term_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        let _ = term_tx.send(true);
     });
+    let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -254,7 +257,7 @@ pub async fn run(
                 &config.store.data_dir,
                 grpc_addr,
                 data_addr.as_ref(),
-                stop_rx.clone(),
+                term_rx.clone(),
             )
             .await;
             match joined {
@@ -269,6 +272,27 @@ pub async fn run(
         }
         None => None,
     };
+    // The stop signal stops the listeners, after a drain when asked for.
+    {
+        let mut term = term_rx.clone();
+        let cluster = cluster.clone();
+        let drain = config
+            .cluster
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |c| c.drain);
+        tokio::spawn(async move {
+            let _ = term.wait_for(|t| *t).await;
+            if let Some(node) = cluster.filter(|_| !drain.is_zero()) {
+                node.drain();
+                tracing::info!(
+                    drain_s = drain.as_secs_f64(),
+                    "draining before leaving the cluster (reads are served meanwhile)"
+                );
+                tokio::time::sleep(drain).await;
+            }
+            let _ = stop_tx.send(true);
+        });
+    }
     let state = Arc::new(ServiceState {
         store: Arc::clone(&store),
         namespaces,
