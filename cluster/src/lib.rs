@@ -16,7 +16,8 @@
 //! - [`registration`]: a server's lease, keep-alive and re-registration.
 //! - [`membership`]: a client's snapshot + watch of the members.
 //! - [`sharded`]: a client of every shard: batches split by owner and sent
-//!   in parallel, prefix lookups combined, a failed shard a miss.
+//!   in parallel, prefix lookups combined, reads that follow the ranking
+//!   during a join's warm-up or a drain, a failed shard a miss.
 //! - [`ClusterError`]: what the above can fail with.
 
 mod error;
@@ -34,5 +35,5 @@ pub use member::{validate_node_id, Member, MemberState};
 pub use membership::{Membership, MembershipWatch};
 pub use placement::Placement;
 pub use registration::{Registration, RegistrationConfig, RegistrationStatus};
-pub use sharded::{PutSummary, ShardedClient};
+pub use sharded::{PutSummary, ShardedClient, ShardedOptions, ShardedStats};
 pub use url::ClusterUrl;

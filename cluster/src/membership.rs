@@ -47,17 +47,34 @@ impl Membership {
         Placement::new(self.members.values())
     }
 
+    /// Placement over every member, draining ones too: the ranking reads
+    /// follow ([`crate::sharded::read_order`]).
+    pub fn read_placement(&self) -> Placement {
+        Placement::over_all(self.members.values())
+    }
+
     /// Ids of all members, sorted.
     pub fn ids(&self) -> Vec<&str> {
         self.members.keys().map(String::as_str).collect()
     }
 }
 
-/// A running membership watch; stops when dropped.
-#[derive(Debug)]
+/// A running membership watch; clones share it, and it stops when the last
+/// clone is dropped.
+#[derive(Debug, Clone)]
 pub struct MembershipWatch {
     view: watch::Receiver<Arc<Membership>>,
-    task: JoinHandle<()>,
+    _task: Arc<AbortOnDrop>,
+}
+
+/// Aborts the watch task when dropped.
+#[derive(Debug)]
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl MembershipWatch {
@@ -65,8 +82,8 @@ impl MembershipWatch {
     /// the view is empty and unsynced.
     pub fn start(etcd: Etcd) -> Self {
         let (tx, view) = watch::channel(Arc::new(Membership::default()));
-        let task = tokio::spawn(follow(etcd, tx));
-        Self { view, task }
+        let task = Arc::new(AbortOnDrop(tokio::spawn(follow(etcd, tx))));
+        Self { view, _task: task }
     }
 
     /// The membership now.
@@ -90,12 +107,6 @@ impl MembershipWatch {
         let found = tokio::time::timeout(timeout, rx.wait_for(|m| ok(m))).await;
         let met = matches!(found, Ok(Ok(_)));
         (self.current(), met)
-    }
-}
-
-impl Drop for MembershipWatch {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

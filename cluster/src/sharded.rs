@@ -3,16 +3,35 @@
 //! the parts are sent in parallel; a prefix `Lookup` asks every owner
 //! concurrently and combines the runs.
 //!
-//! **A shard that fails is a miss, never an error**: a failed call counts
-//! the shard's blocks as misses (or unstored) at once, and the shard is
-//! skipped (no call, its blocks missing) until the membership changes. A
+//! - **Writes** go to the block's owner among the *active* members (the
+//!   first active one in its rendezvous ranking): never to a draining node.
+//! - **Reads** follow the ranking over all members ([`read_order`]): the
+//!   first member is asked; on a miss the next one in the ranking is asked
+//!   when the one before it joined less than [`ShardedOptions::warmup`] ago
+//!   (its epoch, the wall clock at registration, is that recent) or is
+//!   draining. After a join the next one is the block's previous owner;
+//!   during a drain it is where the block's new writes go. Optionally a
+//!   block read from a member that is not its write owner (a previous
+//!   owner during a warm-up, a draining owner) is copied in the background
+//!   to its write owner ([`ShardedOptions::copy_on_read`]; at most
+//!   [`MAX_COPY_TASKS`] copies run at once, the others are skipped), so
+//!   what was read before a drain is still there after the node leaves.
+//!
+//! **A shard that fails is a miss, never an error**: a failed call (or one
+//! that takes longer than [`ShardedOptions::call_timeout`]: a frozen shard)
+//! counts the shard's blocks as misses (or unstored) at once, and the shard
+//! is skipped (no call, its blocks missing) until the membership changes. A
 //! shard that restarted and forgot our session is handshaken again once.
 //!
-//! Not yet here: second-owner reads during a join's warm-up, TLS and tokens
-//! (plaintext gRPC only), the binary data plane.
+//! TLS and the bearer token come from [`kvtier_security::ServerClient`],
+//! as for a single `--server`; every shard is dialled as
+//! `https://<grpc>` when it carries TLS, else `http://<grpc>`. Payloads go
+//! over gRPC: the binary data plane is not used here.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::future::join_all;
@@ -20,21 +39,97 @@ use kvtier_proto::v1::cache_service_client::CacheServiceClient;
 use kvtier_proto::v1::{
     BlockData, GetRequest, HandshakeRequest, HashingConfig, LookupRequest, Tier,
 };
-use tokio::sync::Mutex;
-use tonic::transport::Channel;
+use kvtier_security::{AuthChannel, ServerClient};
+use tokio::sync::{Mutex, Semaphore};
+use tonic::transport::Endpoint;
 use tonic::Code;
 
+use crate::member::{Member, MemberState};
 use crate::membership::{Membership, MembershipWatch};
+use crate::placement::Placement;
 
 /// Largest gRPC message the client sends or accepts.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Default [`ShardedOptions::warmup`].
+pub const DEFAULT_WARMUP: Duration = Duration::from_secs(60);
+/// Default [`ShardedOptions::call_timeout`].
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most background copies (copy-on-read) running at once.
+pub const MAX_COPY_TASKS: usize = 4;
+/// Most members one read asks for a block (the owner and two fallbacks).
+pub const MAX_READ_TRIES: usize = 3;
+
+/// How a [`ShardedClient`] reads, writes and connects.
+#[derive(Debug, Clone)]
+pub struct ShardedOptions {
+    /// A member that registered (its epoch) less than this long ago is
+    /// warming up: a miss on it is asked of the next in the ranking.
+    /// Default 60 s.
+    pub warmup: Duration,
+    /// Copy a block read from a member other than its write owner (a
+    /// fallback read, or a read from a draining member) to its write owner,
+    /// in the background. Default off.
+    pub copy_on_read: bool,
+    /// Bound on one call to one shard (a frozen shard becomes misses, not a
+    /// hang). Default 10 s.
+    pub call_timeout: Duration,
+    /// Bound on connecting to a shard. Default 2 s.
+    pub connect_timeout: Duration,
+    /// TLS and bearer token, as for a single server.
+    pub security: ServerClient,
+}
+
+impl Default for ShardedOptions {
+    fn default() -> Self {
+        Self {
+            warmup: DEFAULT_WARMUP,
+            copy_on_read: false,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            connect_timeout: Duration::from_secs(2),
+            security: ServerClient::plain(),
+        }
+    }
+}
+
+/// Whether `member` is warming up at `now_ms` (ms since 1970): it
+/// registered (its epoch is the wall clock then) less than `warmup` ago.
+pub fn warming_up(member: &Member, now_ms: u64, warmup: Duration) -> bool {
+    now_ms < member.epoch.saturating_add(warmup.as_millis() as u64)
+}
+
+/// Indices (into `all.members()`, a placement over every member whatever
+/// its state) of the members to ask for `block_hash`, in order: the first
+/// in its ranking, then, while the last one asked is draining or warming up,
+/// the next in the ranking (at most [`MAX_READ_TRIES`] in all). Pure.
+pub fn read_order(all: &Placement, block_hash: u64, now_ms: u64, warmup: Duration) -> Vec<usize> {
+    let ranking = all.ranking_indices(block_hash);
+    let mut order = Vec::with_capacity(2);
+    for (k, &i) in ranking.iter().enumerate() {
+        order.push(i);
+        let member = &all.members()[i];
+        let fall_through =
+            member.state == MemberState::Draining || warming_up(member, now_ms, warmup);
+        if !fall_through || order.len() >= MAX_READ_TRIES || k + 1 >= ranking.len() {
+            break;
+        }
+    }
+    order
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// One shard's connection and session.
 #[derive(Debug, Clone)]
 struct Shard {
     grpc: String,
     epoch: u64,
-    client: CacheServiceClient<Channel>,
+    client: CacheServiceClient<AuthChannel>,
     session: Option<String>,
     /// Membership revision at which a call to it failed: skipped until the
     /// membership moves past it.
@@ -52,14 +147,43 @@ pub struct PutSummary {
     pub failed_shards: Vec<String>,
 }
 
-/// A client of every shard of one namespace.
+/// Counters of a [`ShardedClient`] since it was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardedStats {
+    /// Blocks read from a member other than the first in their ranking.
+    pub fallback_hits: u64,
+    /// Blocks copied to their write owner (copy-on-read).
+    pub copied: u64,
+    /// Blocks not copied because [`MAX_COPY_TASKS`] copies were running.
+    pub copies_skipped: u64,
+    /// Calls to a shard that failed or timed out (each turned into misses).
+    pub failed_calls: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    fallback_hits: AtomicU64,
+    copied: AtomicU64,
+    copies_skipped: AtomicU64,
+    failed_calls: AtomicU64,
+}
+
 #[derive(Debug)]
-pub struct ShardedClient {
+struct Inner {
     membership: MembershipWatch,
     namespace: String,
     config: HashingConfig,
     client_name: String,
+    options: ShardedOptions,
     shards: Mutex<HashMap<String, Shard>>,
+    copies: Arc<Semaphore>,
+    counters: Counters,
+}
+
+/// A client of every shard of one namespace. Cheap to clone (shared).
+#[derive(Debug, Clone)]
+pub struct ShardedClient {
+    inner: Arc<Inner>,
 }
 
 /// Why one shard's call failed (it becomes misses).
@@ -67,44 +191,276 @@ struct ShardFailed(String);
 
 impl ShardedClient {
     /// A client of `namespace` (handshaken with `config` on each shard when
-    /// first used) over the watched membership.
+    /// first used) over the watched membership, with default options
+    /// (plaintext, no token).
     pub fn new(
         membership: MembershipWatch,
         namespace: impl Into<String>,
         config: HashingConfig,
         client_name: impl Into<String>,
     ) -> Self {
-        Self {
+        Self::with_options(
             membership,
-            namespace: namespace.into(),
+            namespace,
             config,
-            client_name: client_name.into(),
-            shards: Mutex::new(HashMap::new()),
+            client_name,
+            ShardedOptions::default(),
+        )
+    }
+
+    /// As [`ShardedClient::new`], with `options`.
+    pub fn with_options(
+        membership: MembershipWatch,
+        namespace: impl Into<String>,
+        config: HashingConfig,
+        client_name: impl Into<String>,
+        options: ShardedOptions,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                membership,
+                namespace: namespace.into(),
+                config,
+                client_name: client_name.into(),
+                options,
+                shards: Mutex::new(HashMap::new()),
+                copies: Arc::new(Semaphore::new(MAX_COPY_TASKS)),
+                counters: Counters::default(),
+            }),
         }
     }
 
     /// The membership the client routes by now.
     pub fn membership(&self) -> Arc<Membership> {
-        self.membership.current()
+        self.inner.membership.current()
     }
 
-    /// Indices of `hashes` by owner id (blocks without an owner are left out).
-    fn split(
-        membership: &Membership,
-        hashes: impl Iterator<Item = u64>,
-    ) -> HashMap<String, Vec<usize>> {
-        let placement = membership.placement();
-        let mut parts: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, h) in hashes.enumerate() {
-            if let Some(owner) = placement.owner(h) {
-                parts.entry(owner.id.clone()).or_default().push(i);
+    /// The options it was made with.
+    pub fn options(&self) -> &ShardedOptions {
+        &self.inner.options
+    }
+
+    /// Counters since it was made.
+    pub fn stats(&self) -> ShardedStats {
+        let c = &self.inner.counters;
+        ShardedStats {
+            fallback_hits: c.fallback_hits.load(Ordering::Relaxed),
+            copied: c.copied.load(Ordering::Relaxed),
+            copies_skipped: c.copies_skipped.load(Ordering::Relaxed),
+            failed_calls: c.failed_calls.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reads `hashes`; `None` for a miss (absent everywhere asked, or its
+    /// shards failed). See the module doc for who is asked.
+    pub async fn get(&self, hashes: &[u64]) -> Vec<Option<Bytes>> {
+        let membership = self.membership();
+        let orders = self.read_orders(&membership, hashes);
+        let mut out: Vec<Option<Bytes>> = vec![None; hashes.len()];
+        // Who served each block found.
+        let mut served_by: Vec<Option<String>> = vec![None; hashes.len()];
+        let mut fallback_hits = 0u64;
+        for level in 0..MAX_READ_TRIES {
+            let parts = group_level(&membership, &orders, level, |i| out[i].is_none());
+            if parts.is_empty() {
+                break;
+            }
+            let calls = parts.into_iter().map(|(id, indices)| {
+                let membership = Arc::clone(&membership);
+                async move {
+                    let wanted: Vec<u64> = indices.iter().map(|&i| hashes[i]).collect();
+                    let mut found = self.inner.get_from(&membership, &id, &wanted).await;
+                    let blocks: Vec<_> = wanted.iter().map(|h| found.remove(h)).collect();
+                    (id, indices, blocks)
+                }
+            });
+            for (id, indices, blocks) in join_all(calls).await {
+                for (i, block) in indices.into_iter().zip(blocks) {
+                    if block.is_some() {
+                        if level > 0 {
+                            fallback_hits += 1;
+                        }
+                        served_by[i] = Some(id.clone());
+                    }
+                    out[i] = block;
+                }
             }
         }
-        parts
+        self.inner
+            .counters
+            .fallback_hits
+            .fetch_add(fallback_hits, Ordering::Relaxed);
+        if self.inner.options.copy_on_read {
+            self.copy_to_owners(&membership, hashes, &out, &served_by);
+        }
+        out
     }
 
-    /// The shard `id` ready for a call (connected lazily, handshaken), or
-    /// `None` when it is skipped or unknown.
+    /// Copies the blocks served by a member other than their write owner
+    /// to their write owners, one background task per owner while fewer
+    /// than [`MAX_COPY_TASKS`] run; the rest are skipped (counted).
+    fn copy_to_owners(
+        &self,
+        membership: &Arc<Membership>,
+        hashes: &[u64],
+        out: &[Option<Bytes>],
+        served_by: &[Option<String>],
+    ) {
+        let placement = membership.placement();
+        let mut by_owner: HashMap<String, Vec<BlockData>> = HashMap::new();
+        for (i, source) in served_by.iter().enumerate() {
+            let (Some(source), Some(owner), Some(payload)) =
+                (source, placement.owner(hashes[i]), &out[i])
+            else {
+                continue;
+            };
+            if *source == owner.id {
+                continue;
+            }
+            by_owner
+                .entry(owner.id.clone())
+                .or_default()
+                .push(BlockData {
+                    hash: hashes[i],
+                    parent_hash: None,
+                    payload: payload.clone(),
+                });
+        }
+        for (owner, blocks) in by_owner {
+            let Ok(permit) = Arc::clone(&self.inner.copies).try_acquire_owned() else {
+                self.inner
+                    .counters
+                    .copies_skipped
+                    .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+                continue;
+            };
+            let inner = Arc::clone(&self.inner);
+            let membership = Arc::clone(membership);
+            tokio::spawn(async move {
+                let n = blocks.len() as u64;
+                if inner.put_to(&membership, &owner, blocks).await.is_some() {
+                    inner.counters.copied.fetch_add(n, Ordering::Relaxed);
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    /// Stores `blocks` on their write owners (active members only), one Put
+    /// stream per owner, in parallel.
+    pub async fn put(&self, blocks: Vec<BlockData>) -> PutSummary {
+        let membership = self.membership();
+        let placement = membership.placement();
+        let mut parts: HashMap<String, Vec<BlockData>> = HashMap::new();
+        let mut unplaced = 0;
+        for block in blocks {
+            match placement.owner(block.hash) {
+                Some(owner) => parts.entry(owner.id.clone()).or_default().push(block),
+                None => unplaced += 1,
+            }
+        }
+        let calls = parts.into_iter().map(|(id, part)| {
+            let membership = Arc::clone(&membership);
+            async move {
+                let n = part.len();
+                let result = self.inner.put_to(&membership, &id, part).await;
+                (id, result.ok_or(n))
+            }
+        });
+        let mut summary = PutSummary {
+            unstored: unplaced,
+            ..PutSummary::default()
+        };
+        for (id, result) in join_all(calls).await {
+            match result {
+                Ok(n) => summary.acknowledged += n,
+                Err(n) => {
+                    summary.unstored += n;
+                    summary.failed_shards.push(id);
+                }
+            }
+        }
+        summary.failed_shards.sort();
+        summary
+    }
+
+    /// The tier of each of `hashes` (`Tier::None`: absent, or its shards
+    /// failed), asking the members [`ShardedClient::get`] would.
+    pub async fn lookup(&self, hashes: &[u64]) -> Vec<Tier> {
+        let membership = self.membership();
+        let orders = self.read_orders(&membership, hashes);
+        let mut out = vec![Tier::None; hashes.len()];
+        for level in 0..MAX_READ_TRIES {
+            let parts = group_level(&membership, &orders, level, |i| out[i] == Tier::None);
+            if parts.is_empty() {
+                break;
+            }
+            let calls = parts.into_iter().map(|(id, indices)| {
+                let membership = Arc::clone(&membership);
+                async move {
+                    let wanted: Vec<u64> = indices.iter().map(|&i| hashes[i]).collect();
+                    let tiers = self.inner.lookup_on(&membership, &id, wanted).await;
+                    (indices, tiers)
+                }
+            });
+            for (indices, tiers) in join_all(calls).await {
+                for (i, tier) in indices.into_iter().zip(tiers) {
+                    out[i] = tier;
+                }
+            }
+        }
+        out
+    }
+
+    /// Length of the longest leading run of `prefix` (sequence hashes in
+    /// order) that the tier holds: each member is asked for its blocks
+    /// concurrently and the answers are combined; a failed shard's blocks
+    /// are absent.
+    pub async fn lookup_prefix(&self, prefix: &[u64]) -> usize {
+        self.lookup(prefix)
+            .await
+            .iter()
+            .take_while(|&&t| t != Tier::None)
+            .count()
+    }
+
+    fn read_orders(&self, membership: &Membership, hashes: &[u64]) -> Vec<Vec<String>> {
+        let all = membership.read_placement();
+        let (now, warmup) = (now_ms(), self.inner.options.warmup);
+        hashes
+            .iter()
+            .map(|&h| {
+                read_order(&all, h, now, warmup)
+                    .into_iter()
+                    .map(|i| all.members()[i].id.clone())
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Indices still `open` whose read order has a member at `level`, by that
+/// member's id.
+fn group_level(
+    membership: &Membership,
+    orders: &[Vec<String>],
+    level: usize,
+    open: impl Fn(usize) -> bool,
+) -> HashMap<String, Vec<usize>> {
+    let mut parts: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, order) in orders.iter().enumerate() {
+        if let Some(id) = order.get(level) {
+            if open(i) && membership.members.contains_key(id) {
+                parts.entry(id.clone()).or_default().push(i);
+            }
+        }
+    }
+    parts
+}
+
+impl Inner {
+    /// The shard `id` ready for a call (connected lazily), or `None` when
+    /// it is skipped, unknown, or its address cannot be dialled.
     async fn shard(&self, membership: &Membership, id: &str) -> Option<Shard> {
         let member = membership.members.get(id)?;
         let mut shards = self.shards.lock().await;
@@ -112,12 +468,13 @@ impl ShardedClient {
             .get(id)
             .is_none_or(|s| s.grpc != member.grpc || s.epoch != member.epoch);
         if stale {
-            let channel = Channel::from_shared(format!("http://{}", member.grpc))
-                .ok()?
-                .connect_lazy();
-            let client = CacheServiceClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let client = match self.connect(&member.grpc) {
+                Ok(c) => c,
+                Err(why) => {
+                    tracing::warn!(node = id, grpc = %member.grpc, reason = %why, "cluster: cannot dial a shard; its blocks are misses");
+                    return None;
+                }
+            };
             shards.insert(
                 id.to_string(),
                 Shard {
@@ -138,6 +495,23 @@ impl ShardedClient {
         Some(shard.clone())
     }
 
+    fn connect(&self, grpc: &str) -> Result<CacheServiceClient<AuthChannel>, String> {
+        let security = &self.options.security;
+        let scheme = if security.tls() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{grpc}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(self.options.connect_timeout)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(32 << 20);
+        let endpoint = security.configure(endpoint).map_err(|e| e.to_string())?;
+        Ok(
+            CacheServiceClient::new(security.intercept(endpoint.connect_lazy()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+    }
+
     /// Records the outcome of a call to `id`: a new session, or a failure.
     async fn settle(
         &self,
@@ -152,6 +526,7 @@ impl ShardedClient {
         match outcome {
             Ok(session) => shard.session = Some(session),
             Err(ShardFailed(why)) => {
+                self.counters.failed_calls.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(node = id, reason = %why, "cluster: shard failed; its blocks are misses until the membership changes");
                 shard.session = None;
                 shard.down_at = Some(membership.revision);
@@ -171,7 +546,7 @@ impl ShardedClient {
                 client_name: self.client_name.clone(),
             })
             .await
-            .map_err(|s| ShardFailed(format!("handshake: {}", s.message())))?;
+            .map_err(|s| ShardFailed(format!("handshake: {:?}: {}", s.code(), s.message())))?;
         let session = response.into_inner().session_id;
         shard.session = Some(session.clone());
         Ok(session)
@@ -181,7 +556,7 @@ impl ShardedClient {
     /// session (it restarted) is handshaken again once.
     async fn with_session<T, F, Fut>(&self, shard: &mut Shard, call: F) -> Result<T, ShardFailed>
     where
-        F: Fn(CacheServiceClient<Channel>, String) -> Fut,
+        F: Fn(CacheServiceClient<AuthChannel>, String) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         for attempt in 0..2 {
@@ -197,16 +572,22 @@ impl ShardedClient {
         Err(ShardFailed("session refused twice".into()))
     }
 
-    /// Runs `call` on shard `id` with a session and records the outcome (a
-    /// failure marks the shard down until the membership changes); `None`
-    /// when the shard is skipped or the call failed.
+    /// Runs `call` on shard `id` with a session within the call timeout and
+    /// records the outcome (a failure marks the shard down until the
+    /// membership changes); `None` when the shard is skipped or the call
+    /// failed.
     async fn on_shard<T, F, Fut>(&self, membership: &Membership, id: &str, call: F) -> Option<T>
     where
-        F: Fn(CacheServiceClient<Channel>, String) -> Fut,
+        F: Fn(CacheServiceClient<AuthChannel>, String) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let mut shard = self.shard(membership, id).await?;
-        let result = self.with_session(&mut shard, call).await;
+        let timeout = self.options.call_timeout;
+        let result = match tokio::time::timeout(timeout, self.with_session(&mut shard, call)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(ShardFailed(format!("no answer within {timeout:?}"))),
+        };
         let outcome = result
             .as_ref()
             .map(|_| shard.session.clone().unwrap_or_default());
@@ -214,141 +595,205 @@ impl ShardedClient {
         result.ok()
     }
 
-    /// Reads `hashes`; `None` for a miss (absent, or its shard failed).
-    pub async fn get(&self, hashes: &[u64]) -> Vec<Option<Bytes>> {
-        let membership = self.membership();
-        let parts = Self::split(&membership, hashes.iter().copied());
-        let calls = parts.into_iter().map(|(id, indices)| {
-            let membership = Arc::clone(&membership);
+    /// The blocks of `wanted` that shard `id` holds (none when it failed).
+    async fn get_from(
+        &self,
+        membership: &Membership,
+        id: &str,
+        wanted: &[u64],
+    ) -> HashMap<u64, Bytes> {
+        self.on_shard(membership, id, |mut client, session| {
+            let wanted = wanted.to_vec();
             async move {
-                let wanted: Vec<u64> = indices.iter().map(|&i| hashes[i]).collect();
-                let result = self
-                    .on_shard(&membership, &id, |mut client, session| {
-                        let wanted = wanted.clone();
-                        async move {
-                            let mut stream = client
-                                .get(GetRequest {
-                                    session_id: session,
-                                    hashes: wanted,
-                                    stop_at_first_miss: false,
-                                    agent_id: String::new(),
-                                })
-                                .await?
-                                .into_inner();
-                            let mut found = HashMap::new();
-                            while let Some(block) = stream.message().await? {
-                                if block.found {
-                                    found.insert(block.hash, block.payload);
-                                }
-                            }
-                            Ok(found)
-                        }
+                let mut stream = client
+                    .get(GetRequest {
+                        session_id: session,
+                        hashes: wanted,
+                        stop_at_first_miss: false,
+                        agent_id: String::new(),
                     })
-                    .await;
-                let mut found = result.unwrap_or_default();
-                let blocks: Vec<_> = wanted.iter().map(|h| found.remove(h)).collect();
-                (indices, blocks)
-            }
-        });
-        let mut out = vec![None; hashes.len()];
-        for (indices, blocks) in join_all(calls).await {
-            for (i, block) in indices.into_iter().zip(blocks) {
-                out[i] = block;
-            }
-        }
-        out
-    }
-
-    /// Stores `blocks` on their owners, one Put stream per owner, in parallel.
-    pub async fn put(&self, blocks: Vec<BlockData>) -> PutSummary {
-        let membership = self.membership();
-        let parts = Self::split(&membership, blocks.iter().map(|b| b.hash));
-        let placed: usize = parts.values().map(Vec::len).sum();
-        let blocks = Arc::new(blocks);
-        let calls = parts.into_iter().map(|(id, indices)| {
-            let (membership, blocks) = (Arc::clone(&membership), Arc::clone(&blocks));
-            async move {
-                let n = indices.len();
-                let result = self
-                    .on_shard(&membership, &id, |mut client, session| {
-                        let messages: Vec<_> = indices
-                            .iter()
-                            .enumerate()
-                            .map(|(k, &i)| {
-                                kvtier_proto::put_message(&session, k, blocks[i].clone())
-                            })
-                            .collect();
-                        async move { client.put(tokio_stream::iter(messages)).await }
-                    })
-                    .await;
-                match result {
-                    Some(r) => {
-                        let r = r.into_inner();
-                        (id, Ok((r.stored + r.already_present) as usize))
+                    .await?
+                    .into_inner();
+                let mut found = HashMap::new();
+                while let Some(block) = stream.message().await? {
+                    if block.found {
+                        found.insert(block.hash, block.payload);
                     }
-                    None => (id, Err(n)),
                 }
+                Ok(found)
             }
-        });
-        let mut summary = PutSummary {
-            unstored: blocks.len() - placed,
-            ..PutSummary::default()
-        };
-        for (id, result) in join_all(calls).await {
-            match result {
-                Ok(n) => summary.acknowledged += n,
-                Err(n) => {
-                    summary.unstored += n;
-                    summary.failed_shards.push(id);
-                }
-            }
-        }
-        summary.failed_shards.sort();
-        summary
+        })
+        .await
+        .unwrap_or_default()
     }
 
-    /// Length of the longest leading run of `prefix` (sequence hashes in
-    /// order) that the tier holds: each owner is asked for its blocks
-    /// concurrently and the answers are combined; a failed shard's blocks
-    /// are absent.
-    pub async fn lookup_prefix(&self, prefix: &[u64]) -> usize {
-        let membership = self.membership();
-        let parts = Self::split(&membership, prefix.iter().copied());
-        let calls = parts.into_iter().map(|(id, indices)| {
-            let membership = Arc::clone(&membership);
-            async move {
-                let wanted: Vec<u64> = indices.iter().map(|&i| prefix[i]).collect();
-                let result = self
-                    .on_shard(&membership, &id, |mut client, session| {
-                        let wanted = wanted.clone();
-                        async move {
-                            client
-                                .lookup(LookupRequest {
-                                    session_id: session,
-                                    hashes: wanted,
-                                })
-                                .await
-                        }
-                    })
-                    .await;
-                let present = match result {
-                    Some(r) => r
-                        .into_inner()
-                        .tiers
-                        .iter()
-                        .map(|&t| t != Tier::None as i32)
-                        .collect(),
-                    None => Vec::new(),
-                };
-                (indices, present)
+    /// Tiers of `wanted` on shard `id` (all `Tier::None` when it failed).
+    async fn lookup_on(&self, membership: &Membership, id: &str, wanted: Vec<u64>) -> Vec<Tier> {
+        let n = wanted.len();
+        let answer = self
+            .on_shard(membership, id, |mut client, session| {
+                let wanted = wanted.clone();
+                async move {
+                    client
+                        .lookup(LookupRequest {
+                            session_id: session,
+                            hashes: wanted,
+                        })
+                        .await
+                }
+            })
+            .await;
+        let mut tiers: Vec<Tier> = match answer {
+            Some(r) => r
+                .into_inner()
+                .tiers
+                .iter()
+                .map(|&t| Tier::try_from(t).unwrap_or(Tier::None))
+                .collect(),
+            None => Vec::new(),
+        };
+        tiers.resize(n, Tier::None);
+        tiers
+    }
+
+    /// One Put stream of `blocks` to shard `id`: the blocks acknowledged
+    /// (stored or already present), `None` when it failed.
+    async fn put_to(
+        &self,
+        membership: &Membership,
+        id: &str,
+        blocks: Vec<BlockData>,
+    ) -> Option<usize> {
+        let blocks = Arc::new(blocks);
+        let response = self
+            .on_shard(membership, id, |mut client, session| {
+                let messages: Vec<_> = blocks
+                    .iter()
+                    .enumerate()
+                    .map(|(k, b)| kvtier_proto::put_message(&session, k, b.clone()))
+                    .collect();
+                async move { client.put(tokio_stream::iter(messages)).await }
+            })
+            .await?;
+        let r = response.into_inner();
+        Some((r.stored + r.already_present) as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, epoch: u64, state: MemberState) -> Member {
+        Member {
+            id: id.into(),
+            grpc: format!("{id}:50051"),
+            data: None,
+            weight: 1.0,
+            epoch,
+            state,
+        }
+    }
+
+    const NOW: u64 = 10_000_000;
+    const WARMUP: Duration = Duration::from_secs(60);
+    const OLD: u64 = NOW - 3_600_000;
+
+    fn ids(p: &Placement, order: &[usize]) -> Vec<String> {
+        order.iter().map(|&i| p.members()[i].id.clone()).collect()
+    }
+
+    fn keys(n: u64) -> impl Iterator<Item = u64> {
+        (0..n).map(|i| xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()))
+    }
+
+    #[test]
+    fn settled_members_are_asked_alone() {
+        let ms: Vec<_> = (0..4)
+            .map(|i| member(&format!("n{i}"), OLD, MemberState::Active))
+            .collect();
+        let p = Placement::over_all(&ms);
+        for k in keys(1_000) {
+            let order = read_order(&p, k, NOW, WARMUP);
+            assert_eq!(order, vec![p.owner_index(k).expect("owner")]);
+        }
+    }
+
+    #[test]
+    fn a_new_owner_falls_back_to_the_previous_owner_during_warm_up_only() {
+        let mut ms: Vec<_> = (0..3)
+            .map(|i| member(&format!("n{i}"), OLD, MemberState::Active))
+            .collect();
+        let before = Placement::over_all(&ms);
+        ms.push(member("n3", NOW - 1_000, MemberState::Active));
+        let after = Placement::over_all(&ms);
+        let mut moved = 0;
+        for k in keys(2_000) {
+            let order = ids(&after, &read_order(&after, k, NOW, WARMUP));
+            let previous = before.owner(k).expect("owner").id.clone();
+            if after.owner(k).expect("owner").id == "n3" {
+                moved += 1;
+                assert_eq!(order, ["n3".to_string(), previous], "{k:#x}");
+            } else {
+                assert_eq!(order, [previous], "{k:#x}");
             }
-        });
-        let mut present = vec![false; prefix.len()];
-        for (indices, answers) in join_all(calls).await {
-            for (i, here) in indices.into_iter().zip(answers) {
-                present[i] = here;
+            // Warm-up over: the new owner alone.
+            let later = NOW - 1_000 + WARMUP.as_millis() as u64;
+            assert_eq!(read_order(&after, k, later, WARMUP).len(), 1);
+        }
+        assert!(moved > 300, "n3 owns about a quarter: {moved}");
+    }
+
+    #[test]
+    fn a_draining_member_is_read_then_the_next_which_takes_its_writes() {
+        let mut ms: Vec<_> = (0..3)
+            .map(|i| member(&format!("n{i}"), OLD, MemberState::Active))
+            .collect();
+        ms[1].state = MemberState::Draining;
+        let all = Placement::over_all(&ms);
+        let writes = Placement::new(&ms);
+        let mut on_draining = 0;
+        for k in keys(2_000) {
+            let order = ids(&all, &read_order(&all, k, NOW, WARMUP));
+            let write_owner = writes.owner(k).expect("owner").id.clone();
+            assert_ne!(write_owner, "n1", "no writes to a draining member");
+            if order[0] == "n1" {
+                on_draining += 1;
+                assert_eq!(order, ["n1".to_string(), write_owner]);
+            } else {
+                assert_eq!(order, [write_owner]);
             }
         }
-        present.iter().take_while(|&&p| p).count()
+        assert!(on_draining > 400, "{on_draining}");
+    }
+
+    #[test]
+    fn fallbacks_chain_at_most_three_deep_and_stop_at_the_last_member() {
+        // Everyone young: three asked of four; of two, both.
+        let ms: Vec<_> = (0..4)
+            .map(|i| member(&format!("n{i}"), NOW, MemberState::Active))
+            .collect();
+        let p = Placement::over_all(&ms);
+        for k in keys(200) {
+            let order = read_order(&p, k, NOW, WARMUP);
+            assert_eq!(order.len(), MAX_READ_TRIES);
+            assert_eq!(order, p.ranking_indices(k)[..MAX_READ_TRIES]);
+        }
+        let p = Placement::over_all(&ms[..2]);
+        assert_eq!(read_order(&p, 7, NOW, WARMUP).len(), 2);
+        let p = Placement::over_all(&ms[..1]);
+        assert_eq!(read_order(&p, 7, NOW, WARMUP).len(), 1);
+        assert!(read_order(&Placement::over_all(&[]), 7, NOW, WARMUP).is_empty());
+    }
+
+    #[test]
+    fn warm_up_is_measured_from_the_epoch() {
+        let m = member("a", 1_000, MemberState::Active);
+        assert!(warming_up(&m, 1_000, Duration::from_secs(1)));
+        assert!(warming_up(&m, 1_999, Duration::from_secs(1)));
+        assert!(!warming_up(&m, 2_000, Duration::from_secs(1)));
+        assert!(!warming_up(&m, 1_000, Duration::ZERO));
+        let far = member("b", u64::MAX, MemberState::Active);
+        assert!(warming_up(&far, NOW, WARMUP), "no overflow");
     }
 }
