@@ -61,6 +61,13 @@ struct Args {
         default_value = "http://127.0.0.1:50051"
     )]
     cache_server: String,
+    /// A cluster of cache servers instead of --cache-server:
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`. The router follows the membership
+    /// in etcd and keeps one event stream per member (a member that leaves takes its
+    /// blocks out of the index). Hints and the agent lifecycle API need one server:
+    /// they are off in this mode. --server-ca etc. apply to every member (https).
+    #[arg(long, env = "KVTIER_CLUSTER")]
+    cluster: Option<String>,
     #[command(flatten)]
     server_client: kvtier_security::ServerClientArgs,
     /// TLS, bearer tokens and the plaintext rule of the router's own HTTP and
@@ -185,7 +192,22 @@ fn start_config(args: &Args) -> anyhow::Result<StartConfig> {
     };
     models_file::validate(&models)?;
     // TLS files and the token are read once, before any model starts.
-    let security = args.server_client.resolve(&args.cache_server)?;
+    let cluster = args
+        .cluster
+        .as_deref()
+        .map(kvtier_cluster::ClusterUrl::parse)
+        .transpose()?;
+    // In a cluster each member is dialled with TLS when a CA is given.
+    let security = match &cluster {
+        None => args.server_client.resolve(&args.cache_server)?,
+        Some(_) => args
+            .server_client
+            .resolve(if args.server_client.server_ca.is_some() {
+                "https://cluster-members"
+            } else {
+                "http://cluster-members"
+            })?,
+    };
     // The agents' credentials, in the cache client's shape (the scheme only
     // says whether a CA was given; each agent URL picks TLS by its own).
     let agent_client = kvtier_security::ServerClientArgs {
@@ -204,7 +226,9 @@ fn start_config(args: &Args) -> anyhow::Result<StartConfig> {
     let admission = args.admission.config()?;
     Ok(StartConfig {
         models,
-        cache_server: (!args.cache_server.is_empty()).then(|| args.cache_server.clone()),
+        cache_server: (cluster.is_none() && !args.cache_server.is_empty())
+            .then(|| args.cache_server.clone()),
+        cluster,
         security,
         agent_client,
         weights,

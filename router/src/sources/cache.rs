@@ -13,6 +13,7 @@ use kvtier_proto::v1::{CacheEvent, HandshakeRequest, HashingConfig, WatchEventsR
 
 use super::backoff::Backoff;
 use super::connect::connect_secure;
+use super::shards::SharedShardViews;
 use super::state::CacheState;
 use super::sync::{apply_cache_step, CacheStep, CacheSync};
 use super::worker::stopped;
@@ -76,7 +77,21 @@ pub fn spawn_cache_source(
     state: CacheState,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    spawn_cache_source_into(config, index, state, None, shutdown)
+}
+
+/// [`spawn_cache_source`] for one shard of a cluster when `shard` is given
+/// (its id and the model's shard views): the events change that shard's
+/// view, merged into the index ([`super::ShardViews`]).
+pub(crate) fn spawn_cache_source_into(
+    config: CacheSourceConfig,
+    index: SharedIndex,
+    state: CacheState,
+    shard: Option<(String, SharedShardViews)>,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     let task = CacheTask {
+        shard,
         backoff: Backoff::new(config.reconnect_min, config.reconnect_max),
         sync: CacheSync::new(config.namespace.clone()),
         config,
@@ -94,6 +109,8 @@ enum End {
 }
 
 struct CacheTask {
+    /// This source's shard of a cluster, and the model's shard views.
+    shard: Option<(String, SharedShardViews)>,
     config: CacheSourceConfig,
     index: SharedIndex,
     state: CacheState,
@@ -200,11 +217,11 @@ impl CacheTask {
                 CacheStep::Skip => continue,
                 CacheStep::Resync(reason) => return End::Resync(reason.to_string()),
                 CacheStep::Set(_) => {
-                    apply_cache_step(&mut self.index.write(), &step);
+                    self.apply(&step);
                     self.state.applied(self.sync.last_id());
                 }
                 CacheStep::Replace(blocks) => {
-                    apply_cache_step(&mut self.index.write(), &step);
+                    self.apply(&step);
                     let epoch = self.sync.epoch().unwrap_or(0);
                     self.state
                         .synced(epoch, self.sync.last_id(), blocks.len() as u64);
@@ -244,6 +261,18 @@ impl CacheTask {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stopped(&mut self.shutdown) => {}
+        }
+    }
+
+    /// Applies a step to the index (through this shard's view in a cluster).
+    fn apply(&self, step: &CacheStep) {
+        match &self.shard {
+            None => {
+                apply_cache_step(&mut self.index.write(), step);
+            }
+            Some((id, views)) => {
+                views.lock().apply(&mut self.index.write(), id, step);
+            }
         }
     }
 

@@ -13,6 +13,9 @@
 //!   `CacheService.WatchEvents` with `snapshot`: the snapshot replaces the
 //!   index's cache-server view once `SYNCED` arrives, live events follow; a gap
 //!   or a new epoch resubscribes.
+//! - [`spawn_cluster_sources`]: with `--cluster`, one cache source per
+//!   member of the membership, merged through [`ShardViews`]; a member that
+//!   leaves takes its blocks out of the index.
 //! - [`WorkerStates`] / [`CacheState`]: cheap shared tables of the sources'
 //!   health, read by the cost model, `ListWorkers` and the HTTP proxy (which
 //!   also reports refused connections through [`WorkerStates::mark_unreachable`]).
@@ -23,6 +26,7 @@
 mod backoff;
 mod cache;
 mod connect;
+mod shards;
 mod state;
 pub mod sync;
 mod worker;
@@ -30,5 +34,6 @@ mod worker;
 pub use backoff::Backoff;
 pub use cache::{spawn_cache_source, CacheSourceConfig};
 pub use connect::{connect, ConnectError};
+pub use shards::{spawn_cluster_sources, ClusterSourceConfig, ShardViews, SharedShardViews};
 pub use state::{CacheState, CacheStatus, WorkerStates, WorkerStatus};
 pub use worker::{spawn_worker_source, AgentEndpoint, WorkerSourceConfig};

@@ -34,6 +34,10 @@ pub struct StartConfig {
     /// The cache server's gRPC URL; None: route on worker HBM only, no
     /// hints, no lifecycle API.
     pub cache_server: Option<String>,
+    /// A cluster of cache servers (`--cluster etcd://...`): one event
+    /// stream per member instead of `cache_server`'s; no lifecycle API or
+    /// hints then (they need one server). None: one server or none.
+    pub cluster: Option<kvtier_cluster::ClusterUrl>,
     /// How to reach the cache server (TLS material, token).
     pub security: ServerClient,
     /// How to reach the workers' agents (token; CA for `https://` agents).
@@ -94,6 +98,9 @@ pub enum StartError {
         /// The server's reason.
         message: String,
     },
+    /// The cluster's etcd cannot be used (a client that cannot be made).
+    #[error("cluster: {0}")]
+    Cluster(#[from] kvtier_cluster::ClusterError),
     /// The model's tokenizer or chat template does not load.
     #[error("model {model:?}: load the tokenizer {}", path.display())]
     Tokenizer {
@@ -130,10 +137,20 @@ pub async fn start(config: &StartConfig) -> Result<Started, StartError> {
     crate::metrics::register_zeroes(all_workers.iter().map(String::as_str));
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let membership = match &config.cluster {
+        Some(url) => {
+            let etcd =
+                kvtier_cluster::Etcd::connect(url, kvtier_cluster::etcd::DEFAULT_REQUEST_TIMEOUT)
+                    .await?;
+            tracing::info!(%url, "cluster: following the membership of the cache servers");
+            Some(kvtier_cluster::MembershipWatch::start(etcd))
+        }
+        None => None,
+    };
     let mut models = Models::default();
     let mut sources = Vec::new();
     for spec in &config.models {
-        let started = model::start_model(spec, config, &stop_rx).await?;
+        let started = model::start_model(spec, config, membership.as_ref(), &stop_rx).await?;
         models.push(started.state);
         sources.extend(started.sources);
     }

@@ -33,6 +33,7 @@ pub(super) struct StartedModel {
 pub(super) async fn start_model(
     spec: &ModelSpec,
     config: &StartConfig,
+    membership: Option<&kvtier_cluster::MembershipWatch>,
     stop_rx: &watch::Receiver<bool>,
 ) -> Result<StartedModel, StartError> {
     let workers = spec.endpoints()?;
@@ -98,6 +99,19 @@ pub(super) async fn start_model(
             index.clone(),
             states.clone(),
             source_config.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    if let Some(membership) = membership {
+        source_tasks.push(sources::spawn_cluster_sources(
+            sources::ClusterSourceConfig {
+                namespace: spec.namespace.clone(),
+                hashing: hashing.clone(),
+                security: config.security.clone(),
+            },
+            membership.clone(),
+            index.clone(),
+            Default::default(),
             stop_rx.clone(),
         ));
     }
