@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvtier_cluster::{Membership, MembershipWatch, ShardedClient};
+use kvtier_cluster::{Membership, MembershipWatch, ShardedClient, ShardedOptions};
 use kvtier_integration_tests::cluster::{start_etcd, start_node, watch, TTL_S};
 use kvtier_integration_tests::*;
-use kvtier_proto::v1::BlockData;
-use kvtier_testkit::process::signal::{SIGCONT, SIGSTOP};
+use kvtier_proto::v1::{BlockData, FindMatchesRequest, PrefixQuery};
+use kvtier_testkit::process::signal::{SIGCONT, SIGSTOP, SIGTERM};
 use kvtier_testkit::NotReady;
 use tonic::Code;
 
@@ -486,4 +486,490 @@ async fn client_membership(client: &ShardedClient, n: usize) -> (Arc<Membership>
         assert!(Instant::now() < deadline, "client sees {m:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Blocks of `hashes` with their test payloads, chained parent to child.
+fn blocks_of(hashes: &[u64]) -> Vec<BlockData> {
+    hashes
+        .iter()
+        .enumerate()
+        .map(|(i, &h)| BlockData {
+            hash: h,
+            parent_hash: i.checked_sub(1).map(|p| hashes[p]),
+            payload: payload_for(h, BLOCK),
+        })
+        .collect()
+}
+
+/// Starts `n` nodes `n0..` and waits until `observer` sees them all.
+async fn start_nodes(
+    url: &str,
+    dir: &std::path::Path,
+    n: usize,
+    extra: impl Fn(usize) -> Vec<&'static str>,
+    observer: &MembershipWatch,
+) -> anyhow::Result<Vec<ServerProcess>> {
+    let servers = (0..n)
+        .map(|i| {
+            let extra = extra(i);
+            start_node(
+                url,
+                &dir.join(format!("n{i}")),
+                Some(&format!("n{i}")),
+                &extra,
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    until(observer, SLACK, "all members", |m| m.members.len() == n).await;
+    Ok(servers)
+}
+
+/// Counts how many of `got` are the right bytes for `hashes` (a wrong
+/// payload fails the test).
+fn served(got: &[Option<bytes::Bytes>], hashes: &[u64]) -> usize {
+    got.iter()
+        .zip(hashes)
+        .filter(|(b, &h)| match b {
+            Some(b) => {
+                assert_eq!(*b, payload_for(h, BLOCK), "wrong bytes for {h:#x}");
+                true
+            }
+            None => false,
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_serves_reads_takes_no_writes_and_leaves_after_the_drain(
+) -> anyhow::Result<()> {
+    let Some(etcd) = start_etcd() else {
+        return Ok(());
+    };
+    let url = etcd.url();
+    let dir = tempfile::tempdir()?;
+    let observer = watch(&url).await?;
+    const DRAIN: Duration = Duration::from_secs(5);
+    let mut servers = start_nodes(
+        &url,
+        dir.path(),
+        3,
+        |i| {
+            if i == 1 {
+                vec!["--cluster-drain-s", "5"]
+            } else {
+                vec![]
+            }
+        },
+        &observer,
+    )
+    .await?;
+    let options = ShardedOptions {
+        copy_on_read: true,
+        ..ShardedOptions::default()
+    };
+    let client = ShardedClient::with_options(
+        watch(&url).await?,
+        "ns",
+        config(16, BLOCK as u64),
+        "test",
+        options,
+    );
+    client_membership(&client, 3).await;
+    let before = prompt_hashes(21, 300, 16);
+    let put = client.put(blocks_of(&before)).await;
+    assert_eq!((put.acknowledged, put.unstored), (300, 0), "{put:?}");
+    let placement = client.membership().placement();
+    let on_n1: Vec<u64> = before
+        .iter()
+        .copied()
+        .filter(|&h| placement.owner(h).is_some_and(|o| o.id == "n1"))
+        .collect();
+    assert!(on_n1.len() > 50, "n1 owns {} of 300", on_n1.len());
+
+    // SIGTERM: n1 turns draining and stays a member.
+    let term = Instant::now();
+    servers[1].signal(SIGTERM)?;
+    let m = until(&observer, SLACK, "n1 draining", |m| {
+        m.members
+            .get("n1")
+            .is_some_and(|n| n.state == kvtier_cluster::MemberState::Draining)
+    })
+    .await;
+    assert_eq!(m.members.len(), 3);
+    while client.membership().members.get("n1").map(|n| n.state)
+        != Some(kvtier_cluster::MemberState::Draining)
+    {
+        assert!(term.elapsed() < DRAIN, "the client never saw n1 draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Reads of everything, n1's blocks too, are served during the drain.
+    let got = client.get(&before).await;
+    assert_eq!(served(&got, &before), 300, "reads served while draining");
+    assert!(
+        term.elapsed() < DRAIN,
+        "the reads were not made during the drain"
+    );
+    // New writes avoid n1 (all acknowledged, none on n1).
+    let after = prompt_hashes(22, 300, 16);
+    let put = client.put(blocks_of(&after)).await;
+    assert_eq!((put.acknowledged, put.unstored), (300, 0), "{put:?}");
+    assert_eq!(hits(&servers[1], &after).await?, 0, "a write reached n1");
+    assert!(
+        term.elapsed() < DRAIN,
+        "the writes were not made during the drain"
+    );
+
+    // It leaves after the drain, not before, and exits cleanly.
+    until(&observer, DRAIN + SLACK, "n1 gone after the drain", |m| {
+        m.ids() == ["n0", "n2"]
+    })
+    .await;
+    let left = term.elapsed();
+    assert!(
+        left >= DRAIN - Duration::from_millis(500),
+        "left after {left:?}"
+    );
+    assert_eq!(servers[1].terminate()?, 0);
+    assert!(servers[1].log().contains("draining"));
+
+    // Copy-on-read moved what was read from n1 to the blocks' new owners:
+    // every read served before the drain is served after n1 is gone.
+    let deadline = Instant::now() + SLACK;
+    while client.stats().copied < on_n1.len() as u64 {
+        assert!(Instant::now() < deadline, "copies: {:?}", client.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client_membership(&client, 2).await;
+    let got = client.get(&before).await;
+    assert_eq!(served(&got, &before), 300, "a read lost after the drain");
+    let got = client.get(&after).await;
+    assert_eq!(served(&got, &after), 300);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_moves_a_quarter_and_second_owner_reads_hit_during_warm_up(
+) -> anyhow::Result<()> {
+    let Some(etcd) = start_etcd() else {
+        return Ok(());
+    };
+    let url = etcd.url();
+    let dir = tempfile::tempdir()?;
+    let observer = watch(&url).await?;
+    let _servers = start_nodes(&url, dir.path(), 3, |_| vec![], &observer).await?;
+    let warm = ShardedClient::new(watch(&url).await?, "ns", config(16, BLOCK as u64), "test");
+    let copying = ShardedClient::with_options(
+        watch(&url).await?,
+        "ns",
+        config(16, BLOCK as u64),
+        "test",
+        ShardedOptions {
+            copy_on_read: true,
+            ..ShardedOptions::default()
+        },
+    );
+    let no_warmup = ShardedClient::with_options(
+        watch(&url).await?,
+        "ns",
+        config(16, BLOCK as u64),
+        "test",
+        ShardedOptions {
+            warmup: Duration::ZERO,
+            ..ShardedOptions::default()
+        },
+    );
+    for c in [&warm, &copying, &no_warmup] {
+        client_membership(c, 3).await;
+    }
+    let hashes = prompt_hashes(31, 400, 16);
+    let put = warm.put(blocks_of(&hashes)).await;
+    assert_eq!((put.acknowledged, put.unstored), (400, 0), "{put:?}");
+    let three = warm.membership().placement();
+
+    let n3 = start_node(&url, &dir.path().join("n3"), Some("n3"), &[])?;
+    until(&observer, SLACK, "four members", |m| m.members.len() == 4).await;
+    for c in [&warm, &copying, &no_warmup] {
+        client_membership(c, 4).await;
+    }
+    let four = warm.membership().placement();
+    // 100k random hashes: the moved fraction is within 1 point of 1/4, all to n3.
+    let mut rng = kvtier_testkit::rng::SplitMix64::new(16);
+    let mut moved = 0;
+    for _ in 0..100_000 {
+        let k = rng.next_u64();
+        let (a, b) = (
+            three.owner(k).expect("owner"),
+            four.owner(k).expect("owner"),
+        );
+        if a.id != b.id {
+            assert_eq!(b.id, "n3");
+            moved += 1;
+        }
+    }
+    let fraction = moved as f64 / 100_000.0;
+    assert!((fraction - 0.25).abs() < 0.01, "moved {fraction:.4}");
+    let on_n3 = hashes
+        .iter()
+        .filter(|&&h| four.owner(h).is_some_and(|o| o.id == "n3"))
+        .count();
+    assert!(on_n3 > 50, "n3 owns {on_n3} of 400");
+    // Nothing was copied in bulk: n3 holds none of them.
+    assert_eq!(hits(&n3, &hashes).await?, 0);
+
+    // Without a warm-up the moved blocks are misses on n3 ...
+    let got = no_warmup.get(&hashes).await;
+    assert_eq!(served(&got, &hashes), 400 - on_n3);
+    // ... with it they are read from their previous owners.
+    let got = warm.get(&hashes).await;
+    assert_eq!(served(&got, &hashes), 400);
+    assert_eq!(warm.stats().fallback_hits, on_n3 as u64);
+    assert_eq!(warm.lookup_prefix(&hashes).await, 400);
+    assert!(no_warmup.lookup_prefix(&hashes).await < 400);
+
+    // Copy-on-read: the moved blocks land on n3, then hit without a fallback.
+    let got = copying.get(&hashes).await;
+    assert_eq!(served(&got, &hashes), 400);
+    let deadline = Instant::now() + SLACK;
+    while copying.stats().copied < on_n3 as u64 {
+        assert!(Instant::now() < deadline, "copies: {:?}", copying.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(hits(&n3, &hashes).await?, on_n3);
+    let got = no_warmup.get(&hashes).await;
+    assert_eq!(served(&got, &hashes), 400);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_shard_is_a_miss_within_the_call_timeout() -> anyhow::Result<()> {
+    let Some(etcd) = start_etcd() else {
+        return Ok(());
+    };
+    let url = etcd.url();
+    let dir = tempfile::tempdir()?;
+    let observer = watch(&url).await?;
+    // A long TTL: the frozen node stays a member during the test.
+    let servers = (0..2)
+        .map(|i| {
+            ServerProcess::start(
+                &dir.path().join(format!("n{i}")),
+                &[
+                    "--cluster",
+                    &url,
+                    "--node-id",
+                    &format!("n{i}"),
+                    "--cluster-lease-ttl-s",
+                    "60",
+                ],
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    until(&observer, SLACK, "two members", |m| m.members.len() == 2).await;
+    let client = ShardedClient::with_options(
+        watch(&url).await?,
+        "ns",
+        config(16, BLOCK as u64),
+        "test",
+        ShardedOptions {
+            call_timeout: Duration::from_secs(1),
+            ..ShardedOptions::default()
+        },
+    );
+    client_membership(&client, 2).await;
+    let hashes = prompt_hashes(41, 100, 16);
+    client.put(blocks_of(&hashes)).await;
+    let placement = client.membership().placement();
+    let on_n1 = hashes
+        .iter()
+        .filter(|&&h| placement.owner(h).is_some_and(|o| o.id == "n1"))
+        .count();
+    servers[1].signal(SIGSTOP)?;
+    let started = Instant::now();
+    let got = client.get(&hashes).await;
+    let took = started.elapsed();
+    servers[1].signal(SIGCONT)?;
+    assert_eq!(served(&got, &hashes), 100 - on_n1);
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(client.stats().failed_calls >= 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_sees_blocks_on_every_shard_and_drops_a_killed_one() -> anyhow::Result<()> {
+    let Some(etcd) = start_etcd() else {
+        return Ok(());
+    };
+    let url = etcd.url();
+    let dir = tempfile::tempdir()?;
+    let observer = watch(&url).await?;
+    let mut servers = start_nodes(&url, dir.path(), 3, |_| vec![], &observer).await?;
+    let client = ShardedClient::new(watch(&url).await?, "ns", config(16, BLOCK as u64), "test");
+    client_membership(&client, 3).await;
+    let cfg = config(16, BLOCK as u64);
+    let block_bytes = cfg.block_bytes.to_string();
+    let router = RouterProcess::start(
+        &dir.path().join("router.log"),
+        &[
+            "--cluster",
+            &url,
+            "--worker",
+            "w0=http://127.0.0.1:9@http://127.0.0.1:9",
+            "--model",
+            &cfg.model,
+            "--namespace",
+            "ns",
+            "--block-tokens",
+            "16",
+            "--block-bytes",
+            &block_bytes,
+            "--kv-layout",
+            &cfg.kv_layout,
+        ],
+    )?;
+    let chain = prompt_hashes(51, 60, 16);
+    let put = client.put(blocks_of(&chain)).await;
+    assert_eq!(put.acknowledged, 60, "{put:?}");
+    let placement = client.membership().placement();
+    let owners: std::collections::BTreeSet<String> = chain
+        .iter()
+        .filter_map(|&h| placement.owner(h).map(|o| o.id.clone()))
+        .collect();
+    assert_eq!(owners.len(), 3, "the chain spans every shard");
+
+    let mut grpc = router.grpc_client().await?;
+    let ask = |hashes: Vec<u64>| FindMatchesRequest {
+        prefix: Some(PrefixQuery {
+            model: cfg.model.clone(),
+            hashes,
+            ..Default::default()
+        }),
+    };
+    let deadline = Instant::now() + SLACK;
+    loop {
+        let m = grpc.find_matches(ask(chain.clone())).await?.into_inner();
+        if m.cache_prefix_blocks == 60 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the router sees {} of 60",
+            m.cache_prefix_blocks
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // kill -9 the shard that owns the earliest block after the first one.
+    let victim = placement.owner(chain[1]).expect("owner").id.clone();
+    let first_lost = chain
+        .iter()
+        .position(|&h| placement.owner(h).is_some_and(|o| o.id == victim))
+        .expect("victim owns some");
+    let k = servers
+        .iter()
+        .position(|s| s.node.as_deref() == Some(victim.as_str()))
+        .expect("victim server");
+    let killed = Instant::now();
+    servers[k].kill9()?;
+    let deadline = killed + TTL + SLACK;
+    let dropped_after = loop {
+        let m = grpc.find_matches(ask(chain.clone())).await?.into_inner();
+        if m.cache_prefix_blocks as usize == first_lost {
+            break killed.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the router still sees {} (expected {first_lost} once {victim} left)",
+            m.cache_prefix_blocks
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(router.log().contains("its blocks dropped from the index"));
+    eprintln!("router dropped the killed shard after {dropped_after:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_two_agents_a_block_offloaded_by_a_is_onboarded_bit_exact_by_b(
+) -> anyhow::Result<()> {
+    let Some(etcd) = start_etcd() else {
+        return Ok(());
+    };
+    let url = etcd.url();
+    let dir = tempfile::tempdir()?;
+    let shm = kvtier_testkit::dir::shm_tempdir()?;
+    let observer = watch(&url).await?;
+    let servers = start_nodes(&url, dir.path(), 3, |_| vec![], &observer).await?;
+    // Their --server points nowhere: only the cluster can serve them.
+    let nowhere = format!("http://127.0.0.1:{}", free_port()?);
+    let agent = |name: &str| {
+        AgentProcess::start_url(
+            &dir.path().join(format!("{name}.log")),
+            &nowhere,
+            &["--worker-id", name, "--cluster", &url],
+        )
+    };
+    let (a, b) = (agent("A")?, agent("B")?);
+    let (pool_a, pool_b) = (shm.path().join("pool-a"), shm.path().join("pool-b"));
+    const POOL: [&str; 4] = ["--blocks", "160", "--block-bytes", "65536"];
+    let mut args = POOL.to_vec();
+    args.extend(["compute", "--prompt-seed", "9", "--prompt-blocks", "30"]);
+    let out = sim_engine(&a.endpoint(), &pool_a, &args)?;
+    assert_eq!(out.get("stored").map(String::as_str), Some("30"), "{out:?}");
+
+    // The blocks spread over the shards, each on its owner.
+    let sim = kvtier_proto::v1::HashingConfig {
+        block_tokens: 16,
+        seed: kvtier_proto::hashing::DEFAULT_SEED,
+        salt: String::new(),
+        block_bytes: 65536,
+        kv_layout: "sim:layers=1,kv=2".into(),
+        model: "sim-model".into(),
+    };
+    let hashes = prompt_hashes(9, 30, 16);
+    let m = observer.current();
+    let placement = m.placement();
+    let mut shards_used = 0;
+    for s in &servers {
+        let id = s.node.as_deref().expect("node");
+        let owned: Vec<u64> = hashes
+            .iter()
+            .copied()
+            .filter(|&h| placement.owner(h).is_some_and(|o| o.id == id))
+            .collect();
+        let mut c = s.client().await?;
+        let session = handshake(&mut c, "sim", sim.clone()).await?;
+        let found = get_all(&mut c, &session, &owned)
+            .await?
+            .iter()
+            .filter(|b| b.found)
+            .count();
+        assert_eq!(found, owned.len(), "{id} holds what it owns");
+        shards_used += usize::from(!owned.is_empty());
+    }
+    assert_eq!(shards_used, 3, "30 blocks over 3 shards");
+
+    // Agent B onboards them into other pool blocks: bit for bit A's bytes.
+    let mut args = POOL.to_vec();
+    args.extend([
+        "onboard",
+        "--prompt-seed",
+        "9",
+        "--prompt-blocks",
+        "34",
+        "--first-block",
+        "100",
+    ]);
+    let out = sim_engine(&b.endpoint(), &pool_b, &args)?;
+    let field = |k: &str| out.get(k).cloned().unwrap_or_default();
+    assert_eq!(
+        (field("loaded_prefix"), field("verified"), field("degraded")),
+        ("30".to_string(), "30".to_string(), "0".to_string()),
+        "{out:?}"
+    );
+    let expected: Vec<u8> = hashes
+        .iter()
+        .flat_map(|&h| payload_for(h, 65536).to_vec())
+        .collect();
+    assert_eq!(pool_blocks(&pool_b, 100, 30, 65536)?, expected);
+    assert!(!a.log().contains("cache server unreachable"));
+    Ok(())
 }

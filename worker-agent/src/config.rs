@@ -66,6 +66,17 @@ pub struct AgentConfig {
     /// move payloads over it (gRPC stays for the handshake, Lookup and
     /// everything else). Default none (all over gRPC).
     pub server_data: Option<String>,
+    /// A cluster of cache servers (`--cluster etcd://...`) instead of
+    /// `server`: tier I/O goes to each block's owner through
+    /// [`kvtier_cluster::ShardedClient`] (over gRPC; `server_data` is not
+    /// used then). Default none.
+    pub cluster: Option<kvtier_cluster::ClusterUrl>,
+    /// With `cluster`: copy blocks read from a previous owner to their new
+    /// owner in the background. Default off.
+    pub cluster_copy_on_read: bool,
+    /// With `cluster`: how long after a member joins a miss on it is asked
+    /// of the previous owner. Default 60 s.
+    pub cluster_warmup: Duration,
     /// Worker id carried by this agent's events. Default `worker-0`.
     pub worker_id: String,
     /// Hashing configuration attached engines must use.
@@ -114,6 +125,9 @@ impl Default for AgentConfig {
             server: "http://127.0.0.1:50051".into(),
             server_client: ServerClient::plain(),
             server_data: None,
+            cluster: None,
+            cluster_copy_on_read: false,
+            cluster_warmup: kvtier_cluster::sharded::DEFAULT_WARMUP,
             worker_id: "worker-0".into(),
             hashing: ExpectedHashing::default(),
             pool_dir: PathBuf::from(DEFAULT_POOL_DIR),

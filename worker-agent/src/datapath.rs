@@ -14,6 +14,10 @@
 //! With the server's binary data plane configured (`--server-data`), the
 //! payloads of both go over it instead (pipelined PUT/GET frames on their own
 //! connections); Lookup and the session stay on gRPC.
+//!
+//! With `--cluster`, Lookup, Offload and Onboard go through the sharded
+//! client (each block to and from its owner, over gRPC): a shard that fails
+//! is misses (not stored, not loaded), never an error.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +35,7 @@ use crate::memory::PoolMemory;
 use crate::staging::StagingPool;
 use crate::stats::Stats;
 use crate::tier::{data_error, TierSession};
+use kvtier_cluster::ShardedClient;
 use kvtier_proto::dataplane::client::DataClient;
 
 /// An engine pool the agent is attached to.
@@ -48,6 +53,8 @@ pub struct AttachedPool {
     pub staging: StagingPool,
     /// Session with the cache server.
     pub tier: Arc<TierSession>,
+    /// With `--cluster`: the client of every shard, used instead of `tier`.
+    pub sharded: Option<ShardedClient>,
 }
 
 /// Outcome of an offload.
@@ -70,6 +77,9 @@ pub struct OnboardOutcome {
     pub degraded_reason: Option<String>,
 }
 
+/// Blocks copied out of the pool per sharded Put (with `--cluster`).
+pub const SHARDED_CHUNK: usize = 64;
+
 /// Least bytes worth a stream (and a connection) of their own.
 pub const MIN_STREAM_BYTES: u64 = 8 << 20;
 
@@ -83,6 +93,13 @@ impl AttachedPool {
 
     /// Tiers of `hashes` on the cache server.
     pub async fn lookup(&self, hashes: &[u64], timeout: Duration) -> Result<(u32, Vec<Tier>)> {
+        if let Some(sharded) = &self.sharded {
+            let tiers = tokio::time::timeout(timeout, sharded.lookup(hashes))
+                .await
+                .map_err(|_| AgentError::Timeout(timeout))?;
+            let prefix = tiers.iter().take_while(|&&t| t != Tier::None).count();
+            return Ok((prefix as u32, tiers));
+        }
         let hashes = hashes.to_vec();
         let response = self
             .tier
@@ -141,7 +158,11 @@ impl AttachedPool {
         // by one connection's round trips; the staging pool bounds them all.
         let streams = self.streams_for(todo.len(), geometry.block_bytes);
         let per = todo.len().div_ceil(streams);
-        let (stored, present) = if self.tier.uses_data_plane() {
+        let (stored, present) = if let Some(sharded) = &self.sharded {
+            tokio::time::timeout(timeout, self.offload_sharded(sharded, &todo))
+                .await
+                .map_err(|_| AgentError::Timeout(timeout))??
+        } else if self.tier.uses_data_plane() {
             let group = self.staging.count() / streams;
             let sends = todo.chunks(per).map(|chunk| async move {
                 let client = self
@@ -171,6 +192,77 @@ impl AttachedPool {
             skipped: skipped + present,
             bytes,
         })
+    }
+
+    /// To a cluster: the blocks, copied out of the pool into buffers of
+    /// their own [`SHARDED_CHUNK`] at a time (not staging buffers: two
+    /// offloads holding part of the staging pool each would wait on each
+    /// other), go to their owners. Returns (acknowledged, 0): a sharded Put
+    /// does not tell stored from already present; blocks whose owner failed
+    /// are simply not stored.
+    async fn offload_sharded(
+        &self,
+        sharded: &ShardedClient,
+        todo: &[PoolBlock],
+    ) -> Result<(u32, u32)> {
+        let block_bytes = self.memory.geometry().block_bytes;
+        let mut acknowledged = 0;
+        for chunk in todo.chunks(SHARDED_CHUNK) {
+            let mut blocks = Vec::with_capacity(chunk.len());
+            for b in chunk {
+                let mut buffer = vec![0u8; block_bytes];
+                self.memory.copy_out(b.block_id, &mut buffer)?;
+                blocks.push(BlockData {
+                    hash: b.hash,
+                    parent_hash: b.parent_hash,
+                    payload: Bytes::from(buffer),
+                });
+            }
+            let summary = sharded.put(blocks).await;
+            if summary.unstored > 0 {
+                tracing::warn!(
+                    unstored = summary.unstored, failed = ?summary.failed_shards,
+                    "offload: blocks whose shard failed were not stored"
+                );
+            }
+            acknowledged += summary.acknowledged as u32;
+        }
+        Ok((acknowledged, 0))
+    }
+
+    /// From a cluster: the blocks of `hashes` from their owners, the
+    /// leading run found copied into `block_ids`.
+    async fn onboard_sharded(
+        &self,
+        sharded: &ShardedClient,
+        hashes: &[u64],
+        block_ids: &[u64],
+        loaded: &mut [bool],
+    ) -> Result<()> {
+        let block_bytes = self.memory.geometry().block_bytes;
+        let blocks = sharded.get(hashes).await;
+        let mut staging = if self.memory.needs_staging_for_copy_in() {
+            Some(self.staging.acquire().await)
+        } else {
+            None
+        };
+        for (i, block) in blocks.iter().enumerate() {
+            let Some(payload) = block else { break };
+            if payload.len() != block_bytes {
+                return Err(AgentError::Tier(tonic::Status::internal(format!(
+                    "block {:#x} has {} bytes, the pool's blocks have {block_bytes}",
+                    hashes[i],
+                    payload.len()
+                ))));
+            }
+            let scratch: &mut [u8] = match staging.as_mut() {
+                Some(s) => s.as_mut_slice(),
+                None => &mut [],
+            };
+            self.memory.copy_in(block_ids[i], payload, scratch)?;
+            loaded[i] = true;
+        }
+        Ok(())
     }
 
     /// Put streams of `per` blocks each, one per connection. Returns (stored, already present).
@@ -274,6 +366,11 @@ impl AttachedPool {
         loaded: &mut [bool],
         timeout: Duration,
     ) -> Result<()> {
+        if let Some(sharded) = &self.sharded {
+            return self
+                .onboard_sharded(sharded, hashes, block_ids, loaded)
+                .await;
+        }
         let block_bytes = self.memory.geometry().block_bytes;
         if self.streams_for(hashes.len(), block_bytes) < 2 {
             return self

@@ -59,6 +59,31 @@ struct Args {
     /// run without TLS (its data plane is plaintext).
     #[arg(long, env = "KVTIER_SERVER_DATA", value_parser = parse_host_port)]
     server_data: Option<String>,
+    /// A cluster of cache servers instead of --server:
+    /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`. Blocks go to and come from their
+    /// owners (weighted rendezvous over the membership in etcd), over gRPC: the
+    /// binary data plane (--server-data) is not used in this mode. --server-ca etc.
+    /// apply to every member (https when a CA is given).
+    #[arg(long, env = "KVTIER_CLUSTER", conflicts_with = "server_data")]
+    cluster: Option<String>,
+    /// With --cluster: after a read served by a block's previous owner (during a
+    /// join's warm-up or a drain), copy the block to its new owner in the background.
+    #[arg(
+        long,
+        env = "KVTIER_CLUSTER_COPY_ON_READ",
+        default_value_t = false,
+        requires = "cluster"
+    )]
+    cluster_copy_on_read: bool,
+    /// With --cluster: seconds after a member joins during which a miss on it is
+    /// asked of the block's previous owner.
+    #[arg(
+        long,
+        env = "KVTIER_CLUSTER_WARMUP_S",
+        default_value_t = 60,
+        requires = "cluster"
+    )]
+    cluster_warmup_s: u64,
     /// Worker id carried by this agent's events.
     #[arg(long, env = "KVTIER_WORKER_ID", default_value = "worker-0")]
     worker_id: String,
@@ -130,7 +155,22 @@ impl TryFrom<Args> for AgentConfig {
                 format!("--metrics-listen {text:?} is not an address or \"off\"")
             })?),
         };
-        let server_client = a.server_client.resolve(&a.server)?;
+        let cluster = a
+            .cluster
+            .as_deref()
+            .map(kvtier_cluster::ClusterUrl::parse)
+            .transpose()?;
+        // In a cluster each member is dialled with TLS when a CA is given.
+        let server_client = match &cluster {
+            None => a.server_client.resolve(&a.server)?,
+            Some(_) => a
+                .server_client
+                .resolve(if a.server_client.server_ca.is_some() {
+                    "https://cluster-members"
+                } else {
+                    "http://cluster-members"
+                })?,
+        };
         if server_client.tls() && a.server_data.is_some() {
             anyhow::bail!(
                 "--server-data moves payloads in plaintext, but the cache server is reached over \
@@ -161,6 +201,9 @@ impl TryFrom<Args> for AgentConfig {
             pool_owner_uid: a.pool_owner_uid,
             server: a.server,
             server_data: a.server_data,
+            cluster,
+            cluster_copy_on_read: a.cluster_copy_on_read,
+            cluster_warmup: Duration::from_secs(a.cluster_warmup_s),
             worker_id: a.worker_id,
             hashing: ExpectedHashing {
                 block_tokens: a.block_tokens,

@@ -41,6 +41,8 @@ pub struct AgentState {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Separate connections to the cache server (concurrent streams).
     channels: Vec<kvtier_security::AuthChannel>,
+    /// With `--cluster`: the membership, followed from the first attach on.
+    membership: tokio::sync::OnceCell<kvtier_cluster::MembershipWatch>,
 }
 
 impl AgentState {
@@ -69,6 +71,7 @@ impl AgentState {
             next_pool_id: AtomicU64::new(1),
             shutdown,
             channels,
+            membership: tokio::sync::OnceCell::new(),
             config,
         }))
     }
@@ -180,20 +183,35 @@ impl AgentState {
             Some(attach_pool_request::Memory::CudaIpc(ipc)) => cuda_pool(&layout, ipc)?,
             None => return Err(AgentError::InvalidRequest("pool memory missing".into())),
         };
-        let tier = TierSession::open(
-            &self.channels,
-            &req.namespace,
-            hashing.clone(),
-            &format!("kvtier-agent/{}", self.config.worker_id),
-            self.config
-                .call_timeout
-                .min(std::time::Duration::from_secs(10)),
-        )
-        .await?
+        let client_name = format!("kvtier-agent/{}", self.config.worker_id);
+        let tier = if self.config.cluster.is_some() {
+            // The shards are reached through the sharded client below.
+            TierSession::unopened(
+                &self.channels,
+                &req.namespace,
+                hashing.clone(),
+                &client_name,
+            )?
+        } else {
+            TierSession::open(
+                &self.channels,
+                &req.namespace,
+                hashing.clone(),
+                &client_name,
+                self.config
+                    .call_timeout
+                    .min(std::time::Duration::from_secs(10)),
+            )
+            .await?
+        }
         .with_data_plane(
             self.config.server_data.clone(),
             self.config.server_client.token().unwrap_or_default(),
         );
+        let sharded = match &self.config.cluster {
+            None => None,
+            Some(url) => Some(self.sharded_client(url, &req.namespace, &hashing).await?),
+        };
         let block_bytes = memory.geometry().block_bytes;
         let count = (self.config.staging_bytes / block_bytes as u64)
             .clamp(2, MAX_STAGING_BUFFERS)
@@ -218,6 +236,7 @@ impl AgentState {
             memory,
             staging,
             tier: Arc::new(tier),
+            sharded,
         };
         tracing::info!(
             pool_id = id,
@@ -235,6 +254,57 @@ impl AgentState {
             effective_seed: effective,
             staging_buffers: count as u32,
         })
+    }
+}
+
+impl AgentState {
+    /// A client of every shard of the cluster at `url` for `namespace`
+    /// (the membership is followed from the first call on; it waits up to
+    /// 3 s for etcd's first answer, then starts with what it has).
+    async fn sharded_client(
+        &self,
+        url: &kvtier_cluster::ClusterUrl,
+        namespace: &str,
+        hashing: &HashingConfig,
+    ) -> Result<kvtier_cluster::ShardedClient, AgentError> {
+        let watch = self
+            .membership
+            .get_or_try_init(|| async {
+                let etcd = kvtier_cluster::Etcd::connect(
+                    url,
+                    kvtier_cluster::etcd::DEFAULT_REQUEST_TIMEOUT,
+                )
+                .await
+                .map_err(|e| AgentError::InvalidRequest(format!("cluster {url}: {e}")))?;
+                let watch = kvtier_cluster::MembershipWatch::start(etcd);
+                let (m, synced) = watch
+                    .wait_for(std::time::Duration::from_secs(3), |m| m.synced)
+                    .await;
+                if synced {
+                    tracing::info!(%url, members = m.members.len(), "cluster: following the membership");
+                } else {
+                    tracing::warn!(%url, "cluster: etcd has not answered yet; blocks are misses until it does");
+                }
+                Ok::<_, AgentError>(watch)
+            })
+            .await?;
+        let options = kvtier_cluster::ShardedOptions {
+            warmup: self.config.cluster_warmup,
+            copy_on_read: self.config.cluster_copy_on_read,
+            call_timeout: self
+                .config
+                .call_timeout
+                .min(kvtier_cluster::sharded::DEFAULT_CALL_TIMEOUT),
+            connect_timeout: self.config.connect_timeout,
+            security: self.config.server_client.clone(),
+        };
+        Ok(kvtier_cluster::ShardedClient::with_options(
+            watch.clone(),
+            namespace,
+            hashing.clone(),
+            format!("kvtier-agent/{}", self.config.worker_id),
+            options,
+        ))
     }
 }
 

@@ -116,6 +116,41 @@ impl TierSession {
         })
     }
 
+    /// A session of `namespace` that handshakes on first use (no call now):
+    /// for an agent whose tier I/O goes to a cluster instead.
+    pub fn unopened(
+        channels: &[AuthChannel],
+        namespace: &str,
+        config: HashingConfig,
+        client_name: &str,
+    ) -> Result<Self> {
+        let clients: Vec<_> = channels
+            .iter()
+            .map(|c| {
+                CacheServiceClient::new(c.clone())
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            })
+            .collect();
+        if clients.is_empty() {
+            return Err(AgentError::InvalidRequest(
+                "no connection to the cache server".into(),
+            ));
+        }
+        Ok(Self {
+            clients,
+            request: HandshakeRequest {
+                namespace: namespace.to_string(),
+                config: Some(config),
+                client_name: client_name.to_string(),
+                ..Default::default()
+            },
+            session_id: Mutex::new(String::new()),
+            data_plane: None,
+            data_token: String::new(),
+        })
+    }
+
     /// Moves payloads over the server's binary data plane at `addr`
     /// (`host:port`, resolved at each connection; None: gRPC), presenting
     /// `token` (the gRPC bearer token; "" without authentication).
