@@ -11,6 +11,8 @@
 //!   the ideal (1/(N+1) on a join, 1/N on a leave) and against the baseline
 //!   measured in the same run: `hash mod N`, what a naive client would do.
 //! - **Speed**: nanoseconds per owner computation (one score per server).
+//! - With `--live`, then real processes ([`crate::cluster_live`]): the
+//!   fan-out overhead of a 2,000-block Lookup, and failover after `kill -9`.
 
 use std::time::Instant;
 
@@ -33,6 +35,19 @@ pub struct Args {
     /// Seed of the block hashes.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Also run real processes on loopback (etcd, three clustered servers, one
+    /// plain server, a router): fan-out overhead and failover after kill -9.
+    #[arg(long, default_value_t = false)]
+    live: bool,
+    /// Lookups timed per client with --live.
+    #[arg(long, default_value_t = 200)]
+    rounds: usize,
+    /// kvtier-server binary for --live (default: next to this binary).
+    #[arg(long, env = "KVTIER_SERVER_BIN")]
+    server_bin: Option<std::path::PathBuf>,
+    /// kvtier-router binary for --live (default: next to this binary).
+    #[arg(long, env = "KVTIER_ROUTER_BIN")]
+    router_bin: Option<std::path::PathBuf>,
 }
 
 /// Block sizes of the three namespaces the bytes column mixes.
@@ -144,6 +159,13 @@ pub fn run(args: Args) -> Result<()> {
                 fraction_modulo / ideal,
             );
         }
+    }
+    if args.live {
+        tokio::runtime::Runtime::new()?.block_on(crate::cluster_live::run(
+            args.server_bin.as_deref(),
+            args.router_bin.as_deref(),
+            args.rounds.max(1),
+        ))?;
     }
     Ok(())
 }

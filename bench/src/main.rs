@@ -3,6 +3,7 @@
 
 mod agent_bench;
 mod cluster_bench;
+mod cluster_live;
 mod index_bench;
 mod router_service;
 mod system;
@@ -41,7 +42,8 @@ enum Command {
     /// kvtier-server, against round-robin and prefix-affinity baselines.
     System(system::Args),
     /// Cluster placement (weighted rendezvous over N cache servers): balance at 1M blocks
-    /// and movement on join/leave against 1/(N+1) and against `hash mod N`, in process.
+    /// and movement on join/leave against 1/(N+1) and against `hash mod N`, in process;
+    /// with --live, fan-out overhead and failover time with real processes.
     Cluster(cluster_bench::Args),
 }
 
