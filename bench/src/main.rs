@@ -4,6 +4,7 @@
 mod agent_bench;
 mod cluster_bench;
 mod index_bench;
+mod lookup_bench;
 mod router_service;
 mod system;
 mod throughput;
@@ -43,6 +44,9 @@ enum Command {
     /// Cluster placement (weighted rendezvous over N cache servers): balance at 1M blocks
     /// and movement on join/leave against 1/(N+1) and against `hash mod N`, in process.
     Cluster(cluster_bench::Args),
+    /// Lookup latency on an idle server vs while writers demote to disk at full speed
+    /// (and vs the same writers without a disk tier).
+    LookupLatency(lookup_bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -55,5 +59,6 @@ fn main() -> Result<()> {
         Command::Index(args) => index_bench::run(args),
         Command::System(args) => system::run(args),
         Command::Cluster(args) => cluster_bench::run(args),
+        Command::LookupLatency(args) => lookup_bench::run(args),
     }
 }
