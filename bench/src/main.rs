@@ -5,6 +5,7 @@ mod agent_bench;
 mod cluster_bench;
 mod cluster_live;
 mod index_bench;
+mod lookup_bench;
 mod router_service;
 mod system;
 mod throughput;
@@ -45,6 +46,9 @@ enum Command {
     /// and movement on join/leave against 1/(N+1) and against `hash mod N`, in process;
     /// with --live, fan-out overhead and failover time with real processes.
     Cluster(cluster_bench::Args),
+    /// Lookup latency on an idle server vs while writers demote to disk at full speed
+    /// (and vs the same writers without a disk tier).
+    LookupLatency(lookup_bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -57,5 +61,6 @@ fn main() -> Result<()> {
         Command::Index(args) => index_bench::run(args),
         Command::System(args) => system::run(args),
         Command::Cluster(args) => cluster_bench::run(args),
+        Command::LookupLatency(args) => lookup_bench::run(args),
     }
 }

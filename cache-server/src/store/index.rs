@@ -4,11 +4,13 @@
 //!
 //! Plain data: no I/O, no policy, no events, no lock of its own. Every change
 //! goes through [`Index::insert`], [`Index::remove`] or [`Index::relocate`],
-//! which keep the per-tier counts equal to the sum over the entries; that
-//! narrow surface is what a sharded or lock-free index would replace.
+//! which keep the per-tier counts equal to the sum over the entries and the
+//! lock-free-read mirror of key → tier ([`Presence`]) equal to the entries.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use super::presence::Presence;
 use super::types::ResidentBlock;
 use crate::block::BlockKey;
 use crate::tier::Tier;
@@ -30,9 +32,16 @@ pub(super) struct Index {
     entries: HashMap<BlockKey, Entry>,
     used: [u64; 3],
     blocks: [u64; 3],
+    /// Key → tier for readers that do not hold the store's lock.
+    presence: Arc<Presence>,
 }
 
 impl Index {
+    /// The mirror of key → tier that this index keeps up to date.
+    pub fn presence(&self) -> Arc<Presence> {
+        Arc::clone(&self.presence)
+    }
+
     /// The entry of `key`, if present.
     pub fn get(&self, key: &BlockKey) -> Option<Entry> {
         self.entries.get(key).copied()
@@ -52,6 +61,7 @@ impl Index {
     /// makes sure the key is new (write-once) and that the bytes fit.
     pub fn insert(&mut self, key: BlockKey, entry: Entry) {
         self.entries.insert(key, entry);
+        self.presence.set(key, entry.tier);
         self.used[entry.tier.index()] += entry.bytes;
         self.blocks[entry.tier.index()] += 1;
     }
@@ -59,6 +69,7 @@ impl Index {
     /// Forgets `key` and uncounts it from its tier.
     pub fn remove(&mut self, key: &BlockKey) -> Option<Entry> {
         let entry = self.entries.remove(key)?;
+        self.presence.remove(key);
         self.used[entry.tier.index()] -= entry.bytes;
         self.blocks[entry.tier.index()] -= 1;
         Some(entry)
@@ -72,11 +83,13 @@ impl Index {
             self.blocks[entry.tier.index()] -= 1;
         }
         self.entries.insert(key, Entry { tier: to, ..entry });
+        self.presence.set(key, to);
         self.used[to.index()] += entry.bytes;
         self.blocks[to.index()] += 1;
     }
 
     /// Tier of each key (`None` when absent).
+    #[cfg(test)]
     pub fn lookup(&self, keys: &[BlockKey]) -> Vec<Option<Tier>> {
         keys.iter()
             .map(|k| self.entries.get(k).map(|e| e.tier))
@@ -133,10 +146,12 @@ mod tests {
             index.lookup(&[a, b]),
             vec![Some(Tier::Disk), Some(Tier::Host)]
         );
+        assert_eq!(index.presence().lookup(&[a, b]), index.lookup(&[a, b]));
         assert_eq!(index.resident(Some(2)).len(), 1);
         assert_eq!(index.blocks_per_namespace().get(&1), Some(&1));
         assert_eq!(index.remove(&a).map(|e| e.tier), Some(Tier::Disk));
         assert!(index.remove(&a).is_none());
+        assert_eq!(index.presence().tier(&a), None);
         assert_eq!((index.used(Tier::Disk), index.blocks(Tier::Disk)), (0, 0));
     }
 }

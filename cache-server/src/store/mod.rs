@@ -25,15 +25,18 @@
 //! does: a put's write, the demotions that make room for it (a disk write
 //! each), a promotion's write, removals, the memory-tier reads of
 //! [`TieredStore::get`], and the demotions [`TieredStore::receive_buffer`]
-//! makes when the host arena is full. Outside it: disk reads in `get`
-//! (verify, then re-check the index), a host-arena slot taken while the
-//! arena has one free (its own small lock), opening and flushing.
+//! makes when the host arena is full. Outside it: [`TieredStore::lookup`]
+//! (it reads `presence`, a sharded key → tier mirror the index keeps under
+//! the lock, so a router's presence check never waits for a disk write),
+//! disk reads in `get` (verify, then re-check the index), a host-arena slot
+//! taken while the arena has one free (its own small lock), opening and
+//! flushing.
 //!
-//! # Where it would split
+//! # Where it would split further
 //! - Index: `index::Index` changes only through `insert`, `remove` and
-//!   `relocate`; a sharded (or lock-free-read) map with atomic per-tier counts
-//!   replaces it, and `lookup`, `usage` and `blocks_per_namespace` stop
-//!   taking the lock.
+//!   `relocate`, which keep `presence` equal to it; per-tier counts as
+//!   atomics would let `usage` and `blocks_per_namespace` stop taking the
+//!   lock too.
 //! - I/O: placement reaches storage only through `tiers::Tiers`. Taking
 //!   disk and GPU I/O out of the lock means reserving the bytes in the index
 //!   under the lock, writing outside it, then committing (or undoing) under
@@ -47,6 +50,7 @@
 
 mod index;
 mod placement;
+mod presence;
 mod publish;
 mod tiers;
 mod types;
@@ -74,12 +78,16 @@ use crate::tier::disk::DiskTier;
 use crate::tier::{BlockTier, ReadOutcome, Tier};
 use index::{Entry, Index};
 use placement::State;
+use presence::Presence;
 use publish::Publisher;
 use tiers::Tiers;
 
 /// The tiered block store. Cheap to share behind an `Arc`.
 pub struct TieredStore {
     state: Mutex<State>,
+    /// Key → tier, kept by the index; read by [`TieredStore::lookup`]
+    /// without the lock.
+    presence: Arc<Presence>,
     /// Internally synchronised; needs no lock of the store's.
     tiers: Tiers,
     promote_on_hit: bool,
@@ -103,10 +111,12 @@ impl TieredStore {
         config: &StoreConfig,
         policy: Box<dyn EvictionPolicy<BlockKey>>,
     ) -> Result<Arc<Self>, StoreError> {
+        let index = Index::default();
         let store = Self {
             tiers: Tiers::open(config)?,
+            presence: index.presence(),
             state: Mutex::new(State {
-                index: Index::default(),
+                index,
                 policy,
                 publisher: Publisher::new(),
             }),
@@ -340,9 +350,11 @@ impl TieredStore {
         }
     }
 
-    /// Tier of each key (`None` when absent), without reading any payload.
+    /// Tier of each key (`None` when absent), without reading any payload
+    /// and without the store's lock: a lookup never waits for a put's disk
+    /// writes, a demotion or the policy (see `presence`).
     pub fn lookup(&self, keys: &[BlockKey]) -> Vec<Option<Tier>> {
-        self.state.lock().index.lookup(keys)
+        self.presence.lookup(keys)
     }
 
     /// Copies the memory tiers' blocks to the disk tier, hottest first by the

@@ -340,3 +340,44 @@ fn arena_fragmentation_demotes_more_rather_than_failing() {
         assert_eq!(hit.block, block(i, 1000));
     }
 }
+
+#[test]
+fn lookup_answers_while_the_lock_is_held_and_follows_every_move() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&config(dir.path(), 3_000, 1 << 20));
+    let keys: Vec<BlockKey> = (0..5u64).map(|h| BlockKey::new(1, h)).collect();
+    for (i, key) in keys.iter().enumerate() {
+        store.put(*key, block(i as u64, 1000)).expect("put");
+    }
+    // Five 1000-byte blocks through a 3000-byte host tier: two went to disk.
+    let tiers = store.lookup(&keys);
+    assert_eq!(tiers.iter().filter(|t| **t == Some(Tier::Disk)).count(), 2);
+    assert_eq!(tiers.iter().filter(|t| **t == Some(Tier::Host)).count(), 3);
+    // A lookup from another thread while the store's lock is held (as during a
+    // put's disk writes or a demotion) answers at once.
+    let other = Arc::clone(&store);
+    let probe = keys.clone();
+    let answered = store.with_policy(|_, _| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(other.lookup(&probe));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+    });
+    assert_eq!(
+        answered.expect("a lookup waited for the store's lock"),
+        tiers
+    );
+    // A hit on a disk block promotes it (and demotes another): lookups follow.
+    let on_disk = keys[tiers
+        .iter()
+        .position(|t| *t == Some(Tier::Disk))
+        .expect("disk")];
+    store.get(on_disk).expect("get").expect("present");
+    let after = store.lookup(&keys);
+    assert_eq!(
+        after[keys.iter().position(|k| *k == on_disk).expect("key")],
+        Some(Tier::Host)
+    );
+    assert_eq!(after.iter().filter(|t| **t == Some(Tier::Disk)).count(), 2);
+}
