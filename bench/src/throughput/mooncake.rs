@@ -40,12 +40,20 @@ pub fn round(
         .with_context(|| format!("running {} {}", python.display(), script.display()))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || !stdout.lines().any(|l| l == "RESULT ok") {
+        // The first errors any of its processes reported (Python exceptions,
+        // glog E lines), then the end of the output.
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
+        let mut lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("Error") || l.starts_with('E'))
+            .take(8)
+            .collect();
+        let tail: Vec<&str> = stderr.lines().rev().take(4).collect();
+        lines.extend(tail.into_iter().rev());
         bail!(
             "mooncake_peer.py exited with {}: {}",
             out.status,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            lines.join("\n")
         );
     }
     let line = stdout
