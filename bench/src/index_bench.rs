@@ -1,5 +1,6 @@
 //! `kvtier-bench index`: the router's block-locality index under a realistic
-//! agentic shape, against a per-block walk and (optionally) Dynamo's RadixTree.
+//! agentic shape, against a per-block walk and (optionally, `--dynamo-peer`)
+//! Dynamo's indexers in Rust on the same tree and queries.
 //!
 //! Shape: `--workers` workers; a shared root chain of `--root-blocks` blocks (a
 //! system prompt and tool definitions) held by every worker; sessions, each a
@@ -27,6 +28,8 @@
 //! shared index's two copies) per event.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,12 +81,11 @@ pub struct Args {
     /// saturating writer (as fast as it can) is measured too.
     #[arg(long, default_value_t = 250_000)]
     writer_blocks_per_s: u64,
-    /// Also run bench/scripts/dynamo_radix_bench.py (Dynamo's RadixTree) and print the ratio.
-    #[arg(long)]
-    dynamo: bool,
-    /// (block, worker) entries for the Dynamo run (Python is slow to fill).
-    #[arg(long, default_value_t = 200_000)]
-    dynamo_entries: u64,
+    /// Dynamo's index in Rust: the binary built from bench/dynamo-index
+    /// (`dynamo-kv-router` 1.6.1), run on this run's tree and queries (passed
+    /// in a file); its timings are printed beside kvtier's with the ratio.
+    #[arg(long, value_name = "BIN")]
+    dynamo_peer: Option<std::path::PathBuf>,
     /// RNG seed.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -296,15 +298,37 @@ fn measure(
     percentiles(samples)
 }
 
+/// The hash function of the index's table (`router/src/index/table.rs`):
+/// Fibonacci hashing of the 64-bit sequence hash, so that the walk and the
+/// index differ by their algorithm, not by the hasher (the standard map's
+/// SipHash would slow the walk for reasons of its own).
+#[derive(Default)]
+struct FibonacciHasher(u64);
+
+impl Hasher for FibonacciHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// The per-block walk the index avoids: block -> holder mask, one lookup per
 /// position until no worker (and not the cache) still matches.
 struct WalkBaseline {
-    holders: HashMap<u64, u64>,
+    holders: HashMap<u64, u64, BuildHasherDefault<FibonacciHasher>>,
 }
 
 impl WalkBaseline {
     fn build(shape: &Shape) -> Self {
-        let mut holders: HashMap<u64, u64> = HashMap::new();
+        let mut holders: HashMap<u64, u64, BuildHasherDefault<FibonacciHasher>> =
+            HashMap::default();
         for session in &shape.sessions {
             for &hash in &session.chain {
                 *holders.entry(hash).or_default() |= 1u64 << (session.slot % 64);
@@ -370,46 +394,104 @@ fn spawn_writer(
     })
 }
 
-/// Dynamo's numbers, from the script's last line.
-#[derive(Debug, Clone, Copy)]
+/// One of Dynamo's indexers, from a `RESULT` line of the peer.
+#[derive(Debug, Clone)]
 struct DynamoResult {
-    p50_ns: f64,
-    p99_ns: f64,
-    entries: u64,
+    name: String,
+    timing: Percentiles,
+    apply_blocks_per_s: f64,
+    checksum: u64,
 }
 
-fn run_dynamo(args: &Args) -> Result<DynamoResult> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dynamo_radix_bench.py");
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .args(["--workers", &args.workers.to_string()])
-        .args(["--entries", &args.dynamo_entries.to_string()])
-        .args(["--root-blocks", &args.root_blocks.to_string()])
-        .args(["--min-depth", &args.min_depth.to_string()])
-        .args(["--max-depth", &args.max_depth.to_string()])
-        .args(["--query-blocks", &args.query_blocks.to_string()])
+/// Writes this run's tree (every session's worker and chain, stored in events
+/// of `--event-blocks`) and distinct queries for the Dynamo peer: little-endian
+/// u64s after the magic `KVTIDX01` (see bench/dynamo-index/src/main.rs).
+fn write_peer_input(
+    path: &std::path::Path,
+    args: &Args,
+    shape: &Shape,
+    queries: &[Vec<u64>],
+) -> Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut put = |v: u64| out.write_all(&v.to_le_bytes());
+    put(u64::from_le_bytes(*b"KVTIDX01"))?;
+    put(args.event_blocks as u64)?;
+    put(args.queries as u64)?;
+    put(shape.sessions.len() as u64)?;
+    for s in &shape.sessions {
+        put(u64::from(s.slot))?;
+        put(s.chain.len() as u64)?;
+        for &h in &s.chain {
+            put(h)?;
+        }
+    }
+    put(queries.len() as u64)?;
+    put(args.query_blocks as u64)?;
+    for q in queries {
+        for &h in q {
+            put(h)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Runs the Dynamo peer binary on this run's tree and queries.
+fn run_dynamo_peer(
+    bin: &std::path::Path,
+    args: &Args,
+    shape: &Shape,
+    queries: &[Vec<u64>],
+) -> Result<Vec<DynamoResult>> {
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("index-peer.bin");
+    write_peer_input(&input, args, shape, queries)?;
+    let output = std::process::Command::new(bin)
+        .arg(&input)
         .output()
-        .context("running dynamo_radix_bench.py")?;
+        .with_context(|| format!("running {}", bin.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     eprint!("{}", String::from_utf8_lossy(&output.stderr));
-    print!("{stdout}");
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("RESULT "))
-        .context("dynamo_radix_bench.py printed no RESULT line")?;
-    let field = |name: &str| -> Result<f64> {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-            .context("field missing in RESULT line")?
-            .parse::<f64>()
-            .context("bad number in RESULT line")
-    };
-    Ok(DynamoResult {
-        p50_ns: field("p50_ns")?,
-        p99_ns: field("p99_ns")?,
-        entries: field("entries")? as u64,
-    })
+    anyhow::ensure!(
+        output.status.success(),
+        "{} exited with {}",
+        bin.display(),
+        output.status
+    );
+    let mut results = Vec::new();
+    for line in stdout.lines() {
+        let Some(fields) = line.strip_prefix("RESULT ") else {
+            println!("{line}");
+            continue;
+        };
+        let field = |name: &str| -> Result<&str> {
+            fields
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                .with_context(|| format!("{name} missing in the peer's RESULT line"))
+        };
+        let num = |name: &str| -> Result<f64> {
+            field(name)?
+                .parse::<f64>()
+                .with_context(|| format!("bad {name} in the peer's RESULT line"))
+        };
+        results.push(DynamoResult {
+            name: field("impl")?.to_owned(),
+            timing: Percentiles {
+                p50: num("p50_ns")?,
+                p99: num("p99_ns")?,
+                p999: num("p999_ns")?,
+                mean: num("mean_ns")?,
+            },
+            apply_blocks_per_s: num("apply_blocks_per_s")?,
+            checksum: field("checksum")?.parse()?,
+        });
+    }
+    anyhow::ensure!(
+        !results.is_empty(),
+        "the Dynamo peer printed no RESULT line"
+    );
+    Ok(results)
 }
 
 /// Runs the benchmark and prints the table.
@@ -513,10 +595,24 @@ pub fn run(args: Args) -> Result<()> {
     let (contended, event_rate) = contended_run(Some(args.writer_blocks_per_s))?;
     let (saturated, saturated_rate) = contended_run(None)?;
 
-    let dynamo = if args.dynamo {
-        Some(run_dynamo(&args)?)
-    } else {
-        None
+    let dynamo = match &args.dynamo_peer {
+        Some(bin) => {
+            println!();
+            let results = run_dynamo_peer(bin, &args, &shape, &queries)?;
+            // Both answer the same question: every worker's matched depth
+            // (the walk's holder masks have room for 64 workers).
+            let expected: u64 = queries.iter().map(|q| walk.depth_sum(q)).sum();
+            for r in results.iter().filter(|_| args.workers <= 64) {
+                anyhow::ensure!(
+                    r.checksum == expected,
+                    "Dynamo {} matched {} (block, worker) depths over the queries, the walk {expected}",
+                    r.name,
+                    r.checksum
+                );
+            }
+            results
+        }
+        None => Vec::new(),
     };
 
     println!();
@@ -572,17 +668,26 @@ pub fn run(args: Args) -> Result<()> {
         decisions,
         Some(walk_alone),
     );
-    if let Some(d) = dynamo {
-        println!(
-            "| Dynamo RadixTree ({} entries, net of call overhead) | {:.2} | {:.2} | – | – | – | – |",
-            d.entries, us(d.p50_ns), us(d.p99_ns)
+    for d in &dynamo {
+        row(
+            &format!("Dynamo {} (dynamo-kv-router 1.6.1, Rust)", d.name),
+            d.timing,
+            Some(walk_alone),
         );
+    }
+    if !dynamo.is_empty() {
         println!();
-        println!(
-            "Dynamo / kvtier (one thread): p50 {:.1}×, p99 {:.1}×",
-            d.p50_ns / alone.p50,
-            d.p99_ns / alone.p99
-        );
+        for d in &dynamo {
+            println!(
+                "Dynamo {} / kvtier index (one thread, same tree and queries): p50 {:.2}×, p99 {:.2}×, mean {:.2}×; apply {:.2} M blocks/s vs kvtier {:.2} M blocks/s",
+                d.name,
+                d.timing.p50 / alone.p50,
+                d.timing.p99 / alone.p99,
+                d.timing.mean / alone.mean,
+                d.apply_blocks_per_s / 1e6,
+                apply_rate / 1e6
+            );
+        }
     }
     println!();
     println!(

@@ -2,7 +2,8 @@
 //! `kvtier-server` on loopback, over gRPC and over its binary data plane,
 //! side by side with a plain TCP copy of the same bytes over the same number
 //! of connections (and Redis 7 SET/GET when `redis-server` is installed,
-//! pipelined like kvtier's client, plus `redis-benchmark -P` beside it), all
+//! pipelined like kvtier's client, plus `redis-benchmark -P` beside it, and
+//! Mooncake Store over its TCP transport with `--mooncake-python`), all
 //! measured in one run; plus warm-restart time of the server with the data
 //! set on disk, against a cold start.
 //!
@@ -52,6 +53,11 @@ pub struct Args {
     /// Skip the Redis baseline even when redis-server is installed.
     #[arg(long)]
     no_redis: bool,
+    /// Mooncake Store baseline: a Python with PyPI's
+    /// `mooncake-transfer-engine-non-cuda` (bench/scripts/setup_mooncake.sh
+    /// installs one and prints its path). Without it, no Mooncake row.
+    #[arg(long, env = "KVTIER_MOONCAKE_PYTHON", value_name = "PYTHON")]
+    mooncake_python: Option<PathBuf>,
     /// Blocks written to disk for the warm-restart measurement (0 skips it).
     #[arg(long, default_value_t = 2048)]
     restart_blocks: usize,
@@ -312,6 +318,7 @@ fn tcp_copy(connections: usize, bytes_each: u64, chunk: usize, keep: bool) -> Re
 }
 
 mod data_plane;
+mod mooncake;
 mod redis;
 
 /// Pipeline depth of the `redis-benchmark` run (`-P`): its client buffers
@@ -381,6 +388,8 @@ async fn run_async(args: Args) -> Result<()> {
     };
     let (mut put, mut get, mut tcp, mut rset, mut rget) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut dput, mut dget, mut tcp_keep) = (vec![], vec![], vec![]);
+    let (mut mput, mut mget) = (vec![], vec![]);
+    let mut mooncake_error = None;
     for round in 0..args.rounds {
         let hashes: Vec<u64> = (0..args.blocks as u64)
             .map(|i| (round as u64) << 40 | i)
@@ -417,6 +426,21 @@ async fn run_async(args: Args) -> Result<()> {
             let (s, g) = r.set_get(args.connections, args.blocks, &data, round)?;
             rset.push(s);
             rget.push(g);
+        }
+        if let (Some(python), None) = (&args.mooncake_python, &mooncake_error) {
+            match mooncake::round(
+                python,
+                dir.path(),
+                args.connections,
+                args.blocks,
+                args.block_size,
+            ) {
+                Ok((p, g)) => {
+                    mput.push(p);
+                    mget.push(g);
+                }
+                Err(e) => mooncake_error = Some(e),
+            }
         }
     }
     let rss = server.rss_bytes();
@@ -499,6 +523,29 @@ async fn run_async(args: Args) -> Result<()> {
         }
     } else {
         println!("(redis baseline skipped: redis-server not installed or --no-redis)");
+    }
+
+    if !mput.is_empty() {
+        let (mp, mg) = (mid(&mput), mid(&mget));
+        row("mooncake store put (TCP)", mp);
+        row("mooncake store get (TCP)", mg);
+        if !dput.is_empty() {
+            println!(
+                "kvtier data plane/mooncake: put {:.2}x, get {:.2}x",
+                mp.as_secs_f64() / mid(&dput).as_secs_f64(),
+                mg.as_secs_f64() / mid(&dget).as_secs_f64()
+            );
+        }
+        println!(
+            "(mooncake: mooncake-transfer-engine-non-cuda, master + one storage process + {} client processes on loopback, protocol tcp; \
+             each client one batch_put_from / batch_get_into of its share from a registered buffer)",
+            args.connections
+        );
+    }
+    if let Some(e) = mooncake_error {
+        println!("(mooncake baseline failed: {e:#})");
+    } else if args.mooncake_python.is_none() {
+        println!("(mooncake baseline skipped: no --mooncake-python; bench/scripts/setup_mooncake.sh prints one)");
     }
 
     if args.restart_blocks > 0 {
