@@ -845,6 +845,15 @@ def check_cluster(checks: Checks, label: str, docs: list[dict], merged: dict, se
         checks.check(all(pod_labels.get(k) == v for k, v in svc["spec"]["selector"].items())
                      and [p["port"] for p in svc["spec"]["ports"]] == [e["clientPort"]] and ests["spec"]["replicas"] == 1,
                      f"{label}: the etcd Service selects the single etcd pod on port {e['clientPort']}")
+    # The chart's router follows the membership too (one event stream per replica), not the
+    # cache Service (which would give it one replica's events).
+    with_router = yaml.safe_load((CHART / "ci" / "router-values.yaml").read_text())
+    with_router["router"]["cacheEndpoint"] = ""
+    with_router["cluster"], with_router["etcd"] = cl, e
+    rdocs, _ = render(CHART, with_router)
+    rdep = [d for d in rdocs if d["kind"] == "Deployment" and d["metadata"]["name"] == f"{RELEASE}-kvtier-router"]
+    rflags = flag_values(rdep[0]["spec"]["template"]["spec"]["containers"][0]["args"]) if rdep else {}
+    checks.check(rflags.get("--cluster") == [url], f"{label}: the chart's router follows the cluster ({rflags.get('--cluster')}, want {url})")
     if not server_bin:
         return
     etcd_bin = find_etcd()
@@ -1007,6 +1016,20 @@ def check_sidecar(checks: Checks, agent_bin: str | None) -> None:
                      and a2.get("livenessProbe", {}).get("grpc", {}).get("port") == 50061,
                      f"sidecar: listening on 0.0.0.0 adds grpc.health.v1 probes on the agent port ({probe})")
         f2 = flag_values(a2.get("args", []))
+        clustered = yaml.safe_load(PARENT_VALUES)
+        clustered["kvtier"]["cluster"] = {"enabled": True, "etcdEndpoints": ["etcd-0.etcd:2379", "etcd-1.etcd:2379"]}
+        docs3, _ = render(parent, clustered)
+        dep3 = [d for d in docs3 if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm"]
+        a3 = [c for c in dep3[0]["spec"]["template"]["spec"]["containers"] if c["name"] == "kvtier-agent"][0] if dep3 else {}
+        f3 = flag_values(a3.get("args", []))
+        checks.check(f3.get("--cluster") == ["etcd://etcd-0.etcd:2379,etcd-1.etcd:2379/kvtier"],
+                     f"sidecar: with cluster.enabled the agent reaches each block's owner through the membership ({f3.get('--cluster')})")
+        clustered["kvtier"]["workerAgent"]["dataPlane"] = True
+        try:
+            render(parent, clustered)
+            checks.check(False, "sidecar: the data plane with cluster.enabled is refused: it rendered")
+        except helm.HelmError as e:  # type: ignore[attr-defined]
+            checks.check("cluster" in str(e), f"sidecar: the data plane with cluster.enabled is refused ({str(e).splitlines()[-1][-100:]})")
         mounts2 = {m["mountPath"]: m for m in a2.get("volumeMounts", [])}
         vols2 = {v["name"]: v for v in dep2[0]["spec"]["template"]["spec"].get("volumes", [])} if dep2 else {}
         m2 = mounts2.get("/etc/kvtier/agent-tokens", {})

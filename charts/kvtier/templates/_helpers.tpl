@@ -141,6 +141,9 @@ without TCP it has none.
 {{- $cache := printf "%s-cache" (include "kvtier.fullnameFrom" .) | trunc 63 | trimSuffix "-" -}}
 {{- $dataEndpoint = printf "%s.%s.svc:%d" $cache .root.Release.Namespace (int $v.cache.dataPort) -}}
 {{- end -}}
+{{- if and $v.cluster.enabled (or $a.dataPlane $a.cacheDataEndpoint) -}}
+{{- fail "workerAgent.dataPlane (or cacheDataEndpoint) with cluster.enabled: kvtier-agent's binary data plane talks to one server; in cluster mode it reaches each block's owner over gRPC, so turn workerAgent.dataPlane off" -}}
+{{- end -}}
 - name: kvtier-agent
   image: {{ printf "%s:%s" $repo $tag | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
@@ -167,6 +170,10 @@ without TCP it has none.
     - --server
     - {{ $endpoint | quote }}
     {{- include "kvtier.cacheClient.args" $client | nindent 4 }}
+    {{- if $v.cluster.enabled }}
+    - --cluster
+    - {{ include "kvtier.clusterUrl" (dict "root" .root "values" $v) | quote }}
+    {{- end }}
     {{- if or $a.dataPlane $a.cacheDataEndpoint }}
     - --server-data
     - {{ $dataEndpoint | quote }}
