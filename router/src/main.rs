@@ -200,13 +200,7 @@ fn start_config(args: &Args) -> anyhow::Result<StartConfig> {
     // In a cluster each member is dialled with TLS when a CA is given.
     let security = match &cluster {
         None => args.server_client.resolve(&args.cache_server)?,
-        Some(_) => args
-            .server_client
-            .resolve(if args.server_client.server_ca.is_some() {
-                "https://cluster-members"
-            } else {
-                "http://cluster-members"
-            })?,
+        Some(_) => args.server_client.resolve_for_cluster()?,
     };
     // The agents' credentials, in the cache client's shape (the scheme only
     // says whether a CA was given; each agent URL picks TLS by its own).

@@ -91,6 +91,16 @@ pub struct ServerClientArgs {
 }
 
 impl ServerClientArgs {
+    /// For the members of a cluster, whose addresses come from the
+    /// membership rather than a URL: TLS when --server-ca is given.
+    pub fn resolve_for_cluster(&self) -> Result<ServerClient, SecurityError> {
+        self.resolve(if self.server_ca.is_some() {
+            "https://cluster-members"
+        } else {
+            "http://cluster-members"
+        })
+    }
+
     /// Checks the flags against the server URL and reads the token file.
     pub fn resolve(&self, server_url: &str) -> Result<ServerClient, SecurityError> {
         let https = server_url.starts_with("https://");

@@ -163,13 +163,7 @@ impl TryFrom<Args> for AgentConfig {
         // In a cluster each member is dialled with TLS when a CA is given.
         let server_client = match &cluster {
             None => a.server_client.resolve(&a.server)?,
-            Some(_) => a
-                .server_client
-                .resolve(if a.server_client.server_ca.is_some() {
-                    "https://cluster-members"
-                } else {
-                    "http://cluster-members"
-                })?,
+            Some(_) => a.server_client.resolve_for_cluster()?,
         };
         if server_client.tls() && a.server_data.is_some() {
             anyhow::bail!(

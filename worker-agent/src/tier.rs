@@ -79,41 +79,18 @@ impl TierSession {
         client_name: &str,
         timeout: Duration,
     ) -> Result<Self> {
-        let clients: Vec<_> = channels
-            .iter()
-            .map(|c| {
-                CacheServiceClient::new(c.clone())
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES)
-            })
-            .collect();
-        let client = clients.first().cloned().ok_or_else(|| {
-            AgentError::InvalidRequest("no connection to the cache server".into())
-        })?;
-        let request = HandshakeRequest {
-            namespace: namespace.to_string(),
-            config: Some(config),
-            client_name: client_name.to_string(),
-            ..Default::default()
-        };
-        let session_id = match handshake(&client, &request, timeout).await {
-            Ok(response) => response.session_id,
+        let session = Self::unopened(channels, namespace, config, client_name)?;
+        match handshake(&session.clients[0], &session.request, timeout).await {
+            Ok(response) => *session.session_id.lock() = response.session_id,
             Err(e @ AgentError::ConfigMismatch(_)) => return Err(e),
             Err(AgentError::Tier(s)) if s.code() != Code::Unavailable => {
                 return Err(AgentError::Tier(s))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cache server unreachable; the session opens on first use");
-                String::new()
             }
-        };
-        Ok(Self {
-            clients,
-            request,
-            session_id: Mutex::new(session_id),
-            data_plane: None,
-            data_token: String::new(),
-        })
+        }
+        Ok(session)
     }
 
     /// A session of `namespace` that handshakes on first use (no call now):
