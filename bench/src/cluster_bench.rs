@@ -12,7 +12,8 @@
 //!   measured in the same run: `hash mod N`, what a naive client would do.
 //! - **Speed**: nanoseconds per owner computation (one score per server).
 //! - With `--live`, then real processes ([`crate::cluster_live`]): the
-//!   fan-out overhead of a 2,000-block Lookup, and failover after `kill -9`.
+//!   fan-out overhead of a 2,000-block Lookup, Put/Get throughput with 1 vs
+//!   3 shards, and failover after `kill -9`.
 
 use std::time::Instant;
 
@@ -42,6 +43,9 @@ pub struct Args {
     /// Lookups timed per client with --live.
     #[arg(long, default_value_t = 200)]
     rounds: usize,
+    /// Put/Get throughput rounds per cluster size with --live (128 MiB each).
+    #[arg(long, default_value_t = 5)]
+    throughput_rounds: usize,
     /// kvtier-server binary for --live (default: next to this binary).
     #[arg(long, env = "KVTIER_SERVER_BIN")]
     server_bin: Option<std::path::PathBuf>,
@@ -165,6 +169,7 @@ pub fn run(args: Args) -> Result<()> {
             args.server_bin.as_deref(),
             args.router_bin.as_deref(),
             args.rounds.max(1),
+            args.throughput_rounds.max(1),
         ))?;
     }
     Ok(())

@@ -6,6 +6,10 @@
 //!   (one Lookup per shard, in parallel, combined) against one plain
 //!   Lookup of the same prefix on a single server; medians and p99 of
 //!   `--rounds` calls each, and their ratio.
+//! - **Throughput**: Put then Get of fresh 256 KiB blocks through the
+//!   sharded client, several calls in flight, against a one-member cluster
+//!   (same client, same server binary, its own etcd prefix) in the same
+//!   run: MiB/s per round, medians, and the 3-shard ÷ 1-shard ratio.
 //! - **Failover**: `kill -9` of the shard that owns the prefix's first
 //!   block while a client reads the prefix in a loop: the time to the first
 //!   read that returns (the dead shard's blocks as misses), to the first
@@ -34,6 +38,14 @@ const PREFIX_BLOCKS: usize = 2_000;
 const BLOCK_BYTES: usize = 4096;
 /// Lease TTL of the servers, in seconds.
 const TTL_S: u64 = 2;
+/// Bytes per block of the throughput part.
+const TPUT_BLOCK_BYTES: usize = 256 << 10;
+/// Blocks put and got per throughput round (128 MiB).
+const TPUT_BLOCKS: usize = 512;
+/// Blocks per Put/Get call of the throughput part (2 MiB).
+const TPUT_BATCH: usize = 8;
+/// Calls in flight in the throughput part.
+const TPUT_IN_FLIGHT: usize = 4;
 
 fn config() -> HashingConfig {
     HashingConfig {
@@ -44,6 +56,81 @@ fn config() -> HashingConfig {
         kv_layout: "bench:cluster".into(),
         model: "bench-model".into(),
     }
+}
+
+fn tput_config() -> HashingConfig {
+    HashingConfig {
+        block_bytes: TPUT_BLOCK_BYTES as u64,
+        kv_layout: "bench:cluster-throughput".into(),
+        ..config()
+    }
+}
+
+/// MiB/s of one Put pass and one Get pass of fresh blocks through `client`.
+async fn put_get_round(client: &ShardedClient, tag: u64) -> Result<(f64, f64)> {
+    use futures::StreamExt;
+    let hashes: Vec<u64> = (0..TPUT_BLOCKS as u64)
+        .map(|i| splitmix(tag << 32 | i))
+        .collect();
+    let payload = |h: u64| {
+        let mut v = vec![(h >> 8) as u8; TPUT_BLOCK_BYTES];
+        v[..8].copy_from_slice(&h.to_le_bytes());
+        Bytes::from(v)
+    };
+    let calls: Vec<Vec<BlockData>> = hashes
+        .chunks(TPUT_BATCH)
+        .map(|c| {
+            c.iter()
+                .map(|&h| BlockData {
+                    hash: h,
+                    parent_hash: None,
+                    payload: payload(h),
+                })
+                .collect()
+        })
+        .collect();
+    let mib = (TPUT_BLOCKS * TPUT_BLOCK_BYTES) as f64 / f64::from(1 << 20);
+    let t = Instant::now();
+    let puts: Vec<_> = futures::stream::iter(calls)
+        .map(|blocks| client.put(blocks))
+        .buffer_unordered(TPUT_IN_FLIGHT)
+        .collect()
+        .await;
+    let put_s = t.elapsed().as_secs_f64();
+    let stored: usize = puts.iter().map(|p| p.acknowledged).sum();
+    if stored != TPUT_BLOCKS {
+        bail!("throughput put stored {stored} of {TPUT_BLOCKS}: {puts:?}");
+    }
+    let t = Instant::now();
+    let gets: Vec<(usize, Vec<Option<Bytes>>)> =
+        futures::stream::iter(hashes.chunks(TPUT_BATCH).enumerate())
+            .map(|(k, h)| async move { (k, client.get(h).await) })
+            .buffer_unordered(TPUT_IN_FLIGHT)
+            .collect()
+            .await;
+    let get_s = t.elapsed().as_secs_f64();
+    for (k, got) in gets {
+        for (j, block) in got.into_iter().enumerate() {
+            let h = hashes[k * TPUT_BATCH + j];
+            if block.as_deref() != Some(&payload(h)[..]) {
+                bail!("throughput get: block {h:#x} missing or wrong bytes");
+            }
+        }
+    }
+    Ok((mib / put_s, mib / get_s))
+}
+
+/// SplitMix64: distinct, well-spread block hashes.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn server(bin: &Path, data: &Path, args: &[&str]) -> Result<(Process, SocketAddr)> {
@@ -75,6 +162,7 @@ pub async fn run(
     server_bin: Option<&Path>,
     router_bin: Option<&Path>,
     rounds: usize,
+    tput_rounds: usize,
 ) -> Result<()> {
     let etcd_bin = kvtier_testkit::find_etcd()
         .context("no etcd binary: run scripts/setup.sh (it installs etcd 3.5.1)")?;
@@ -222,6 +310,69 @@ pub async fn run(
         us(s50),
         us(s99),
         s50.as_secs_f64() / o50.as_secs_f64()
+    );
+
+    // Throughput: the same client over one member and over three.
+    let one_url = format!("{url}/kvtier-one");
+    let (_one, _) = server(
+        &server_bin,
+        &dir.path().join("one"),
+        &[
+            "--cluster",
+            &one_url,
+            "--node-id",
+            "solo",
+            "--cluster-lease-ttl-s",
+            &ttl,
+        ],
+    )?;
+    let one_membership = {
+        let etcd = Etcd::connect(&ClusterUrl::parse(&one_url)?, Duration::from_secs(2)).await?;
+        MembershipWatch::start(etcd)
+    };
+    let (_, ok) = one_membership
+        .wait_for(Duration::from_secs(10), |m| m.members.len() == 1)
+        .await;
+    if !ok {
+        bail!("the one-member cluster did not register");
+    }
+    let one = ShardedClient::new(one_membership, "bench-tput", tput_config(), "kvtier-bench");
+    let three = ShardedClient::new(
+        membership.clone(),
+        "bench-tput",
+        tput_config(),
+        "kvtier-bench",
+    );
+    let (mut one_put, mut one_get, mut three_put, mut three_get) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..tput_rounds {
+        // Alternated, fresh blocks each round (the host tiers hold them all).
+        let (p, g) = put_get_round(&one, 2 * round as u64).await?;
+        one_put.push(p);
+        one_get.push(g);
+        let (p, g) = put_get_round(&three, 2 * round as u64 + 1).await?;
+        three_put.push(p);
+        three_get.push(g);
+    }
+    let (op, og, tp, tg) = (
+        median(one_put),
+        median(one_get),
+        median(three_put),
+        median(three_get),
+    );
+    println!(
+        "\n## Live: Put/Get throughput, 1 vs 3 shards ({tput_rounds} rounds each, alternated; \
+         {TPUT_BLOCKS} fresh {} KiB blocks a round, {TPUT_BATCH} blocks a call, \
+         {TPUT_IN_FLIGHT} calls in flight; medians)\n",
+        TPUT_BLOCK_BYTES >> 10
+    );
+    println!("| cluster | Put MiB/s | Get MiB/s | Put ÷ 1 shard | Get ÷ 1 shard |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("| 1 shard | {op:.0} | {og:.0} | 1.00 | 1.00 |");
+    println!(
+        "| 3 shards | {tp:.0} | {tg:.0} | {:.2} | {:.2} |",
+        tp / op,
+        tg / og
     );
 
     // Failover.
