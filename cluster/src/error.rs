@@ -45,4 +45,24 @@ pub enum ClusterError {
         /// What went wrong.
         what: String,
     },
+    /// A member answered this client's handshake with a refusal: its
+    /// credentials, its namespace grant or its hashing config. An answer,
+    /// not an outage: the client must not carry on as if every block were a
+    /// miss.
+    #[error(
+        "cache server {node} ({grpc}) refused the handshake of namespace {namespace:?}: \
+         {code:?}: {message}"
+    )]
+    HandshakeRefused {
+        /// The member's node id.
+        node: String,
+        /// Its gRPC address.
+        grpc: String,
+        /// The namespace.
+        namespace: String,
+        /// The server's status code.
+        code: tonic::Code,
+        /// The server's message.
+        message: String,
+    },
 }

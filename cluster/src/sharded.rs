@@ -44,6 +44,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tonic::transport::Endpoint;
 use tonic::Code;
 
+use crate::error::ClusterError;
 use crate::member::{Member, MemberState};
 use crate::membership::{Membership, MembershipWatch};
 use crate::placement::Placement;
@@ -251,6 +252,63 @@ impl ShardedClient {
         }
     }
 
+    /// Handshakes with every member now, concurrently, and keeps the
+    /// sessions. A member that *refuses* (UNAUTHENTICATED,
+    /// PERMISSION_DENIED, FAILED_PRECONDITION: a hashing config that differs
+    /// from the namespace's, INVALID_ARGUMENT) is an error: on a later call
+    /// the same refusal would only turn every block of that shard into a
+    /// miss, which is how a wrong token or a block-size mismatch gets
+    /// silently accepted. A member that cannot be reached is not an error
+    /// (its blocks are misses, as on any call); the answer is how many
+    /// members accepted.
+    pub async fn check_handshakes(&self) -> Result<usize, ClusterError> {
+        let membership = self.membership();
+        let calls = membership.members.keys().map(|id| {
+            let membership = Arc::clone(&membership);
+            async move {
+                let mut shard = self.inner.shard(&membership, id).await?;
+                let request = HandshakeRequest {
+                    namespace: self.inner.namespace.clone(),
+                    config: Some(self.inner.config.clone()),
+                    client_name: self.inner.client_name.clone(),
+                };
+                let answer = tokio::time::timeout(
+                    self.inner.options.call_timeout,
+                    shard.client.handshake(request),
+                )
+                .await
+                .ok()?;
+                Some(match answer {
+                    Ok(response) => {
+                        let session = response.into_inner().session_id;
+                        self.inner.settle(id, &membership, Ok(session)).await;
+                        Ok(())
+                    }
+                    Err(status) => Err((id.clone(), shard.grpc.clone(), status)),
+                })
+            }
+        });
+        let mut accepted = 0;
+        for answer in join_all(calls).await.into_iter().flatten() {
+            match answer {
+                Ok(()) => accepted += 1,
+                Err((node, grpc, status)) if is_refusal(status.code()) => {
+                    return Err(ClusterError::HandshakeRefused {
+                        node,
+                        grpc,
+                        namespace: self.inner.namespace.clone(),
+                        code: status.code(),
+                        message: status.message().to_string(),
+                    })
+                }
+                Err((node, _, status)) => {
+                    tracing::warn!(node, code = ?status.code(), reason = status.message(), "cluster: handshake failed; its blocks are misses");
+                }
+            }
+        }
+        Ok(accepted)
+    }
+
     /// Reads `hashes`; `None` for a miss (absent everywhere asked, or its
     /// shards failed). See the module doc for who is asked.
     pub async fn get(&self, hashes: &[u64]) -> Vec<Option<Bytes>> {
@@ -437,6 +495,18 @@ impl ShardedClient {
             })
             .collect()
     }
+}
+
+/// Whether a handshake answered with `code` is a refusal (of the
+/// client's credentials or config) rather than an outage.
+pub fn is_refusal(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unauthenticated
+            | Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::InvalidArgument
+    )
 }
 
 /// Indices still `open` whose read order has a member at `level`, by that

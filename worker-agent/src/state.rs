@@ -298,13 +298,37 @@ impl AgentState {
             connect_timeout: self.config.connect_timeout,
             security: self.config.server_client.clone(),
         };
-        Ok(kvtier_cluster::ShardedClient::with_options(
+        let client = kvtier_cluster::ShardedClient::with_options(
             watch.clone(),
             namespace,
             hashing.clone(),
             format!("kvtier-agent/{}", self.config.worker_id),
             options,
-        ))
+        );
+        // A member that refuses the namespace (token, grant, hashing config)
+        // fails the attach, as a single server's refusal does; members that
+        // cannot be reached only cost their blocks.
+        match client.check_handshakes().await {
+            Ok(accepted) => {
+                tracing::info!(namespace, accepted, "cluster: handshaken with the members");
+                Ok(client)
+            }
+            Err(kvtier_cluster::ClusterError::HandshakeRefused {
+                code: tonic::Code::FailedPrecondition,
+                node,
+                message,
+                ..
+            }) => Err(AgentError::ConfigMismatch(format!(
+                "cache server {node} refused namespace {namespace:?}: {message}"
+            ))),
+            Err(kvtier_cluster::ClusterError::HandshakeRefused {
+                code, node, message, ..
+            }) => Err(AgentError::Tier(tonic::Status::new(
+                code,
+                format!("cache server {node} refused namespace {namespace:?}: {message}"),
+            ))),
+            Err(other) => Err(AgentError::InvalidRequest(other.to_string())),
+        }
     }
 }
 

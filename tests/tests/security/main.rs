@@ -3,7 +3,7 @@
 //! SIGHUP, tenant isolation with identical prompts, per-client limits,
 //! bounded memory under 10x overload, kill -9 during heavy writes (20
 //! rounds), a full disk, and stalled clients; the worker agent and the
-//! router reaching a server with TLS and tokens; agent lifecycle calls that
+//! router reaching a server with TLS and tokens, and a cluster of such servers; agent lifecycle calls that
 //! need write access, belong to their token, and are capped; the agent's and
 //! the router's own fronts (Unix socket, TLS, tokens, namespace access).
 //!
@@ -12,6 +12,7 @@
 mod agents;
 mod auth;
 mod clients;
+mod cluster;
 mod faults;
 mod fronts;
 mod limits;
