@@ -67,6 +67,14 @@ pub struct Args {
     /// binary data plane instead of gRPC streams.
     #[arg(long)]
     data_plane: bool,
+    /// Cluster mode instead: this many servers (`--cluster`, on a real etcd:
+    /// `scripts/setup.sh` installs one) and two agents with `--cluster`, one
+    /// moving payloads over gRPC and one over each owner's data plane
+    /// (`--cluster-data-plane`), rounds alternating between them; reports
+    /// the data plane / gRPC ratios of the same run. `--data-plane` is
+    /// ignored then.
+    #[arg(long)]
+    cluster: Option<usize>,
 }
 
 /// `name` at `explicit`, else next to this binary.
@@ -252,12 +260,16 @@ struct Row {
     tcp: f64,
 }
 
+/// Offload then onboard rounds through `agent`; `tag` (0 to 255) keeps the
+/// hashes of separate calls apart. Without `direct` clients the direct
+/// rates are NaN.
 async fn measure(
     agent: &mut WorkerServiceClient<Channel>,
     direct: &[CacheServiceClient<Channel>],
     pool_dir: &Path,
     block: u64,
     args: &Args,
+    tag: u64,
 ) -> Result<Row> {
     let n = (args.bytes / block).max(1);
     let total = n * block;
@@ -306,7 +318,7 @@ async fn measure(
     let payload = Bytes::from(chunk.clone());
     for round in 0..args.rounds.max(1) {
         let hashes: Vec<u64> = (0..n)
-            .map(|i| splitmix(block ^ ((round as u64) << 48) ^ i))
+            .map(|i| splitmix(block ^ ((round as u64) << 48) ^ (tag << 56) ^ i))
             .collect();
         let blocks: Vec<PoolBlock> = (0..n)
             .map(|i| PoolBlock {
@@ -354,14 +366,18 @@ async fn measure(
             .map_err(|e| anyhow!("block size {block}, round {round}: {e}"))?;
         onboard.push(gibps(total, took));
         let direct_hashes: Vec<u64> = hashes.iter().map(|h| splitmix(h ^ 0xD1)).collect();
-        let (put, get) = direct_rates(
-            direct,
-            &config,
-            &format!("bench-{block}"),
-            &direct_hashes,
-            &payload,
-        )
-        .await?;
+        let (put, get) = if direct.is_empty() {
+            (f64::NAN, f64::NAN)
+        } else {
+            direct_rates(
+                direct,
+                &config,
+                &format!("bench-{block}"),
+                &direct_hashes,
+                &payload,
+            )
+            .await?
+        };
         direct_put.push(put);
         direct_get.push(get);
         memcpy.push(memcpy_rate(total, block));
@@ -461,8 +477,143 @@ fn table(rows: &[Row], args: &Args) -> String {
     s
 }
 
+/// `--cluster N`: N servers in one cluster, an agent over gRPC and one over
+/// the owners' data planes, rounds alternating; prints the ratios table.
+async fn run_cluster(args: &Args, servers: usize) -> Result<()> {
+    let server_bin = sibling("kvtier-server", &args.server_bin)?;
+    let agent_bin = sibling("kvtier-agent", &args.agent_bin)?;
+    let etcd_bin = kvtier_testkit::find_etcd()
+        .ok_or_else(|| anyhow!("no etcd binary: run scripts/setup.sh (it installs etcd 3.5.1)"))?;
+    let etcd = kvtier_testkit::EtcdProcess::start(&etcd_bin)?;
+    let url = etcd.url();
+    let data = tempfile::tempdir()?;
+    let pool_dir = kvtier_testkit::dir::shm_tempdir()?;
+    let rounds = args.rounds.max(1);
+    // Both agents store fresh blocks each round; a shard holds about 1/N of them.
+    let host = (2 * args.bytes * rounds as u64 * args.block_sizes.len() as u64)
+        / servers.max(1) as u64
+        * 2
+        + (64 << 20);
+    let mut nodes = Vec::new();
+    for i in 0..servers.max(1) {
+        let dir = data.path().join(format!("n{i}"));
+        let (proc, _) = spawn(
+            &server_bin,
+            &[
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--metrics-listen".into(),
+                "off".into(),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--host-capacity".into(),
+                host.to_string(),
+                "--host-prefault".into(),
+                "false".into(),
+                "--disk-capacity".into(),
+                "0".into(),
+                "--cluster".into(),
+                url.clone(),
+                "--node-id".into(),
+                format!("n{i}"),
+            ],
+            "kvtier-server ready",
+        )?;
+        nodes.push(proc);
+    }
+    let mut agents = Vec::new();
+    let mut held = Vec::new();
+    for data_plane in [false, true] {
+        let mut agent_args: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "off".into(),
+            "--uds".into(),
+            "off".into(),
+            "--cluster".into(),
+            url.clone(),
+            "--staging-bytes".into(),
+            args.staging.to_string(),
+        ];
+        if data_plane {
+            agent_args.push("--cluster-data-plane".into());
+        }
+        let (proc, addr) = spawn(&agent_bin, &agent_args, "kvtier-agent ready")?;
+        let channel = Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        agents.push(WorkerServiceClient::new(channel));
+        held.push(proc);
+    }
+    eprintln!("{servers} servers in one cluster; agent 1 over gRPC, agent 2 over the data planes");
+    let one_round = Args {
+        rounds: 1,
+        block_sizes: args.block_sizes.clone(),
+        out: None,
+        server_bin: None,
+        agent_bin: None,
+        cluster: args.cluster,
+        ..*args
+    };
+    let mut text = format!(
+        "{servers} kvtier-servers in one cluster (real etcd), two kvtier-agents with --cluster, \
+         one moving payloads over gRPC, one over each owner's data plane \
+         (--cluster-data-plane), all on loopback; {} per measurement, rounds alternating \
+         between the agents, median of {rounds}; GiB/s\n\n\
+         | block | blocks | gRPC offload | gRPC onboard | data-plane offload | data-plane onboard | \
+         offload dp/gRPC | onboard dp/gRPC | TCP |\n|---|---|---|---|---|---|---|---|---|\n",
+        size_label(args.bytes),
+    );
+    let mut tag = 1u64;
+    for &block in &args.block_sizes {
+        let (mut grpc, mut dp, mut tcp) = (vec![], vec![], vec![]);
+        for _ in 0..rounds {
+            for (k, agent) in agents.iter_mut().enumerate() {
+                let row = measure(agent, &[], pool_dir.path(), block, &one_round, tag).await?;
+                tag = (tag + 1) % 256;
+                if k == 0 {
+                    grpc.push(row);
+                } else {
+                    tcp.push(row.tcp);
+                    dp.push(row);
+                }
+            }
+        }
+        let mid = |v: Vec<f64>| median(&v).unwrap_or(f64::NAN);
+        let ratio =
+            |f: fn(&Row) -> f64| mid(grpc.iter().zip(&dp).map(|(g, d)| f(d) / f(g)).collect());
+        let (off_ratio, on_ratio) = (ratio(|r| r.offload), ratio(|r| r.onboard));
+        let line = format!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            size_label(block),
+            grpc.first().map_or(0, |r| r.blocks),
+            mid(grpc.iter().map(|r| r.offload).collect()),
+            mid(grpc.iter().map(|r| r.onboard).collect()),
+            mid(dp.iter().map(|r| r.offload).collect()),
+            mid(dp.iter().map(|r| r.onboard).collect()),
+            off_ratio,
+            on_ratio,
+            mid(tcp),
+        );
+        eprint!("{line}");
+        text.push_str(&line);
+    }
+    println!("{text}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text)?;
+    }
+    drop(held);
+    drop(nodes);
+    drop(etcd);
+    Ok(())
+}
+
 /// Runs the benchmark and prints the table.
 pub async fn run(args: Args) -> Result<()> {
+    if let Some(servers) = args.cluster {
+        return run_cluster(&args, servers).await;
+    }
     let server_bin = sibling("kvtier-server", &args.server_bin)?;
     let agent_bin = sibling("kvtier-agent", &args.agent_bin)?;
     let data = tempfile::tempdir()?;
@@ -518,7 +669,7 @@ pub async fn run(args: Args) -> Result<()> {
     let direct = direct_clients(&server_addr).await?;
     let mut rows = Vec::new();
     for &block in &args.block_sizes {
-        let row = measure(&mut agent, &direct, pool_dir.path(), block, &args).await?;
+        let row = measure(&mut agent, &direct, pool_dir.path(), block, &args, 0).await?;
         eprintln!(
             "{}: offload {:.2}, onboard {:.2}, direct put {:.2} / get {:.2}, memcpy {:.2}, tcp {:.2} GiB/s",
             size_label(block),

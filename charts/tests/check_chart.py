@@ -1024,12 +1024,36 @@ def check_sidecar(checks: Checks, agent_bin: str | None) -> None:
         f3 = flag_values(a3.get("args", []))
         checks.check(f3.get("--cluster") == ["etcd://etcd-0.etcd:2379,etcd-1.etcd:2379/kvtier"],
                      f"sidecar: with cluster.enabled the agent reaches each block's owner through the membership ({f3.get('--cluster')})")
+        checks.check("--cluster-data-plane" not in f3 and "--server-data" not in f3,
+                     "sidecar: in cluster mode payloads over gRPC unless workerAgent.dataPlane")
         clustered["kvtier"]["workerAgent"]["dataPlane"] = True
+        docs4, _ = render(parent, clustered)
+        dep4 = [d for d in docs4 if d["kind"] == "Deployment" and d["metadata"]["name"] == "vllm"]
+        a4 = [c for c in dep4[0]["spec"]["template"]["spec"]["containers"] if c["name"] == "kvtier-agent"][0] if dep4 else {}
+        f4 = flag_values(a4.get("args", []))
+        checks.check("--cluster-data-plane" in f4 and "--server-data" not in f4 and bool(f4.get("--cluster")),
+                     f"sidecar: dataPlane with cluster.enabled -> --cluster-data-plane (each owner's advertised data address), no --server-data ({sorted(f4)})")
+        flags.update(f4)
+        cache_docs = [d for d in docs4 if d["kind"] == "StatefulSet"]
+        cache_flags = flag_values(cache_docs[0]["spec"]["template"]["spec"]["containers"][0].get("args", [])) if cache_docs else {}
+        checks.check(bool(cache_flags.get("--advertise-data")),
+                     f"sidecar: the cache replicas advertise the data addresses --cluster-data-plane dials ({cache_flags.get('--advertise-data')})")
+        pinned = yaml.safe_load(yaml.safe_dump(clustered))
+        pinned["kvtier"]["workerAgent"]["cacheDataEndpoint"] = "cache-0:50052"
+        try:
+            render(parent, pinned)
+            checks.check(False, "sidecar: cacheDataEndpoint with cluster.enabled is refused: it rendered")
+        except helm.HelmError as e:  # type: ignore[attr-defined]
+            checks.check("cacheDataEndpoint" in str(e) and "cluster" in str(e),
+                         f"sidecar: cacheDataEndpoint with cluster.enabled is refused ({str(e).splitlines()[-1][-100:]})")
+        clustered["kvtier"]["cache"] = {"allowPlaintext": False, "tls": {"enabled": True, "secretName": "s"}}
+        clustered["kvtier"]["cacheClient"] = {"caSecretName": "ca"}
         try:
             render(parent, clustered)
-            checks.check(False, "sidecar: the data plane with cluster.enabled is refused: it rendered")
+            checks.check(False, "sidecar: dataPlane with cluster.enabled against TLS replicas is refused: it rendered")
         except helm.HelmError as e:  # type: ignore[attr-defined]
-            checks.check("cluster" in str(e), f"sidecar: the data plane with cluster.enabled is refused ({str(e).splitlines()[-1][-100:]})")
+            checks.check("dataPlane" in str(e),
+                         f"sidecar: dataPlane with cluster.enabled against TLS replicas is refused ({str(e).splitlines()[-1][-100:]})")
         mounts2 = {m["mountPath"]: m for m in a2.get("volumeMounts", [])}
         vols2 = {v["name"]: v for v in dep2[0]["spec"]["template"]["spec"].get("volumes", [])} if dep2 else {}
         m2 = mounts2.get("/etc/kvtier/agent-tokens", {})

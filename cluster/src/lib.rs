@@ -35,5 +35,5 @@ pub use member::{validate_node_id, Member, MemberState};
 pub use membership::{Membership, MembershipWatch};
 pub use placement::Placement;
 pub use registration::{Registration, RegistrationConfig, RegistrationStatus};
-pub use sharded::{PutSummary, ShardedClient, ShardedOptions, ShardedStats};
+pub use sharded::{PayloadRoute, PutSummary, ShardedClient, ShardedOptions, ShardedStats};
 pub use url::ClusterUrl;

@@ -25,8 +25,20 @@
 //!
 //! TLS and the bearer token come from [`kvtier_security::ServerClient`],
 //! as for a single `--server`; every shard is dialled as
-//! `https://<grpc>` when it carries TLS, else `http://<grpc>`. Payloads go
-//! over gRPC: the binary data plane is not used here.
+//! `https://<grpc>` when it carries TLS, else `http://<grpc>`.
+//!
+//! **Payloads** go over gRPC (Put/Get streams) by default. With
+//! [`ShardedOptions::data_plane`] (and no TLS: the data plane is
+//! plaintext), Get and Put payloads go over each member's binary data plane
+//! instead (the `data` address of its membership record; see
+//! [`payload_route`]): a member without one is reached over gRPC. The
+//! handshake and Lookup stay on gRPC; a data-plane connection presents the
+//! shard's gRPC session and the bearer token in its HELLO. Data-plane
+//! connections are made on first use, kept for reuse (at most
+//! [`MAX_IDLE_DATA_CONNECTIONS`] idle per shard), and dropped when the
+//! member's epoch or addresses change. A data-plane failure is a shard
+//! failure like a gRPC one: misses or unstored blocks, the shard skipped
+//! until the membership changes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,11 +47,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::future::join_all;
+use kvtier_proto::dataplane::client::{DataClient, DataError};
+use kvtier_proto::dataplane::wire::Status as DataStatus;
 use kvtier_proto::v1::cache_service_client::CacheServiceClient;
 use kvtier_proto::v1::{
     BlockData, GetRequest, HandshakeRequest, HashingConfig, LookupRequest, Tier,
 };
 use kvtier_security::{AuthChannel, ServerClient};
+use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore};
 use tonic::transport::Endpoint;
 use tonic::Code;
@@ -60,6 +75,8 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_COPY_TASKS: usize = 4;
 /// Most members one read asks for a block (the owner and two fallbacks).
 pub const MAX_READ_TRIES: usize = 3;
+/// Most idle data-plane connections kept per shard (more are closed after use).
+pub const MAX_IDLE_DATA_CONNECTIONS: usize = 8;
 
 /// How a [`ShardedClient`] reads, writes and connects.
 #[derive(Debug, Clone)]
@@ -79,6 +96,11 @@ pub struct ShardedOptions {
     pub connect_timeout: Duration,
     /// TLS and bearer token, as for a single server.
     pub security: ServerClient,
+    /// Move Get/Put payloads over each member's binary data plane (its
+    /// record's `data` address; gRPC for a member without one). Ignored
+    /// when `security` uses TLS: the data plane is plaintext (callers refuse
+    /// that combination with a message). Default off.
+    pub data_plane: bool,
 }
 
 impl Default for ShardedOptions {
@@ -89,6 +111,7 @@ impl Default for ShardedOptions {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             connect_timeout: Duration::from_secs(2),
             security: ServerClient::plain(),
+            data_plane: false,
         }
     }
 }
@@ -118,12 +141,53 @@ pub fn read_order(all: &Placement, block_hash: u64, now_ms: u64, warmup: Duratio
     order
 }
 
+/// How a block's payload reaches a member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadRoute {
+    /// Put/Get streams on the member's gRPC address.
+    Grpc,
+    /// PUT/GET frames on the member's binary data plane at this `HOST:PORT`.
+    DataPlane(String),
+}
+
+/// The route of payloads to `member`: its data plane when `data_plane` is
+/// on and its record carries a data address, else gRPC. Pure.
+pub fn payload_route(member: &Member, data_plane: bool) -> PayloadRoute {
+    match &member.data {
+        Some(addr) if data_plane && !addr.is_empty() => PayloadRoute::DataPlane(addr.clone()),
+        _ => PayloadRoute::Grpc,
+    }
+}
+
+/// Positions of `hashes` grouped by their write owner in `placement` (a
+/// placement over the active members), and the positions of those with no
+/// owner (no active member). Each position is in exactly one group, in
+/// input order. Pure.
+pub fn split_by_owner(
+    placement: &Placement,
+    hashes: impl IntoIterator<Item = u64>,
+) -> (HashMap<String, Vec<usize>>, Vec<usize>) {
+    let mut parts: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut unplaced = Vec::new();
+    for (i, h) in hashes.into_iter().enumerate() {
+        match placement.owner(h) {
+            Some(owner) => parts.entry(owner.id.clone()).or_default().push(i),
+            None => unplaced.push(i),
+        }
+    }
+    (parts, unplaced)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Idle data-plane connections of one shard (shared by the clones of its
+/// [`Shard`]; dropped with it when the member's epoch changes).
+type IdleData = Arc<parking_lot::Mutex<Vec<DataClient<TcpStream>>>>;
 
 /// One shard's connection and session.
 #[derive(Debug, Clone)]
@@ -135,6 +199,10 @@ struct Shard {
     /// Membership revision at which a call to it failed: skipped until the
     /// membership moves past it.
     down_at: Option<i64>,
+    /// How payloads reach it.
+    route: PayloadRoute,
+    /// Its idle data-plane connections (with [`PayloadRoute::DataPlane`]).
+    idle: IdleData,
 }
 
 /// What a sharded Put did.
@@ -159,6 +227,12 @@ pub struct ShardedStats {
     pub copies_skipped: u64,
     /// Calls to a shard that failed or timed out (each turned into misses).
     pub failed_calls: u64,
+    /// Blocks stored or read over a member's binary data plane.
+    pub data_plane_blocks: u64,
+    /// Blocks stored or read over gRPC Put/Get streams.
+    pub grpc_blocks: u64,
+    /// Data-plane connections opened (HELLO accepted).
+    pub data_connections: u64,
 }
 
 #[derive(Debug, Default)]
@@ -167,6 +241,9 @@ struct Counters {
     copied: AtomicU64,
     copies_skipped: AtomicU64,
     failed_calls: AtomicU64,
+    data_plane_blocks: AtomicU64,
+    grpc_blocks: AtomicU64,
+    data_connections: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -249,6 +326,9 @@ impl ShardedClient {
             copied: c.copied.load(Ordering::Relaxed),
             copies_skipped: c.copies_skipped.load(Ordering::Relaxed),
             failed_calls: c.failed_calls.load(Ordering::Relaxed),
+            data_plane_blocks: c.data_plane_blocks.load(Ordering::Relaxed),
+            grpc_blocks: c.grpc_blocks.load(Ordering::Relaxed),
+            data_connections: c.data_connections.load(Ordering::Relaxed),
         }
     }
 
@@ -405,34 +485,40 @@ impl ShardedClient {
     }
 
     /// Stores `blocks` on their write owners (active members only), one Put
-    /// stream per owner, in parallel.
+    /// stream (or one pipelined run of data-plane PUTs) per owner, in
+    /// parallel.
     pub async fn put(&self, blocks: Vec<BlockData>) -> PutSummary {
         let membership = self.membership();
         let placement = membership.placement();
-        let mut parts: HashMap<String, Vec<BlockData>> = HashMap::new();
-        let mut unplaced = 0;
-        for block in blocks {
-            match placement.owner(block.hash) {
-                Some(owner) => parts.entry(owner.id.clone()).or_default().push(block),
-                None => unplaced += 1,
-            }
-        }
+        let (groups, unplaced) = split_by_owner(&placement, blocks.iter().map(|b| b.hash));
+        let mut slots: Vec<Option<BlockData>> = blocks.into_iter().map(Some).collect();
+        let parts: Vec<(String, Vec<BlockData>)> = groups
+            .into_iter()
+            .map(|(id, indices)| {
+                let part = indices.iter().filter_map(|&i| slots[i].take()).collect();
+                (id, part)
+            })
+            .collect();
         let calls = parts.into_iter().map(|(id, part)| {
             let membership = Arc::clone(&membership);
             async move {
                 let n = part.len();
                 let result = self.inner.put_to(&membership, &id, part).await;
-                (id, result.ok_or(n))
+                (id, n, result)
             }
         });
         let mut summary = PutSummary {
-            unstored: unplaced,
+            unstored: unplaced.len(),
             ..PutSummary::default()
         };
-        for (id, result) in join_all(calls).await {
+        for (id, n, result) in join_all(calls).await {
             match result {
-                Ok(n) => summary.acknowledged += n,
-                Err(n) => {
+                Some(acknowledged) => {
+                    let acknowledged = acknowledged.min(n);
+                    summary.acknowledged += acknowledged;
+                    summary.unstored += n - acknowledged;
+                }
+                None => {
                     summary.unstored += n;
                     summary.failed_shards.push(id);
                 }
@@ -534,9 +620,10 @@ impl Inner {
     async fn shard(&self, membership: &Membership, id: &str) -> Option<Shard> {
         let member = membership.members.get(id)?;
         let mut shards = self.shards.lock().await;
+        let route = payload_route(member, self.data_plane());
         let stale = shards
             .get(id)
-            .is_none_or(|s| s.grpc != member.grpc || s.epoch != member.epoch);
+            .is_none_or(|s| s.grpc != member.grpc || s.epoch != member.epoch || s.route != route);
         if stale {
             let client = match self.connect(&member.grpc) {
                 Ok(c) => c,
@@ -553,6 +640,8 @@ impl Inner {
                     client,
                     session: None,
                     down_at: None,
+                    route,
+                    idle: IdleData::default(),
                 },
             );
         }
@@ -563,6 +652,11 @@ impl Inner {
             None => {}
         }
         Some(shard.clone())
+    }
+
+    /// Whether payloads go over the members' data planes (never with TLS).
+    fn data_plane(&self) -> bool {
+        self.options.data_plane && !self.options.security.tls()
     }
 
     fn connect(&self, grpc: &str) -> Result<CacheServiceClient<AuthChannel>, String> {
@@ -651,22 +745,174 @@ impl Inner {
         F: Fn(CacheServiceClient<AuthChannel>, String) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        let mut shard = self.shard(membership, id).await?;
+        self.on_shard_with(membership, id, |mut shard| async move {
+            let result = self.with_session(&mut shard, call).await;
+            (shard, result)
+        })
+        .await
+    }
+
+    /// Runs `op` on shard `id` (connected lazily; `op` hands the shard
+    /// back with its session) within the call timeout and records the
+    /// outcome, as [`Inner::on_shard`].
+    async fn on_shard_with<T, F, Fut>(&self, membership: &Membership, id: &str, op: F) -> Option<T>
+    where
+        F: FnOnce(Shard) -> Fut,
+        Fut: std::future::Future<Output = (Shard, Result<T, ShardFailed>)>,
+    {
+        let shard = self.shard(membership, id).await?;
         let timeout = self.options.call_timeout;
-        let result = match tokio::time::timeout(timeout, self.with_session(&mut shard, call)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(ShardFailed(format!("no answer within {timeout:?}"))),
+        let (session, result) = match tokio::time::timeout(timeout, op(shard)).await {
+            Ok((shard, r)) => (shard.session, r),
+            Err(_) => (
+                None,
+                Err(ShardFailed(format!("no answer within {timeout:?}"))),
+            ),
         };
-        let outcome = result
-            .as_ref()
-            .map(|_| shard.session.clone().unwrap_or_default());
+        let outcome = result.as_ref().map(|_| session.unwrap_or_default());
         self.settle(id, membership, outcome).await;
         result.ok()
     }
 
+    /// A data-plane connection to `shard` at `addr`: an idle one (`true`:
+    /// reused), or a new one whose HELLO presents the shard's session (a
+    /// shard that forgot it is handshaken again once) and the bearer token.
+    async fn data_connection(
+        &self,
+        shard: &mut Shard,
+        addr: &str,
+    ) -> Result<(DataClient<TcpStream>, bool), ShardFailed> {
+        if let Some(client) = shard.idle.lock().pop() {
+            return Ok((client, true));
+        }
+        let failed = |why: String| ShardFailed(format!("data plane {addr}: {why}"));
+        let resolved = tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .next()
+            .ok_or_else(|| failed("resolves to no address".into()))?;
+        let token = self.options.security.token().unwrap_or_default();
+        let limit = self.options.connect_timeout;
+        for attempt in 0..2 {
+            let session = self.session(shard).await?;
+            let hello = DataClient::connect(resolved, &session, token, "");
+            match tokio::time::timeout(limit, hello).await {
+                Err(_) => return Err(failed(format!("no HELLO answer within {limit:?}"))),
+                Ok(Ok(client)) => {
+                    self.counters
+                        .data_connections
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Ok((client, false));
+                }
+                Ok(Err(DataError::Refused {
+                    status: DataStatus::NoSession,
+                    ..
+                })) if attempt == 0 => shard.session = None,
+                Ok(Err(e)) => return Err(failed(e.to_string())),
+            }
+        }
+        Err(failed("session refused twice".into()))
+    }
+
+    /// Keeps `client` for the next call to `shard` (or closes it when
+    /// enough are idle).
+    fn keep_idle(shard: &Shard, client: DataClient<TcpStream>) {
+        let mut idle = shard.idle.lock();
+        if idle.len() < MAX_IDLE_DATA_CONNECTIONS {
+            idle.push(client);
+        }
+    }
+
+    /// Runs `op` on a data-plane connection to `shard`; a reused connection
+    /// that fails on I/O (the server closed it while it was idle) is
+    /// replaced by a new one once: data-plane GETs and PUTs can be repeated
+    /// (blocks are write-once).
+    async fn over_data_plane<T, F, Fut>(
+        &self,
+        shard: &mut Shard,
+        addr: &str,
+        op: F,
+    ) -> Result<T, ShardFailed>
+    where
+        F: Fn(DataClient<TcpStream>) -> Fut,
+        Fut: std::future::Future<Output = (DataClient<TcpStream>, Result<T, DataError>)>,
+    {
+        for attempt in 0..2 {
+            let (client, reused) = self.data_connection(shard, addr).await?;
+            match op(client).await {
+                (client, Ok(v)) => {
+                    Self::keep_idle(shard, client);
+                    return Ok(v);
+                }
+                (_, Err(DataError::Io(_))) if reused && attempt == 0 => continue,
+                (_, Err(e)) => return Err(ShardFailed(format!("data plane {addr}: {e}"))),
+            }
+        }
+        Err(ShardFailed(format!(
+            "data plane {addr}: connection lost twice"
+        )))
+    }
+
     /// The blocks of `wanted` that shard `id` holds (none when it failed).
     async fn get_from(
+        &self,
+        membership: &Membership,
+        id: &str,
+        wanted: &[u64],
+    ) -> HashMap<u64, Bytes> {
+        let route = self.route(membership, id);
+        let found = match &route {
+            PayloadRoute::DataPlane(addr) => {
+                self.get_over_data_plane(membership, id, addr, wanted).await
+            }
+            PayloadRoute::Grpc => self.get_over_grpc(membership, id, wanted).await,
+        };
+        let counter = match route {
+            PayloadRoute::DataPlane(_) => &self.counters.data_plane_blocks,
+            PayloadRoute::Grpc => &self.counters.grpc_blocks,
+        };
+        counter.fetch_add(found.len() as u64, Ordering::Relaxed);
+        found
+    }
+
+    /// How payloads reach member `id` now.
+    fn route(&self, membership: &Membership, id: &str) -> PayloadRoute {
+        membership
+            .members
+            .get(id)
+            .map_or(PayloadRoute::Grpc, |m| payload_route(m, self.data_plane()))
+    }
+
+    /// [`Inner::get_from`] over the member's data plane: one pipelined GET.
+    async fn get_over_data_plane(
+        &self,
+        membership: &Membership,
+        id: &str,
+        addr: &str,
+        wanted: &[u64],
+    ) -> HashMap<u64, Bytes> {
+        self.on_shard_with(membership, id, |mut shard| async move {
+            let result = self
+                .over_data_plane(&mut shard, addr, |mut client| async move {
+                    let mut found = HashMap::new();
+                    let r = client
+                        .get_many_each(wanted, false, |reply| {
+                            if let Some(payload) = reply.payload {
+                                found.insert(reply.hash, payload);
+                            }
+                        })
+                        .await;
+                    (client, r.map(|()| found))
+                })
+                .await;
+            (shard, result)
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// [`Inner::get_from`] over a gRPC Get stream.
+    async fn get_over_grpc(
         &self,
         membership: &Membership,
         id: &str,
@@ -726,9 +972,69 @@ impl Inner {
         tiers
     }
 
-    /// One Put stream of `blocks` to shard `id`: the blocks acknowledged
-    /// (stored or already present), `None` when it failed.
+    /// `blocks` to shard `id` (one Put stream, or pipelined data-plane
+    /// PUTs): the blocks acknowledged (stored or already present), `None`
+    /// when it failed.
     async fn put_to(
+        &self,
+        membership: &Membership,
+        id: &str,
+        blocks: Vec<BlockData>,
+    ) -> Option<usize> {
+        let route = self.route(membership, id);
+        let acknowledged = match &route {
+            PayloadRoute::DataPlane(addr) => {
+                self.put_over_data_plane(membership, id, addr, blocks).await
+            }
+            PayloadRoute::Grpc => self.put_over_grpc(membership, id, blocks).await,
+        }?;
+        let counter = match route {
+            PayloadRoute::DataPlane(_) => &self.counters.data_plane_blocks,
+            PayloadRoute::Grpc => &self.counters.grpc_blocks,
+        };
+        counter.fetch_add(acknowledged as u64, Ordering::Relaxed);
+        Some(acknowledged)
+    }
+
+    /// [`Inner::put_to`] over the member's data plane. A block the server
+    /// refuses (BUSY, INVALID, ...) is not stored; the connection goes on.
+    async fn put_over_data_plane(
+        &self,
+        membership: &Membership,
+        id: &str,
+        addr: &str,
+        blocks: Vec<BlockData>,
+    ) -> Option<usize> {
+        let frames: Vec<(u64, Option<u64>, Bytes)> = blocks
+            .into_iter()
+            .map(|b| (b.hash, b.parent_hash, b.payload))
+            .collect();
+        let frames = &frames;
+        self.on_shard_with(membership, id, |mut shard| async move {
+            let result = self
+                .over_data_plane(&mut shard, addr, |mut client| async move {
+                    let (mut acknowledged, mut refused) = (0usize, None);
+                    let r = client
+                        .put_many_each(frames, |answer| match answer {
+                            Ok(_) => acknowledged += 1,
+                            Err(e) => {
+                                refused.get_or_insert(e);
+                            }
+                        })
+                        .await;
+                    if let Some(e) = refused {
+                        tracing::warn!(node = id, reason = %e, refused = frames.len() - acknowledged, "cluster: the shard refused blocks; they are not stored");
+                    }
+                    (client, r.map(|()| acknowledged))
+                })
+                .await;
+            (shard, result)
+        })
+        .await
+    }
+
+    /// [`Inner::put_to`] over one gRPC Put stream.
+    async fn put_over_grpc(
         &self,
         membership: &Membership,
         id: &str,
@@ -854,6 +1160,50 @@ mod tests {
         let p = Placement::over_all(&ms[..1]);
         assert_eq!(read_order(&p, 7, NOW, WARMUP).len(), 1);
         assert!(read_order(&Placement::over_all(&[]), 7, NOW, WARMUP).is_empty());
+    }
+
+    #[test]
+    fn a_batch_splits_by_write_owner_and_never_onto_a_draining_member() {
+        let mut ms: Vec<_> = (0..3)
+            .map(|i| member(&format!("n{i}"), OLD, MemberState::Active))
+            .collect();
+        ms[2].state = MemberState::Draining;
+        let writes = Placement::new(&ms);
+        let hashes: Vec<u64> = keys(3_000).collect();
+        let (parts, unplaced) = split_by_owner(&writes, hashes.iter().copied());
+        assert!(unplaced.is_empty());
+        assert_eq!(parts.len(), 2, "both active members get blocks");
+        assert!(!parts.contains_key("n2"), "no writes to a draining member");
+        let mut seen = vec![0u8; hashes.len()];
+        for (id, indices) in &parts {
+            assert!(indices.windows(2).all(|w| w[0] < w[1]), "input order");
+            for &i in indices {
+                seen[i] += 1;
+                let owner = writes.owner(hashes[i]).expect("owner");
+                assert_eq!(&owner.id, id, "{:#x}", hashes[i]);
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1), "each block in one part");
+
+        // No active member: every block is unplaced.
+        let none = Placement::new(&ms[2..]);
+        let (parts, unplaced) = split_by_owner(&none, hashes[..10].iter().copied());
+        assert!(parts.is_empty());
+        assert_eq!(unplaced, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn payloads_use_a_members_data_plane_only_when_on_and_advertised() {
+        let mut m = member("n0", OLD, MemberState::Active);
+        assert_eq!(payload_route(&m, true), PayloadRoute::Grpc, "no address");
+        m.data = Some("10.0.0.1:50052".into());
+        assert_eq!(
+            payload_route(&m, true),
+            PayloadRoute::DataPlane("10.0.0.1:50052".into())
+        );
+        assert_eq!(payload_route(&m, false), PayloadRoute::Grpc, "off");
+        m.data = Some(String::new());
+        assert_eq!(payload_route(&m, true), PayloadRoute::Grpc, "empty");
     }
 
     #[test]

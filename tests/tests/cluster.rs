@@ -973,3 +973,294 @@ async fn three_servers_two_agents_a_block_offloaded_by_a_is_onboarded_bit_exact_
     assert!(!a.log().contains("cache server unreachable"));
     Ok(())
 }
+
+/// Requests of `method` (`put`, `data_put`, ...) a server has answered.
+fn served_requests(server: &ServerProcess, method: &str) -> anyhow::Result<f64> {
+    Ok(metric_sum(
+        &server.metrics_text()?,
+        "kvtier_request_duration_seconds_count",
+        &[("method", method)],
+    ))
+}
+
+/// The simulated engine's hashing configuration (kvtier-sim-engine's pools).
+fn sim_hashing() -> kvtier_proto::v1::HashingConfig {
+    kvtier_proto::v1::HashingConfig {
+        block_tokens: 16,
+        seed: kvtier_proto::hashing::DEFAULT_SEED,
+        salt: String::new(),
+        block_bytes: 65536,
+        kv_layout: "sim:layers=1,kv=2".into(),
+        model: "sim-model".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_with_cluster_data_plane_move_payloads_over_each_owners_data_plane(
+) -> anyhow::Result<()> {
+    use kvtier_proto::v1::{attach_pool_request, AttachPoolRequest, OnboardRequest};
+    use kvtier_proto::v1::{PoolLayout, SharedMemoryPool};
+
+    let Some(etcd) = start_etcd() else {
+        return Ok(());
+    };
+    let url = etcd.url();
+    let dir = tempfile::tempdir()?;
+    let shm = kvtier_testkit::dir::shm_tempdir()?;
+    let observer = watch(&url).await?;
+    let mut servers = start_nodes(&url, dir.path(), 3, |_| vec![], &observer).await?;
+    let m = observer.current();
+    assert!(
+        m.members.values().all(|r| r.data.is_some()),
+        "every record carries its data-plane address: {m:?}"
+    );
+    let nowhere = format!("http://127.0.0.1:{}", free_port()?);
+    let agent = |name: &str| {
+        AgentProcess::start_url(
+            &dir.path().join(format!("{name}.log")),
+            &nowhere,
+            &[
+                "--worker-id",
+                name,
+                "--cluster",
+                &url,
+                "--cluster-data-plane",
+            ],
+        )
+    };
+    let (a, b) = (agent("A")?, agent("B")?);
+    let (pool_a, pool_b) = (shm.path().join("pool-a"), shm.path().join("pool-b"));
+    const POOL: [&str; 4] = ["--blocks", "160", "--block-bytes", "65536"];
+    let mut args = POOL.to_vec();
+    args.extend(["compute", "--prompt-seed", "9", "--prompt-blocks", "30"]);
+    let out = sim_engine(&a.endpoint(), &pool_a, &args)?;
+    assert_eq!(out.get("stored").map(String::as_str), Some("30"), "{out:?}");
+
+    // Each block went to its owner as one data-plane PUT; no gRPC Put at all.
+    let hashes = prompt_hashes(9, 30, 16);
+    let placement = m.placement();
+    let owner_of = |h: u64| placement.owner(h).map(|o| o.id.clone());
+    for s in &servers {
+        let id = s.node.clone().expect("node");
+        let owned = hashes.iter().filter(|&&h| owner_of(h) == Some(id.clone()));
+        let owned = owned.count() as f64;
+        assert!(owned > 0.0, "30 blocks over 3 shards: {id} owns none");
+        assert_eq!(served_requests(s, "data_put")?, owned, "{id}: {}", s.log());
+        assert_eq!(served_requests(s, "put")?, 0.0, "{id}: a gRPC Put");
+    }
+
+    // Agent B onboards them, bit for bit, over the data planes too.
+    let onboard_args = |first: &'static str| {
+        let mut args = POOL.to_vec();
+        args.extend([
+            "onboard",
+            "--prompt-seed",
+            "9",
+            "--prompt-blocks",
+            "30",
+            "--first-block",
+            first,
+        ]);
+        args
+    };
+    let out = sim_engine(&b.endpoint(), &pool_b, &onboard_args("100"))?;
+    let field = |out: &std::collections::HashMap<String, String>, k: &str| {
+        out.get(k).cloned().unwrap_or_default()
+    };
+    assert_eq!(
+        (field(&out, "loaded_prefix"), field(&out, "verified")),
+        ("30".to_string(), "30".to_string()),
+        "{out:?}"
+    );
+    let expected: Vec<u8> = hashes
+        .iter()
+        .flat_map(|&h| payload_for(h, 65536).to_vec())
+        .collect();
+    assert_eq!(pool_blocks(&pool_b, 100, 30, 65536)?, expected);
+    for s in &servers {
+        assert!(served_requests(s, "data_get")? >= 1.0, "{:?}", s.node);
+        assert_eq!(served_requests(s, "get")?, 0.0, "{:?}: a gRPC Get", s.node);
+    }
+    // And every shard holds its share (read back over gRPC).
+    for s in &servers {
+        let id = s.node.clone().expect("node");
+        let owned: Vec<u64> = hashes
+            .iter()
+            .copied()
+            .filter(|&h| owner_of(h) == Some(id.clone()))
+            .collect();
+        let mut c = s.client().await?;
+        let session = handshake(&mut c, "sim", sim_hashing()).await?;
+        let found = get_all(&mut c, &session, &owned).await?;
+        assert_eq!(
+            found.iter().filter(|b| b.found).count(),
+            owned.len(),
+            "{id}"
+        );
+    }
+
+    // kill -9 the owner of a block in the middle of the prompt: B onboards
+    // the survivors and reports the dead shard's blocks as misses, no error.
+    let victim = owner_of(hashes[1]).expect("owner");
+    let k = servers
+        .iter()
+        .position(|s| s.node.as_deref() == Some(victim.as_str()))
+        .expect("victim");
+    servers[k].kill9()?;
+    let on_dead = |h: &u64| owner_of(*h) == Some(victim.clone());
+    let first_dead = hashes.iter().position(on_dead).expect("victim owns some");
+    let out = sim_engine(&b.endpoint(), &pool_b, &onboard_args("50"))?;
+    assert_eq!(
+        (field(&out, "loaded_prefix"), field(&out, "degraded")),
+        (first_dead.to_string(), "0".to_string()),
+        "the prefix up to the dead shard's first block, not degraded: {out:?}"
+    );
+
+    // The survivors first: every one loaded, then the dead shard's misses.
+    let (alive, dead): (Vec<u64>, Vec<u64>) = hashes.iter().partition(|h| !on_dead(h));
+    let mut engine = b.client().await?;
+    let attached = engine
+        .attach_pool(AttachPoolRequest {
+            namespace: "sim".into(),
+            hashing: Some(sim_hashing()),
+            layout: Some(PoolLayout {
+                num_blocks: 160,
+                block_bytes: 65536,
+                ..Default::default()
+            }),
+            memory: Some(attach_pool_request::Memory::SharedMemory(
+                SharedMemoryPool {
+                    path: pool_b.display().to_string(),
+                    offset: 0,
+                },
+            )),
+            engine_name: "test".into(),
+        })
+        .await?
+        .into_inner();
+    let asked: Vec<u64> = alive.iter().chain(&dead).copied().collect();
+    let answer = engine
+        .onboard(OnboardRequest {
+            pool_id: attached.pool_id,
+            hashes: asked.clone(),
+            block_ids: (0..asked.len() as u64).collect(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let want: Vec<bool> = asked.iter().map(|h| !on_dead(h)).collect();
+    assert_eq!(answer.loaded, want, "{answer:?}");
+    assert_eq!(
+        answer.degraded_reason, "",
+        "a dead shard is misses, not an error"
+    );
+    let expected: Vec<u8> = alive
+        .iter()
+        .flat_map(|&h| payload_for(h, 65536).to_vec())
+        .collect();
+    assert_eq!(
+        pool_blocks(&pool_b, 0, alive.len() as u64, 65536)?,
+        expected
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_a_data_address_is_reached_over_grpc() -> anyhow::Result<()> {
+    let Some(etcd) = start_etcd() else {
+        return Ok(());
+    };
+    let url = etcd.url();
+    let dir = tempfile::tempdir()?;
+    let observer = watch(&url).await?;
+    // n2 serves no data plane: its record has no data address.
+    let servers = start_nodes(
+        &url,
+        dir.path(),
+        3,
+        |i| match i {
+            2 => vec!["--data-listen", "off"],
+            _ => vec![],
+        },
+        &observer,
+    )
+    .await?;
+    let m = observer.current();
+    assert!(m.members["n2"].data.is_none() && m.members["n0"].data.is_some());
+    let options = ShardedOptions {
+        data_plane: true,
+        ..ShardedOptions::default()
+    };
+    let client = ShardedClient::with_options(
+        watch(&url).await?,
+        "ns",
+        config(16, BLOCK as u64),
+        "test",
+        options,
+    );
+    client_membership(&client, 3).await;
+    let hashes = prompt_hashes(6, 300, 16);
+    let put = client.put(blocks_of(&hashes)).await;
+    assert_eq!((put.acknowledged, put.unstored), (300, 0), "{put:?}");
+    let got = client.get(&hashes).await;
+    assert_eq!(served(&got, &hashes), 300);
+
+    let placement = m.placement();
+    let on_n2 = hashes
+        .iter()
+        .filter(|&&h| placement.owner(h).is_some_and(|o| o.id == "n2"))
+        .count() as u64;
+    assert!(on_n2 > 0 && on_n2 < 300);
+    let stats = client.stats();
+    // Each block once written and once read, over its owner's route.
+    assert_eq!(stats.grpc_blocks, 2 * on_n2, "{stats:?}");
+    assert_eq!(stats.data_plane_blocks, 2 * (300 - on_n2), "{stats:?}");
+    assert!(stats.data_connections >= 2, "{stats:?}");
+    for s in &servers {
+        let (grpc, data) = (served_requests(s, "put")?, served_requests(s, "data_put")?);
+        if s.node.as_deref() == Some("n2") {
+            assert!(
+                grpc >= 1.0 && data == 0.0,
+                "n2: put {grpc}, data_put {data}"
+            );
+        } else {
+            assert!(
+                grpc == 0.0 && data >= 1.0,
+                "{:?}: put {grpc}, data_put {data}",
+                s.node
+            );
+        }
+    }
+    // The connections are kept: a second round opens none.
+    let opened = stats.data_connections;
+    assert_eq!(served(&client.get(&hashes).await, &hashes), 300);
+    assert_eq!(client.stats().data_connections, opened);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_data_plane_is_refused_over_tls_and_without_a_cluster() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("agent.log");
+    let ca = dir.path().join("ca.pem");
+    for (args, says) in [
+        (
+            vec![
+                "--cluster",
+                "etcd://127.0.0.1:2379",
+                "--cluster-data-plane",
+                "--server-ca",
+                ca.to_str().expect("utf-8"),
+            ],
+            "--cluster-data-plane moves payloads in plaintext",
+        ),
+        (vec!["--cluster-data-plane"], "--cluster"),
+    ] {
+        let Err(err) = AgentProcess::start_url(&log, "http://127.0.0.1:1", &args) else {
+            panic!("{args:?} was accepted");
+        };
+        let text = format!("{err:#}");
+        assert!(text.contains(says), "{args:?}: {text}");
+    }
+    Ok(())
+}

@@ -68,9 +68,15 @@ pub struct AgentConfig {
     pub server_data: Option<String>,
     /// A cluster of cache servers (`--cluster etcd://...`) instead of
     /// `server`: tier I/O goes to each block's owner through
-    /// [`kvtier_cluster::ShardedClient`] (over gRPC; `server_data` is not
-    /// used then). Default none.
+    /// [`kvtier_cluster::ShardedClient`] (over gRPC, or over each owner's
+    /// data plane with `cluster_data_plane`; `server_data` is not used
+    /// then). Default none.
     pub cluster: Option<kvtier_cluster::ClusterUrl>,
+    /// With `cluster`: Offload and Onboard payloads go over each block
+    /// owner's binary data plane (the `data` address of its membership
+    /// record; gRPC for a member without one). Lookup and the handshake stay
+    /// on gRPC. Plaintext only. Default off.
+    pub cluster_data_plane: bool,
     /// With `cluster`: copy blocks read from a previous owner to their new
     /// owner in the background. Default off.
     pub cluster_copy_on_read: bool,
@@ -126,6 +132,7 @@ impl Default for AgentConfig {
             server_client: ServerClient::plain(),
             server_data: None,
             cluster: None,
+            cluster_data_plane: false,
             cluster_copy_on_read: false,
             cluster_warmup: kvtier_cluster::sharded::DEFAULT_WARMUP,
             worker_id: "worker-0".into(),

@@ -16,8 +16,10 @@
 //! connections); Lookup and the session stay on gRPC.
 //!
 //! With `--cluster`, Lookup, Offload and Onboard go through the sharded
-//! client (each block to and from its owner, over gRPC): a shard that fails
-//! is misses (not stored, not loaded), never an error.
+//! client (each block to and from its owner, over gRPC; with
+//! `--cluster-data-plane` the payloads over each owner's binary data plane,
+//! Lookup still over gRPC): a shard that fails is misses (not stored, not
+//! loaded), never an error.
 
 use std::sync::Arc;
 use std::time::Duration;

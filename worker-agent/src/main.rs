@@ -61,11 +61,24 @@ struct Args {
     server_data: Option<String>,
     /// A cluster of cache servers instead of --server:
     /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`. Blocks go to and come from their
-    /// owners (weighted rendezvous over the membership in etcd), over gRPC: the
-    /// binary data plane (--server-data) is not used in this mode. --server-ca etc.
-    /// apply to every member (https when a CA is given).
+    /// owners (weighted rendezvous over the membership in etcd), over gRPC, or over
+    /// each owner's binary data plane with --cluster-data-plane (--server-data names
+    /// one server's and is refused here). --server-ca etc. apply to every member
+    /// (https when a CA is given).
     #[arg(long, env = "KVTIER_CLUSTER", conflicts_with = "server_data")]
     cluster: Option<String>,
+    /// With --cluster: Offload and Onboard payloads go over each block owner's
+    /// binary data plane (the data address in its membership record, i.e. the
+    /// server's --data-listen or --advertise-data) instead of gRPC streams; a
+    /// member without one is reached over gRPC. Lookup stays on gRPC. The servers
+    /// must run without TLS (the data plane is plaintext).
+    #[arg(
+        long,
+        env = "KVTIER_CLUSTER_DATA_PLANE",
+        default_value_t = false,
+        requires = "cluster"
+    )]
+    cluster_data_plane: bool,
     /// With --cluster: after a read served by a block's previous owner (during a
     /// join's warm-up or a drain), copy the block to its new owner in the background.
     #[arg(
@@ -172,6 +185,13 @@ impl TryFrom<Args> for AgentConfig {
                 a.server
             );
         }
+        if server_client.tls() && a.cluster_data_plane {
+            anyhow::bail!(
+                "--cluster-data-plane moves payloads in plaintext, but the cluster's members are \
+                 reached over TLS (--server-ca is set): leave --cluster-data-plane unset \
+                 (a server with TLS serves no data plane)"
+            );
+        }
         let uds = match (a.uds.as_deref(), a.listen) {
             (Some("off"), None) => anyhow::bail!(
                 "--uds off needs --listen: the agent must serve on a Unix socket or on TCP"
@@ -196,6 +216,7 @@ impl TryFrom<Args> for AgentConfig {
             server: a.server,
             server_data: a.server_data,
             cluster,
+            cluster_data_plane: a.cluster_data_plane,
             cluster_copy_on_read: a.cluster_copy_on_read,
             cluster_warmup: Duration::from_secs(a.cluster_warmup_s),
             worker_id: a.worker_id,

@@ -297,6 +297,7 @@ impl AgentState {
                 .min(kvtier_cluster::sharded::DEFAULT_CALL_TIMEOUT),
             connect_timeout: self.config.connect_timeout,
             security: self.config.server_client.clone(),
+            data_plane: self.config.cluster_data_plane,
         };
         let client = kvtier_cluster::ShardedClient::with_options(
             watch.clone(),

@@ -134,15 +134,15 @@ without TCP it has none.
 {{- fail "workerAgent.listenHost on the pod network needs workerAgent.auth.tokensSecretName: kvtier-agent refuses a non-loopback TCP listener without bearer tokens (whoever reaches it could copy files into the cache and cache bytes into pools)" -}}
 {{- end -}}
 {{- $dataEndpoint := $a.cacheDataEndpoint -}}
+{{- if and $v.cluster.enabled $a.cacheDataEndpoint -}}
+{{- fail "workerAgent.cacheDataEndpoint with cluster.enabled: it names one server, but in cluster mode kvtier-agent reaches each block's owner on the data address in that replica's membership record; leave cacheDataEndpoint empty and set workerAgent.dataPlane (-> --cluster-data-plane)" -}}
+{{- end -}}
 {{- if and $a.dataPlane (not $dataEndpoint) -}}
 {{- if or (not $v.cache.dataPort) $v.cache.tls.enabled -}}
 {{- fail "workerAgent.dataPlane needs cache.dataPort and a cache server without TLS (its data plane is plaintext), or an explicit workerAgent.cacheDataEndpoint" -}}
 {{- end -}}
 {{- $cache := printf "%s-cache" (include "kvtier.fullnameFrom" .) | trunc 63 | trimSuffix "-" -}}
 {{- $dataEndpoint = printf "%s.%s.svc:%d" $cache .root.Release.Namespace (int $v.cache.dataPort) -}}
-{{- end -}}
-{{- if and $v.cluster.enabled (or $a.dataPlane $a.cacheDataEndpoint) -}}
-{{- fail "workerAgent.dataPlane (or cacheDataEndpoint) with cluster.enabled: kvtier-agent's binary data plane talks to one server; in cluster mode it reaches each block's owner over gRPC, so turn workerAgent.dataPlane off" -}}
 {{- end -}}
 - name: kvtier-agent
   image: {{ printf "%s:%s" $repo $tag | quote }}
@@ -173,8 +173,10 @@ without TCP it has none.
     {{- if $v.cluster.enabled }}
     - --cluster
     - {{ include "kvtier.clusterUrl" (dict "root" .root "values" $v) | quote }}
+    {{- if $a.dataPlane }}
+    - --cluster-data-plane
     {{- end }}
-    {{- if or $a.dataPlane $a.cacheDataEndpoint }}
+    {{- else if or $a.dataPlane $a.cacheDataEndpoint }}
     - --server-data
     - {{ $dataEndpoint | quote }}
     {{- end }}
