@@ -13,6 +13,8 @@
 //! - `placement` — put in the highest tier with room, demote on pressure,
 //!   promote on hit, drop from the bottom tier: the code that changes the
 //!   index, the policy and the events together.
+//! - `prefetch` — disk → host moves ahead of forecast calls: a round planned
+//!   under the lock, each move read outside it and landed under it.
 //! - this file — [`TieredStore`]: the lock, the clock, recovery at open, the
 //!   read path and the public API.
 //!
@@ -50,11 +52,13 @@
 
 mod index;
 mod placement;
+mod prefetch;
 mod presence;
 mod publish;
 mod tiers;
 mod types;
 
+pub use prefetch::{Landing, PrefetchReport, PrefetchRound, MAX_ROUND_BLOCKS};
 pub use types::{
     Hit, PutOutcome, ResidentBlock, SpillReport, StoreError, StoreSnapshot, TierUsage,
 };
@@ -382,5 +386,7 @@ impl TieredStore {
     }
 }
 
+#[cfg(test)]
+mod prefetch_tests;
 #[cfg(test)]
 mod tests;
