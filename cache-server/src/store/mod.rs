@@ -30,7 +30,8 @@
 //! makes when the host arena is full. Outside it: [`TieredStore::lookup`]
 //! (it reads `presence`, a sharded key → tier mirror the index keeps under
 //! the lock, so a router's presence check never waits for a disk write),
-//! disk reads in `get` (verify, then re-check the index), a host-arena slot
+//! disk reads in `get` and in prefetch moves (verify, then re-check the
+//! index; a prefetch plan takes the lock for policy calls only), a host-arena slot
 //! taken while the arena has one free (its own small lock), opening and
 //! flushing.
 //!
