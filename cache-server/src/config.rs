@@ -67,6 +67,41 @@ impl Default for StoreConfig {
     }
 }
 
+/// Default time between prefetch rounds.
+pub const DEFAULT_PREFETCH_INTERVAL_MS: u64 = 100;
+/// Default disk → host bandwidth prefetch may use: 256 MiB/s.
+pub const DEFAULT_PREFETCH_BYTES_PER_SEC: u64 = 256 << 20;
+/// Default lead time with which prefetch values agents (how soon a call must
+/// come to be worth a move), as in `kvtier-bench replay --tiered`.
+pub const DEFAULT_PREFETCH_HORIZON_MS: u64 = 2_000;
+
+/// Server-side prefetch (see [`crate::prefetch`]). Off by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefetchConfig {
+    /// Run the prefetcher. Default false.
+    pub enabled: bool,
+    /// Time between rounds. Default 100 ms.
+    pub interval: std::time::Duration,
+    /// Payload bytes a second the prefetcher may read from disk (each
+    /// round moves its share, at least one block); 0 moves nothing.
+    /// Default 256 MiB/s.
+    pub bytes_per_sec: u64,
+    /// Lead time (ms) with which agents are valued; 0: the policy's own
+    /// ranking. Default 2,000.
+    pub horizon_ms: u64,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval: std::time::Duration::from_millis(DEFAULT_PREFETCH_INTERVAL_MS),
+            bytes_per_sec: DEFAULT_PREFETCH_BYTES_PER_SEC,
+            horizon_ms: DEFAULT_PREFETCH_HORIZON_MS,
+        }
+    }
+}
+
 /// Which eviction order the store uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PolicyKind {
@@ -221,6 +256,8 @@ pub struct ServerConfig {
     pub shutdown_spill: std::time::Duration,
     /// Store settings.
     pub store: StoreConfig,
+    /// Server-side prefetch (disk → host ahead of forecast calls). Default off.
+    pub prefetch: PrefetchConfig,
     /// TLS, tokens, per-client limits.
     pub security: SecurityConfig,
     /// Membership in a cluster (`--cluster`); `None`: a single server, as
@@ -245,6 +282,7 @@ impl Default for ServerConfig {
             max_agents_per_namespace: DEFAULT_MAX_AGENTS_PER_NAMESPACE,
             shutdown_spill: std::time::Duration::from_secs(20),
             store: StoreConfig::default(),
+            prefetch: PrefetchConfig::default(),
             security: SecurityConfig::default(),
             cluster: None,
         }

@@ -11,6 +11,8 @@
 //!   [`kvtier_policy::EvictionPolicy`] decides, promotes on hits and publishes events.
 //! - [`namespace`] — namespaces and their hashing configurations (handshake checks).
 //! - [`events`] — the bounded block-event bus behind `WatchEvents`.
+//! - [`prefetch`] — the background task that moves forecast disk blocks up
+//!   to the host tier ahead of their agents' calls (`--prefetch`).
 //! - [`agents`] — agent lifecycles: validated by the pure registry, forwarded
 //!   to the store's policy.
 //! - [`metrics`] — metric names and the Prometheus exporter.
@@ -33,6 +35,7 @@ pub mod dataplane;
 pub mod events;
 pub mod metrics;
 pub mod namespace;
+pub mod prefetch;
 pub mod server;
 pub mod service;
 pub mod store;

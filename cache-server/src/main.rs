@@ -10,7 +10,8 @@ use clap::Parser;
 
 use kvtier_cache_server::cluster::ClusterSettings;
 use kvtier_cache_server::config::{
-    parse_byte_size, DataListen, PolicyKind, SecurityConfig, ServerConfig, StoreConfig,
+    parse_byte_size, DataListen, PolicyKind, PrefetchConfig, SecurityConfig, ServerConfig,
+    StoreConfig,
 };
 use kvtier_cache_server::server;
 use kvtier_cluster::ClusterUrl;
@@ -94,6 +95,22 @@ struct Args {
     /// Do not move blocks read from a lower tier up.
     #[arg(long, env = "KVTIER_NO_PROMOTE", default_value_t = false)]
     no_promote: bool,
+    /// Prefetch: every --prefetch-interval-ms, move the disk blocks of the agents the
+    /// policy expects back soonest up to the host tier, displacing only host blocks of
+    /// lower forecast value (needs --policy value; with lru nothing moves).
+    #[arg(long, env = "KVTIER_PREFETCH", default_value_t = false)]
+    prefetch: bool,
+    /// Time between prefetch rounds, in ms.
+    #[arg(long, env = "KVTIER_PREFETCH_INTERVAL_MS", default_value_t = kvtier_cache_server::config::DEFAULT_PREFETCH_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    prefetch_interval_ms: u64,
+    /// Disk read bandwidth prefetch may use (e.g. 256MiB: per second; each round moves
+    /// its share, at least one block); 0 moves nothing.
+    #[arg(long, env = "KVTIER_PREFETCH_BYTES_PER_S", default_value = "256MiB", value_parser = parse_byte_size)]
+    prefetch_bytes_per_s: u64,
+    /// Lead time in ms with which prefetch values agents (how soon a call must come to be
+    /// worth a move); 0: the policy's own ranking.
+    #[arg(long, env = "KVTIER_PREFETCH_HORIZON_MS", default_value_t = kvtier_cache_server::config::DEFAULT_PREFETCH_HORIZON_MS)]
+    prefetch_horizon_ms: u64,
     /// On SIGTERM, copy memory-tier blocks to the disk tier (hottest first) for
     /// at most this long, so a restart keeps the hot set; 0 turns it off.
     #[arg(long, env = "KVTIER_SHUTDOWN_SPILL_MS", default_value_t = 20_000)]
@@ -244,6 +261,12 @@ fn config_from(args: Args) -> anyhow::Result<ServerConfig> {
             disk_capacity: args.disk_capacity,
             sync_writes: args.sync_writes,
             promote_on_hit: !args.no_promote,
+        },
+        prefetch: PrefetchConfig {
+            enabled: args.prefetch,
+            interval: std::time::Duration::from_millis(args.prefetch_interval_ms),
+            bytes_per_sec: args.prefetch_bytes_per_s,
+            horizon_ms: args.prefetch_horizon_ms,
         },
         cluster,
     })

@@ -31,6 +31,19 @@ pub const EVICTIONS: &str = "kvtier_evictions_total";
 pub const CHECKSUM_FAILURES: &str = "kvtier_checksum_failures_total";
 /// Payload bytes moved over gRPC, label `direction` (`in` for Put, `out` for Get).
 pub const TRANSFER_BYTES: &str = "kvtier_transfer_bytes_total";
+/// Blocks the prefetcher moved disk → host.
+pub const PREFETCH_BLOCKS: &str = "kvtier_prefetch_blocks_total";
+/// Payload bytes the prefetcher moved disk → host.
+pub const PREFETCH_BYTES: &str = "kvtier_prefetch_bytes_total";
+/// Host blocks the prefetcher moved down to make room (each of a lower
+/// forecast value than the block that took its place).
+pub const PREFETCH_DISPLACED: &str = "kvtier_prefetch_displaced_total";
+/// Planned prefetch moves not made, label `reason` (`fetched`: read by a
+/// client or dropped meanwhile; `not_wanted`: its agent ended; `no_room`;
+/// `corrupt`; `error`; `budget`: the round's bytes or time ran out).
+pub const PREFETCH_SKIPPED: &str = "kvtier_prefetch_skipped_total";
+/// Prefetch rounds run.
+pub const PREFETCH_ROUNDS: &str = "kvtier_prefetch_rounds_total";
 /// Handler latency in seconds, labels `method`, `code`.
 pub const REQUEST_DURATION: &str = "kvtier_request_duration_seconds";
 /// Requests refused for overload, label `method`.

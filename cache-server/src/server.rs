@@ -337,6 +337,10 @@ pub async fn run(
         })
     };
 
+    // Moves forecast disk blocks up ahead of their calls (`--prefetch`).
+    let prefetch_task =
+        crate::prefetch::spawn(Arc::clone(&store), config.prefetch.clone(), stop_rx.clone());
+
     let mut metrics_addr = None;
     let mut metrics_task = None;
     if let Some(listener) = metrics_listener {
@@ -414,6 +418,10 @@ pub async fn run(
         cluster.leave().await;
     }
     let _ = lease_task.await;
+    // Before the spill: a round in flight ends first (bounded by its interval).
+    if let Some(task) = prefetch_task {
+        let _ = task.await;
+    }
     if let Some(task) = data_task {
         let _ = task.await;
     }

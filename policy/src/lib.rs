@@ -154,4 +154,40 @@ pub trait EvictionPolicy<K: Copy + Eq + Hash>: Send {
     fn on_agent_expired(&mut self, agent: AgentId, now_ms: u64) {
         self.on_agent_end(agent, now_ms);
     }
+
+    /// Prefetch: up to `limit` blocks of `tier` most worth moving up, most
+    /// valuable first, each with its forecast value (see [`prefetch`]).
+    /// `horizon_ms`: value agents with an eviction clock of that mean (a
+    /// prefetch's lead time) instead of the policy's own ranking. The
+    /// default (a policy without forecasts, such as [`Lru`]) names none, so
+    /// a prefetcher over it never moves anything.
+    fn promotion_candidates(
+        &mut self,
+        _tier: Tier,
+        _limit: usize,
+        _horizon_ms: Option<u64>,
+        _now_ms: u64,
+    ) -> Vec<(K, BlockValue)> {
+        Vec::new()
+    }
+
+    /// Prefetch: up to `limit` blocks of `tier` in eviction order, each with
+    /// its forecast value, as [`EvictionPolicy::promotion_candidates`] values
+    /// them. The default names none (nothing is displaced).
+    fn eviction_candidates(
+        &mut self,
+        _tier: Tier,
+        _limit: usize,
+        _horizon_ms: Option<u64>,
+        _now_ms: u64,
+    ) -> Vec<(K, BlockValue)> {
+        Vec::new()
+    }
+
+    /// Prefetch: whether `key` is still worth moving up ahead of a call (a
+    /// live agent's context block), asked again just before a planned move
+    /// lands: an agent that ended meanwhile cancels the move. Default false.
+    fn wants_prefetch(&self, _key: K) -> bool {
+        false
+    }
 }

@@ -104,6 +104,37 @@ pub fn budget_blocks(interval_ms: u64, block_ms: f64) -> usize {
     ((interval_ms as f64 / block_ms).floor() as usize).max(1)
 }
 
+/// How many of the candidates, whose sizes come in `sizes` in plan order,
+/// fit one after another into `free_bytes` of the upper tier: the `free`
+/// slots [`plan`] may fill without displacing anything.
+pub fn free_slots(free_bytes: u64, sizes: impl IntoIterator<Item = u64>) -> usize {
+    let mut left = free_bytes;
+    let mut n = 0;
+    for bytes in sizes {
+        match left.checked_sub(bytes) {
+            Some(rest) => {
+                left = rest;
+                n += 1;
+            }
+            None => break,
+        }
+    }
+    n
+}
+
+/// What one round of `interval_ms` may move over a link of `bytes_per_sec`,
+/// with blocks of `mean_block_bytes` on average: `(blocks, bytes)`. Blocks
+/// as [`budget_blocks`] counts them (at least one a round when the link
+/// moves anything); nothing at all when the link or the interval is zero.
+pub fn round_budget(interval_ms: u64, bytes_per_sec: u64, mean_block_bytes: u64) -> (usize, u64) {
+    let bytes = (u128::from(bytes_per_sec) * u128::from(interval_ms) / 1000) as u64;
+    if bytes == 0 {
+        return (0, 0);
+    }
+    let block_ms = mean_block_bytes as f64 * 1000.0 / bytes_per_sec as f64;
+    (budget_blocks(interval_ms, block_ms), bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +219,26 @@ mod tests {
                 .fold(0.0f64, f64::max);
             assert!((got - best).abs() < 1e-9, "greedy {got} vs best {best}");
         }
+    }
+
+    #[test]
+    fn free_slots_count_the_leading_candidates_that_fit() {
+        assert_eq!(free_slots(3_000, [1_000, 1_000, 1_000, 1_000]), 3);
+        assert_eq!(free_slots(2_500, [1_000, 2_000, 100]), 1);
+        assert_eq!(free_slots(0, [1]), 0);
+        assert_eq!(free_slots(10, []), 0);
+    }
+
+    #[test]
+    fn round_budget_follows_the_link_and_the_interval() {
+        // 1 MB/s, 100 ms rounds, 10 kB blocks: 100 kB = 10 blocks a round.
+        assert_eq!(round_budget(100, 1_000_000, 10_000), (10, 100_000));
+        // A block larger than a round's bytes still moves, one a round.
+        assert_eq!(round_budget(100, 1_000_000, 1_000_000), (1, 100_000));
+        assert_eq!(round_budget(100, 0, 10_000), (0, 0));
+        assert_eq!(round_budget(0, 1_000_000, 10_000), (0, 0));
+        // No block size known yet: the bytes alone bound the round.
+        assert_eq!(round_budget(100, 1_000_000, 0).0, usize::MAX);
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - `placement` — put in the highest tier with room, demote on pressure,
 //!   promote on hit, drop from the bottom tier: the code that changes the
 //!   index, the policy and the events together.
+//! - `prefetch` — disk → host moves ahead of forecast calls: a round planned
+//!   under the lock, each move read outside it and landed under it.
 //! - this file — [`TieredStore`]: the lock, the clock, recovery at open, the
 //!   read path and the public API.
 //!
@@ -28,7 +30,8 @@
 //! makes when the host arena is full. Outside it: [`TieredStore::lookup`]
 //! (it reads `presence`, a sharded key → tier mirror the index keeps under
 //! the lock, so a router's presence check never waits for a disk write),
-//! disk reads in `get` (verify, then re-check the index), a host-arena slot
+//! disk reads in `get` and in prefetch moves (verify, then re-check the
+//! index; a prefetch plan takes the lock for policy calls only), a host-arena slot
 //! taken while the arena has one free (its own small lock), opening and
 //! flushing.
 //!
@@ -50,11 +53,13 @@
 
 mod index;
 mod placement;
+mod prefetch;
 mod presence;
 mod publish;
 mod tiers;
 mod types;
 
+pub use prefetch::{Landing, PrefetchReport, PrefetchRound, MAX_ROUND_BLOCKS};
 pub use types::{
     Hit, PutOutcome, ResidentBlock, SpillReport, StoreError, StoreSnapshot, TierUsage,
 };
@@ -382,5 +387,7 @@ impl TieredStore {
     }
 }
 
+#[cfg(test)]
+mod prefetch_tests;
 #[cfg(test)]
 mod tests;

@@ -175,7 +175,7 @@ impl State {
     }
 
     /// Moves `key` one enabled tier down, or drops it when there is none.
-    fn demote(&mut self, tiers: &Tiers, key: BlockKey, now: u64) {
+    pub(super) fn demote(&mut self, tiers: &Tiers, key: BlockKey, now: u64) {
         let Some(entry) = self.index.get(&key) else {
             // The policy tracked a block the index does not: resync it.
             self.policy.on_remove(key);
@@ -304,7 +304,14 @@ impl State {
 
     /// Bookkeeping of a block already written to `to`: leave its old tier,
     /// account it in the new one, tell the policy and the subscribers.
-    fn relocate(&mut self, tiers: &Tiers, key: BlockKey, entry: Entry, to: Tier, now: u64) {
+    pub(super) fn relocate(
+        &mut self,
+        tiers: &Tiers,
+        key: BlockKey,
+        entry: Entry,
+        to: Tier,
+        now: u64,
+    ) {
         tiers.remove(key, entry.tier);
         self.index.relocate(key, entry, to);
         self.policy.on_move(key, to, now);

@@ -119,6 +119,15 @@ impl DiskTier {
         Ok(Self { db, sync_writes })
     }
 
+    /// Overwrites `key`'s payload behind its meta record's back (tests of
+    /// check-sum handling above this tier).
+    #[cfg(test)]
+    pub(crate) fn tamper(&self, key: BlockKey, payload: &[u8]) {
+        self.db
+            .put_cf(self.cf(CF_BLOCKS), key.to_bytes(), payload)
+            .expect("tamper");
+    }
+
     fn cf(&self, name: &str) -> &ColumnFamily {
         // The three families are created by `open`; their absence is a bug.
         self.db

@@ -534,6 +534,30 @@ impl<K: Copy + Eq + Hash + Send> EvictionPolicy<K> for ValuePolicy<K> {
     fn on_agent_end(&mut self, agent: AgentId, now_ms: u64) {
         self.end_agent(agent, now_ms, ENDED);
     }
+
+    fn promotion_candidates(
+        &mut self,
+        tier: Tier,
+        limit: usize,
+        horizon_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Vec<(K, crate::BlockValue)> {
+        ValuePolicy::promotion_candidates(self, tier, limit, horizon_ms, now_ms)
+    }
+
+    fn eviction_candidates(
+        &mut self,
+        tier: Tier,
+        limit: usize,
+        horizon_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Vec<(K, crate::BlockValue)> {
+        ValuePolicy::eviction_candidates(self, tier, limit, horizon_ms, now_ms)
+    }
+
+    fn wants_prefetch(&self, key: K) -> bool {
+        self.is_agent_context(key)
+    }
 }
 
 impl<K: Copy + Eq + Hash> ValuePolicy<K> {

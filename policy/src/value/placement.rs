@@ -53,6 +53,15 @@ impl<K: Copy + Eq + Hash> ValuePolicy<K> {
         out
     }
 
+    /// Whether `key` is in a live agent's context (what
+    /// [`Self::promotion_candidates`] draws from): false once the agent
+    /// ended or dropped it, or for a block no agent named.
+    pub fn is_agent_context(&self, key: K) -> bool {
+        self.index
+            .get(&key)
+            .is_some_and(|&slot| self.lists.node(slot).list >= AGENT_BASE)
+    }
+
     /// Up to `limit` blocks of `tier` most worth moving up, most valuable
     /// first: the context blocks live agents own, agent by agent from the
     /// most valuable (the agent's forecast of its next call), each context

@@ -812,6 +812,35 @@ fn a_prefetch_round_swaps_a_soon_callers_blocks_for_a_late_callers() {
 }
 
 #[test]
+fn the_trait_names_the_same_candidates_and_an_ended_agent_is_not_wanted() {
+    let mut p = ValuePolicy::new(fixed_cfg());
+    call(&mut p, 1, &[1, 2], 0);
+    call(&mut p, 2, &[3, 4], 1);
+    call(&mut p, 1, &[1], 2); // 2 goes stale
+    p.on_insert(9, Tier::Host, info(), 3); // un-hinted
+    for k in [1, 2, 3, 4, 9] {
+        p.on_move(k, Tier::Disk, 4);
+    }
+    let dyn_p: &mut dyn EvictionPolicy<u64> = &mut p;
+    let via_trait = dyn_p.promotion_candidates(Tier::Disk, 8, None, 5);
+    let victims = dyn_p.eviction_candidates(Tier::Disk, 8, None, 5);
+    assert_eq!(via_trait, p.promotion_candidates(Tier::Disk, 8, None, 5));
+    assert_eq!(victims, p.eviction_candidates(Tier::Disk, 8, None, 5));
+    let wanted: Vec<u64> = [1, 2, 3, 4, 9]
+        .into_iter()
+        .filter(|&k| p.wants_prefetch(k))
+        .collect();
+    assert_eq!(wanted, vec![1, 3, 4]);
+    p.on_agent_end(2, 6);
+    assert!(!p.wants_prefetch(3) && !p.wants_prefetch(4) && p.wants_prefetch(1));
+    // LRU forecasts nothing: no candidates, nothing wanted.
+    let mut lru = crate::Lru::new();
+    lru.on_insert(1u64, Tier::Disk, info(), 0);
+    assert!(lru.promotion_candidates(Tier::Disk, 8, None, 1).is_empty());
+    assert!(!lru.wants_prefetch(1));
+}
+
+#[test]
 fn the_horizon_follows_the_top_tiers_turnover() {
     let hour = 3_600_000;
     let fill_host = |p: &mut ValuePolicy<u64>| {
