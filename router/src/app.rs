@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use kvtier_prompt::PromptModel;
 
-use crate::lifecycle::CacheLifecycle;
+use crate::lifecycle::Lifecycle;
 use crate::routing::ModelRouter;
 
 /// One model the router serves.
@@ -17,9 +17,9 @@ pub struct ModelState {
     /// Template and tokenizer (the HTTP front and token-id queries need them;
     /// hash queries do not).
     pub prompt: Option<PromptModel>,
-    /// The cache server's lifecycle API for the model's namespace (None when
-    /// the router runs without a cache server).
-    pub lifecycle: Option<Arc<CacheLifecycle>>,
+    /// The cache's lifecycle API for the model's namespace: one server's or
+    /// every cluster member's (None when the router runs without a cache).
+    pub lifecycle: Option<Arc<Lifecycle>>,
 }
 
 /// The models served.

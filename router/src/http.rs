@@ -372,10 +372,10 @@ fn send_arrival_hint(
         ..HintRequest::default()
     };
     Some(tokio::spawn(async move {
-        let result = match lifecycle.ensure_registered(&agent).await {
-            Ok(()) => lifecycle.hint(request, Some(&agent)).await.map(|_| ()),
-            Err(status) => Err(status),
-        };
+        let result = lifecycle
+            .register_and_hint(&agent, request)
+            .await
+            .map(|_| ());
         record_hint("call", &agent.agent_id, result);
     }))
 }

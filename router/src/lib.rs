@@ -12,7 +12,8 @@
 //! - [`routing`]: one model's placement: index + load + health + cost.
 //! - [`admission`]: the queue calls wait in while every worker is busy
 //!   (busy threshold and queue order are pure submodules).
-//! - [`lifecycle`]: the cache-server session for agent lifecycles and hints.
+//! - [`lifecycle`]: agent lifecycles and hints at the cache (one server, or
+//!   every member of a cluster).
 //! - [`app`]: the models served, shared by the services.
 //! - [`service`]: the `kvtier.v1.RouterService` gRPC shell.
 //! - [`http`]: the OpenAI/Anthropic-compatible HTTP front (routes and proxies);

@@ -64,8 +64,9 @@ struct Args {
     /// A cluster of cache servers instead of --cache-server:
     /// `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`. The router follows the membership
     /// in etcd and keeps one event stream per member (a member that leaves takes its
-    /// blocks out of the index). Hints and the agent lifecycle API need one server:
-    /// they are off in this mode. --server-ca etc. apply to every member (https).
+    /// blocks out of the index), hashes with the seed a member's handshake gives, and
+    /// sends hints and agent lifecycle calls to every member. --server-ca etc. apply
+    /// to every member (https).
     #[arg(long, env = "KVTIER_CLUSTER")]
     cluster: Option<String>,
     #[command(flatten)]

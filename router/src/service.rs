@@ -3,6 +3,10 @@
 //! the model's namespace: queries (FindMatches, Route, ListWorkers) need
 //! read access, anything that changes what others see (ReportLoad, agent
 //! lifecycle, a committed Route) needs write access.
+//!
+//! In a cluster (`--cluster`) a lifecycle call goes to every member; its
+//! answer merges theirs: it fails only when every member failed
+//! ([`crate::lifecycle::fanout::merge`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +20,7 @@ use kvtier_security::{front::require, Client, Need};
 
 use crate::app::{ModelState, Models};
 use crate::index::WorkerOverlap;
-use crate::lifecycle::{AgentSpec, CacheLifecycle};
+use crate::lifecycle::{AgentSpec, Lifecycle};
 use crate::load::Load;
 use crate::metrics as m;
 use crate::routing::{RouteError, RouteHints, MAX_QUERY_BLOCKS};
@@ -100,11 +104,11 @@ impl RouterGrpc {
         }
     }
 
-    fn lifecycle(model: &ModelState) -> Result<&CacheLifecycle, Status> {
+    fn lifecycle(model: &ModelState) -> Result<&Lifecycle, Status> {
         model.lifecycle.as_deref().ok_or_else(|| {
             Status::failed_precondition(
-                "this router runs without a cache server (--cache-server): agent lifecycle calls \
-                 have nowhere to go",
+                "this router runs without a cache server (--cache-server or --cluster): agent \
+                 lifecycle calls have nowhere to go",
             )
         })
     }

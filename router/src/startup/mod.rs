@@ -35,8 +35,9 @@ pub struct StartConfig {
     /// hints, no lifecycle API.
     pub cache_server: Option<String>,
     /// A cluster of cache servers (`--cluster etcd://...`): one event
-    /// stream per member instead of `cache_server`'s; no lifecycle API or
-    /// hints then (they need one server). None: one server or none.
+    /// stream per member instead of `cache_server`'s, the hashing seed from
+    /// one member's handshake, and hints and lifecycle calls sent to every
+    /// member. None: one server or none.
     pub cluster: Option<kvtier_cluster::ClusterUrl>,
     /// How to reach the cache server (TLS material, token).
     pub security: ServerClient,

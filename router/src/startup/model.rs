@@ -1,19 +1,19 @@
 //! Starting one model: the cache-server handshake (which gives the hashing
-//! seed), the prompt model, its own index fed by its workers' agents and its
+//! seed; in a cluster, with one member), the prompt model, its own index fed by its workers' agents and its
 //! cache namespace, and its router.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kvtier_proto::hashing::{effective_seed, BlockHasher};
-use kvtier_proto::v1::HashingConfig;
+use kvtier_proto::v1::{HandshakeResponse, HashingConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{StartConfig, StartError};
 use crate::app::ModelState;
 use crate::index::{LocalityIndex, SharedIndex};
-use crate::lifecycle::CacheLifecycle;
+use crate::lifecycle::{CacheLifecycle, ClusterLifecycle, Lifecycle};
 use crate::load::LoadBook;
 use crate::models_file::ModelSpec;
 use crate::routing::ModelRouter;
@@ -21,6 +21,9 @@ use crate::sources;
 
 /// How long a worker's load report counts (the `LoadBook` window).
 const LOAD_REPORT_WINDOW: Duration = Duration::from_secs(2);
+/// How long a router in a cluster waits at start for a membership to ask
+/// the hashing seed from.
+const CLUSTER_HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
 
 /// What serving one model needs that outlives its set-up.
 pub(super) struct StartedModel {
@@ -49,15 +52,28 @@ pub(super) async fn start_model(
     // The hashing seed: the cache server's answer wins (it folds a tenant
     // salt in when tokens are in use); without it, the local computation.
     let mut seed = effective_seed(spec.seed, &spec.salt);
-    let lifecycle = match &config.cache_server {
-        None => None,
-        Some(url) => {
+    let lifecycle = match (&config.cache_server, membership) {
+        (_, Some(membership)) => {
+            let lifecycle = ClusterLifecycle::new(
+                membership.clone(),
+                &config.security,
+                &spec.namespace,
+                hashing.clone(),
+            );
+            let answer = lifecycle.handshake(CLUSTER_HANDSHAKE_WAIT).await;
+            seed = checked_seed(answer, spec, "no cache server of the cluster answered")?
+                .unwrap_or(seed);
+            Some(Arc::new(Lifecycle::Cluster(lifecycle)))
+        }
+        (Some(url), None) => {
             let lifecycle =
                 CacheLifecycle::new(url, &config.security, &spec.namespace, hashing.clone())
                     .map_err(StartError::Lifecycle)?;
-            seed = handshake(&lifecycle, spec).await?.unwrap_or(seed);
-            Some(Arc::new(lifecycle))
+            let answer = lifecycle.handshake().await;
+            seed = checked_seed(answer, spec, "cache server unreachable")?.unwrap_or(seed);
+            Some(Arc::new(Lifecycle::Server(lifecycle)))
         }
+        (None, None) => None,
     };
     let prompt = match &spec.tokenizer {
         Some(path) => Some(
@@ -151,14 +167,16 @@ pub(super) async fn start_model(
     })
 }
 
-/// The seed the cache server hashes the namespace with; None when it is
-/// unreachable (logged: the router then hashes with the local seed). A
-/// refused namespace or refused credentials stop the router.
-async fn handshake(
-    lifecycle: &CacheLifecycle,
+/// The seed the cache server (or cluster) hashes the namespace with, from
+/// its handshake `answer`; None when it is unreachable (logged with
+/// `unreachable`: the router then hashes with the local seed). A refused
+/// namespace or refused credentials stop the router.
+fn checked_seed(
+    answer: Result<HandshakeResponse, tonic::Status>,
     spec: &ModelSpec,
+    unreachable: &str,
 ) -> Result<Option<u64>, StartError> {
-    match lifecycle.handshake().await {
+    match answer {
         Ok(response) => Ok(Some(response.effective_seed)),
         Err(status) if status.code() == tonic::Code::FailedPrecondition => {
             Err(StartError::NamespaceRefused {
@@ -186,7 +204,7 @@ async fn handshake(
             tracing::warn!(
                 model = %spec.model,
                 error = %status.message(),
-                "cache server unreachable at start; hashing with the local seed"
+                "{unreachable} at start; hashing with the local seed"
             );
             Ok(None)
         }

@@ -1,7 +1,5 @@
-//! The router's session with the cache server for agent lifecycles: it
-//! registers the agents it sees, sends each call's hints (blocks when the
-//! call arrives, how it ended once answered) and forwards the gRPC
-//! lifecycle calls of custom routers.
+//! The router's session with one cache server for agent lifecycles
+//! (`--cache-server`, and each member of a cluster).
 //!
 //! The session is opened lazily and renewed when the server forgets it
 //! (restart); an unreachable server costs a call its hint, never the call.
@@ -20,34 +18,21 @@ use kvtier_proto::v1::{
     HintRequest, HintResponse, RegisterAgentRequest, RegisterAgentResponse,
 };
 
+use super::AgentSpec;
+
 /// How long one lifecycle call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Agents remembered as registered (then the set starts again: a
 /// re-registration with the same parameters only renews the lease).
 const REGISTERED_CAPACITY: usize = 200_000;
 
-/// The lifecycle client of one namespace.
+/// The lifecycle client of one namespace on one server.
 #[derive(Debug)]
 pub struct CacheLifecycle {
     client: CacheServiceClient<AuthChannel>,
     handshake: HandshakeRequest,
     session: Mutex<String>,
     registered: Mutex<HashSet<String>>,
-}
-
-/// An agent as the router registers it.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AgentSpec {
-    /// The agent id.
-    pub agent_id: String,
-    /// Its parent (sub-agents); empty for a root agent.
-    pub parent_agent_id: String,
-    /// -8..=8.
-    pub priority: i32,
-    /// 0.0..=1.0.
-    pub latency_sensitivity: f32,
-    /// Lease; None: the server's default.
-    pub lease_ms: Option<u64>,
 }
 
 impl CacheLifecycle {
