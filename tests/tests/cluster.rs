@@ -502,11 +502,11 @@ fn blocks_of(hashes: &[u64]) -> Vec<BlockData> {
 }
 
 /// Starts `n` nodes `n0..` and waits until `observer` sees them all.
-async fn start_nodes(
+async fn start_nodes<'a>(
     url: &str,
     dir: &std::path::Path,
     n: usize,
-    extra: impl Fn(usize) -> Vec<&'static str>,
+    extra: impl Fn(usize) -> Vec<&'a str>,
     observer: &MembershipWatch,
 ) -> anyhow::Result<Vec<ServerProcess>> {
     let servers = (0..n)
@@ -1262,5 +1262,264 @@ async fn the_cluster_data_plane_is_refused_over_tls_and_without_a_cluster() -> a
         let text = format!("{err:#}");
         assert!(text.contains(says), "{args:?}: {text}");
     }
+    Ok(())
+}
+
+/// The tokens of a tenant's worker and router, both `rw` on `ns`.
+fn tenant_tokens(dir: &std::path::Path) -> anyhow::Result<String> {
+    let line = |who: &str, token: &str| {
+        format!(
+            "{who} {} tenant=acme ns=rw\n",
+            kvtier_security::token_digest_line(token)
+        )
+    };
+    let file = dir.join("tokens");
+    std::fs::write(
+        &file,
+        line("worker", "tok-worker") + &line("router", "tok-router"),
+    )?;
+    Ok(file.display().to_string())
+}
+
+fn bearer(token: &str) -> anyhow::Result<kvtier_security::ServerClient> {
+    Ok(kvtier_security::ServerClientArgs {
+        server_token: Some(token.to_string()),
+        ..Default::default()
+    }
+    .resolve_for_cluster()?)
+}
+
+/// `kvtier_agents_live` of namespace `ns` on `server`.
+fn agents_live(server: &ServerProcess) -> anyhow::Result<f64> {
+    Ok(metric_sum(
+        &server.metrics_text()?,
+        "kvtier_agents_live",
+        &[("namespace", "ns")],
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_hashes_with_the_clusters_seed_and_its_agent_calls_reach_every_shard(
+) -> anyhow::Result<()> {
+    use kvtier_proto::v1::cache_service_client::CacheServiceClient;
+    use kvtier_proto::v1::{
+        CallEnding, HandshakeRequest, RouterEndAgentRequest, RouterHintRequest,
+        RouterRegisterAgentRequest,
+    };
+
+    let Some(etcd) = start_etcd() else {
+        return Ok(());
+    };
+    let url = etcd.url();
+    let dir = tempfile::tempdir()?;
+    let tokens = tenant_tokens(dir.path())?;
+    // A tenant's namespace: the servers hash it with a seed that folds the
+    // tenant in, which the router cannot compute from its flags. Disk only,
+    // so a restarted shard still holds its blocks.
+    let node_args = |_| vec!["--tokens-file", tokens.as_str(), "--host-capacity", "0"];
+    let observer = watch(&url).await?;
+    let mut servers = start_nodes(&url, dir.path(), 3, node_args, &observer).await?;
+    let cfg = config(16, BLOCK as u64);
+
+    // The writer's seed, as a worker's agent gets it from its handshake.
+    let worker = bearer("tok-worker")?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", servers[0].grpc))?
+        .connect()
+        .await?;
+    let seed = CacheServiceClient::new(worker.intercept(channel))
+        .handshake(HandshakeRequest {
+            namespace: "ns".into(),
+            config: Some(cfg.clone()),
+            client_name: "test".into(),
+        })
+        .await?
+        .into_inner()
+        .effective_seed;
+    let local = kvtier_proto::hashing::effective_seed(cfg.seed, &cfg.salt);
+    assert_ne!(
+        seed, local,
+        "the tenant's seed differs from the router's local one"
+    );
+    let tokens_of_prompt: Vec<u32> = (0..60 * 16u32).map(|i| i.wrapping_mul(7919) + 3).collect();
+    let chain =
+        kvtier_proto::hashing::BlockHasher::new(16, seed).sequence_hashes(&tokens_of_prompt);
+    let writer = ShardedClient::with_options(
+        watch(&url).await?,
+        "ns",
+        cfg.clone(),
+        "test",
+        ShardedOptions {
+            security: worker,
+            ..ShardedOptions::default()
+        },
+    );
+    client_membership(&writer, 3).await;
+    let put = writer.put(blocks_of(&chain)).await;
+    assert_eq!(put.acknowledged, 60, "{put:?}");
+    let placement = writer.membership().placement();
+    let on = |id: &str| {
+        chain
+            .iter()
+            .filter(|&&h| placement.owner(h).is_some_and(|o| o.id == id))
+            .count()
+    };
+    assert!(
+        servers
+            .iter()
+            .all(|s| on(s.node.as_deref().unwrap_or("")) > 0),
+        "the chain spans every shard"
+    );
+
+    let block_bytes = cfg.block_bytes.to_string();
+    let router_args = |token: &'static str, block_bytes: &str| {
+        let fixed: &[&str] = &[
+            "--cluster",
+            &url,
+            "--server-token",
+            token,
+            "--worker",
+            "w0=http://127.0.0.1:9@http://127.0.0.1:9",
+            "--model",
+            &cfg.model,
+            "--namespace",
+            "ns",
+            "--block-tokens",
+            "16",
+            "--kv-layout",
+            &cfg.kv_layout,
+            "--block-bytes",
+        ];
+        let mut args: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
+        args.push(block_bytes.to_string());
+        args
+    };
+    let start_router = |name: &str, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        RouterProcess::start(&dir.path().join(name), &args)
+    };
+    // Refusals are the cluster's: another config, or a token the servers
+    // do not know, stop the router at start with the reason.
+    assert!(start_router("other.log", router_args("tok-router", "8192")).is_err());
+    let log = std::fs::read_to_string(dir.path().join("other.log"))?;
+    assert!(log.contains("refused namespace \"ns\""), "{log}");
+    assert!(start_router("stranger.log", router_args("tok-nobody", &block_bytes)).is_err());
+    let log = std::fs::read_to_string(dir.path().join("stranger.log"))?;
+    assert!(log.contains("refused the router's credentials"), "{log}");
+
+    let router = start_router("router.log", router_args("tok-router", &block_bytes))?;
+    let mut grpc = router.grpc_client().await?;
+    // Token ids, hashed by the router: only the cluster's seed finds them.
+    let prefix = || PrefixQuery {
+        model: cfg.model.clone(),
+        token_ids: tokens_of_prompt.clone(),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + SLACK + SLACK;
+    loop {
+        let found = grpc
+            .find_matches(FindMatchesRequest {
+                prefix: Some(prefix()),
+            })
+            .await?
+            .into_inner()
+            .cache_prefix_blocks;
+        if found == 60 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the router finds {found} of 60 blocks by token ids:\n{}",
+            router.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The lifecycle API reaches every shard.
+    let registered = grpc
+        .register_agent(RouterRegisterAgentRequest {
+            model: cfg.model.clone(),
+            agent_id: "coder-1".into(),
+            priority: 2,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(registered.created, "{registered:?}");
+    for s in &servers {
+        assert_eq!(agents_live(s)?, 1.0, "{:?} knows the agent", s.node);
+    }
+    let hint = |ending: CallEnding| RouterHintRequest {
+        model: cfg.model.clone(),
+        agent_id: "coder-1".into(),
+        prefix: Some(prefix()),
+        ending: ending as i32,
+        ..Default::default()
+    };
+    let resident = grpc
+        .hint(hint(CallEnding::ToolCall))
+        .await?
+        .into_inner()
+        .resident_blocks;
+    assert_eq!(resident, 60, "each shard counts the blocks it holds");
+    for s in &servers {
+        let text = s.metrics_text()?;
+        let hints = metric_sum(
+            &text,
+            "kvtier_agent_hints_total",
+            &[("ending", "tool_call")],
+        );
+        assert_eq!(hints, 1.0, "{:?} got the hint", s.node);
+    }
+
+    // A shard killed: the call still answers, without that shard's blocks.
+    let victim = placement.owner(chain[1]).expect("owner").id.clone();
+    let k = servers
+        .iter()
+        .position(|s| s.node.as_deref() == Some(victim.as_str()))
+        .expect("victim server");
+    servers[k].kill9()?;
+    let asked = Instant::now();
+    let resident = grpc
+        .hint(hint(CallEnding::EndOfTurn))
+        .await?
+        .into_inner()
+        .resident_blocks;
+    let took = asked.elapsed();
+    assert_eq!(resident as usize, 60 - on(&victim), "took {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+
+    // Restarted (a new epoch), it learns the live agent at the next hint.
+    let data = dir.path().join(format!("n{k}"));
+    servers[k] = start_node(&url, &data, Some(&victim), &node_args(k))?;
+    let deadline = Instant::now() + TTL + SLACK + SLACK;
+    loop {
+        let resident = grpc
+            .hint(hint(CallEnding::ToolCall))
+            .await?
+            .into_inner()
+            .resident_blocks;
+        if resident == 60 && agents_live(&servers[k])? == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted shard: {} live agents, {resident} of 60 resident",
+            agents_live(&servers[k])?
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let ended = grpc
+        .end_agent(RouterEndAgentRequest {
+            model: cfg.model.clone(),
+            agent_id: "coder-1".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(ended.ended, 1);
+    for s in &servers {
+        assert_eq!(agents_live(s)?, 0.0, "{:?} ended the agent", s.node);
+    }
+    assert!(!router.log().contains("hashing with the local seed"));
     Ok(())
 }
