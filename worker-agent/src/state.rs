@@ -323,7 +323,10 @@ impl AgentState {
                 "cache server {node} refused namespace {namespace:?}: {message}"
             ))),
             Err(kvtier_cluster::ClusterError::HandshakeRefused {
-                code, node, message, ..
+                code,
+                node,
+                message,
+                ..
             }) => Err(AgentError::Tier(tonic::Status::new(
                 code,
                 format!("cache server {node} refused namespace {namespace:?}: {message}"),

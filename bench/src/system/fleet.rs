@@ -72,6 +72,8 @@ pub struct FleetSpec {
     pub worker_args: Vec<String>,
     /// Extra flags for `kvtier-router` (e.g. `--admission-queue`).
     pub router_args: Vec<String>,
+    /// Extra flags for `kvtier-server` (e.g. `--prefetch`).
+    pub server_args: Vec<String>,
 }
 
 /// Model and namespace of the replay.
@@ -117,6 +119,7 @@ impl Fleet {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(spec.server_args.iter().cloned())
         .collect();
         let server = spawn(
             &sibling("kvtier-server", &spec.bin_dir)?,

@@ -59,6 +59,8 @@ pub enum Config {
     C,
     /// Full kvtier.
     D,
+    /// Full kvtier with the server's prefetcher on (`kvtier-server --prefetch`).
+    E,
 }
 
 impl Config {
@@ -68,6 +70,7 @@ impl Config {
             Config::B => "b",
             Config::C => "c",
             Config::D => "d",
+            Config::E => "e",
         }
     }
 
@@ -77,6 +80,7 @@ impl Config {
             Config::B => "prefix affinity, local LRU",
             Config::C => "kvtier, LRU tier",
             Config::D => "kvtier (value policy)",
+            Config::E => "kvtier (value policy) + prefetch",
         }
     }
 }
@@ -129,7 +133,9 @@ pub struct Args {
     /// Output tokens per call.
     #[arg(long, default_value_t = 4)]
     pub osl: u32,
-    /// Configurations to run.
+    /// Configurations to run ((e): (d) with the server's prefetcher on; give
+    /// it a disk tier and a host tier smaller than the working set, or it has
+    /// nothing to move).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c,d")]
     pub configs: Vec<Config>,
     /// Synthetic workload: blocks of a session's first call.
@@ -141,6 +147,10 @@ pub struct Args {
     /// Synthetic workload: think time between a session's calls, ms.
     #[arg(long, default_value_t = 1000)]
     pub synthetic_think_ms: u64,
+    /// Extra flags for the kvtier-server of every configuration (repeat, or
+    /// separate with spaces inside one value: `--server-arg=--prefetch-horizon-ms=5000`).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -242,15 +252,21 @@ fn peak_live_sessions(plan: &Plan) -> usize {
 }
 
 async fn run_config(cfg: Config, spec: &FleetSpec, plan: &Arc<Plan>, opts: RunOpts) -> Result<Row> {
+    let with_tier = matches!(cfg, Config::C | Config::D | Config::E);
+    let mut server_args = spec.server_args.clone();
+    if cfg == Config::E {
+        server_args.push("--prefetch".into());
+    }
     let spec = FleetSpec {
         policy: if cfg == Config::C { "lru" } else { "value" },
-        tier_io: matches!(cfg, Config::C | Config::D),
+        tier_io: with_tier,
         routing: if cfg == Config::A {
             "round-robin"
         } else {
             "cost"
         },
-        router_uses_cache: matches!(cfg, Config::C | Config::D),
+        router_uses_cache: with_tier,
+        server_args,
         ..spec.clone()
     };
     let fleet = Fleet::start(&spec, cfg.key())
@@ -317,6 +333,15 @@ async fn run_config(cfg: Config, spec: &FleetSpec, plan: &Arc<Plan>, opts: RunOp
         "kvtier_transfer_bytes_total",
         &[("direction", "out")],
     );
+    let tier_hits = |tier: &str| {
+        metric_sum(
+            &server,
+            "kvtier_block_hits_total",
+            &[("op", "get"), ("tier", tier)],
+        ) as u64
+    };
+    let (tier_hits_host, tier_hits_disk) = (tier_hits("host"), tier_hits("disk"));
+    let prefetched_blocks = metric_sum(&server, "kvtier_prefetch_blocks_total", &[]) as u64;
     fleet.stop();
 
     let ok: Vec<&runner::Outcome> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
@@ -360,6 +385,9 @@ async fn run_config(cfg: Config, spec: &FleetSpec, plan: &Arc<Plan>, opts: RunOp
         tier_resident_bytes,
         offloaded_blocks: offloaded as u64,
         hbm_evicted_blocks: evicted as u64,
+        tier_hits_host,
+        tier_hits_disk,
+        prefetched_blocks,
         seconds,
     })
 }
@@ -624,6 +652,7 @@ fn fleet_spec(
         router_uses_cache: true,
         worker_args: Vec::new(),
         router_args: Vec::new(),
+        server_args: args.server_args.clone(),
     };
     Ok((dir, shm, spec))
 }

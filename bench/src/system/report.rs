@@ -56,6 +56,15 @@ pub struct Row {
     pub offloaded_blocks: u64,
     /// Blocks evicted from worker pools.
     pub hbm_evicted_blocks: u64,
+    /// Blocks the cache server served from its host tier (Get).
+    #[serde(default)]
+    pub tier_hits_host: u64,
+    /// Blocks it served from disk (Get).
+    #[serde(default)]
+    pub tier_hits_disk: u64,
+    /// Blocks its prefetcher moved disk → host.
+    #[serde(default)]
+    pub prefetched_blocks: u64,
     /// Wall time of the replay (s).
     pub seconds: f64,
 }
@@ -145,6 +154,31 @@ impl Report {
                 r.hbm_evicted_blocks,
                 r.seconds
             );
+        }
+        if self
+            .rows
+            .iter()
+            .any(|r| r.tier_hits_disk > 0 || r.prefetched_blocks > 0)
+        {
+            let _ = writeln!(s);
+            let _ = writeln!(
+                s,
+                "| config | tier blocks served from host | from disk | host share | prefetched disk → host |"
+            );
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+            for r in &self.rows {
+                let served = r.tier_hits_host + r.tier_hits_disk;
+                let share = if served > 0 {
+                    pct(r.tier_hits_host as f64 / served as f64)
+                } else {
+                    "-".into()
+                };
+                let _ = writeln!(
+                    s,
+                    "| ({}) | {} | {} | {} | {} |",
+                    r.key, r.tier_hits_host, r.tier_hits_disk, share, r.prefetched_blocks
+                );
+            }
         }
         if let Some(b) = self.row("b") {
             let _ = writeln!(s);
