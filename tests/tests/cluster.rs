@@ -66,6 +66,18 @@ async fn put_by_owner(
     Ok(by_owner)
 }
 
+/// A client of namespace `ns` (the tests' hashing config) that follows the
+/// membership under `url`.
+async fn sharded(url: &str, options: ShardedOptions) -> anyhow::Result<ShardedClient> {
+    Ok(ShardedClient::with_options(
+        watch(url).await?,
+        "ns",
+        config(16, BLOCK as u64),
+        "test",
+        options,
+    ))
+}
+
 /// How many of `hashes` `server` serves, checking the bytes of each.
 async fn hits(server: &ServerProcess, hashes: &[u64]) -> anyhow::Result<usize> {
     let mut client = server.client().await?;
@@ -414,7 +426,7 @@ async fn a_sharded_client_fans_out_and_a_dead_shard_is_only_misses() -> anyhow::
         .collect::<anyhow::Result<_>>()?;
     let observer = watch(&url).await?;
     until(&observer, SLACK, "three members", |m| m.members.len() == 3).await;
-    let client = ShardedClient::new(watch(&url).await?, "ns", config(16, BLOCK as u64), "test");
+    let client = sharded(&url, ShardedOptions::default()).await?;
     let (m, _) = client_membership(&client, 3).await;
     let hashes = prompt_hashes(5, 300, 16);
     let blocks: Vec<BlockData> = hashes
@@ -567,13 +579,7 @@ async fn a_draining_node_serves_reads_takes_no_writes_and_leaves_after_the_drain
         copy_on_read: true,
         ..ShardedOptions::default()
     };
-    let client = ShardedClient::with_options(
-        watch(&url).await?,
-        "ns",
-        config(16, BLOCK as u64),
-        "test",
-        options,
-    );
+    let client = sharded(&url, options).await?;
     client_membership(&client, 3).await;
     let before = prompt_hashes(21, 300, 16);
     let put = client.put(blocks_of(&before)).await;
@@ -657,27 +663,23 @@ async fn a_fourth_node_moves_a_quarter_and_second_owner_reads_hit_during_warm_up
     let dir = tempfile::tempdir()?;
     let observer = watch(&url).await?;
     let _servers = start_nodes(&url, dir.path(), 3, |_| vec![], &observer).await?;
-    let warm = ShardedClient::new(watch(&url).await?, "ns", config(16, BLOCK as u64), "test");
-    let copying = ShardedClient::with_options(
-        watch(&url).await?,
-        "ns",
-        config(16, BLOCK as u64),
-        "test",
+    let warm = sharded(&url, ShardedOptions::default()).await?;
+    let copying = sharded(
+        &url,
         ShardedOptions {
             copy_on_read: true,
             ..ShardedOptions::default()
         },
-    );
-    let no_warmup = ShardedClient::with_options(
-        watch(&url).await?,
-        "ns",
-        config(16, BLOCK as u64),
-        "test",
+    )
+    .await?;
+    let no_warmup = sharded(
+        &url,
         ShardedOptions {
             warmup: Duration::ZERO,
             ..ShardedOptions::default()
         },
-    );
+    )
+    .await?;
     for c in [&warm, &copying, &no_warmup] {
         client_membership(c, 3).await;
     }
@@ -765,16 +767,14 @@ async fn a_frozen_shard_is_a_miss_within_the_call_timeout() -> anyhow::Result<()
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     until(&observer, SLACK, "two members", |m| m.members.len() == 2).await;
-    let client = ShardedClient::with_options(
-        watch(&url).await?,
-        "ns",
-        config(16, BLOCK as u64),
-        "test",
+    let client = sharded(
+        &url,
         ShardedOptions {
             call_timeout: Duration::from_secs(1),
             ..ShardedOptions::default()
         },
-    );
+    )
+    .await?;
     client_membership(&client, 2).await;
     let hashes = prompt_hashes(41, 100, 16);
     client.put(blocks_of(&hashes)).await;
@@ -803,7 +803,7 @@ async fn the_router_sees_blocks_on_every_shard_and_drops_a_killed_one() -> anyho
     let dir = tempfile::tempdir()?;
     let observer = watch(&url).await?;
     let mut servers = start_nodes(&url, dir.path(), 3, |_| vec![], &observer).await?;
-    let client = ShardedClient::new(watch(&url).await?, "ns", config(16, BLOCK as u64), "test");
+    let client = sharded(&url, ShardedOptions::default()).await?;
     client_membership(&client, 3).await;
     let cfg = config(16, BLOCK as u64);
     let block_bytes = cfg.block_bytes.to_string();
@@ -1191,13 +1191,7 @@ async fn a_member_without_a_data_address_is_reached_over_grpc() -> anyhow::Resul
         data_plane: true,
         ..ShardedOptions::default()
     };
-    let client = ShardedClient::with_options(
-        watch(&url).await?,
-        "ns",
-        config(16, BLOCK as u64),
-        "test",
-        options,
-    );
+    let client = sharded(&url, options).await?;
     client_membership(&client, 3).await;
     let hashes = prompt_hashes(6, 300, 16);
     let put = client.put(blocks_of(&hashes)).await;
