@@ -346,21 +346,15 @@ impl ShardedClient {
         let calls = membership.members.keys().map(|id| {
             let membership = Arc::clone(&membership);
             async move {
-                let mut shard = self.inner.shard(&membership, id).await?;
-                let request = HandshakeRequest {
-                    namespace: self.inner.namespace.clone(),
-                    config: Some(self.inner.config.clone()),
-                    client_name: self.inner.client_name.clone(),
-                };
+                let shard = self.inner.shard(&membership, id).await?;
                 let answer = tokio::time::timeout(
                     self.inner.options.call_timeout,
-                    shard.client.handshake(request),
+                    self.inner.handshake(&shard),
                 )
                 .await
                 .ok()?;
                 Some(match answer {
-                    Ok(response) => {
-                        let session = response.into_inner().session_id;
+                    Ok(session) => {
                         self.inner.settle(id, &membership, Ok(session)).await;
                         Ok(())
                     }
@@ -698,20 +692,28 @@ impl Inner {
         }
     }
 
-    async fn session(&self, shard: &mut Shard) -> Result<String, ShardFailed> {
-        if let Some(s) = &shard.session {
-            return Ok(s.clone());
-        }
-        let response = shard
-            .client
+    /// This client's handshake with `shard`: the new session id, or the
+    /// server's answer.
+    async fn handshake(&self, shard: &Shard) -> Result<String, tonic::Status> {
+        let mut client = shard.client.clone();
+        let response = client
             .handshake(HandshakeRequest {
                 namespace: self.namespace.clone(),
                 config: Some(self.config.clone()),
                 client_name: self.client_name.clone(),
             })
+            .await?;
+        Ok(response.into_inner().session_id)
+    }
+
+    async fn session(&self, shard: &mut Shard) -> Result<String, ShardFailed> {
+        if let Some(s) = &shard.session {
+            return Ok(s.clone());
+        }
+        let session = self
+            .handshake(shard)
             .await
             .map_err(|s| ShardFailed(format!("handshake: {:?}: {}", s.code(), s.message())))?;
-        let session = response.into_inner().session_id;
         shard.session = Some(session.clone());
         Ok(session)
     }
@@ -867,12 +869,17 @@ impl Inner {
             }
             PayloadRoute::Grpc => self.get_over_grpc(membership, id, wanted).await,
         };
+        self.count_blocks(&route, found.len());
+        found
+    }
+
+    /// Counts `n` blocks moved over `route`.
+    fn count_blocks(&self, route: &PayloadRoute, n: usize) {
         let counter = match route {
             PayloadRoute::DataPlane(_) => &self.counters.data_plane_blocks,
             PayloadRoute::Grpc => &self.counters.grpc_blocks,
         };
-        counter.fetch_add(found.len() as u64, Ordering::Relaxed);
-        found
+        counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// How payloads reach member `id` now.
@@ -988,11 +995,7 @@ impl Inner {
             }
             PayloadRoute::Grpc => self.put_over_grpc(membership, id, blocks).await,
         }?;
-        let counter = match route {
-            PayloadRoute::DataPlane(_) => &self.counters.data_plane_blocks,
-            PayloadRoute::Grpc => &self.counters.grpc_blocks,
-        };
-        counter.fetch_add(acknowledged as u64, Ordering::Relaxed);
+        self.count_blocks(&route, acknowledged);
         Some(acknowledged)
     }
 

@@ -315,22 +315,17 @@ impl AgentState {
                 Ok(client)
             }
             Err(kvtier_cluster::ClusterError::HandshakeRefused {
-                code: tonic::Code::FailedPrecondition,
-                node,
-                message,
-                ..
-            }) => Err(AgentError::ConfigMismatch(format!(
-                "cache server {node} refused namespace {namespace:?}: {message}"
-            ))),
-            Err(kvtier_cluster::ClusterError::HandshakeRefused {
                 code,
                 node,
                 message,
                 ..
-            }) => Err(AgentError::Tier(tonic::Status::new(
-                code,
-                format!("cache server {node} refused namespace {namespace:?}: {message}"),
-            ))),
+            }) => {
+                let why = format!("cache server {node} refused namespace {namespace:?}: {message}");
+                Err(match code {
+                    tonic::Code::FailedPrecondition => AgentError::ConfigMismatch(why),
+                    code => AgentError::Tier(tonic::Status::new(code, why)),
+                })
+            }
             Err(other) => Err(AgentError::InvalidRequest(other.to_string())),
         }
     }
