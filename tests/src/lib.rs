@@ -130,3 +130,67 @@ pub async fn get_all(
     }
     Ok(out)
 }
+
+/// Registers `agent` (its parent, priority and lease) in `session`'s
+/// namespace: whether it was new.
+pub async fn register_agent(
+    client: &mut CacheServiceClient<Channel>,
+    session: &str,
+    agent: &str,
+    parent: &str,
+    priority: i32,
+    lease_ms: Option<u64>,
+) -> Result<bool, tonic::Status> {
+    Ok(client
+        .register_agent(RegisterAgentRequest {
+            session_id: session.into(),
+            agent_id: agent.into(),
+            parent_agent_id: parent.into(),
+            priority,
+            latency_sensitivity: 0.5,
+            lease_ms,
+        })
+        .await?
+        .into_inner()
+        .created)
+}
+
+/// A call's hint: `agent` reads `blocks` and ended its turn with `ending`;
+/// the blocks resident now.
+pub async fn hint(
+    client: &mut CacheServiceClient<Channel>,
+    session: &str,
+    agent: &str,
+    blocks: &[u64],
+    ending: CallEnding,
+    pin: bool,
+) -> Result<u32, tonic::Status> {
+    Ok(client
+        .hint(HintRequest {
+            session_id: session.into(),
+            agent_id: agent.into(),
+            blocks: blocks.to_vec(),
+            ending: ending as i32,
+            keep_warm_ms: None,
+            pin,
+        })
+        .await?
+        .into_inner()
+        .resident_blocks)
+}
+
+/// Ends `agent`: how many agents ended (0 when it was unknown).
+pub async fn end_agent(
+    client: &mut CacheServiceClient<Channel>,
+    session: &str,
+    agent: &str,
+) -> Result<u32, tonic::Status> {
+    Ok(client
+        .end_agent(EndAgentRequest {
+            session_id: session.into(),
+            agent_id: agent.into(),
+        })
+        .await?
+        .into_inner()
+        .ended)
+}

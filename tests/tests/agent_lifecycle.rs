@@ -5,72 +5,11 @@ use std::time::Duration;
 
 use kvtier_integration_tests::*;
 use kvtier_proto::v1::cache_service_client::CacheServiceClient;
-use kvtier_proto::v1::{
-    CallEnding, EndAgentRequest, GetRequest, HintRequest, RegisterAgentRequest,
-};
+use kvtier_proto::v1::{CallEnding, GetRequest};
 use tonic::transport::Channel;
 use tonic::Code;
 
 const BLOCK: usize = 4096;
-
-async fn register(
-    client: &mut CacheServiceClient<Channel>,
-    session: &str,
-    agent: &str,
-    parent: &str,
-    priority: i32,
-    lease_ms: Option<u64>,
-) -> Result<bool, tonic::Status> {
-    Ok(client
-        .register_agent(RegisterAgentRequest {
-            session_id: session.into(),
-            agent_id: agent.into(),
-            parent_agent_id: parent.into(),
-            priority,
-            latency_sensitivity: 0.5,
-            lease_ms,
-        })
-        .await?
-        .into_inner()
-        .created)
-}
-
-async fn hint(
-    client: &mut CacheServiceClient<Channel>,
-    session: &str,
-    agent: &str,
-    blocks: &[u64],
-    ending: CallEnding,
-    pin: bool,
-) -> Result<u32, tonic::Status> {
-    Ok(client
-        .hint(HintRequest {
-            session_id: session.into(),
-            agent_id: agent.into(),
-            blocks: blocks.to_vec(),
-            ending: ending as i32,
-            keep_warm_ms: None,
-            pin,
-        })
-        .await?
-        .into_inner()
-        .resident_blocks)
-}
-
-async fn end(
-    client: &mut CacheServiceClient<Channel>,
-    session: &str,
-    agent: &str,
-) -> Result<u32, tonic::Status> {
-    Ok(client
-        .end_agent(EndAgentRequest {
-            session_id: session.into(),
-            agent_id: agent.into(),
-        })
-        .await?
-        .into_inner()
-        .ended)
-}
 
 /// One agent call: the harness stores the call's new blocks, then hints.
 async fn call(
@@ -108,16 +47,16 @@ async fn scenario(policy: &str) -> anyhow::Result<(usize, usize)> {
         prompt_hashes(2, 4, 16),
         prompt_hashes(3, 4, 16),
     );
-    assert!(register(&mut client, &session, "agent-b", "", 0, None).await?);
-    assert!(register(&mut client, &session, "agent-a", "", 0, None).await?);
+    assert!(register_agent(&mut client, &session, "agent-b", "", 0, None).await?);
+    assert!(register_agent(&mut client, &session, "agent-a", "", 0, None).await?);
     call(&mut client, &session, "agent-b", &b).await?;
     call(&mut client, &session, "agent-a", &a).await?;
     // A's blocks are the most recently used ones...
     let got = get_all(&mut client, &session, &a).await?;
     assert!(got.iter().all(|g| g.found));
     // ...but A is done.
-    assert_eq!(end(&mut client, &session, "agent-a").await?, 1);
-    register(&mut client, &session, "agent-c", "", 0, None).await?;
+    assert_eq!(end_agent(&mut client, &session, "agent-a").await?, 1);
+    register_agent(&mut client, &session, "agent-c", "", 0, None).await?;
     call(&mut client, &session, "agent-c", &c).await?;
 
     let present = |hashes: &[u64], got: &[kvtier_proto::v1::GetResponse]| {
@@ -179,32 +118,32 @@ async fn lifecycle_errors_are_clear() -> anyhow::Result<()> {
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("ghost"), "{}", err.message());
 
-    let err = register(&mut client, &session, "zero", "", 0, Some(0))
+    let err = register_agent(&mut client, &session, "zero", "", 0, Some(0))
         .await
         .expect_err("lease 0");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("lease"), "{}", err.message());
 
-    let err = register(&mut client, &session, "orphan", "no-such-parent", 0, None)
+    let err = register_agent(&mut client, &session, "orphan", "no-such-parent", 0, None)
         .await
         .expect_err("unknown parent");
     assert_eq!(err.code(), Code::FailedPrecondition);
 
-    let err = register(&mut client, &session, "loud", "", 99, None)
+    let err = register_agent(&mut client, &session, "loud", "", 99, None)
         .await
         .expect_err("priority out of range");
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // registration is idempotent; a conflicting one is refused
-    assert!(register(&mut client, &session, "main", "", 1, None).await?);
-    assert!(!register(&mut client, &session, "main", "", 1, None).await?);
-    let err = register(&mut client, &session, "main", "", 3, None)
+    assert!(register_agent(&mut client, &session, "main", "", 1, None).await?);
+    assert!(!register_agent(&mut client, &session, "main", "", 1, None).await?);
+    let err = register_agent(&mut client, &session, "main", "", 3, None)
         .await
         .expect_err("conflict");
     assert_eq!(err.code(), Code::AlreadyExists);
 
     // sub-agents end with their parent
-    assert!(register(&mut client, &session, "sub", "main", 0, None).await?);
+    assert!(register_agent(&mut client, &session, "sub", "main", 0, None).await?);
     let blocks = prompt_hashes(9, 4, 16);
     put_chain(&mut client, &session, &blocks, BLOCK).await?;
     // pins are bounded by the namespace quota (2 blocks here)
@@ -262,14 +201,14 @@ async fn lifecycle_errors_are_clear() -> anyhow::Result<()> {
         4.0
     );
 
-    assert_eq!(end(&mut client, &session, "main").await?, 2);
-    let err = end(&mut client, &session, "sub")
+    assert_eq!(end_agent(&mut client, &session, "main").await?, 2);
+    let err = end_agent(&mut client, &session, "sub")
         .await
         .expect_err("already ended");
     assert_eq!(err.code(), Code::NotFound);
 
     // a silent agent is ended when its lease runs out
-    register(&mut client, &session, "quiet", "", 0, Some(300)).await?;
+    register_agent(&mut client, &session, "quiet", "", 0, Some(300)).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let err = hint(
         &mut client,

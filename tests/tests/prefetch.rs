@@ -7,30 +7,10 @@ use std::time::{Duration, Instant};
 
 use kvtier_integration_tests::*;
 use kvtier_proto::v1::cache_service_client::CacheServiceClient;
-use kvtier_proto::v1::{
-    CallEnding, EndAgentRequest, HintRequest, LookupRequest, RegisterAgentRequest, Tier,
-};
+use kvtier_proto::v1::{CallEnding, LookupRequest, Tier};
 use tonic::transport::Channel;
 
 const BLOCK: usize = 4096;
-
-async fn register(
-    client: &mut CacheServiceClient<Channel>,
-    session: &str,
-    agent: &str,
-) -> anyhow::Result<()> {
-    client
-        .register_agent(RegisterAgentRequest {
-            session_id: session.into(),
-            agent_id: agent.into(),
-            parent_agent_id: String::new(),
-            priority: 0,
-            latency_sensitivity: 0.5,
-            lease_ms: None,
-        })
-        .await?;
-    Ok(())
-}
 
 /// One answered call of `agent` over `blocks` (stored first).
 async fn call(
@@ -41,16 +21,7 @@ async fn call(
     ending: CallEnding,
 ) -> anyhow::Result<()> {
     put_chain(client, session, blocks, BLOCK).await?;
-    client
-        .hint(HintRequest {
-            session_id: session.into(),
-            agent_id: agent.into(),
-            blocks: blocks.to_vec(),
-            ending: ending as i32,
-            keep_warm_ms: None,
-            pin: false,
-        })
-        .await?;
+    hint(client, session, agent, blocks, ending, false).await?;
     Ok(())
 }
 
@@ -88,8 +59,8 @@ async fn scenario(
     let mut client = server.client().await?;
     let session = handshake(&mut client, "prefetch", config(16, BLOCK as u64)).await?;
     let (a, b) = (prompt_hashes(1, 4, 16), prompt_hashes(2, 8, 16));
-    register(&mut client, &session, "agent-a").await?;
-    register(&mut client, &session, "agent-b").await?;
+    register_agent(&mut client, &session, "agent-a", "", 0, None).await?;
+    register_agent(&mut client, &session, "agent-b", "", 0, None).await?;
     call(&mut client, &session, "agent-a", &a, CallEnding::EndOfTurn).await?;
     for n in 1..=b.len() {
         call(
@@ -101,12 +72,7 @@ async fn scenario(
         )
         .await?;
     }
-    client
-        .end_agent(EndAgentRequest {
-            session_id: session.clone(),
-            agent_id: "agent-b".into(),
-        })
-        .await?;
+    end_agent(&mut client, &session, "agent-b").await?;
     Ok((server, client, session, a))
 }
 

@@ -2,8 +2,8 @@
 //! (three `kvtier-server --cluster` in a real etcd): the sharded client and
 //! two real `kvtier-agent --cluster` reach every member with the CA and the
 //! token; a missing token, an unknown token, plaintext or another CA get
-//! nothing stored and nothing served, and a refused handshake is an error
-//! at attach, never a silent miss.
+//! nothing stored and nothing served, and a refused handshake (credentials
+//! or another block size) is an error at attach, never a silent miss.
 
 use std::time::{Duration, Instant};
 
@@ -259,6 +259,30 @@ async fn a_cluster_with_tls_and_tokens_serves_only_clients_with_the_ca_and_a_tok
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "refused at once"
+    );
+
+    // A good token but another block size than the namespace's (made
+    // cluster-wide by A's attach): the members refuse the config, and the
+    // attach fails with their reason instead of every block missing.
+    let other_size = agent("D", &["--server-token-file", &token_arg])?;
+    let args = [
+        "--blocks",
+        "96",
+        "--block-bytes",
+        "32768",
+        "compute",
+        "--prompt-seed",
+        "11",
+        "--prompt-blocks",
+        "4",
+    ];
+    let err = sim_engine(&other_size.endpoint(), &shm.path().join("pool-d"), &args)
+        .err()
+        .ok_or_else(|| anyhow!("another block size must not attach in a cluster"))?;
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("refused namespace") && err.contains("differs in block_bytes"),
+        "the mismatch says who refused and why: {err}"
     );
     Ok(())
 }
